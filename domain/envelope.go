@@ -1,0 +1,126 @@
+// Package domain is the ledger's pure core: it decodes Stripe event payloads
+// (API 2023-10-16 and newer shapes) into billing facts and folds facts into a
+// customer's state with the convergence rules of DESIGN §4. It does no I/O.
+package domain
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Envelope is the part of a Stripe event the log needs to file it.
+type Envelope struct {
+	ID         string
+	Type       string
+	APIVersion string
+	Created    time.Time
+	Account    string
+	ObjectType string // data.object.object, e.g. "subscription"
+	ObjectID   string // data.object.id
+	CustomerID string // the customer the event is about, empty when it names none
+}
+
+type rawEnvelope struct {
+	ID         string `json:"id"`
+	Object     string `json:"object"`
+	Type       string `json:"type"`
+	APIVersion string `json:"api_version"`
+	Created    int64  `json:"created"`
+	Account    string `json:"account"`
+	Data       *struct {
+		Object json.RawMessage `json:"object"`
+	} `json:"data"`
+}
+
+type rawObject struct {
+	ID       string          `json:"id"`
+	Object   string          `json:"object"`
+	Customer json.RawMessage `json:"customer"`
+}
+
+// ParseEnvelope decodes the envelope of a Stripe event. It fails with an
+// EINVALID *Error saying what is wrong when the payload is not a Stripe event.
+func ParseEnvelope(payload []byte) (Envelope, error) {
+	var raw rawEnvelope
+	if err := json.Unmarshal(payload, &raw); err != nil {
+		return Envelope{}, Errorf(EINVALID, "malformed JSON: %v", err)
+	}
+	switch {
+	case raw.ID == "":
+		return Envelope{}, Errorf(EINVALID, "event has no id")
+	case raw.Object != "" && raw.Object != "event":
+		return Envelope{}, Errorf(EINVALID, "object is %q, not an event", raw.Object)
+	case raw.Type == "":
+		return Envelope{}, Errorf(EINVALID, "event %s has no type", raw.ID)
+	case raw.Created <= 0:
+		return Envelope{}, Errorf(EINVALID, "event %s has no created time", raw.ID)
+	case raw.Data == nil || len(raw.Data.Object) == 0:
+		return Envelope{}, Errorf(EINVALID, "event %s has no data.object", raw.ID)
+	}
+	var obj rawObject
+	if err := json.Unmarshal(raw.Data.Object, &obj); err != nil {
+		return Envelope{}, Errorf(EINVALID, "event %s: malformed data.object: %v", raw.ID, err)
+	}
+	env := Envelope{
+		ID:         raw.ID,
+		Type:       raw.Type,
+		APIVersion: raw.APIVersion,
+		Created:    time.Unix(raw.Created, 0).UTC(),
+		Account:    raw.Account,
+		ObjectType: obj.Object,
+		ObjectID:   obj.ID,
+		CustomerID: expandableID(obj.Customer),
+	}
+	if obj.Object == "customer" {
+		env.CustomerID = obj.ID
+	}
+	return env, nil
+}
+
+// Stream is the event-log stream the event belongs to (DESIGN §2):
+// customer-<cus_id> when it names a customer, otherwise
+// object-<object type>-<object id>; Connect events are prefixed by "<acct>/".
+func (e Envelope) Stream() string {
+	var s string
+	switch {
+	case e.CustomerID != "":
+		s = CustomerStream(e.CustomerID)
+	case e.ObjectID != "":
+		s = "object-" + orUnknown(e.ObjectType) + "-" + e.ObjectID
+	default:
+		s = "object-" + orUnknown(e.ObjectType) + "-" + e.ID
+	}
+	if e.Account != "" {
+		s = e.Account + "/" + s
+	}
+	return s
+}
+
+// CustomerStream is the stream of a platform customer's events.
+func CustomerStream(customerID string) string { return "customer-" + customerID }
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+// expandableID returns the id of a Stripe expandable field, which is either
+// a string id or an expanded object with an "id".
+func expandableID(raw json.RawMessage) string {
+	if len(raw) == 0 || string(raw) == "null" {
+		return ""
+	}
+	var id string
+	if json.Unmarshal(raw, &id) == nil {
+		return id
+	}
+	var obj struct {
+		ID string `json:"id"`
+	}
+	if json.Unmarshal(raw, &obj) == nil {
+		return obj.ID
+	}
+	return ""
+}

@@ -1,0 +1,126 @@
+// Package pgtest gives tests a real, throwaway PostgreSQL database with the
+// ledger's migrations applied. The server comes from LEDGER_TEST_DATABASE_URL
+// (default postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable).
+package pgtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/stripe-ledger/stripe-ledger/migrations"
+)
+
+// ServerURL is the URL of the server tests create their databases on.
+func ServerURL() string {
+	if u := os.Getenv("LEDGER_TEST_DATABASE_URL"); u != "" {
+		return u
+	}
+	return "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+}
+
+var template struct {
+	once sync.Once
+	name string
+	err  error
+}
+
+// NewDatabase creates a uniquely named, migrated database, drops it when the
+// test ends, and returns its URL. Databases are cloned from a template that is
+// migrated once per test binary, so each costs one CREATE DATABASE.
+func NewDatabase(tb testing.TB) string {
+	tb.Helper()
+	ctx := context.Background()
+	template.once.Do(func() {
+		template.name = "ledger_tmpl_" + randomSuffix()
+		template.err = migrations.Migrate(ctx, urlFor(tb, template.name))
+	})
+	if template.err != nil {
+		tb.Fatalf("pgtest: migrate template database: %v", template.err)
+	}
+	name := "ledger_test_" + randomSuffix()
+	admin := connect(tb, ServerURL())
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE "+template.name); err != nil {
+		tb.Fatalf("pgtest: create database %s: %v", name, err)
+	}
+	tb.Cleanup(func() {
+		c := connect(tb, ServerURL())
+		defer c.Close(ctx)
+		if _, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			tb.Errorf("pgtest: drop database %s: %v", name, err)
+		}
+	})
+	return urlFor(tb, name)
+}
+
+// NewPool opens a pool on a fresh database from NewDatabase, closed when the test ends.
+func NewPool(tb testing.TB) (*pgxpool.Pool, string) {
+	tb.Helper()
+	url := NewDatabase(tb)
+	pool, err := pgxpool.New(context.Background(), url)
+	if err != nil {
+		tb.Fatalf("pgtest: open pool: %v", err)
+	}
+	tb.Cleanup(pool.Close)
+	return pool, url
+}
+
+// Main runs a package's tests and then drops the template database. Use it as
+//
+//	func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+func Main(m *testing.M) int {
+	code := m.Run()
+	if template.name != "" {
+		dropTemplate()
+	}
+	return code
+}
+
+func dropTemplate() {
+	ctx := context.Background()
+	c, err := pgx.Connect(ctx, ServerURL())
+	if err != nil {
+		return
+	}
+	defer c.Close(ctx)
+	_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+template.name+" WITH (FORCE)")
+}
+
+func urlFor(tb testing.TB, database string) string {
+	cfg, err := pgx.ParseConfig(ServerURL())
+	if err != nil {
+		tb.Fatalf("pgtest: parse %s: %v", ServerURL(), err)
+	}
+	u := ServerURL()
+	// Replace the path's database name, keep the query string.
+	rest := ""
+	if i := strings.Index(u, "?"); i >= 0 {
+		u, rest = u[:i], u[i:]
+	}
+	if cfg.Database != "" {
+		u = strings.TrimSuffix(u, "/"+cfg.Database)
+	}
+	return strings.TrimSuffix(u, "/") + "/" + database + rest
+}
+
+func connect(tb testing.TB, url string) *pgx.Conn {
+	c, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		tb.Fatalf("pgtest: connect %s: %v", url, err)
+	}
+	return c
+}
+
+func randomSuffix() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
