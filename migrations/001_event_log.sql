@@ -18,13 +18,22 @@ CREATE TABLE events (
     UNIQUE (stream, stream_version)
 );
 
-CREATE SEQUENCE events_global_position_seq OWNED BY events.global_position;
+-- CACHE 1 (the default, spelled out because gap safety depends on it): with a
+-- per-session cache, two sessions would hold interleaved ranges of positions,
+-- and taking the append lock would no longer hand them out in commit order.
+CREATE SEQUENCE events_global_position_seq CACHE 1 OWNED BY events.global_position;
 
 -- ledger_append stores one event and reports (duplicate, stream_version, global_position).
 -- Every append takes the same transaction-scoped advisory lock, so appends
 -- commit in global_position order: a reader that has seen position P can
--- never later meet a newly committed row at or below P (DESIGN §2). The lock
--- is held only for this one statement's implicit transaction.
+-- never later meet a newly committed row at or below P (DESIGN §2): the
+-- position is drawn under the lock, and PostgreSQL makes a commit visible
+-- before it releases the transaction's locks. Call it as a statement of its
+-- own (an implicit transaction) so the lock is held no longer than needed.
+-- It needs READ COMMITTED, where each statement below sees the appends
+-- committed before the lock was granted; under a transaction-wide snapshot
+-- taken earlier it would miss them (a duplicate not reported as such, a
+-- stale stream version), so it refuses to run there.
 CREATE FUNCTION ledger_append(
     p_event_id text, p_stream text, p_type text, p_api_version text,
     p_created timestamptz, p_account text, p_payload bytea, p_signature text,
@@ -34,6 +43,10 @@ DECLARE
     v_prev bytea;
     v_sha  bytea := sha256(p_payload);
 BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'ledger_append needs READ COMMITTED, not %', current_setting('transaction_isolation')
+            USING ERRCODE = 'invalid_transaction_state';
+    END IF;
     PERFORM pg_advisory_xact_lock(7226053401); -- 'ledger events' append lock
     SELECT e.stream_version, e.global_position INTO stream_version, global_position
       FROM events e WHERE e.event_id = p_event_id;

@@ -1,0 +1,46 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+)
+
+// readyTimeout bounds the checks /readyz runs.
+const readyTimeout = 2 * time.Second
+
+func (s *Server) handleHealthz(c echo.Context) error {
+	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+}
+
+type readiness struct {
+	Status      string          `json:"status"` // ok | degraded
+	Database    string          `json:"database"`
+	Projections []ProjectionLag `json:"projections"`
+}
+
+// handleReadyz answers 200 when the database is reachable (projection lag is
+// reported, not judged: a rebuilding projection is not a reason to stop
+// taking webhooks) and 503 "degraded" when it is not.
+func (s *Server) handleReadyz(c echo.Context) error {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), readyTimeout)
+	defer cancel()
+	r := readiness{Status: "ok", Database: "ok", Projections: []ProjectionLag{}}
+	if err := s.cfg.DB.Ping(ctx); err != nil {
+		s.cfg.Logger.Warn("readiness: database unreachable", "err", err)
+		r.Status, r.Database = "degraded", "unreachable"
+		return c.JSON(http.StatusServiceUnavailable, r)
+	}
+	if s.cfg.Projections != nil {
+		lags, err := s.cfg.Projections(ctx)
+		if err != nil {
+			s.cfg.Logger.Warn("readiness: projection status", "err", err)
+			r.Status = "degraded"
+			return c.JSON(http.StatusServiceUnavailable, r)
+		}
+		r.Projections = lags
+	}
+	return c.JSON(http.StatusOK, r)
+}

@@ -1,0 +1,149 @@
+// Package api is the ledger's HTTP edge, built on Echo: the Stripe webhook,
+// liveness/readiness, Prometheus metrics and the authenticated /v1 read API.
+// Handlers return errors; one error handler turns them into the JSON error
+// shape of DESIGN §5 and the matching status.
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/stripe-ledger/stripe-ledger/domain"
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+)
+
+// Config holds the server's dependencies. Log, DB and WebhookSecrets are required.
+type Config struct {
+	Log            eventlog.Log
+	DB             *pgxpool.Pool // the read model (and, with the default backend, the log)
+	WebhookSecrets []string      // STRIPE_WEBHOOK_SECRET, every secret accepted during rotation
+	APIToken       string        // LEDGER_API_TOKEN; empty disables /v1 with a 503
+	Logger         *slog.Logger
+	Registry       *prometheus.Registry // metrics are registered here and served at /metrics
+	// Projections reports each projection's progress for /readyz; nil reports none.
+	Projections func(ctx context.Context) ([]ProjectionLag, error)
+}
+
+// ProjectionLag is one projection's progress as /readyz reports it.
+type ProjectionLag struct {
+	Name     string `json:"name"`
+	Position string `json:"position"`
+	Head     string `json:"head"`
+	Lag      int64  `json:"lag"`
+}
+
+// Server is the HTTP server. Create it with New; it is an http.Handler.
+type Server struct {
+	cfg     Config
+	echo    *echo.Echo
+	metrics *metrics
+}
+
+// New builds the server and its routes.
+func New(cfg Config) (*Server, error) {
+	if cfg.Log == nil || cfg.DB == nil {
+		return nil, errors.New("api: Log and DB are required")
+	}
+	if len(cfg.WebhookSecrets) == 0 {
+		return nil, errors.New("api: at least one webhook secret is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	s := &Server{cfg: cfg, echo: echo.New()}
+	m, err := newMetrics(cfg.Registry)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics = m
+	e := s.echo
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = s.handleError
+
+	e.POST("/stripe/webhook", s.handleWebhook)
+	e.GET("/healthz", s.handleHealthz)
+	e.GET("/readyz", s.handleReadyz)
+	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{})))
+	return s, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.echo.ServeHTTP(w, r) }
+
+// errorBody is the JSON error shape of DESIGN §5.
+type errorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+// statusOf maps an error code to its HTTP status: the one place that does.
+func statusOf(code string) int {
+	switch code {
+	case domain.EINVALID:
+		return http.StatusBadRequest
+	case domain.EUNAUTHORIZED:
+		return http.StatusUnauthorized
+	case domain.ENOTFOUND:
+		return http.StatusNotFound
+	case domain.ECONFLICT:
+		return http.StatusConflict
+	case domain.ETOOLARGE:
+		return http.StatusRequestEntityTooLarge
+	case domain.EUNAVAILABLE, domain.ENOTCONFIGURED:
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+func (s *Server) handleError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	var he *echo.HTTPError
+	if errors.As(err, &he) { // Echo's own: unknown route, wrong method, …
+		err = &domain.Error{Code: codeOfStatus(he.Code), Message: http.StatusText(he.Code)}
+	}
+	code := domain.ErrorCode(err)
+	if code == domain.EINTERNAL {
+		s.cfg.Logger.Error("request failed", "method", c.Request().Method, "path", c.Path(), "err", err)
+	}
+	var body errorBody
+	body.Error.Code, body.Error.Message = code, domain.ErrorMessage(err)
+	status := statusOf(code)
+	if he != nil {
+		status = he.Code
+	}
+	if err := c.JSON(status, body); err != nil {
+		s.cfg.Logger.Warn("write error response", "err", err)
+	}
+}
+
+func codeOfStatus(status int) string {
+	switch status {
+	case http.StatusNotFound:
+		return domain.ENOTFOUND
+	case http.StatusUnauthorized:
+		return domain.EUNAUTHORIZED
+	case http.StatusRequestEntityTooLarge:
+		return domain.ETOOLARGE
+	case http.StatusServiceUnavailable:
+		return domain.EUNAVAILABLE
+	}
+	if status >= 400 && status < 500 {
+		return domain.EINVALID
+	}
+	return domain.EINTERNAL
+}

@@ -1,0 +1,102 @@
+package api
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/stripe/stripe-go/v76/webhook"
+
+	"github.com/stripe-ledger/stripe-ledger/domain"
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+)
+
+// MaxWebhookBody is the largest webhook body accepted (DESIGN §5).
+const MaxWebhookBody = 1 << 20
+
+// signatureTolerance is how old a signature's timestamp may be.
+const signatureTolerance = webhook.DefaultTolerance
+
+type webhookResponse struct {
+	Received  bool `json:"received"`
+	Duplicate bool `json:"duplicate"`
+}
+
+// handleWebhook verifies a Stripe delivery and appends it to the event log,
+// answering 200 only once the event is durable.
+func (s *Server) handleWebhook(c echo.Context) error {
+	payload, err := io.ReadAll(io.LimitReader(c.Request().Body, MaxWebhookBody+1))
+	if err != nil {
+		return s.reject(domain.Errorf(domain.EINVALID, "read request body: %v", err), "rejected")
+	}
+	if len(payload) > MaxWebhookBody {
+		return s.reject(domain.Errorf(domain.ETOOLARGE, "request body is over %d bytes", MaxWebhookBody), "too_large")
+	}
+	header := c.Request().Header.Get("Stripe-Signature")
+	if err := verifySignature(payload, header, s.cfg.WebhookSecrets); err != nil {
+		return s.reject(err, "rejected")
+	}
+	env, err := domain.ParseEnvelope(payload)
+	if err != nil {
+		return s.reject(err, "rejected")
+	}
+
+	start := time.Now()
+	res, err := s.cfg.Log.Append(c.Request().Context(), eventlog.Event{
+		ID:         env.ID,
+		Stream:     env.Stream(),
+		Type:       env.Type,
+		APIVersion: env.APIVersion,
+		Created:    env.Created,
+		Account:    env.Account,
+		Payload:    payload,
+		Signature:  header,
+	})
+	s.metrics.appendSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		if errors.Is(err, eventlog.ErrUnavailable) {
+			s.cfg.Logger.Warn("event log unavailable", "event_id", env.ID, "err", err)
+			return s.reject(domain.Errorf(domain.EUNAVAILABLE, "the event log is unavailable; retry later"), "unavailable")
+		}
+		s.metrics.webhooks.WithLabelValues("failed").Inc()
+		return err // logged and answered 500 by handleError; Stripe retries
+	}
+	outcome := "stored"
+	if res.Duplicate {
+		outcome = "duplicate"
+	}
+	s.metrics.webhooks.WithLabelValues(outcome).Inc()
+	s.cfg.Logger.Info("webhook", "event_id", env.ID, "type", env.Type, "stream", env.Stream(), "outcome", outcome)
+	return c.JSON(http.StatusOK, webhookResponse{Received: true, Duplicate: res.Duplicate})
+}
+
+func (s *Server) reject(err error, outcome string) error {
+	s.metrics.webhooks.WithLabelValues(outcome).Inc()
+	return err
+}
+
+// verifySignature checks the Stripe-Signature header against every secret
+// (several during rotation). The signature is checked before the timestamp so
+// that "stale" is only ever said of an authentic delivery. The payload's
+// api_version is deliberately not compared with stripe-go's pin.
+func verifySignature(payload []byte, header string, secrets []string) error {
+	if header == "" {
+		return domain.Errorf(domain.EINVALID, "missing Stripe-Signature header")
+	}
+	for _, secret := range secrets {
+		err := webhook.ValidatePayloadIgnoringTolerance(payload, header, secret)
+		if errors.Is(err, webhook.ErrInvalidHeader) || errors.Is(err, webhook.ErrNotSigned) {
+			return domain.Errorf(domain.EINVALID, "malformed Stripe-Signature header")
+		}
+		if err != nil {
+			continue
+		}
+		if err := webhook.ValidatePayloadWithTolerance(payload, header, secret, signatureTolerance); err != nil {
+			return domain.Errorf(domain.EINVALID, "stale signature timestamp: signed more than %s ago", signatureTolerance)
+		}
+		return nil
+	}
+	return domain.Errorf(domain.EINVALID, "invalid signature: no v1 signature matches a configured webhook secret")
+}

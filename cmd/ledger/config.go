@@ -1,0 +1,53 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Config is the ledger's configuration, read from the environment (DESIGN §6).
+type Config struct {
+	DatabaseURL    string
+	WebhookSecrets []string
+	EventLog       string // "postgres" or an esdb:// / kurrentdb:// connection string
+	Addr           string
+	APIToken       string
+	Plans          string // LEDGER_PLANS, parsed by domain.ParsePlans
+	StripeAPIKey   string
+	StripeAPIBase  string
+}
+
+// DefaultDatabaseURL is used when DATABASE_URL is unset.
+const DefaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/ledger?sslmode=disable"
+
+// LoadConfig reads the configuration. Secrets are checked where they are
+// needed (serve refuses to start without a webhook secret), so that migrate
+// runs without them.
+func LoadConfig(getenv func(string) string) (Config, error) {
+	cfg := Config{
+		DatabaseURL:   orDefault(getenv("DATABASE_URL"), DefaultDatabaseURL),
+		EventLog:      orDefault(getenv("LEDGER_EVENTLOG"), "postgres"),
+		Addr:          orDefault(getenv("LEDGER_ADDR"), ":8080"),
+		APIToken:      getenv("LEDGER_API_TOKEN"),
+		Plans:         getenv("LEDGER_PLANS"),
+		StripeAPIKey:  getenv("STRIPE_API_KEY"),
+		StripeAPIBase: getenv("STRIPE_API_BASE"),
+	}
+	for _, s := range strings.Split(getenv("STRIPE_WEBHOOK_SECRET"), ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			cfg.WebhookSecrets = append(cfg.WebhookSecrets, s)
+		}
+	}
+	if cfg.EventLog != "postgres" && !strings.HasPrefix(cfg.EventLog, "esdb://") &&
+		!strings.HasPrefix(cfg.EventLog, "esdb+discover://") && !strings.HasPrefix(cfg.EventLog, "kurrentdb://") {
+		return Config{}, fmt.Errorf("LEDGER_EVENTLOG must be \"postgres\" or an esdb:// connection string")
+	}
+	return cfg, nil
+}
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}

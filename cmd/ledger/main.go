@@ -1,0 +1,68 @@
+// Command ledger runs the stripe-ledger service and its operator and auditor
+// tools:
+//
+//	ledger serve                  the webhook endpoint, read API and projections
+//	ledger migrate                create the database if missing and apply migrations
+//
+// Configuration comes from the environment (DESIGN §6); see the README.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	var usage usageError
+	switch {
+	case errors.As(err, &usage):
+		fmt.Fprintln(os.Stderr, "ledger:", err)
+		fmt.Fprint(os.Stderr, usageText)
+		os.Exit(2)
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "ledger:", err)
+		os.Exit(1)
+	}
+}
+
+const usageText = `usage: ledger <command> [flags]
+
+commands:
+  serve      run the webhook endpoint, the read API and the projections
+  migrate    create the database if missing and apply the schema migrations
+`
+
+type usageError string
+
+func (e usageError) Error() string { return string(e) }
+
+// run dispatches a command line; tests call it as main does.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageError("no command given")
+	}
+	cfg, err := LoadConfig(getenv)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewJSONHandler(stderr, nil))
+	switch args[0] {
+	case "serve":
+		return runServe(ctx, cfg, logger, args[1:])
+	case "migrate":
+		return runMigrate(ctx, cfg, stdout)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usageText)
+		return nil
+	}
+	return usageError(fmt.Sprintf("unknown command %q", args[0]))
+}

@@ -1,0 +1,190 @@
+package domain
+
+import (
+	"cmp"
+	"time"
+)
+
+// The records below are snapshots: each is what one event said about one
+// Stripe object, stamped with that event's id and created time. A customer's
+// state keeps, per object, the snapshot that compares greatest under the
+// object's key (DESIGN §4), so every field a comparison needs is stored on the
+// record and a state re-loaded from rows folds exactly like one kept in memory.
+//
+// Optional Stripe timestamps are *time.Time, nil when Stripe sent null or 0;
+// all times are UTC with one-second resolution.
+
+// Customer is a Stripe customer as its customer.* events describe it.
+type Customer struct {
+	ID      string
+	Email   string
+	Name    string
+	Deleted bool // customer.deleted was seen; terminal
+
+	// The event the fields come from; empty until a customer.* event is seen.
+	LastEventID      string
+	LastEventCreated time.Time
+}
+
+// Subscription is a Stripe subscription; price, product, quantity and plan
+// come from its first item.
+type Subscription struct {
+	ID                 string
+	CustomerID         string
+	Status             string
+	PriceID            string
+	ProductID          string
+	LookupKey          string // the price's lookup_key
+	Plan               string // see Plans.Plan
+	Quantity           int64
+	CurrentPeriodStart *time.Time
+	CurrentPeriodEnd   *time.Time
+	CancelAtPeriodEnd  bool
+	CanceledAt         *time.Time
+	EndedAt            *time.Time
+	TrialEnd           *time.Time
+	Deleted            bool // customer.subscription.deleted was seen; terminal
+
+	LastEventID      string
+	LastEventCreated time.Time
+}
+
+// Entitled reports whether the subscription grants access: not deleted and
+// active, trialing or past_due.
+func (s Subscription) Entitled() bool {
+	if s.Deleted {
+		return false
+	}
+	switch s.Status {
+	case "active", "trialing", "past_due":
+		return true
+	}
+	return false
+}
+
+// Invoice is a Stripe invoice.
+type Invoice struct {
+	ID             string
+	CustomerID     string
+	SubscriptionID string // empty for an invoice outside any subscription
+	Status         string
+	AmountDue      int64
+	AmountPaid     int64
+	Currency       string
+	PeriodStart    *time.Time // for a renewal, the period that just ended
+	PeriodEnd      *time.Time
+	PaidAt         *time.Time
+	AttemptCount   int64 // the highest attempt count seen, whichever snapshot is kept
+
+	// The period the invoice pays for: the span of its subscription lines, or
+	// PeriodStart/PeriodEnd when it has no lines; nil when no line is a
+	// subscription's.
+	PaidPeriodStart *time.Time
+	PaidPeriodEnd   *time.Time
+
+	LastEventID      string
+	LastEventCreated time.Time
+}
+
+// Charge is a Stripe charge as charge.refunded describes it.
+type Charge struct {
+	ID             string
+	CustomerID     string
+	InvoiceID      string // absent from API 2025-03-31 and later payloads
+	Currency       string
+	Amount         int64
+	AmountRefunded int64
+	Refunded       bool
+
+	LastEventID      string
+	LastEventCreated time.Time
+}
+
+// Dispute is a Stripe dispute on a charge.
+type Dispute struct {
+	ID         string
+	CustomerID string // Stripe's disputes name only the charge: empty unless the charge was expanded
+	ChargeID   string
+	Status     string
+	Currency   string
+	Amount     int64
+
+	LastEventID      string
+	LastEventCreated time.Time
+}
+
+// Lifecycle order of statuses; unknown statuses rank lowest.
+var (
+	subscriptionStatusRank = map[string]int{
+		"incomplete": 1, "trialing": 2, "active": 3, "past_due": 4, "unpaid": 5,
+		"paused": 6, "incomplete_expired": 7, "canceled": 8,
+	}
+	invoiceStatusRank = map[string]int{
+		"draft": 1, "open": 2, "uncollectible": 3, "void": 4, "paid": 5,
+	}
+	disputeClosed = map[string]bool{"won": true, "lost": true, "warning_closed": true}
+)
+
+// A deleted customer or subscription outranks every live snapshot, so a
+// late-arriving older snapshot never revives it.
+func compareCustomers(a, b Customer) int {
+	return cmp.Or(
+		compareBools(a.Deleted, b.Deleted),
+		a.LastEventCreated.Compare(b.LastEventCreated),
+		cmp.Compare(a.LastEventID, b.LastEventID),
+	)
+}
+
+func compareSubscriptions(a, b Subscription) int {
+	return cmp.Or(
+		compareBools(a.Deleted, b.Deleted),
+		timeOrZero(a.CurrentPeriodEnd).Compare(timeOrZero(b.CurrentPeriodEnd)),
+		a.LastEventCreated.Compare(b.LastEventCreated),
+		cmp.Compare(subscriptionStatusRank[a.Status], subscriptionStatusRank[b.Status]),
+		cmp.Compare(a.LastEventID, b.LastEventID),
+	)
+}
+
+// Status first: paid is forever, and Stripe's invoice statuses only move up the rank.
+func compareInvoices(a, b Invoice) int {
+	return cmp.Or(
+		cmp.Compare(invoiceStatusRank[a.Status], invoiceStatusRank[b.Status]),
+		a.LastEventCreated.Compare(b.LastEventCreated),
+		cmp.Compare(a.LastEventID, b.LastEventID),
+	)
+}
+
+// Refunds only accumulate.
+func compareCharges(a, b Charge) int {
+	return cmp.Or(
+		cmp.Compare(a.AmountRefunded, b.AmountRefunded),
+		a.LastEventCreated.Compare(b.LastEventCreated),
+		cmp.Compare(a.LastEventID, b.LastEventID),
+	)
+}
+
+func compareDisputes(a, b Dispute) int {
+	return cmp.Or(
+		compareBools(disputeClosed[a.Status], disputeClosed[b.Status]),
+		a.LastEventCreated.Compare(b.LastEventCreated),
+		cmp.Compare(a.LastEventID, b.LastEventID),
+	)
+}
+
+func compareBools(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	default:
+		return -1
+	}
+}
+
+func timeOrZero(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return *t
+}

@@ -1,0 +1,150 @@
+package domain
+
+import (
+	"cmp"
+	"errors"
+	"time"
+)
+
+// CustomerState is everything the ledger knows about one customer: the
+// latest snapshot of the customer and of each of its objects, by id, and the
+// entitlement derived from them. Folding the same set of facts in any order,
+// with any duplicates, gives the same state (DESIGN §4).
+//
+// The zero CustomerState is empty and ready to use. A state re-built from
+// stored rows folds like the one that was stored, provided every exported
+// field was kept.
+type CustomerState struct {
+	Customer      Customer
+	Subscriptions map[string]Subscription
+	Invoices      map[string]Invoice
+	Charges       map[string]Charge
+	Disputes      map[string]Dispute
+
+	// Derived by Derive from the fields above.
+	Plan        string     // the best entitled subscription's plan, FreePlan without one
+	Entitled    bool       // some subscription is entitled (see Subscription.Entitled)
+	AccessUntil *time.Time // the latest paid-for period end over paid invoices of entitled subscriptions, nil when none
+
+	UpdatedAt time.Time // the latest created time of the facts applied, so that it too is order independent
+}
+
+// Apply folds a fact about the state's customer into s: each snapshot
+// replaces the stored one of the same object only if it compares greater
+// (DESIGN §4), then the entitlement is derived afresh.
+func (s *CustomerState) Apply(f Fact) {
+	if s.Subscriptions == nil {
+		s.Subscriptions = map[string]Subscription{}
+		s.Invoices = map[string]Invoice{}
+		s.Charges = map[string]Charge{}
+		s.Disputes = map[string]Dispute{}
+	}
+	if s.Customer.ID == "" {
+		s.Customer.ID = f.CustomerID
+	}
+	if f.Created.After(s.UpdatedAt) {
+		s.UpdatedAt = f.Created
+	}
+	switch {
+	case f.Customer != nil:
+		s.Customer = greater(s.Customer, *f.Customer, compareCustomers)
+	case f.Subscription != nil:
+		keep(s.Subscriptions, f.Subscription.ID, *f.Subscription, compareSubscriptions)
+	case f.Invoice != nil:
+		old := s.Invoices[f.Invoice.ID]
+		keep(s.Invoices, f.Invoice.ID, *f.Invoice, compareInvoices)
+		inv := s.Invoices[f.Invoice.ID]
+		inv.AttemptCount = max(old.AttemptCount, f.Invoice.AttemptCount)
+		s.Invoices[f.Invoice.ID] = inv
+	case f.Charge != nil:
+		keep(s.Charges, f.Charge.ID, *f.Charge, compareCharges)
+	case f.Dispute != nil:
+		keep(s.Disputes, f.Dispute.ID, *f.Dispute, compareDisputes)
+	}
+	s.Derive()
+}
+
+// Derive recomputes Plan, Entitled and AccessUntil from the snapshots alone.
+// Apply calls it; call it after changing the snapshots by hand. A deleted
+// customer is entitled to nothing.
+func (s *CustomerState) Derive() {
+	s.Plan, s.Entitled, s.AccessUntil = FreePlan, false, nil
+	if s.Customer.Deleted {
+		return
+	}
+	var best *Subscription
+	for _, sub := range s.Subscriptions {
+		if !sub.Entitled() {
+			continue
+		}
+		if best == nil || cmp.Or(
+			timeOrZero(sub.CurrentPeriodEnd).Compare(timeOrZero(best.CurrentPeriodEnd)),
+			cmp.Compare(sub.ID, best.ID),
+		) > 0 {
+			best = &sub
+		}
+	}
+	if best == nil {
+		return
+	}
+	s.Plan, s.Entitled = best.Plan, true
+	for _, inv := range s.Invoices {
+		if inv.Status != "paid" || inv.PaidPeriodEnd == nil || !s.Subscriptions[inv.SubscriptionID].Entitled() {
+			continue
+		}
+		if s.AccessUntil == nil || inv.PaidPeriodEnd.After(*s.AccessUntil) {
+			until := *inv.PaidPeriodEnd
+			s.AccessUntil = &until
+		}
+	}
+}
+
+// Replay decodes Stripe event payloads (as stored in the log) and folds them
+// into the state of each customer they name, keyed by customer id. Events of
+// types Decode does not handle, and facts that name no customer, are skipped.
+// Payloads that cannot be parsed or decoded are left out and their errors
+// returned, joined, next to the state folded from the others.
+func Replay(payloads [][]byte, plans Plans) (map[string]*CustomerState, error) {
+	states := map[string]*CustomerState{}
+	var errs []error
+	for _, payload := range payloads {
+		env, err := ParseEnvelope(payload)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		facts, err := Decode(env, payload, plans)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, f := range facts {
+			if f.CustomerID == "" {
+				continue
+			}
+			st := states[f.CustomerID]
+			if st == nil {
+				st = &CustomerState{}
+				states[f.CustomerID] = st
+			}
+			st.Apply(f)
+		}
+	}
+	return states, errors.Join(errs...)
+}
+
+// keep stores v under id unless the stored snapshot compares greater or equal.
+func keep[T any](m map[string]T, id string, v T, compare func(a, b T) int) {
+	if old, ok := m[id]; ok {
+		v = greater(old, v, compare)
+	}
+	m[id] = v
+}
+
+// greater returns b if it compares greater than a, else a.
+func greater[T any](a, b T, compare func(a, b T) int) T {
+	if compare(b, a) > 0 {
+		return b
+	}
+	return a
+}

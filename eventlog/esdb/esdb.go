@@ -1,0 +1,224 @@
+// Package esdb implements eventlog.Log on EventStoreDB / KurrentDB with
+// EventStore-Client-Go/v4, keeping an exact dedup guard in PostgreSQL
+// (DESIGN §2, §7).
+//
+// # Streams, events and positions
+//
+// A ledger stream s (customer-cus_…, object-…, acct_…/customer-…) is stored
+// as the EventStoreDB stream prefix+s, "ledger-" by default, so that one
+// stream-prefix filter selects exactly the ledger's events in $all, whatever
+// else (system streams, other applications) the database holds. Each Stripe
+// event is one EventStoreDB event: its id is the UUIDv5 of the Stripe event id
+// (EventID), its type the Stripe type, its data the raw payload bytes with
+// content type application/octet-stream (nothing on the way may treat it as a
+// document and re-encode it), and its metadata the JSON of Metadata: the
+// Stripe id, API version, created, account, signature header, received_at,
+// payload SHA-256 and the per-stream hash chain. A record's StreamVersion is
+// the event's stream revision and its Position the event's $all (commit,
+// prepare) position.
+//
+// The chain stays consistent under concurrent appends to one stream: Append
+// reads the stream's last event, computes the new hash from its hash, and
+// appends with that event's revision as the expected revision (no_stream for
+// a new stream); on wrong-expected-version it reads again and retries.
+//
+// # Exact dedup
+//
+// EventStoreDB's idempotent append only recognises recent retries of the same
+// events to the same stream, from a cache that a restart or a busy node
+// empties. The ledger needs "an event id is stored at most once, ever", so
+// every append goes through the esdb_event_ids table
+// (migrations/003_esdb_event_ids.sql), under a session advisory lock on the
+// event id that serialises appends of the same id across processes:
+//
+//  1. claim: insert the id as pending with attempts = 1, or add one to the
+//     attempts of a pending row; a committed row means the event is stored:
+//     report Duplicate with its stored revision and position.
+//  2. recover: attempts > 1 means an earlier append claimed the id and did not
+//     finish (crashed, timed out, lost its database connection) and may have
+//     reached EventStoreDB. Look for the event's UUID in the stream; if it is
+//     there, mark the row committed and report Duplicate.
+//  3. append the event to EventStoreDB (chain, expected revision, retries).
+//  4. mark the row committed with the revision and position.
+//
+// Every step commits on its own, so a crash anywhere leaves either no row
+// (nothing happened), a pending row (the next append of the id checks
+// EventStoreDB before writing) or a committed row: no event is lost or stored
+// twice. The lock dies with its connection, so a crashed writer never blocks
+// the retry. A writer whose append is still in flight after it lost the lock
+// cannot duplicate either: both appends carry the same UUID and an exact
+// expected revision, which EventStoreDB accepts once and treats as an
+// idempotent retry afterwards. A failure after step 3 (the event is durable
+// but step 4 fails) is logged and the append still succeeds; the pending row
+// is resolved by the next claim of the id.
+//
+// Readers must still be idempotent per event id: ReadAll, Subscribe and the
+// projections' checkpoints (DESIGN §2) guard against a replay from an older
+// position, and a projection must apply an event id once however often it is
+// delivered.
+//
+// # Reading and subscribing
+//
+// ReadAll, Head and CountAfter scan $all and keep the ledger's streams on the
+// client side: EventStore-Client-Go/v4 sends no server-side filter on reads
+// (only subscriptions take one). Subscribe uses SubscribeToAll with the
+// stream-prefix filter. Filtered subscriptions receive checkpoints while they
+// skip foreign events; SubscribeCheckpoints hands them to the caller so its
+// stored position advances past those events too. When the subscription
+// drops (the client never resubscribes by itself), Subscribe resubscribes
+// from the later of the last delivered record and the last checkpoint, and
+// drops anything at or before it, so nothing is lost or delivered twice.
+//
+// # Errors
+//
+// Client errors are classified with errors.As on *esdb.Error (esdb.FromError
+// misses wrapped errors) and, for the raw gRPC errors some calls return, on
+// the gRPC status: unavailable, not leader, deadline exceeded and a closed
+// connection wrap eventlog.ErrUnavailable (the webhook answers 503); wrong
+// expected version is retried inside Append. Failures of the dedup guard's
+// database wrap eventlog.ErrUnavailable as well. The client gives up on a
+// server that stays unreachable through its discovery attempts and closes
+// itself for good; the Log then replaces it with a new client on the next call.
+package esdb
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+)
+
+// DefaultStreamPrefix is the prefix of the EventStoreDB streams that hold the ledger's streams.
+const DefaultStreamPrefix = "ledger-"
+
+// eventIDNamespace is the UUIDv5 namespace of EventID.
+var eventIDNamespace = uuid.MustParse("0f5c8e0a-63d4-4f4e-9d3b-6b1c1d2a8e71")
+
+// EventID is the EventStoreDB event id of a Stripe event id: a UUIDv5, the
+// same for every delivery of the event.
+func EventID(stripeEventID string) uuid.UUID {
+	return uuid.NewSHA1(eventIDNamespace, []byte(stripeEventID))
+}
+
+// Log is the EventStoreDB event log. It is safe for concurrent use.
+//
+// The guard pool belongs to the caller: Close does not close it. Stop every
+// Subscribe (cancel its context) before Close.
+type Log struct {
+	config *esdb.Configuration
+	guard  *pgxpool.Pool
+	logger *slog.Logger
+	prefix string
+	batch  int
+
+	mu     sync.Mutex
+	client *esdb.Client // replaced by reconnect when it closes itself
+	closed bool
+
+	// afterAppend, when set (by tests), runs between the append to
+	// EventStoreDB and the guard's commit; an error aborts Append there,
+	// as a crash would.
+	afterAppend func() error
+}
+
+// Option configures a Log.
+type Option func(*Log)
+
+// WithStreamPrefix stores the ledger's streams under prefix instead of
+// DefaultStreamPrefix. Give each log sharing a database its own prefix (tests
+// against one real server do).
+func WithStreamPrefix(prefix string) Option {
+	return func(l *Log) { l.prefix = prefix }
+}
+
+// WithBatchSize sets the largest batch Subscribe hands its handler and the
+// page size of $all scans (default 500).
+func WithBatchSize(n int) Option {
+	return func(l *Log) {
+		if n > 0 {
+			l.batch = n
+		}
+	}
+}
+
+// Open returns a Log on the EventStoreDB node or cluster of connectionString
+// (esdb://host:2113?tls=false, esdb+discover://…) with its dedup guard in the
+// guard database, migrated with the ledger's migrations. It does not connect
+// yet: the client connects on first use. A nil logger discards messages.
+func Open(connectionString string, guard *pgxpool.Pool, logger *slog.Logger, opts ...Option) (*Log, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	cfg, err := esdb.ParseConnectionString(connectionString)
+	if err != nil {
+		return nil, fmt.Errorf("esdb event log: parse connection string: %w", err)
+	}
+	cfg.Logger = func(level esdb.LogLevel, format string, args ...any) {
+		logger.Debug(fmt.Sprintf(format, args...), "component", "esdb-client", "client_level", level)
+	}
+	client, err := esdb.NewClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("esdb event log: %w", err)
+	}
+	l := &Log{config: cfg, guard: guard, logger: logger, prefix: DefaultStreamPrefix, batch: 500, client: client}
+	for _, opt := range opts {
+		opt(l)
+	}
+	return l, nil
+}
+
+var _ eventlog.Log = (*Log)(nil)
+
+// Close implements eventlog.Log: it closes the client.
+func (l *Log) Close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.closed {
+		l.closed = true
+		_ = l.client.Close()
+	}
+}
+
+var errClosed = errors.New("esdb event log is closed")
+
+// conn is the current client.
+func (l *Log) conn() (*esdb.Client, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil, errClosed
+	}
+	return l.client, nil
+}
+
+// reconnect replaces client with a new one when err says it closed itself
+// (the client does so when discovery gives up on an unreachable server) and
+// it is still the current one. The old client is dropped, not closed: its
+// connection goroutine has already ended, and closing its channel would turn
+// a call still failing on it into a panic.
+func (l *Log) reconnect(client *esdb.Client, err error) {
+	if !hasCode(err, esdb.ErrorCodeConnectionClosed) {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed || l.client != client {
+		return
+	}
+	fresh, newErr := esdb.NewClient(l.config)
+	if newErr != nil {
+		l.logger.Error("esdb event log: recreate client", "err", newErr)
+		return
+	}
+	l.logger.Warn("esdb event log: client closed itself after failed discovery; replaced it")
+	l.client = fresh
+}
+
+// streamName is the EventStoreDB stream of ledger stream s.
+func (l *Log) streamName(s string) string { return l.prefix + s }

@@ -1,0 +1,372 @@
+package postgres_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/eventlogtest"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
+	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+func TestContract(t *testing.T) {
+	eventlogtest.Run(t, func(t *testing.T) eventlog.Log {
+		pool, _ := pgtest.NewPool(t)
+		// A small batch makes Subscribe's catch-up span several batches.
+		return postgres.New(pool, testLogger(t), postgres.WithBatchSize(16))
+	})
+}
+
+func TestUnavailable(t *testing.T) {
+	t.Parallel()
+	refused, err := pgxpool.New(context.Background(), "postgres://postgres@127.0.0.1:1/ledger?sslmode=disable&connect_timeout=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(refused.Close)
+	closed, _ := pgtest.NewPool(t)
+	closed.Close()
+	live, _ := pgtest.NewPool(t)
+	expired, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+
+	backends := []struct {
+		name string
+		pool *pgxpool.Pool
+		ctx  context.Context
+	}{
+		{"connection refused", refused, t.Context()},
+		{"closed pool", closed, t.Context()},
+		{"deadline exceeded", live, expired},
+	}
+	ops := []struct {
+		name string
+		call func(context.Context, eventlog.Log) error
+	}{
+		{"Append", func(ctx context.Context, l eventlog.Log) error {
+			_, err := l.Append(ctx, eventlogtest.NewEvent(eventlogtest.NewStream("down")))
+			return err
+		}},
+		{"ReadStream", func(ctx context.Context, l eventlog.Log) error {
+			_, err := l.ReadStream(ctx, "customer-cus_down", 0, 10)
+			return err
+		}},
+		{"ReadAll", func(ctx context.Context, l eventlog.Log) error {
+			_, err := l.ReadAll(ctx, eventlog.Start, 10)
+			return err
+		}},
+		{"Head", func(ctx context.Context, l eventlog.Log) error {
+			_, err := l.Head(ctx)
+			return err
+		}},
+		{"CountAfter", func(ctx context.Context, l eventlog.Log) error {
+			_, err := l.CountAfter(ctx, eventlog.Start)
+			return err
+		}},
+	}
+	for _, b := range backends {
+		l := postgres.New(b.pool, testLogger(t))
+		for _, op := range ops {
+			t.Run(b.name+"/"+op.name, func(t *testing.T) {
+				if err := op.call(b.ctx, l); !errors.Is(err, eventlog.ErrUnavailable) {
+					t.Errorf("%s = %v, want an error wrapping eventlog.ErrUnavailable", op.name, err)
+				}
+			})
+		}
+	}
+
+	t.Run("a bad request is not unavailability", func(t *testing.T) {
+		_, err := postgres.New(live, nil).ReadStream(t.Context(), "customer-cus_x", 0, -1)
+		if err == nil || errors.Is(err, eventlog.ErrUnavailable) {
+			t.Errorf("ReadStream with a negative limit = %v, want an error that is not ErrUnavailable", err)
+		}
+	})
+	t.Run("Subscribe on a closed pool gives up", func(t *testing.T) {
+		err := postgres.New(closed, nil).Subscribe(t.Context(), eventlog.Start, acceptAll)
+		if !errors.Is(err, eventlog.ErrUnavailable) {
+			t.Errorf("Subscribe = %v, want an error wrapping eventlog.ErrUnavailable", err)
+		}
+	})
+	t.Run("Subscribe keeps retrying an unreachable server", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+		defer cancel()
+		if err := postgres.New(refused, nil).Subscribe(ctx, eventlog.Start, acceptAll); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Subscribe = %v, want it to retry until its context ends", err)
+		}
+	})
+}
+
+// TestTerminatedConnection covers a server-side disconnect (57P01
+// admin_shutdown, as in a restart or failover) on a pooled connection.
+func TestTerminatedConnection(t *testing.T) {
+	t.Parallel()
+	admin, url := pgtest.NewPool(t)
+	pool := newPool(t, url, "ledger-terminated", func(cfg *pgxpool.Config) {
+		cfg.MaxConns = 1
+		// Without the acquire-time ping, the dead connection is used, as it is
+		// when the server goes away less than a second after its last use.
+		cfg.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
+	})
+	l := postgres.New(pool, testLogger(t))
+	if _, err := l.Head(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	terminate(t, admin, "ledger-terminated")
+
+	e := eventlogtest.NewEvent(eventlogtest.NewStream("terminated"))
+	if _, err := l.Append(t.Context(), e); !errors.Is(err, eventlog.ErrUnavailable) {
+		t.Fatalf("Append on a terminated connection = %v, want an error wrapping eventlog.ErrUnavailable", err)
+	}
+	res, err := l.Append(t.Context(), e)
+	if err != nil || res.Duplicate {
+		t.Errorf("Append after the pool replaced the connection = %+v, %v; want a fresh append", res, err)
+	}
+}
+
+func TestSubscribeSurvivesLostConnection(t *testing.T) {
+	t.Parallel()
+	pool, url := pgtest.NewPool(t)
+	writer := postgres.New(pool, testLogger(t))
+	// A poll interval far beyond the test's waits: only notifications on the
+	// new connection can deliver the records appended after the disconnect.
+	reader := postgres.New(newPool(t, url, "ledger-subscriber", nil), testLogger(t), postgres.WithPollInterval(time.Hour))
+	stream := eventlogtest.NewStream("reconnect")
+	appendN := func(n int) {
+		for range n {
+			if _, err := writer.Append(t.Context(), eventlogtest.NewEvent(stream)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	appendN(3)
+	f := eventlogtest.Follow(t, reader, eventlog.Start)
+	f.WaitFor(t, 3)
+	terminate(t, pool, "ledger-subscriber")
+	appendN(3)
+	f.WaitFor(t, 6)
+	got := f.Stop(t)
+	all, err := writer.ReadAll(t.Context(), eventlog.Start, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(eventlogtest.IDs(got), eventlogtest.IDs(all)) {
+		t.Errorf("delivered %v, the log holds %v", eventlogtest.IDs(got), eventlogtest.IDs(all))
+	}
+}
+
+// TestAppendLockOrdersCommits shows the gap safety of DESIGN §2 at work: while
+// one append's transaction is open, a second append waits for it instead of
+// committing a higher position first, and readers see neither until the
+// first commits — so no reader can pass a position that commits later.
+func TestAppendLockOrdersCommits(t *testing.T) {
+	t.Parallel()
+	pool, _ := pgtest.NewPool(t)
+	l := postgres.New(pool, testLogger(t))
+	stream := eventlogtest.NewStream("gap")
+	first, second := eventlogtest.NewEvent(stream), eventlogtest.NewEvent(stream)
+
+	tx, err := pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background()) //nolint:errcheck // a no-op once committed
+	var firstPos int64
+	err = tx.QueryRow(t.Context(), `SELECT global_position FROM ledger_append($1, $2, $3, $4, $5, $6, $7, $8)`,
+		first.ID, first.Stream, first.Type, first.APIVersion, first.Created, first.Account, first.Payload, first.Signature,
+	).Scan(&firstPos)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	type appended struct {
+		res eventlog.AppendResult
+		err error
+	}
+	done := make(chan appended, 1)
+	go func() {
+		res, err := l.Append(t.Context(), second)
+		done <- appended{res, err}
+	}()
+	waitUntil(t, "the second append waits for the append lock", func() bool {
+		var waiting int
+		err := pool.QueryRow(t.Context(), `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`).Scan(&waiting)
+		return err == nil && waiting == 1
+	})
+	if recs, err := l.ReadAll(t.Context(), eventlog.Start, 10); err != nil || len(recs) != 0 {
+		t.Errorf("ReadAll during the open append = %d records, %v; want none", len(recs), err)
+	}
+	if head, err := l.Head(t.Context()); err != nil || head != eventlog.Start {
+		t.Errorf("Head during the open append = %s, %v; want Start", head, err)
+	}
+
+	if err := tx.Commit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	got := <-done
+	if got.err != nil {
+		t.Fatal(got.err)
+	}
+	if got.res.Position.Commit <= uint64(firstPos) || got.res.StreamVersion != 1 {
+		t.Errorf("second append = %+v, want version 1 after position %d", got.res, firstPos)
+	}
+	recs, err := l.ReadAll(t.Context(), eventlog.Start, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{first.ID, second.ID}; !slices.Equal(eventlogtest.IDs(recs), want) {
+		t.Errorf("ReadAll = %v, want %v", eventlogtest.IDs(recs), want)
+	}
+}
+
+// TestAppendGuards checks the schema properties gap safety and dedup rest on.
+func TestAppendGuards(t *testing.T) {
+	t.Parallel()
+	pool, _ := pgtest.NewPool(t)
+
+	t.Run("position sequence is not cached per session", func(t *testing.T) {
+		var cache int64
+		err := pool.QueryRow(t.Context(),
+			`SELECT cache_size FROM pg_sequences WHERE sequencename = 'events_global_position_seq'`).Scan(&cache)
+		if err != nil || cache != 1 {
+			t.Errorf("events_global_position_seq cache = %d, %v; want 1", cache, err)
+		}
+	})
+	for _, iso := range []pgx.TxIsoLevel{pgx.RepeatableRead, pgx.Serializable} {
+		t.Run("refuses "+string(iso), func(t *testing.T) {
+			tx, err := pool.BeginTx(t.Context(), pgx.TxOptions{IsoLevel: iso})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(context.Background()) //nolint:errcheck // the transaction failed
+			e := eventlogtest.NewEvent(eventlogtest.NewStream("isolation"))
+			_, err = tx.Exec(t.Context(), `SELECT * FROM ledger_append($1, $2, $3, $4, $5, $6, $7, $8)`,
+				e.ID, e.Stream, e.Type, e.APIVersion, e.Created, e.Account, e.Payload, e.Signature)
+			if pgErr, ok := errors.AsType[*pgconn.PgError](err); !ok || pgErr.Code != "25000" {
+				t.Errorf("ledger_append under %s = %v, want invalid_transaction_state (25000)", iso, err)
+			}
+		})
+	}
+}
+
+// TestReadAllFromForeignPosition: ReadAll and CountAfter follow
+// eventlog.Position order even for positions whose Prepare differs from
+// Commit, which this backend never hands out.
+func TestReadAllFromForeignPosition(t *testing.T) {
+	t.Parallel()
+	pool, _ := pgtest.NewPool(t)
+	l := postgres.New(pool, testLogger(t))
+	var positions []eventlog.Position
+	for range 3 {
+		res, err := l.Append(t.Context(), eventlogtest.NewEvent(eventlogtest.NewStream("foreign")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		positions = append(positions, res.Position)
+	}
+	mid := positions[1].Commit
+	for _, tc := range []struct {
+		from eventlog.Position
+		want int
+	}{
+		{eventlog.Position{Commit: mid, Prepare: 0}, 2},
+		{eventlog.Position{Commit: mid, Prepare: mid}, 1},
+		{eventlog.Position{Commit: mid, Prepare: mid + 1}, 1},
+	} {
+		recs, err := l.ReadAll(t.Context(), tc.from, 10)
+		if err != nil || len(recs) != tc.want {
+			t.Errorf("ReadAll(%s) = %d records, %v; want %d", tc.from, len(recs), err, tc.want)
+		}
+		if n, err := l.CountAfter(t.Context(), tc.from); err != nil || n != int64(tc.want) {
+			t.Errorf("CountAfter(%s) = %d, %v; want %d", tc.from, n, err, tc.want)
+		}
+	}
+}
+
+// BenchmarkAppend measures concurrent appends of ~2 KiB events spread over 64
+// streams, as the webhook handler makes them.
+func BenchmarkAppend(b *testing.B) {
+	pool := newPool(b, pgtest.NewDatabase(b), "ledger-bench", func(cfg *pgxpool.Config) { cfg.MaxConns = 16 })
+	l := postgres.New(pool, nil)
+	streams := make([]string, 64)
+	for i := range streams {
+		streams[i] = eventlogtest.NewStream("bench")
+	}
+	pad := bytes.Repeat([]byte("x"), 1800)
+	var n atomic.Int64
+	b.SetParallelism(8)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			e := eventlogtest.NewEvent(streams[n.Add(1)%int64(len(streams))])
+			e.Payload = fmt.Appendf(bytes.TrimSuffix(e.Payload, []byte("}\n")), ",\n  \"padding\": %q\n}\n", pad)
+			if _, err := l.Append(context.Background(), e); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "appends/s")
+}
+
+func acceptAll(context.Context, []eventlog.Record) error { return nil }
+
+func testLogger(tb testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tb.Output(), nil))
+}
+
+// newPool opens a pool on url whose connections carry applicationName, so
+// that terminate can find them.
+func newPool(tb testing.TB, url, applicationName string, configure func(*pgxpool.Config)) *pgxpool.Pool {
+	tb.Helper()
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg.ConnConfig.RuntimeParams["application_name"] = applicationName
+	if configure != nil {
+		configure(cfg)
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(pool.Close)
+	return pool
+}
+
+// terminate ends every backend of the current database whose application
+// name is applicationName, as a server shutdown or failover would, and waits
+// until they are gone.
+func terminate(t *testing.T, admin *pgxpool.Pool, applicationName string) {
+	t.Helper()
+	var terminated int
+	err := admin.QueryRow(t.Context(), `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000))
+		FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1`, applicationName).Scan(&terminated)
+	if err != nil || terminated == 0 {
+		t.Fatalf("terminate %s: %d backends, %v", applicationName, terminated, err)
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+	}
+}

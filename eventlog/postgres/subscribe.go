@@ -1,0 +1,141 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/puddle/v2"
+
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+)
+
+// Reconnect back-off of a Subscribe whose connection failed.
+const (
+	minReconnectDelay = 100 * time.Millisecond
+	maxReconnectDelay = 5 * time.Second
+)
+
+// Subscribe implements eventlog.Log. It holds one pooled connection that
+// LISTENs on ledger_events, reads everything after the last delivered position
+// in batches, then waits for a notification (or the poll interval) and reads
+// again. LISTEN comes before every read, so no commit can fall between the
+// read and the wait. When the connection fails, Subscribe takes a new one and
+// resumes after the last record h accepted, so each record is delivered once;
+// it only gives up on ctx, on h's error, on a closed pool, or on an error
+// other than ErrUnavailable.
+func (l *Log) Subscribe(ctx context.Context, from eventlog.Position, h eventlog.Handler) error {
+	s := &subscription{Log: l, h: h, pos: from}
+	delay := minReconnectDelay
+	for {
+		err := s.follow(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if hErr, ok := errors.AsType[handlerError](err); ok {
+			return hErr.err
+		}
+		if !errors.Is(err, eventlog.ErrUnavailable) || errors.Is(err, puddle.ErrClosedPool) {
+			return err
+		}
+		if s.listened {
+			delay = minReconnectDelay
+		}
+		l.logger.WarnContext(ctx, "event log subscription lost the database; reconnecting",
+			"after", s.pos.String(), "retry_in", delay, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, maxReconnectDelay)
+	}
+}
+
+// subscription is the state of one Subscribe call.
+type subscription struct {
+	*Log
+	h        eventlog.Handler
+	pos      eventlog.Position // of the last record h accepted
+	listened bool              // the latest connection got as far as LISTEN
+}
+
+// handlerError carries the handler's error out of follow untouched.
+type handlerError struct{ err error }
+
+func (e handlerError) Error() string { return e.err.Error() }
+
+// follow runs the subscription on one connection until it fails.
+func (s *subscription) follow(ctx context.Context) error {
+	s.listened = false
+	pooled, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("subscribe: acquire connection: %w", classify(err))
+	}
+	conn := pooled.Conn()
+	defer func() {
+		// A connection that LISTENs must not go back to the pool: close it,
+		// and Release then discards it.
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = conn.Close(closeCtx)
+		pooled.Release()
+	}()
+	if _, err := conn.Exec(ctx, "LISTEN ledger_events"); err != nil {
+		return fmt.Errorf("subscribe: listen: %w", classify(err))
+	}
+	s.listened = true
+	for {
+		if err := s.catchUp(ctx, conn); err != nil {
+			return err
+		}
+		if err := s.wait(ctx, conn); err != nil {
+			return err
+		}
+	}
+}
+
+// catchUp hands h every committed record after s.pos, batch by batch.
+func (s *subscription) catchUp(ctx context.Context, conn *pgx.Conn) error {
+	for {
+		batch, err := readAll(ctx, conn, s.pos, s.batchSize)
+		if err != nil {
+			return fmt.Errorf("subscribe: read after %s: %w", s.pos, err)
+		}
+		if len(batch) == 0 {
+			return nil
+		}
+		if err := s.h(ctx, batch); err != nil {
+			return handlerError{err}
+		}
+		s.pos = batch[len(batch)-1].Position
+		if len(batch) < s.batchSize {
+			return nil
+		}
+	}
+}
+
+// wait blocks until a notification announces a record after s.pos, or the
+// poll interval passes. Notifications that arrived while catchUp was reading
+// name records it has already delivered; they are skipped without a query.
+func (s *subscription) wait(ctx context.Context, conn *pgx.Conn) error {
+	waitCtx, cancel := context.WithTimeout(ctx, s.pollInterval)
+	defer cancel()
+	for {
+		n, err := conn.WaitForNotification(waitCtx)
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case waitCtx.Err() != nil:
+			return nil // poll anyway
+		case err != nil:
+			return fmt.Errorf("subscribe: wait for notification: %w", classify(err))
+		}
+		if pos, err := strconv.ParseUint(n.Payload, 10, 64); err != nil || pos > s.pos.Commit {
+			return nil
+		}
+	}
+}
