@@ -6,9 +6,11 @@ package api
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"log/slog"
 	"net/http"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/labstack/echo/v4"
@@ -74,6 +76,10 @@ func New(cfg Config) (*Server, error) {
 	e.GET("/healthz", s.handleHealthz)
 	e.GET("/readyz", s.handleReadyz)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{})))
+
+	v1 := e.Group("/v1", s.requireToken)
+	v1.GET("/customers/:id", s.handleCustomer)
+	v1.GET("/subscriptions/:id", s.handleSubscription)
 	return s, nil
 }
 
@@ -146,4 +152,18 @@ func codeOfStatus(status int) string {
 		return domain.EINVALID
 	}
 	return domain.EINTERNAL
+}
+
+// requireToken guards /v1 with the bearer token of LEDGER_API_TOKEN.
+func (s *Server) requireToken(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if s.cfg.APIToken == "" {
+			return domain.Errorf(domain.ENOTCONFIGURED, "the read API is disabled: set LEDGER_API_TOKEN to enable it")
+		}
+		got, ok := strings.CutPrefix(c.Request().Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.APIToken)) != 1 {
+			return domain.Errorf(domain.EUNAUTHORIZED, "missing or wrong bearer token")
+		}
+		return next(c)
+	}
 }

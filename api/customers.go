@@ -1,0 +1,136 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/labstack/echo/v4"
+
+	"github.com/stripe-ledger/stripe-ledger/domain"
+)
+
+// customerJSON is the customer shape of DESIGN §5.
+type customerJSON struct {
+	CustomerID    string             `json:"customer_id"`
+	Email         string             `json:"email"`
+	Name          string             `json:"name"`
+	Deleted       bool               `json:"deleted"`
+	Plan          string             `json:"plan"`
+	Entitled      bool               `json:"entitled"`
+	AccessUntil   *time.Time         `json:"access_until"`
+	UpdatedAt     time.Time          `json:"updated_at"`
+	Subscriptions []subscriptionJSON `json:"subscriptions"`
+}
+
+// subscriptionJSON is the subscription shape of DESIGN §5.
+type subscriptionJSON struct {
+	SubscriptionID     string     `json:"subscription_id"`
+	CustomerID         string     `json:"customer_id"`
+	Status             string     `json:"status"`
+	PriceID            string     `json:"price_id"`
+	ProductID          string     `json:"product_id"`
+	Plan               string     `json:"plan"`
+	Quantity           int64      `json:"quantity"`
+	CurrentPeriodStart *time.Time `json:"current_period_start"`
+	CurrentPeriodEnd   *time.Time `json:"current_period_end"`
+	CancelAtPeriodEnd  bool       `json:"cancel_at_period_end"`
+	CanceledAt         *time.Time `json:"canceled_at"`
+	EndedAt            *time.Time `json:"ended_at"`
+	TrialEnd           *time.Time `json:"trial_end"`
+	Deleted            bool       `json:"deleted"`
+}
+
+const subscriptionColumns = `subscription_id, customer_id, status, price_id, product_id, plan, quantity,
+	current_period_start, current_period_end, cancel_at_period_end, canceled_at, ended_at, trial_end, deleted`
+
+func scanSubscription(row pgx.Row) (subscriptionJSON, error) {
+	var s subscriptionJSON
+	err := row.Scan(&s.SubscriptionID, &s.CustomerID, &s.Status, &s.PriceID, &s.ProductID, &s.Plan, &s.Quantity,
+		&s.CurrentPeriodStart, &s.CurrentPeriodEnd, &s.CancelAtPeriodEnd, &s.CanceledAt, &s.EndedAt, &s.TrialEnd, &s.Deleted)
+	for _, t := range []**time.Time{&s.CurrentPeriodStart, &s.CurrentPeriodEnd, &s.CanceledAt, &s.EndedAt, &s.TrialEnd} {
+		*t = utc(*t)
+	}
+	return s, err
+}
+
+func (s *Server) handleCustomer(c echo.Context) error {
+	ctx, id := c.Request().Context(), c.Param("id")
+	cust, err := s.loadCustomer(ctx, id)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, cust)
+}
+
+// loadCustomer reads a customer and its subscriptions in one snapshot, so a
+// concurrent projection batch or version swap is seen whole or not at all.
+func (s *Server) loadCustomer(ctx context.Context, id string) (customerJSON, error) {
+	var cust customerJSON
+	err := pgx.BeginTxFunc(ctx, s.cfg.DB, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `SELECT customer_id, email, name, deleted, plan, entitled, access_until, updated_at
+			FROM readmodel.customers WHERE customer_id = $1`, id).
+			Scan(&cust.CustomerID, &cust.Email, &cust.Name, &cust.Deleted, &cust.Plan, &cust.Entitled, &cust.AccessUntil, &cust.UpdatedAt)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return domain.Errorf(domain.ENOTFOUND, "customer %s not found", id)
+		}
+		if err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `SELECT `+subscriptionColumns+` FROM readmodel.subscriptions
+			WHERE customer_id = $1 ORDER BY current_period_end DESC NULLS LAST, subscription_id`, id)
+		if err != nil {
+			return err
+		}
+		cust.Subscriptions, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (subscriptionJSON, error) { return scanSubscription(r) })
+		return err
+	})
+	if err != nil {
+		return customerJSON{}, readError(fmt.Sprintf("customer %s", id), err)
+	}
+	cust.AccessUntil, cust.UpdatedAt = utc(cust.AccessUntil), cust.UpdatedAt.UTC()
+	return cust, nil
+}
+
+func (s *Server) handleSubscription(c echo.Context) error {
+	ctx, id := c.Request().Context(), c.Param("id")
+	sub, err := scanSubscription(s.cfg.DB.QueryRow(ctx, `SELECT `+subscriptionColumns+`
+		FROM readmodel.subscriptions WHERE subscription_id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return domain.Errorf(domain.ENOTFOUND, "subscription %s not found", id)
+	}
+	if err != nil {
+		return readError("subscription "+id, err)
+	}
+	return c.JSON(http.StatusOK, sub)
+}
+
+// readError classifies a read-model failure: domain errors pass through,
+// connection failures are EUNAVAILABLE, anything else is internal (and its
+// text, which may hold SQL, stays in the log).
+func readError(what string, err error) error {
+	var de *domain.Error
+	if errors.As(err, &de) {
+		return err
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table: no projection version is live yet
+		return domain.Errorf(domain.EUNAVAILABLE, "the read model has not been built yet; retry later")
+	}
+	if !errors.As(err, &pgErr) && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("read %s: %w", what, errors.Join(err, domain.Errorf(domain.EUNAVAILABLE, "the database is unavailable; retry later")))
+	}
+	return fmt.Errorf("read %s: %w", what, err)
+}
+
+func utc(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
