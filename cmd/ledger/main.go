@@ -3,6 +3,8 @@
 //
 //	ledger serve                  the webhook endpoint, read API and projections
 //	ledger migrate                create the database if missing and apply migrations
+//	ledger verify                 re-prove the event log's hash chains and stored signatures
+//	ledger history                export a customer's events (or --all) as JSON Lines or CSV
 //
 // Configuration comes from the environment (DESIGN §6); see the README.
 package main
@@ -39,6 +41,11 @@ const usageText = `usage: ledger <command> [flags]
 commands:
   serve      run the webhook endpoint, the read API and the projections
   migrate    create the database if missing and apply the schema migrations
+  verify     [--customer cus_… [--account acct_…]]
+             recompute every hash chain and payload digest of the event log and, with
+             STRIPE_WEBHOOK_SECRET set, re-verify every stored Stripe signature; exits 1 on a mismatch
+  history    cus_… [--account acct_…] | --all   [--format jsonl|csv] [--since RFC3339] [--until RFC3339]
+             export a customer's events (--all: every event) to stdout, payloads byte for byte
 `
 
 type usageError string
@@ -60,6 +67,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runServe(ctx, cfg, logger, args[1:])
 	case "migrate":
 		return runMigrate(ctx, cfg, stdout)
+	case "verify":
+		return runVerify(ctx, cfg, logger, args[1:], stdout, stderr)
+	case "history":
+		return runHistory(ctx, cfg, logger, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usageText)
 		return nil

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/schollz/progressbar/v3"
+	"golang.org/x/term"
+
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
+)
+
+// runVerify recomputes every hash chain and payload digest of the log (or of
+// one customer's stream) and, with STRIPE_WEBHOOK_SECRET set, re-verifies
+// every stored Stripe signature. It fails when anything does not match.
+func runVerify(ctx context.Context, cfg Config, logger *slog.Logger, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	customer := fs.String("customer", "", "verify only this customer's stream (cus_…); default: the whole log")
+	account := fs.String("account", "", "the Connect account (acct_…) of --customer")
+	if err := fs.Parse(args); err != nil {
+		return usageError(err.Error())
+	}
+	if fs.NArg() > 0 {
+		return usageError(fmt.Sprintf("verify: unexpected argument %q", fs.Arg(0)))
+	}
+	var streams []string
+	switch {
+	case *customer != "":
+		stream, err := audit.CustomerStream(*customer, *account)
+		if err != nil {
+			return usageError(err.Error())
+		}
+		streams = []string{stream}
+	case *account != "":
+		return usageError("verify: --account needs --customer")
+	}
+	l, closeLog, err := openEventLog(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+
+	progress, finish := progressBar(ctx, l, stderr, streams == nil)
+	report, err := audit.Verify(ctx, l, streams, cfg.WebhookSecrets, progress)
+	finish()
+	if err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	fmt.Fprintf(stdout, "checked %d stream(s), %d event(s): hash chains and payload digests recomputed\n", report.Streams, report.Events)
+	if report.SignaturesTested {
+		fmt.Fprintf(stdout, "Stripe signatures re-verified against %d webhook secret(s), timestamps ignored\n", len(cfg.WebhookSecrets))
+	} else {
+		fmt.Fprintln(stdout, "Stripe signatures NOT checked: STRIPE_WEBHOOK_SECRET is not set")
+	}
+	for _, p := range report.Problems {
+		fmt.Fprintln(stdout, "PROBLEM", p)
+	}
+	if !report.OK() {
+		return fmt.Errorf("verification failed: %d problem(s)", len(report.Problems))
+	}
+	fmt.Fprintln(stdout, "OK: no record was altered, removed or reordered")
+	return nil
+}
+
+// progressBar returns a callback that draws verify's progress on stderr when
+// stderr is a terminal (a bar against the log's size when checking all of
+// it, a counter otherwise), and a func that ends the drawing. When stderr is
+// not a terminal, the callback is nil and nothing is drawn.
+func progressBar(ctx context.Context, l eventlog.Log, stderr io.Writer, all bool) (progress func(done int64), finish func()) {
+	f, ok := stderr.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return nil, func() {}
+	}
+	total := int64(-1) // unknown: a spinner with a count
+	if all {
+		if n, err := l.CountAfter(ctx, eventlog.Start); err == nil {
+			total = n
+		}
+	}
+	bar := progressbar.NewOptions64(total,
+		progressbar.OptionSetWriter(f),
+		progressbar.OptionSetDescription("verifying"),
+		progressbar.OptionSetItsString("events"),
+		progressbar.OptionShowCount(),
+		progressbar.OptionShowIts(),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionClearOnFinish(),
+	)
+	return func(done int64) {
+			if total >= 0 && done > bar.GetMax64() { // events appended since the count
+				bar.ChangeMax64(done)
+			}
+			_ = bar.Set64(done)
+		}, func() {
+			_ = bar.Finish()
+		}
+}
+
+// openEventLog opens the database and the event log that LEDGER_EVENTLOG
+// names, as serve does, for the commands that only read the log; the
+// returned func closes both.
+func openEventLog(ctx context.Context, cfg Config, logger *slog.Logger) (eventlog.Log, func(), error) {
+	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open database: %w", err)
+	}
+	l, _, err := openLog(ctx, cfg, pool, logger)
+	if err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	return l, func() { l.Close(); pool.Close() }, nil
+}
