@@ -15,6 +15,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/stripe-ledger/stripe-ledger/api"
+	"github.com/stripe-ledger/stripe-ledger/domain"
+	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
@@ -67,6 +69,7 @@ func startServer(tb testing.TB, direct, serverPool *pgxpool.Pool, proxy *tcpProx
 		DB:             serverPool,
 		WebhookSecrets: []string{secret, oldSecret},
 		APIToken:       apiToken,
+		Plans:          testPlans,
 		Logger:         logger,
 	})
 	if err != nil {
@@ -78,6 +81,16 @@ func startServer(tb testing.TB, direct, serverPool *pgxpool.Pool, proxy *tcpProx
 }
 
 const apiToken = "test-api-token"
+
+// testPlans maps the generated lifecycles' prices to plans, as LEDGER_PLANS would.
+var testPlans = must(domain.ParsePlans(domaintest.Plans))
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
 
 func (e *testEnv) count(tb testing.TB) int64 {
 	tb.Helper()

@@ -27,6 +27,7 @@ type Config struct {
 	DB             *pgxpool.Pool // the read model (and, with the default backend, the log)
 	WebhookSecrets []string      // STRIPE_WEBHOOK_SECRET, every secret accepted during rotation
 	APIToken       string        // LEDGER_API_TOKEN; empty disables /v1 with a 503
+	Plans          domain.Plans  // LEDGER_PLANS, for folding events into state (GET /v1/customers/{id}/state)
 	Logger         *slog.Logger
 	Registry       *prometheus.Registry // metrics are registered here and served at /metrics
 	// Projections reports each projection's progress for /readyz; nil reports none.
@@ -80,6 +81,9 @@ func New(cfg Config) (*Server, error) {
 	v1 := e.Group("/v1", s.requireToken)
 	v1.GET("/customers/:id", s.handleCustomer)
 	v1.GET("/subscriptions/:id", s.handleSubscription)
+	v1.GET("/customers/:id/events", s.handleEvents)
+	v1.GET("/customers/:id/events.csv", s.handleEventsCSV)
+	v1.GET("/customers/:id/state", s.handleState)
 	return s, nil
 }
 

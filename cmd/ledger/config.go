@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"strings"
+
+	"github.com/stripe-ledger/stripe-ledger/domain"
 )
 
 // Config is the ledger's configuration, read from the environment (DESIGN §6).
@@ -12,7 +14,7 @@ type Config struct {
 	EventLog       string // "postgres" or an esdb:// / kurrentdb:// connection string
 	Addr           string
 	APIToken       string
-	Plans          string // LEDGER_PLANS, parsed by domain.ParsePlans
+	Plans          domain.Plans // LEDGER_PLANS
 	StripeAPIKey   string
 	StripeAPIBase  string
 }
@@ -29,7 +31,6 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		EventLog:      orDefault(getenv("LEDGER_EVENTLOG"), "postgres"),
 		Addr:          orDefault(getenv("LEDGER_ADDR"), ":8080"),
 		APIToken:      getenv("LEDGER_API_TOKEN"),
-		Plans:         getenv("LEDGER_PLANS"),
 		StripeAPIKey:  getenv("STRIPE_API_KEY"),
 		StripeAPIBase: getenv("STRIPE_API_BASE"),
 	}
@@ -38,6 +39,11 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			cfg.WebhookSecrets = append(cfg.WebhookSecrets, s)
 		}
 	}
+	plans, err := domain.ParsePlans(getenv("LEDGER_PLANS"))
+	if err != nil {
+		return Config{}, fmt.Errorf("LEDGER_PLANS: %w", err)
+	}
+	cfg.Plans = plans
 	if cfg.EventLog != "postgres" && !strings.HasPrefix(cfg.EventLog, "esdb://") &&
 		!strings.HasPrefix(cfg.EventLog, "esdb+discover://") && !strings.HasPrefix(cfg.EventLog, "kurrentdb://") {
 		return Config{}, fmt.Errorf("LEDGER_EVENTLOG must be \"postgres\" or an esdb:// connection string")

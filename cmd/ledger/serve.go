@@ -80,6 +80,7 @@ func OpenService(ctx context.Context, cfg Config, logger *slog.Logger) (*Service
 		DB:             pool,
 		WebhookSecrets: cfg.WebhookSecrets,
 		APIToken:       cfg.APIToken,
+		Plans:          cfg.Plans,
 		Logger:         logger,
 		Registry:       reg,
 	})

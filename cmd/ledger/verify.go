@@ -63,8 +63,11 @@ func runVerify(ctx context.Context, cfg Config, logger *slog.Logger, args []stri
 	for _, p := range report.Problems {
 		fmt.Fprintln(stdout, "PROBLEM", p)
 	}
+	if more := report.ProblemCount - int64(len(report.Problems)); more > 0 {
+		fmt.Fprintf(stdout, "… and %d more problem(s) not listed\n", more)
+	}
 	if !report.OK() {
-		return fmt.Errorf("verification failed: %d problem(s)", len(report.Problems))
+		return fmt.Errorf("verification failed: %d problem(s)", report.ProblemCount)
 	}
 	fmt.Fprintln(stdout, "OK: no record was altered, removed or reordered")
 	return nil

@@ -1,0 +1,271 @@
+package audit_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/csv"
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stripe/stripe-go/v76/webhook"
+
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/eventlogtest"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
+	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+const secret = "whsec_audit_test"
+
+// seed appends events, signed with secret as Stripe would, to three streams
+// of five on a fresh database and returns the log, the pool and each
+// stream's records.
+func seed(t *testing.T) (eventlog.Log, *pgxpool.Pool, [][]eventlog.Record) {
+	t.Helper()
+	ctx := context.Background()
+	pool, _ := pgtest.NewPool(t)
+	l := postgres.New(pool, nil)
+	var streams [][]eventlog.Record
+	for range 3 {
+		stream := eventlogtest.NewStream("audit")
+		for range 5 {
+			e := eventlogtest.NewEvent(stream)
+			e.Signature = webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{
+				Payload: e.Payload, Secret: secret, Timestamp: time.Now().Add(-24 * time.Hour),
+			}).Header
+			if _, err := l.Append(ctx, e); err != nil {
+				t.Fatal(err)
+			}
+		}
+		recs, err := l.ReadStream(ctx, stream, 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, recs)
+	}
+	return l, pool, streams
+}
+
+func TestVerifyUntouchedLog(t *testing.T) {
+	t.Parallel()
+	l, _, streams := seed(t)
+	var calls []int64
+	report, err := audit.Verify(context.Background(), l, nil, []string{"whsec_old", secret}, func(done int64) { calls = append(calls, done) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !report.OK() || report.Streams != 3 || report.Events != 15 || !report.SignaturesTested {
+		t.Fatalf("report = %+v, want 3 streams, 15 events, no problems", report)
+	}
+	if len(calls) == 0 || calls[len(calls)-1] != 15 {
+		t.Errorf("progress calls = %v, want the last to be 15", calls)
+	}
+	report, err = audit.Verify(context.Background(), l, []string{streams[1][0].Stream}, nil, nil)
+	if err != nil || !report.OK() || report.Streams != 1 || report.Events != 5 || report.SignaturesTested {
+		t.Fatalf("one stream, no secrets: %+v, %v", report, err)
+	}
+}
+
+// TestVerifyFindsTampering edits the events table behind the log's back, as
+// someone with database access could, and expects Verify to name the event
+// that gives it away, reading the whole log and reading the one stream.
+func TestVerifyFindsTampering(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name   string
+		tamper string // SQL; $1 is the event id of version 2 of the second stream
+		blame  int    // the version of the event the first problem must name
+		what   string
+	}{
+		{"payload byte changed", `UPDATE events SET payload = overlay(payload PLACING '\x58'::bytea FROM 12 FOR 1) WHERE event_id = $1`,
+			2, "payload was altered"},
+		{"row deleted from the middle", `DELETE FROM events WHERE event_id = $1`,
+			3, "1 earlier record(s) of the stream are missing"},
+		{"hash changed", `UPDATE events SET hash = sha256('forged') WHERE event_id = $1`,
+			2, "is not sha256(prev_hash || payload_sha256)"},
+		{"payload and its digests rewritten consistently", `UPDATE events SET payload = convert_to('{"forged":true}', 'UTF8'),
+			payload_sha256 = sha256(convert_to('{"forged":true}', 'UTF8')),
+			hash = sha256(prev_hash || sha256(convert_to('{"forged":true}', 'UTF8'))) WHERE event_id = $1`,
+			2, "Stripe-Signature matches the stored payload under none"},
+		{"signature from another secret", `UPDATE events SET signature = $2 WHERE event_id = $1`,
+			2, "Stripe-Signature matches the stored payload under none"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			l, pool, streams := seed(t)
+			target := streams[1][2]
+			args := []any{target.ID}
+			if strings.Contains(tc.tamper, "$2") {
+				args = append(args, webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{
+					Payload: target.Payload, Secret: "whsec_attacker", Timestamp: time.Now(),
+				}).Header)
+			}
+			if _, err := pool.Exec(ctx, tc.tamper, args...); err != nil {
+				t.Fatal(err)
+			}
+			blamed := streams[1][tc.blame]
+			for _, scope := range [][]string{nil, {target.Stream}} {
+				report, err := audit.Verify(ctx, l, scope, []string{secret}, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if report.OK() {
+					t.Fatalf("scope %v: no problem found", scope)
+				}
+				p := report.Problems[0]
+				if p.EventID != blamed.ID || p.Stream != blamed.Stream || p.StreamVersion != int64(tc.blame) || !strings.Contains(p.What, tc.what) {
+					t.Errorf("scope %v: first problem = %v, want event %s at version %d: %q", scope, p, blamed.ID, tc.blame, tc.what)
+				}
+				for _, p := range report.Problems {
+					if p.Stream != target.Stream {
+						t.Errorf("scope %v: problem outside the tampered stream: %v", scope, p)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestHeadFindsTheLastRecordFromAnyVersion(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, _ := pgtest.NewPool(t)
+	l := postgres.New(pool, nil)
+	stream := eventlogtest.NewStream("head")
+	for range 37 {
+		if _, err := l.Append(ctx, eventlogtest.NewEvent(stream)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, err := l.ReadStream(ctx, stream, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, known := range recs {
+		head, err := audit.Head(ctx, l, stream, known)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if head.StreamVersion != 36 || !bytes.Equal(head.Hash, recs[36].Hash) {
+			t.Fatalf("Head from version %d = version %d, want 36", known.StreamVersion, head.StreamVersion)
+		}
+	}
+}
+
+func TestCustomerStream(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		customer, account, want string
+		ok                      bool
+	}{
+		{"cus_123", "", "customer-cus_123", true},
+		{"cus_123", "acct_9", "acct_9/customer-cus_123", true},
+		{"", "", "", false},
+		{"cus_1/../x", "", "", false},
+		{"cus_1", "acct 9", "", false},
+	}
+	for _, tc := range cases {
+		got, err := audit.CustomerStream(tc.customer, tc.account)
+		if got != tc.want || (err == nil) != tc.ok {
+			t.Errorf("CustomerStream(%q, %q) = %q, %v; want %q, ok=%v", tc.customer, tc.account, got, err, tc.want, tc.ok)
+		}
+	}
+}
+
+// record returns a stored-looking record with the given payload.
+func record(payload string) eventlog.Record {
+	e := eventlogtest.NewEvent(eventlogtest.NewStream("export"))
+	e.Payload = []byte(payload)
+	return eventlog.Record{Event: e, StreamVersion: 4, ReceivedAt: time.Now(), PayloadSHA256: []byte{1}, PrevHash: []byte{2}, Hash: []byte{3}}
+}
+
+// Stripe's bodies are pretty-printed; the exports must give back the exact bytes.
+var payloads = []string{
+	"{\n  \"id\": \"evt_1\",\r\n\t\"object\": \"event\", \"x\": \"<café & ✓>\"  }\n",
+	`{"compact":true}`,
+	"{\"bad_utf8\": \"\xff\xfe\"}",
+}
+
+func TestJSONLRoundTripsPayloads(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	w := audit.NewJSONLWriter(&buf)
+	for _, p := range payloads {
+		if err := w.Write(record(p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+	if len(lines) != len(payloads) {
+		t.Fatalf("%d lines, want %d:\n%s", len(lines), len(payloads), buf.String())
+	}
+	for i, line := range lines {
+		var got struct {
+			Payload       *string `json:"payload"`
+			PayloadBase64 string  `json:"payload_base64"`
+			Hash          string  `json:"hash"`
+			StreamVersion int64   `json:"stream_version"`
+		}
+		if err := json.Unmarshal([]byte(line), &got); err != nil {
+			t.Fatalf("line %d: %v", i, err)
+		}
+		raw := []byte(nil)
+		if got.Payload != nil {
+			raw = []byte(*got.Payload)
+		} else {
+			raw, _ = base64.StdEncoding.DecodeString(got.PayloadBase64)
+		}
+		if string(raw) != payloads[i] || got.Hash != "03" || got.StreamVersion != 4 {
+			t.Errorf("line %d decodes to %q (hash %s, version %d), want %q", i, raw, got.Hash, got.StreamVersion, payloads[i])
+		}
+	}
+}
+
+func TestAppendJSONEmbedsPayloadVerbatim(t *testing.T) {
+	t.Parallel()
+	for _, p := range payloads[:2] {
+		doc, err := audit.AppendJSON(nil, record(p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got struct{ Payload json.RawMessage }
+		if !json.Valid(doc) || json.Unmarshal(doc, &got) != nil || !bytes.HasSuffix(doc, []byte(`"payload":`+p+`}`)) {
+			t.Errorf("AppendJSON = %s, want the payload %q verbatim", doc, p)
+		}
+	}
+	doc, _ := audit.AppendJSON(nil, record("not json {"))
+	if !json.Valid(doc) {
+		t.Errorf("an invalid stored payload breaks the document: %s", doc)
+	}
+}
+
+func TestCSVWriter(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	w := audit.NewCSVWriter(&buf)
+	if err := w.Write(record(payloads[1])); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := csv.NewReader(&buf).ReadAll()
+	if err != nil || len(rows) != 2 || strings.Join(rows[0], ",") != strings.Join(audit.CSVHeader, ",") ||
+		rows[1][len(rows[1])-1] != payloads[1] || rows[1][6] != "4" {
+		t.Fatalf("CSV = %q, %v", rows, err)
+	}
+	buf.Reset()
+	if err := audit.NewCSVWriter(&buf).Flush(); err != nil || buf.String() != strings.Join(audit.CSVHeader, ",")+"\n" {
+		t.Errorf("empty CSV = %q, %v; want the header alone", buf.String(), err)
+	}
+}
