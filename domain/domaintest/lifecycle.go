@@ -140,10 +140,9 @@ func (g *generator) customerLife() {
 	if g.chance(20) {
 		subs = append(subs, g.subscriptionLife(t+g.rng.Int64N(40*day), &charges))
 	}
-	last := g.last
 	if g.chance(20) {
 		email = fmt.Sprintf("billing+%s@example.com", g.cus[4:12])
-		g.emitCustomer("customer.updated", t+g.rng.Int64N(last-t+1), email)
+		g.emitCustomer("customer.updated", t+g.rng.Int64N(g.last-t+1), email)
 	}
 	for _, c := range charges {
 		g.refundsAndDisputes(c)
@@ -201,15 +200,15 @@ func (g *generator) subscriptionLife(t int64, charges *[]charge) *subscription {
 			return s
 		}
 	}
+	// Cancellations come in the period's last two days, after any trial_will_end.
+	c := s.end - 1 - g.rng.Int64N(2*day)
 	switch n := g.rng.IntN(100); {
 	case n < 25:
-		c := s.start + g.rng.Int64N(s.end-s.start)
 		s.cancelAtPeriodEnd, s.canceledAt = true, c
 		g.emitSubscription("customer.subscription.updated", c, *s)
 		s.status, s.endedAt = "canceled", s.end
 		g.emitSubscription("customer.subscription.deleted", s.end, *s)
 	case n < 40:
-		c := s.start + g.rng.Int64N(s.end-s.start)
 		s.status, s.canceledAt, s.endedAt = "canceled", c, c
 		g.emitSubscription("customer.subscription.deleted", c, *s)
 	}
