@@ -15,18 +15,21 @@ CREATE TABLE projection_checkpoints (
     updated_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
--- Events a projection could not apply: which event, which error. Never
--- silently lost; see the projections package for the policy.
+-- Events a projection could not apply: which event, which error, recorded in
+-- the same transaction as the batch that skipped them. They belong to the
+-- schema (projection build) that met them and are deleted with it; see the
+-- projections package for the policy.
 CREATE TABLE projection_dead_letters (
     projection  text        NOT NULL,
     version     integer     NOT NULL,
+    schema_name text        NOT NULL,
     event_id    text        NOT NULL,
     position    bigint      NOT NULL,
     prepare     bigint      NOT NULL,
     event_type  text        NOT NULL,
     error       text        NOT NULL,
     recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    PRIMARY KEY (projection, version, event_id)
+    PRIMARY KEY (schema_name, event_id)
 );
 
 ---- create above / drop below ----

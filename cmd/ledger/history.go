@@ -64,11 +64,12 @@ func runHistory(ctx context.Context, cfg Config, logger *slog.Logger, args []str
 		return usageError(fmt.Sprintf("history: --format must be jsonl or csv, not %q", *format))
 	}
 
-	l, closeLog, err := openEventLog(ctx, cfg, logger)
+	b, err := OpenBackends(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
-	defer closeLog()
+	defer b.Close()
+	l := b.Log
 	var read int64
 	each := func(batch []eventlog.Record) error {
 		read += int64(len(batch))

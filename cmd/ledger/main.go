@@ -4,6 +4,7 @@
 //	ledger serve                  the webhook endpoint, read API and projections
 //	ledger migrate                create the database if missing and apply migrations
 //	ledger verify                 re-prove the event log's hash chains and stored signatures
+//	ledger projections status|rebuild|diff
 //	ledger history                export a customer's events (or --all) as JSON Lines or CSV
 //
 // Configuration comes from the environment (DESIGN §6); see the README.
@@ -44,6 +45,9 @@ commands:
   verify     [--customer cus_… [--account acct_…]]
              recompute every hash chain and payload digest of the event log and, with
              STRIPE_WEBHOOK_SECRET set, re-verify every stored Stripe signature; exits 1 on a mismatch
+  projections status | rebuild [billing] [--wait] | diff [billing] [--format text|json]
+             where each projection stands; rebuild it blue/green from the whole log; or show,
+             without swapping, what a rebuild with this binary's logic would change
   history    cus_… [--account acct_…] | --all   [--format jsonl|csv] [--since RFC3339] [--until RFC3339]
              export a customer's events (--all: every event) to stdout, payloads byte for byte
 `
@@ -69,6 +73,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runMigrate(ctx, cfg, stdout)
 	case "verify":
 		return runVerify(ctx, cfg, logger, args[1:], stdout, stderr)
+	case "projections":
+		return runProjections(ctx, cfg, logger, args[1:], stdout, stderr)
 	case "history":
 		return runHistory(ctx, cfg, logger, args[1:], stdout, stderr)
 	case "help", "-h", "--help":

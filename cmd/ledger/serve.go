@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -18,6 +19,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 	"github.com/stripe-ledger/stripe-ledger/migrations"
+	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
 // shutdownGrace is how long in-flight requests get to finish on SIGTERM.
@@ -46,49 +48,32 @@ func runServe(ctx context.Context, cfg Config, logger *slog.Logger, args []strin
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
 	}
-	logger.Info("serving", "addr", ln.Addr().String(), "eventlog", svc.backend)
+	logger.Info("serving", "addr", ln.Addr().String(), "eventlog", svc.Backend)
 	return svc.Serve(ctx, ln)
 }
 
-// Service is the running ledger: database pool, event log, HTTP server and
-// projections, wired together. End-to-end tests build it the same way.
-type Service struct {
-	logger  *slog.Logger
-	pool    *pgxpool.Pool
-	log     eventlog.Log
-	api     *api.Server
-	backend string
+// Backends are what every command works on: the PostgreSQL pool (read model,
+// bookkeeping, and the log with the default backend) and the event log.
+type Backends struct {
+	Pool    *pgxpool.Pool
+	Log     eventlog.Log
+	Backend string // "postgres" or "esdb"
 }
 
-// OpenService connects to the database and the event log and builds the
-// server. It does not listen; call Serve.
-func OpenService(ctx context.Context, cfg Config, logger *slog.Logger) (*Service, error) {
+// OpenBackends connects to the database and opens the event log that
+// LEDGER_EVENTLOG names.
+func OpenBackends(ctx context.Context, cfg Config, logger *slog.Logger) (*Backends, error) {
 	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
-	svc := &Service{logger: logger, pool: pool}
-	svc.log, svc.backend, err = openLog(ctx, cfg, pool, logger)
+	b := &Backends{Pool: pool}
+	b.Log, b.Backend, err = openLog(ctx, cfg, pool, logger)
 	if err != nil {
 		pool.Close()
 		return nil, err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	svc.api, err = api.New(api.Config{
-		Log:            svc.log,
-		DB:             pool,
-		WebhookSecrets: cfg.WebhookSecrets,
-		APIToken:       cfg.APIToken,
-		Plans:          cfg.Plans,
-		Logger:         logger,
-		Registry:       reg,
-	})
-	if err != nil {
-		svc.Close()
-		return nil, err
-	}
-	return svc, nil
+	return b, nil
 }
 
 // openLog opens the event-log backend that LEDGER_EVENTLOG names.
@@ -99,10 +84,80 @@ func openLog(_ context.Context, cfg Config, pool *pgxpool.Pool, logger *slog.Log
 	return nil, "", fmt.Errorf("LEDGER_EVENTLOG %q: the EventStoreDB backend is not wired into this build", "esdb://…")
 }
 
-// Serve answers HTTP on ln until ctx is done, then shuts down gracefully:
-// in-flight requests finish (each append is one transaction, so nothing is
-// left half-written), new ones are refused.
+// Close releases the event log, then the pool.
+func (b *Backends) Close() {
+	b.Log.Close()
+	b.Pool.Close()
+}
+
+// Service is the running ledger: backends, HTTP server and the projection
+// runner, wired together. End-to-end tests build it the same way.
+type Service struct {
+	*Backends
+	logger *slog.Logger
+	api    *api.Server
+	runner *projections.Runner
+}
+
+// OpenService opens the backends and builds the server and the projection
+// runner. It does not listen or project; Serve does both.
+func OpenService(ctx context.Context, cfg Config, logger *slog.Logger) (*Service, error) {
+	b, err := OpenBackends(ctx, cfg, logger)
+	if err != nil {
+		return nil, err
+	}
+	svc := &Service{Backends: b, logger: logger}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	svc.runner, err = projections.NewRunner(b.Pool, b.Log, projections.Billing(cfg.Plans), logger, reg)
+	if err == nil {
+		svc.api, err = api.New(api.Config{
+			Log:            b.Log,
+			DB:             b.Pool,
+			WebhookSecrets: cfg.WebhookSecrets,
+			APIToken:       cfg.APIToken,
+			Plans:          cfg.Plans,
+			Logger:         logger,
+			Registry:       reg,
+			Projections:    svc.projectionLags,
+		})
+	}
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	return svc, nil
+}
+
+func (s *Service) projectionLags(ctx context.Context) ([]api.ProjectionLag, error) {
+	statuses, err := projections.ReadStatus(ctx, s.Pool, s.Log)
+	if err != nil {
+		return nil, err
+	}
+	lags := make([]api.ProjectionLag, len(statuses))
+	for i, st := range statuses {
+		lags[i] = api.ProjectionLag{Name: st.Name, Position: st.Position.String(), Head: st.Head.String(), Lag: st.Lag}
+	}
+	return lags, nil
+}
+
+// Serve answers HTTP on ln and runs the projections until ctx is done, then
+// shuts down gracefully: in-flight requests finish (each append is one
+// transaction, so nothing is left half-written), new ones are refused, and
+// the runner stops between batches.
 func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
+	runCtx, stopRunner := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := s.runner.Run(runCtx); err != nil {
+			s.logger.Error("projection runner stopped", "err", err)
+		}
+	}()
+	defer wg.Wait()
+	defer stopRunner()
+
 	srv := &http.Server{Handler: s.api, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -121,12 +176,4 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 		return err
 	}
 	return nil
-}
-
-// Close releases the event log and the database pool.
-func (s *Service) Close() {
-	if s.log != nil {
-		s.log.Close()
-	}
-	s.pool.Close()
 }

@@ -9,7 +9,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 
@@ -42,13 +41,20 @@ func runVerify(ctx context.Context, cfg Config, logger *slog.Logger, args []stri
 	case *account != "":
 		return usageError("verify: --account needs --customer")
 	}
-	l, closeLog, err := openEventLog(ctx, cfg, logger)
+	b, err := OpenBackends(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
-	defer closeLog()
+	defer b.Close()
+	l := b.Log
 
-	progress, finish := progressBar(ctx, l, stderr, streams == nil)
+	total := int64(-1) // one stream: its length is unknown, count instead
+	if streams == nil {
+		if n, err := l.CountAfter(ctx, eventlog.Start); err == nil {
+			total = n
+		}
+	}
+	progress, finish := progressBar(stderr, "verifying", total)
 	report, err := audit.Verify(ctx, l, streams, cfg.WebhookSecrets, progress)
 	finish()
 	if err != nil {
@@ -73,24 +79,18 @@ func runVerify(ctx context.Context, cfg Config, logger *slog.Logger, args []stri
 	return nil
 }
 
-// progressBar returns a callback that draws verify's progress on stderr when
-// stderr is a terminal (a bar against the log's size when checking all of
-// it, a counter otherwise), and a func that ends the drawing. When stderr is
-// not a terminal, the callback is nil and nothing is drawn.
-func progressBar(ctx context.Context, l eventlog.Log, stderr io.Writer, all bool) (progress func(done int64), finish func()) {
+// progressBar returns a callback that draws progress on stderr when stderr
+// is a terminal (a bar against total, or a counter when total is negative:
+// unknown), and a func that ends the drawing. When stderr is not a terminal,
+// the callback is nil and nothing is drawn.
+func progressBar(stderr io.Writer, description string, total int64) (progress func(done int64), finish func()) {
 	f, ok := stderr.(*os.File)
 	if !ok || !term.IsTerminal(int(f.Fd())) {
 		return nil, func() {}
 	}
-	total := int64(-1) // unknown: a spinner with a count
-	if all {
-		if n, err := l.CountAfter(ctx, eventlog.Start); err == nil {
-			total = n
-		}
-	}
 	bar := progressbar.NewOptions64(total,
 		progressbar.OptionSetWriter(f),
-		progressbar.OptionSetDescription("verifying"),
+		progressbar.OptionSetDescription(description),
 		progressbar.OptionSetItsString("events"),
 		progressbar.OptionShowCount(),
 		progressbar.OptionShowIts(),
@@ -105,20 +105,4 @@ func progressBar(ctx context.Context, l eventlog.Log, stderr io.Writer, all bool
 		}, func() {
 			_ = bar.Finish()
 		}
-}
-
-// openEventLog opens the database and the event log that LEDGER_EVENTLOG
-// names, as serve does, for the commands that only read the log; the
-// returned func closes both.
-func openEventLog(ctx context.Context, cfg Config, logger *slog.Logger) (eventlog.Log, func(), error) {
-	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
-	if err != nil {
-		return nil, nil, fmt.Errorf("open database: %w", err)
-	}
-	l, _, err := openLog(ctx, cfg, pool, logger)
-	if err != nil {
-		pool.Close()
-		return nil, nil, err
-	}
-	return l, func() { l.Close(); pool.Close() }, nil
 }

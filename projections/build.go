@@ -1,0 +1,304 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+)
+
+// Swap and drop tuning: a swap waits at most swapLockTimeout for a lock (a
+// reader holding a view, a runner's batch), so readers never queue behind it
+// for long, and tries swapAttempts times.
+const (
+	swapLockTimeout = 2 * time.Second
+	swapAttempts    = 10
+	buildBatchSize  = 2000
+)
+
+// Progress reports how far a build (Rebuild, Diff, a new version) has got.
+type Progress struct {
+	Done     int64             // events folded so far
+	Total    int64             // events in the log when the build started, at least Done
+	Position eventlog.Position // of the last event folded
+	Elapsed  time.Duration
+}
+
+// Rate is the events folded per second so far.
+func (p Progress) Rate() float64 {
+	if p.Elapsed <= 0 {
+		return 0
+	}
+	return float64(p.Done) / p.Elapsed.Seconds()
+}
+
+// ETA estimates the time left to fold the events of Total, 0 when unknown.
+func (p Progress) ETA() time.Duration {
+	rate := p.Rate()
+	if rate == 0 {
+		return 0
+	}
+	return time.Duration(float64(p.Total-p.Done) / rate * float64(time.Second))
+}
+
+// builder folds the log into new schemas of one projection. Its methods
+// expect the caller to hold the projection's build lock.
+type builder struct {
+	pool      *pgxpool.Pool
+	log       eventlog.Log
+	p         Projection
+	logger    *slog.Logger
+	metrics   *metrics
+	progress  func(Progress) // nil: no reports
+	batchSize int
+}
+
+// build makes a new schema of b.p live. With fill it first folds the whole
+// log into it, beside the live version; without, it swaps in the empty
+// schema at once (first start: there is nothing to keep serving).
+func (b *builder) build(ctx context.Context, fill bool) error {
+	if err := b.dropStale(ctx); err != nil {
+		return err
+	}
+	schema, err := b.createSchema(ctx)
+	if err != nil {
+		return err
+	}
+	pos := eventlog.Start
+	if fill {
+		b.logger.InfoContext(ctx, "building projection beside the live one", "projection", b.p.Name, "version", b.p.Version, "schema", schema)
+		if pos, err = b.catchUp(ctx, schema, eventlog.Start, nil); err != nil {
+			return err
+		}
+	}
+	old, err := b.swap(ctx, schema, pos, fill)
+	if err != nil {
+		return err
+	}
+	b.logger.InfoContext(ctx, "projection swapped in", "projection", b.p.Name, "version", b.p.Version, "schema", schema, "old_schema", old)
+	if old != "" {
+		if err := b.dropSchema(ctx, old); err != nil {
+			// Harmless: the next build drops every unreferenced schema.
+			b.logger.WarnContext(ctx, "could not drop the old projection schema", "schema", old, "err", err)
+		}
+	}
+	return nil
+}
+
+// createSchema creates an empty schema for a build of b.p.
+func (b *builder) createSchema(ctx context.Context) (string, error) {
+	schema := b.p.newSchemaName()
+	if _, err := b.pool.Exec(ctx, createSchemaSQL(schema)); err != nil {
+		return "", fmt.Errorf("create schema %s: %w", schema, err)
+	}
+	return schema, nil
+}
+
+// dropStale drops the schemas of b.p's builds that are not live: left by a
+// build that died, or by a swap that could not drop its predecessor.
+func (b *builder) dropStale(ctx context.Context) error {
+	rows, err := b.pool.Query(ctx, `SELECT nspname FROM pg_namespace
+ WHERE nspname ~ $1 AND nspname NOT IN (SELECT schema_name FROM projection_checkpoints)`, b.p.schemaPattern())
+	if err != nil {
+		return fmt.Errorf("list stale schemas of %s: %w", b.p.Name, err)
+	}
+	stale, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("list stale schemas of %s: %w", b.p.Name, err)
+	}
+	for _, schema := range stale {
+		b.logger.InfoContext(ctx, "dropping stale projection schema", "schema", schema)
+		if err := b.dropSchema(ctx, schema); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dropSchema drops schema and its dead letters.
+func (b *builder) dropSchema(ctx context.Context, schema string) error {
+	return retryLockTimeouts(ctx, b.logger, "drop schema "+schema, func() error {
+		return pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d; DROP SCHEMA IF EXISTS %s CASCADE",
+				swapLockTimeout.Milliseconds(), ident(schema)))
+			if err != nil {
+				return err
+			}
+			_, err = tx.Exec(ctx, `DELETE FROM projection_dead_letters WHERE schema_name = $1`, schema)
+			return err
+		})
+	})
+}
+
+// catchUp folds the records after from into schema, one transaction per
+// batch, until it meets the head (or passes until, when set), and returns
+// the position of the last record folded. Reading and decoding the next
+// batch overlaps with writing the current one.
+func (b *builder) catchUp(ctx context.Context, schema string, from eventlog.Position, until *eventlog.Position) (eventlog.Position, error) {
+	start := time.Now()
+	total, err := b.log.CountAfter(ctx, eventlog.Start)
+	if err != nil {
+		return from, err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	batches := make(chan *batch, 2)
+	g.Go(func() error {
+		defer close(batches)
+		for pos := from; ; {
+			recs, done, err := b.read(gctx, pos, until)
+			if err != nil || len(recs) == 0 {
+				return err
+			}
+			pos = recs[len(recs)-1].Position
+			select {
+			case batches <- b.p.decode(recs):
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			if done {
+				return nil
+			}
+		}
+	})
+	pos, done := from, int64(0)
+	g.Go(func() error {
+		for bt := range batches {
+			err := pgx.BeginFunc(gctx, b.pool, func(tx pgx.Tx) error { return fold(gctx, tx, b.p, schema, bt) })
+			if err != nil {
+				return err
+			}
+			b.metrics.observe(b.p.Name, bt)
+			pos, done = bt.last, done+int64(bt.events)
+			if b.progress != nil {
+				b.progress(Progress{Done: done, Total: max(total, done), Position: pos, Elapsed: time.Since(start)})
+			}
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return from, fmt.Errorf("build %s: %w", schema, err)
+	}
+	return pos, nil
+}
+
+// catchUpTx folds the records after from into schema within tx, until the
+// head (or until, when set).
+func (b *builder) catchUpTx(ctx context.Context, tx pgx.Tx, schema string, from eventlog.Position, until *eventlog.Position) (eventlog.Position, error) {
+	for pos := from; ; {
+		recs, done, err := b.read(ctx, pos, until)
+		if err != nil || len(recs) == 0 {
+			return pos, err
+		}
+		bt := b.p.decode(recs)
+		if err := fold(ctx, tx, b.p, schema, bt); err != nil {
+			return from, err
+		}
+		b.metrics.observe(b.p.Name, bt)
+		pos = bt.last
+		if done {
+			return pos, nil
+		}
+	}
+}
+
+// read returns the next batch after pos, cut at until when set; done
+// reports that nothing more is to be read.
+func (b *builder) read(ctx context.Context, pos eventlog.Position, until *eventlog.Position) (recs []eventlog.Record, done bool, err error) {
+	recs, err = b.log.ReadAll(ctx, pos, b.batchSize)
+	if err != nil {
+		return nil, false, err
+	}
+	done = len(recs) < b.batchSize
+	if until != nil {
+		for i, r := range recs {
+			if until.Less(r.Position) {
+				return recs[:i], true, nil
+			}
+		}
+	}
+	return recs, done, nil
+}
+
+// swap makes schema, folded up to pos, the live version of b.p, and returns
+// the schema it replaced ("" when none). With catchUp it first folds, in the
+// same transaction and under the checkpoint's row lock, whatever was
+// appended after pos, so that no event falls between the build and a runner
+// that keeps the live version current meanwhile.
+func (b *builder) swap(ctx context.Context, schema string, pos eventlog.Position, catchUp bool) (old string, err error) {
+	err = retryLockTimeouts(ctx, b.logger, "swap in "+schema, func() error {
+		return pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", swapLockTimeout.Milliseconds())); err != nil {
+				return err
+			}
+			cp, ok, err := loadCheckpoint(ctx, tx, b.p.Name, " FOR UPDATE")
+			if err != nil {
+				return err
+			}
+			at := pos
+			if catchUp {
+				if at, err = b.catchUpTx(ctx, tx, schema, pos, nil); err != nil {
+					return err
+				}
+			}
+			if _, err := tx.Exec(ctx, viewsSQL(schema)); err != nil {
+				return fmt.Errorf("point the readmodel views at %s: %w", schema, err)
+			}
+			_, err = tx.Exec(ctx, `INSERT INTO projection_checkpoints (name, version, schema_name, position, prepare)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, schema_name = EXCLUDED.schema_name,
+    position = EXCLUDED.position, prepare = EXCLUDED.prepare, updated_at = clock_timestamp()`,
+				b.p.Name, b.p.Version, schema, int64(at.Commit), int64(at.Prepare))
+			if err != nil {
+				return fmt.Errorf("record checkpoint of %s: %w", b.p.Name, err)
+			}
+			old = ""
+			if ok {
+				old = cp.Schema
+			}
+			return nil
+		})
+	})
+	return old, err
+}
+
+// viewsSQL re-creates the readmodel views on schema. The views are dropped
+// in one statement, which locks them all before the first is replaced.
+func viewsSQL(schema string) string {
+	views := make([]string, len(tables))
+	var sql strings.Builder
+	for i, t := range tables {
+		views[i] = "readmodel." + t.tableName()
+		fmt.Fprintf(&sql, "CREATE VIEW readmodel.%s AS SELECT * FROM %s.%s;\n", t.tableName(), ident(schema), t.tableName())
+	}
+	return "DROP VIEW IF EXISTS " + strings.Join(views, ", ") + ";\n" + sql.String()
+}
+
+// retryLockTimeouts runs op until it succeeds, fails otherwise than on a
+// lock timeout or deadlock, or has tried swapAttempts times.
+func retryLockTimeouts(ctx context.Context, logger *slog.Logger, what string, op func() error) error {
+	for attempt := 1; ; attempt++ {
+		err := op()
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || (pgErr.Code != "55P03" && pgErr.Code != "40P01") || attempt == swapAttempts {
+			if err != nil {
+				return fmt.Errorf("%s: %w", what, err)
+			}
+			return nil
+		}
+		logger.WarnContext(ctx, "lock wait timed out; retrying", "op", what, "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		}
+	}
+}

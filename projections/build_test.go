@@ -1,0 +1,223 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+)
+
+// TestVersionChange changes the projection's logic (a new plan mapping,
+// version 2): Diff reports exactly the rows it changes, then a runner of
+// version 2 builds it beside version 1 while events keep arriving and
+// readers keep reading, and swaps it in.
+func TestVersionChange(t *testing.T) {
+	t.Parallel()
+	pool, log := newLog(t)
+	ctx := context.Background()
+	v1 := Billing(testPlans(t))
+	plans := maps.Clone(v1.Plans)
+	plans["price_basic_monthly"] = "starter" // known by its lookup key "basic" in version 1
+	v2 := Projection{Name: v1.Name, Version: 2, Plans: plans}
+	ds := lifecycles(20, 40)
+	split := len(ds) * 2 / 3
+	appendAll(t, log, ds[:split])
+	stop := startRunner(t, newRunner(t, pool, log, v1))
+	waitCaughtUp(t, pool, log, v1)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	same, err := Diff(ctx, pool, log, v1, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !same.Empty() {
+		t.Errorf("Diff of the unchanged projection reports changes: %+v", same.Customers)
+	}
+	checkPlanDiff(t, pool, log, v2)
+
+	// Readers never fail and never see a mix of both versions.
+	var wg sync.WaitGroup
+	readCtx, stopReading := context.WithCancel(ctx)
+	var sawBasic, sawStarter bool
+	wg.Go(func() {
+		for readCtx.Err() == nil {
+			var basic, starter int
+			err := pool.QueryRow(readCtx, `SELECT count(*) FILTER (WHERE plan = 'basic'), count(*) FILTER (WHERE plan = 'starter')
+  FROM readmodel.subscriptions`).Scan(&basic, &starter)
+			switch {
+			case readCtx.Err() != nil:
+			case err != nil:
+				t.Errorf("read during the rebuild: %v", err)
+				return
+			case basic > 0 && starter > 0:
+				t.Errorf("a reader saw %d basic and %d starter subscriptions: a half-swapped model", basic, starter)
+				return
+			}
+			sawBasic, sawStarter = sawBasic || basic > 0, sawStarter || starter > 0
+		}
+	})
+	wg.Go(func() {
+		for _, d := range ds[split:] {
+			if _, err := log.Append(ctx, event(t, d)); err != nil {
+				t.Error(err)
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	})
+	r := newRunner(t, pool, log, v2)
+	r.batchSize = 50 // many build batches, and events left for the swap to catch up
+	startRunner(t, r)
+	time.Sleep(300 * time.Millisecond)
+	for !sawStarter && readCtx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	stopReading()
+	wg.Wait()
+	cp := waitCaughtUp(t, pool, log, v2)
+	if !sawBasic || !sawStarter {
+		t.Errorf("readers saw basic=%v starter=%v, want both versions in turn", sawBasic, sawStarter)
+	}
+	if got := buildSchemas(t, pool, v2); !slices.Equal(got, []string{cp.Schema}) {
+		t.Errorf("schemas after the swap: %v, want only the live %s", got, cp.Schema)
+	}
+	checkFromScratch(t, pool, log, v2)
+}
+
+// checkPlanDiff checks that Diff of p, which maps price_basic_monthly to
+// "starter", reports exactly the subscriptions of that price and the
+// customers on the basic plan, with their plan changed.
+func checkPlanDiff(t *testing.T, pool *pgxpool.Pool, log eventlog.Log, p Projection) {
+	t.Helper()
+	ctx := context.Background()
+	var progress []Progress
+	report, err := Diff(ctx, pool, log, p, Options{Progress: func(pr Progress) { progress = append(progress, pr) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := pool.Query(ctx, `SELECT 'subscriptions', subscription_id, customer_id FROM readmodel.subscriptions WHERE price_id = 'price_basic_monthly'
+UNION ALL SELECT 'customers', customer_id, customer_id FROM readmodel.customers WHERE plan = 'basic'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[[3]string]bool{}
+	var table, key, customer string
+	if _, err := pgx.ForEachRow(rows, []any{&table, &key, &customer}, func() error {
+		want[[3]string{customer, table, key}] = true
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(want) == 0 {
+		t.Fatal("no basic subscription in the lifecycles: the test proves nothing")
+	}
+	got := map[[3]string]bool{}
+	for _, c := range report.Customers {
+		for _, row := range c.Rows {
+			got[[3]string{c.CustomerID, row.Table, row.Key}] = true
+			plan := []ColumnDiff{{Column: "plan", Live: "basic", Candidate: "starter"}}
+			if row.Change != RowChanged || !slices.Equal(row.Columns, plan) {
+				t.Errorf("%s %s: %s %+v, want plan basic -> starter", row.Table, row.Key, row.Change, row.Columns)
+			}
+		}
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("Diff reports rows %v, want %v", got, want)
+	}
+	if len(progress) == 0 || progress[len(progress)-1].Done == 0 {
+		t.Errorf("Diff reported progress %+v", progress)
+	}
+	if got := buildSchemas(t, pool, p); len(got) != 1 {
+		t.Errorf("schemas after Diff: %v, want only the live one", got)
+	}
+}
+
+func TestRebuildWhileRunning(t *testing.T) {
+	t.Parallel()
+	pool, log := newLog(t)
+	ctx := context.Background()
+	p := Billing(testPlans(t))
+	ds := lifecycles(21, 30)
+	appendAll(t, log, ds[:len(ds)/2])
+	startRunner(t, newRunner(t, pool, log, p))
+	before := waitCaughtUp(t, pool, log, p)
+
+	held, err := tryLock(ctx, pool, buildLockClass, p.Name, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Rebuild(ctx, pool, log, p, Options{}); !errors.Is(err, ErrBuildInProgress) {
+		t.Errorf("Rebuild while another build holds the lock: %v, want ErrBuildInProgress", err)
+	}
+	held.Release()
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, d := range ds[len(ds)/2:] {
+			if _, err := log.Append(ctx, event(t, d)); err != nil {
+				t.Error(err)
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	var last Progress
+	if err := Rebuild(ctx, pool, log, p, Options{Logger: testLogger(t), Wait: true, Progress: func(pr Progress) { last = pr }}); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	after := waitCaughtUp(t, pool, log, p)
+	if after.Schema == before.Schema {
+		t.Errorf("Rebuild left the live schema %s in place", before.Schema)
+	}
+	if last.Done == 0 || last.Rate() <= 0 {
+		t.Errorf("last progress %+v", last)
+	}
+	checkFromScratch(t, pool, log, p)
+}
+
+// checkFromScratch compares the live read model with p folded afresh from
+// the whole log.
+func checkFromScratch(t *testing.T, pool *pgxpool.Pool, log eventlog.Log, p Projection) {
+	t.Helper()
+	recs, err := log.ReadAll(context.Background(), eventlog.Start, 1_000_000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := scratch(t, pool, p)
+	foldAll(t, pool, p, ref, recs)
+	if d := diffDumps(dump(t, pool, ref), dump(t, pool, "readmodel")); d != "" {
+		t.Fatalf("live read model differs from a build from scratch: %s", d)
+	}
+	var payloads []domaintest.Delivery
+	for _, r := range recs {
+		payloads = append(payloads, domaintest.Delivery{EventID: r.ID, Payload: r.Payload})
+	}
+	checkAgainstReplay(t, pool, "readmodel", payloads, p.Plans)
+}
+
+// buildSchemas lists the schemas of p's builds.
+func buildSchemas(t *testing.T, pool *pgxpool.Pool, p Projection) []string {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), `SELECT nspname FROM pg_namespace WHERE nspname ~ $1 ORDER BY 1`, p.schemaPattern())
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}

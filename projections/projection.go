@@ -1,0 +1,128 @@
+package projections
+
+import (
+	"crypto/rand"
+	_ "embed"
+	"encoding/hex"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/stripe-ledger/stripe-ledger/domain"
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+)
+
+// BillingVersion is the version of the billing projection's logic. Bump it
+// with every change that alters what the read model holds for the same events
+// (decoding, folding, readmodel.sql): the next Runner to start rebuilds.
+const BillingVersion = 1
+
+// Projection is a read model folded from the event log: its name (the key of
+// projection_checkpoints), the version of its logic, and the plan mapping it
+// folds subscriptions with.
+type Projection struct {
+	Name    string
+	Version int
+	Plans   domain.Plans
+}
+
+// Billing is the projection of customers, subscriptions, invoices, charges
+// and disputes that the read API serves.
+func Billing(plans domain.Plans) Projection {
+	return Projection{Name: "billing", Version: BillingVersion, Plans: plans}
+}
+
+//go:embed readmodel.sql
+var readModelDDL string
+
+// newSchemaName names a fresh schema for a build of p.
+func (p Projection) newSchemaName() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("rm_%s_v%d_%s", p.Name, p.Version, hex.EncodeToString(b))
+}
+
+// schemaPattern matches the schemas of every build of p, whatever its version.
+func (p Projection) schemaPattern() string {
+	return "^rm_" + regexp.QuoteMeta(p.Name) + `_v[0-9]+_[0-9a-f]+$`
+}
+
+// createSchemaSQL creates schema and the read model tables in it.
+func createSchemaSQL(schema string) string {
+	return "CREATE SCHEMA " + ident(schema) + ";\n" + strings.ReplaceAll(readModelDDL, "{{schema}}", ident(schema))
+}
+
+func ident(name string) string { return `"` + strings.ReplaceAll(name, `"`, `""`) + `"` }
+
+// batch is a run of consecutive records decoded into facts, ready to be
+// folded into the read model.
+type batch struct {
+	facts       map[string][]domain.Fact // by customer id
+	deadLetters []deadLetter
+	outcomes    map[string]int // events by outcome label, for the metric
+	events      int
+	last        eventlog.Position
+}
+
+// deadLetter is an event the projection could not apply.
+type deadLetter struct {
+	eventID   string
+	eventType string
+	position  eventlog.Position
+	err       string
+}
+
+// Outcomes of an event, the label of ledger_projection_events_total.
+const (
+	outcomeApplied       = "applied"
+	outcomeUnhandledType = "unhandled_type"
+	outcomeNoCustomer    = "no_customer"
+	outcomeDeadLetter    = "dead_letter"
+)
+
+// decode turns recs into facts by customer. It does no I/O.
+func (p Projection) decode(recs []eventlog.Record) *batch {
+	b := &batch{facts: map[string][]domain.Fact{}, outcomes: map[string]int{}, events: len(recs)}
+	if len(recs) > 0 {
+		b.last = recs[len(recs)-1].Position
+	}
+	for _, rec := range recs {
+		b.outcomes[p.decodeRecord(b, rec)]++
+	}
+	return b
+}
+
+func (p Projection) decodeRecord(b *batch, rec eventlog.Record) (outcome string) {
+	if !domain.Handles(rec.Type) {
+		return outcomeUnhandledType
+	}
+	// The log parsed and stored the envelope when it took the event in;
+	// parsing it again would double the cost of decoding (rebuilds are
+	// bound by JSON decoding).
+	env := domain.Envelope{ID: rec.ID, Type: rec.Type, APIVersion: rec.APIVersion, Created: rec.Created, Account: rec.Account}
+	facts, err := domain.Decode(env, rec.Payload, p.Plans)
+	if err != nil {
+		b.deadLetters = append(b.deadLetters, deadLetter{eventID: rec.ID, eventType: rec.Type, position: rec.Position, err: err.Error()})
+		return outcomeDeadLetter
+	}
+	outcome = outcomeNoCustomer
+	for _, f := range facts {
+		if f.CustomerID != "" {
+			b.facts[f.CustomerID] = append(b.facts[f.CustomerID], f)
+			outcome = outcomeApplied
+		}
+	}
+	return outcome
+}
+
+// customers are the ids of the customers b names, sorted so that concurrent
+// writers would lock rows in the same order.
+func (b *batch) customers() []string {
+	ids := make([]string, 0, len(b.facts))
+	for id := range b.facts {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}

@@ -1,0 +1,156 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+)
+
+// Runner keeps one projection's live read model current, on whichever
+// replica holds the projection's lock. See the package documentation.
+type Runner struct {
+	pool    *pgxpool.Pool
+	log     eventlog.Log
+	p       Projection
+	logger  *slog.Logger
+	metrics *metrics
+
+	lockRetry  time.Duration // how often a replica without the lock tries again
+	minBackoff time.Duration // first wait after an error, doubled up to maxBackoff
+	maxBackoff time.Duration
+	batchSize  int // of builds; live batches are the log's
+}
+
+// NewRunner returns a Runner of p that reads log and writes the read model
+// through pool. Its metrics are registered with reg (nil: not registered);
+// a nil logger discards its messages.
+func NewRunner(pool *pgxpool.Pool, log eventlog.Log, p Projection, logger *slog.Logger, reg prometheus.Registerer) (*Runner, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	return &Runner{
+		pool: pool, log: log, p: p, logger: logger.With("projection", p.Name), metrics: m,
+		lockRetry: 3 * time.Second, minBackoff: time.Second, maxBackoff: 30 * time.Second, batchSize: buildBatchSize,
+	}, nil
+}
+
+// Run keeps the projection current until ctx is done, then returns nil once
+// everything it started has stopped. While another replica holds the
+// projection's lock it retries every few seconds; database and log errors
+// are logged and retried with back-off from the stored checkpoint.
+func (r *Runner) Run(ctx context.Context) error {
+	delay := r.minBackoff
+	for {
+		started := time.Now()
+		err := r.runLocked(ctx)
+		wait := r.lockRetry
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, errLocked):
+		default:
+			if time.Since(started) > r.maxBackoff {
+				delay = r.minBackoff // it ran for a while: a fresh failure
+			}
+			r.logger.ErrorContext(ctx, "projection runner failed; retrying", "err", err, "retry_in", delay)
+			wait, delay = delay, min(2*delay, r.maxBackoff)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+// runLocked takes the projection's lock and runs it until ctx is done, the
+// lock's connection fails, or an error.
+func (r *Runner) runLocked(ctx context.Context) error {
+	l, err := tryLock(ctx, r.pool, runLockClass, r.p.Name, r.logger)
+	if err != nil {
+		return err
+	}
+	defer l.Release()
+	ctx = l.Context()
+	r.logger.InfoContext(ctx, "projection runner holds the lock")
+	for {
+		cp, ok, err := loadCheckpoint(ctx, r.pool, r.p.Name, "")
+		if err != nil {
+			return err
+		}
+		if !ok || cp.Version != r.p.Version {
+			if err := r.buildVersion(ctx); err != nil {
+				return err
+			}
+			continue
+		}
+		r.logger.InfoContext(ctx, "projection following the log", "version", cp.Version, "schema", cp.Schema, "from", cp.Position.String())
+		err = r.log.Subscribe(ctx, cp.Position, r.apply(&cp))
+		if !errors.Is(err, errCheckpointMoved) {
+			return err
+		}
+		r.logger.InfoContext(ctx, "checkpoint moved under the runner; restarting from the stored one")
+	}
+}
+
+// buildVersion makes r's version live, under the build lock: an empty
+// schema at once when nothing is live, else a full build beside the live one.
+func (r *Runner) buildVersion(ctx context.Context) error {
+	l, err := lock(ctx, r.pool, buildLockClass, r.p.Name, r.lockRetry, r.logger)
+	if err != nil {
+		return err
+	}
+	defer l.Release()
+	ctx = l.Context()
+	cp, ok, err := loadCheckpoint(ctx, r.pool, r.p.Name, "")
+	if err != nil || (ok && cp.Version == r.p.Version) {
+		return err // or a build that held the lock made it live
+	}
+	b := &builder{pool: r.pool, log: r.log, p: r.p, logger: r.logger, metrics: r.metrics, batchSize: r.batchSize,
+		progress: logProgress(ctx, r.logger)}
+	return b.build(ctx, ok)
+}
+
+// apply returns the handler that folds each batch into the live schema and
+// advances cp, in one transaction.
+func (r *Runner) apply(cp *checkpoint) eventlog.Handler {
+	return func(ctx context.Context, recs []eventlog.Record) error {
+		b := r.p.decode(recs)
+		err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+			if err := advance(ctx, tx, r.p.Name, *cp, b.last); err != nil {
+				return err
+			}
+			return fold(ctx, tx, r.p, cp.Schema, b)
+		})
+		if err != nil {
+			return err
+		}
+		cp.Position = b.last
+		r.metrics.observe(r.p.Name, b)
+		return nil
+	}
+}
+
+// logProgress logs a build's progress every few seconds.
+func logProgress(ctx context.Context, logger *slog.Logger) func(Progress) {
+	var last time.Time
+	return func(p Progress) {
+		if time.Since(last) < 5*time.Second {
+			return
+		}
+		last = time.Now()
+		logger.InfoContext(ctx, "projection build progress", "done", p.Done, "total", p.Total,
+			"events_per_second", int(p.Rate()), "eta", p.ETA().Round(time.Second).String())
+	}
+}

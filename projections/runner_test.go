@@ -1,0 +1,298 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+)
+
+func TestRunnerFollowsTheLog(t *testing.T) {
+	t.Parallel()
+	pool, log := newLog(t)
+	p := Billing(testPlans(t))
+	ds := lifecycles(10, 8)
+	appendAll(t, log, ds[:len(ds)/2])
+	reg := prometheus.NewRegistry()
+	r, err := NewRunner(pool, log, p, testLogger(t), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := startRunner(t, r)
+	waitCaughtUp(t, pool, log, p)
+	appendAll(t, log, ds[len(ds)/2:]) // live, after the catch-up
+	cp := waitCaughtUp(t, pool, log, p)
+	if err := stop(); err != nil {
+		t.Fatalf("Run returned %v after cancellation, want nil", err)
+	}
+
+	checkAgainstReplay(t, pool, "readmodel", ds, p.Plans)
+	ref := scratch(t, pool, p)
+	foldAll(t, pool, p, ref, records(t, ds))
+	if d := diffDumps(dump(t, pool, ref), dump(t, pool, "readmodel")); d != "" {
+		t.Fatalf("read model differs from an in-order fold: %s", d)
+	}
+	var unhandled int
+	for _, d := range ds {
+		if d.Type == "payment_intent.succeeded" {
+			unhandled++
+		}
+	}
+	if got := counter(t, r, outcomeUnhandledType); int(got) != unhandled || unhandled == 0 {
+		t.Errorf("unhandled_type counter = %v, want %d", got, unhandled)
+	}
+	statuses, err := ReadStatus(context.Background(), pool, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(statuses) != 1 || statuses[0].Lag != 0 || statuses[0].Position != cp.Position || statuses[0].Head != cp.Position ||
+		statuses[0].Version != BillingVersion || statuses[0].Schema != cp.Schema {
+		t.Errorf("ReadStatus = %+v, want billing caught up at %s", statuses, cp.Position)
+	}
+}
+
+func TestCheckpointCompareAndSet(t *testing.T) {
+	t.Parallel()
+	pool, log := newLog(t)
+	p := Billing(testPlans(t))
+	appendAll(t, log, lifecycles(11, 2))
+	ctx := context.Background()
+	r := newRunner(t, pool, log, p)
+	b := &builder{pool: pool, log: log, p: p, logger: testLogger(t), metrics: r.metrics, batchSize: 10}
+	if err := b.build(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := log.ReadAll(ctx, eventlog.Start, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, _, err := loadCheckpoint(ctx, pool, p.Name, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Two runners hold the same checkpoint: the first to commit wins.
+	first, second := start, start
+	if err := r.apply(&first)(ctx, recs[:5]); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.apply(&second)(ctx, recs[:5]); !errors.Is(err, errCheckpointMoved) {
+		t.Fatalf("second runner's batch: %v, want errCheckpointMoved", err)
+	}
+	// A stale position is refused and writes nothing.
+	before := dump(t, pool, "readmodel")
+	if err := r.apply(&second)(ctx, recs[5:]); !errors.Is(err, errCheckpointMoved) {
+		t.Fatalf("stale runner's batch: %v, want errCheckpointMoved", err)
+	}
+	if d := diffDumps(before, dump(t, pool, "readmodel")); d != "" {
+		t.Fatalf("a refused batch changed the read model: %s", d)
+	}
+	if err := r.apply(&first)(ctx, recs[5:]); err != nil {
+		t.Fatal(err)
+	}
+	cp, _, _ := loadCheckpoint(ctx, pool, p.Name, "")
+	if cp.Position != recs[len(recs)-1].Position {
+		t.Errorf("checkpoint at %s, want %s", cp.Position, recs[len(recs)-1].Position)
+	}
+
+	// Concurrent batches from the same position: exactly one commits.
+	cp1, cp2 := cp, cp
+	more, err := log.ReadAll(ctx, cp.Position, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	go func() { errs <- r.apply(&cp1)(ctx, more) }()
+	go func() { errs <- r.apply(&cp2)(ctx, more) }()
+	e1, e2 := <-errs, <-errs
+	if (e1 == nil) == (e2 == nil) || !errors.Is(errors.Join(e1, e2), errCheckpointMoved) {
+		t.Errorf("concurrent batches returned %v and %v, want one nil and one errCheckpointMoved", e1, e2)
+	}
+}
+
+// TestRunnerRestartMidStream cancels the runner between two batches, again
+// and again, and compares with an uninterrupted runner on another database.
+func TestRunnerRestartMidStream(t *testing.T) {
+	t.Parallel()
+	p := Billing(testPlans(t))
+	ds := lifecycles(12, 20)
+
+	pool, log := newLog(t)
+	appendAll(t, log, ds)
+	head, _ := log.Head(context.Background())
+	restarts := 0
+	for ; ; restarts++ {
+		paused := make(chan struct{})
+		stop := startRunner(t, newRunner(t, pool, &pausingLog{Log: log, after: 3, paused: paused}, p))
+		select {
+		case <-paused:
+		case <-time.After(waitTimeout):
+			t.Fatal("the runner did not apply 3 batches")
+		}
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+		if cp, _, _ := loadCheckpoint(context.Background(), pool, p.Name, ""); cp.Position == head {
+			break
+		}
+	}
+	if restarts < 3 {
+		t.Fatalf("the runner was interrupted only %d times mid-stream", restarts)
+	}
+
+	refPool, refLog := newLog(t)
+	appendAll(t, refLog, ds)
+	startRunner(t, newRunner(t, refPool, refLog, p))
+	waitCaughtUp(t, refPool, refLog, p)
+	if d := diffDumps(dump(t, refPool, "readmodel"), dump(t, pool, "readmodel")); d != "" {
+		t.Fatalf("interrupted runs differ from an uninterrupted one after %d restarts: %s", restarts, d)
+	}
+}
+
+// pausingLog lets its subscriber apply `after` batches, then closes paused
+// and holds the next batch until the subscriber's context is cancelled; a
+// subscriber that catches up with the head first gets paused closed then.
+type pausingLog struct {
+	eventlog.Log
+	after  int
+	paused chan struct{}
+}
+
+func (l *pausingLog) Subscribe(ctx context.Context, from eventlog.Position, h eventlog.Handler) error {
+	n := 0
+	return l.Log.Subscribe(ctx, from, func(ctx context.Context, batch []eventlog.Record) error {
+		if n == l.after {
+			close(l.paused)
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		n++
+		if err := h(ctx, batch); err != nil {
+			return err
+		}
+		if head, _ := l.Head(ctx); batch[len(batch)-1].Position == head {
+			close(l.paused)
+			n = l.after + 1 // caught up: never pause
+		}
+		return nil
+	})
+}
+
+func TestDeadLettersAndUnhandledTypes(t *testing.T) {
+	t.Parallel()
+	pool, log := newLog(t)
+	p := Billing(testPlans(t))
+	ds := lifecycles(13, 3)
+	malformed := domaintest.Delivery{
+		EventID: "evt_malformed", Type: "invoice.paid", Created: ds[0].Created,
+		Payload: []byte(`{"id":"evt_malformed","object":"event","type":"invoice.paid","created":1709251200,` +
+			`"api_version":"2023-10-16","data":{"object":{"id":"in_x","object":"invoice","customer":"cus_x",` +
+			`"status":"paid","amount_due":"a lot"}}}`),
+	}
+	unknown := domaintest.Delivery{
+		EventID: "evt_unknown", Type: "product.created", Created: ds[0].Created,
+		Payload: []byte(`{"id":"evt_unknown","object":"event","type":"product.created","created":1709251200,` +
+			`"data":{"object":{"id":"prod_x","object":"product"}}}`),
+	}
+	appendAll(t, log, ds[:5])
+	appendAll(t, log, []domaintest.Delivery{malformed, unknown})
+	appendAll(t, log, ds[5:])
+	reg := prometheus.NewRegistry()
+	r, err := NewRunner(pool, log, p, testLogger(t), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startRunner(t, r)
+	cp := waitCaughtUp(t, pool, log, p)
+
+	checkAgainstReplay(t, pool, "readmodel", ds, p.Plans) // everything after the bad events applied
+	var eventID, eventType, msg, schema string
+	err = pool.QueryRow(context.Background(), `SELECT event_id, event_type, error, schema_name FROM projection_dead_letters`).
+		Scan(&eventID, &eventType, &msg, &schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if eventID != "evt_malformed" || eventType != "invoice.paid" || schema != cp.Schema || !strings.Contains(msg, "amount_due") {
+		t.Errorf("dead letter = %s %s %q in %s, want evt_malformed invoice.paid about amount_due in %s", eventID, eventType, msg, schema, cp.Schema)
+	}
+	for outcome, want := range map[string]float64{outcomeDeadLetter: 1, outcomeUnhandledType: 1 + countType(ds, "payment_intent.succeeded")} {
+		if got := counter(t, r, outcome); got != want {
+			t.Errorf("%s counter = %v, want %v", outcome, got, want)
+		}
+	}
+	statuses, err := ReadStatus(context.Background(), pool, log)
+	if err != nil || len(statuses) != 1 || statuses[0].DeadLetters != 1 {
+		t.Errorf("ReadStatus = %+v, %v; want 1 dead letter", statuses, err)
+	}
+}
+
+func countType(ds []domaintest.Delivery, typ string) float64 {
+	n := 0.0
+	for _, d := range ds {
+		if d.Type == typ {
+			n++
+		}
+	}
+	return n
+}
+
+// TestOneRunnerPerProjection runs two runners on one database: only the
+// lock holder applies; when it stops, the other takes over.
+func TestOneRunnerPerProjection(t *testing.T) {
+	t.Parallel()
+	pool, log := newLog(t)
+	p := Billing(testPlans(t))
+	ds := lifecycles(14, 6)
+	third := len(ds) / 3
+	appendAll(t, log, ds[:third])
+
+	a, b := newRunner(t, pool, log, p), newRunner(t, pool, log, p)
+	stopA := startRunner(t, a)
+	waitCaughtUp(t, pool, log, p)
+	startRunner(t, b)
+	appendAll(t, log, ds[third:2*third])
+	waitCaughtUp(t, pool, log, p)
+	if got := holders(t, pool, p); got != 1 {
+		t.Errorf("%d sessions hold the runner lock, want 1", got)
+	}
+	if n := counter(t, b, outcomeApplied); n != 0 {
+		t.Errorf("the runner without the lock applied %v events", n)
+	}
+	if err := stopA(); err != nil {
+		t.Fatal(err)
+	}
+	appendAll(t, log, ds[2*third:])
+	waitCaughtUp(t, pool, log, p)
+	if n := counter(t, b, outcomeApplied); n == 0 {
+		t.Error("the second runner did not take over")
+	}
+	checkAgainstReplay(t, pool, "readmodel", ds, p.Plans)
+}
+
+func holders(t *testing.T, pool pgxQuerier, p Projection) int {
+	var n int
+	err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_locks
+ WHERE locktype = 'advisory' AND granted AND classid = $1::int::oid AND objid = hashtext($2)::oid AND objsubid = 2`,
+		runLockClass, p.Name).Scan(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// counter reads the events counter of one outcome.
+func counter(t *testing.T, r *Runner, outcome string) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := r.metrics.events.WithLabelValues(r.p.Name, outcome).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
