@@ -5,7 +5,7 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 DEV_WEBHOOK_SECRET ?= whsec_development_only
 DEV_API_TOKEN      ?= dev-token
 
-.PHONY: run test lint bench build
+.PHONY: run test test-esdb lint bench build
 
 build:
 	$(GO) build -o bin/ledger ./cmd/ledger
@@ -21,6 +21,12 @@ test:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# The event-log contract suite against a real EventStoreDB/KurrentDB
+# (`docker compose up -d kurrentdb`), with the local PostgreSQL for the dedup guard.
+LEDGER_TEST_ESDB_URL ?= esdb://127.0.0.1:2113?tls=false
+test-esdb:
+	LEDGER_TEST_ESDB_URL='$(LEDGER_TEST_ESDB_URL)' $(GO) test -race -count=1 -v -run ESDBServer ./eventlog/esdb/...
 
 lint:
 	$(GO) run $(STATICCHECK) ./...

@@ -45,7 +45,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	}
 	cfg.Plans = plans
 	if cfg.EventLog != "postgres" && !strings.HasPrefix(cfg.EventLog, "esdb://") &&
-		!strings.HasPrefix(cfg.EventLog, "esdb+discover://") && !strings.HasPrefix(cfg.EventLog, "kurrentdb://") {
+		!strings.HasPrefix(cfg.EventLog, "esdb+discover://") {
 		return Config{}, fmt.Errorf("LEDGER_EVENTLOG must be \"postgres\" or an esdb:// connection string")
 	}
 	return cfg, nil

@@ -183,4 +183,3 @@ func sameTime(a, b *time.Time) bool {
 	}
 	return a.Equal(*b)
 }
-

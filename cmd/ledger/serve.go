@@ -17,6 +17,7 @@ import (
 
 	"github.com/stripe-ledger/stripe-ledger/api"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 	"github.com/stripe-ledger/stripe-ledger/migrations"
 	"github.com/stripe-ledger/stripe-ledger/projections"
@@ -81,7 +82,12 @@ func openLog(_ context.Context, cfg Config, pool *pgxpool.Pool, logger *slog.Log
 	if cfg.EventLog == "postgres" {
 		return postgres.New(pool, logger), "postgres", nil
 	}
-	return nil, "", fmt.Errorf("LEDGER_EVENTLOG %q: the EventStoreDB backend is not wired into this build", "esdb://…")
+	// An EventStoreDB log keeps its exact dedup guard in the same PostgreSQL.
+	l, err := esdb.Open(cfg.EventLog, pool, logger)
+	if err != nil {
+		return nil, "", fmt.Errorf("open EventStoreDB event log: %w", err)
+	}
+	return l, "esdb", nil
 }
 
 // Close releases the event log, then the pool.

@@ -106,7 +106,7 @@ func (l *Log) appendGuarded(ctx context.Context, e eventlog.Event) (eventlog.App
 		if found != nil {
 			l.logger.Info("esdb event log: recovered an append interrupted after it reached EventStoreDB",
 				"event_id", e.ID, "stream", e.Stream, "revision", found.EventNumber)
-			res := eventlog.AppendResult{Duplicate: true, StreamVersion: int64(found.EventNumber), Position: position(found.Position)}
+			res := storedAt(found)
 			if err := commit(ctx, conn, e.ID, res); err != nil {
 				return eventlog.AppendResult{}, guardError(err)
 			}
@@ -215,14 +215,28 @@ func (l *Log) appendChained(ctx context.Context, e eventlog.Event, id uuid.UUID)
 		if err != nil {
 			return eventlog.AppendResult{}, err
 		}
-		wr, err := client.AppendToStream(ctx, stream, esdb.AppendToStreamOptions{ExpectedRevision: expected}, esdb.EventData{
-			EventID:     id,
-			EventType:   e.Type,
-			ContentType: esdb.ContentTypeBinary,
-			Data:        e.Payload,
-			Metadata:    md,
-		})
+		// A detached append that lands after Append gave up leaves the id
+		// pending: the next append of it finds the event (step 2).
+		wr, err := detach(ctx, func() (*esdb.WriteResult, error) {
+			return client.AppendToStream(ctx, stream, esdb.AppendToStreamOptions{ExpectedRevision: expected}, esdb.EventData{
+				EventID:     id,
+				EventType:   e.Type,
+				ContentType: esdb.ContentTypeBinary,
+				Data:        e.Payload,
+				Metadata:    md,
+			})
+		}, nil)
 		if hasCode(err, esdb.ErrorCodeWrongExpectedVersion) && attempt < maxAppendAttempts {
+			// Another append won the race. It may have been of this very event, by
+			// a writer that took the id over after this one lost its lock with its
+			// database connection: look before writing again.
+			found, err := l.findEvent(ctx, stream, id)
+			if err != nil {
+				return eventlog.AppendResult{}, err
+			}
+			if found != nil {
+				return storedAt(found), nil
+			}
 			if err := sleep(ctx, time.Duration(rand.Int64N(int64(min(attempt, 20))*int64(time.Millisecond)))); err != nil {
 				return eventlog.AppendResult{}, err
 			}
@@ -248,7 +262,7 @@ func (l *Log) findEvent(ctx context.Context, stream string, id uuid.UUID) (*esdb
 	}
 	var from esdb.StreamPosition = esdb.End{}
 	for {
-		page, err := l.readStream(ctx, client, stream, esdb.ReadStreamOptions{Direction: esdb.Backwards, From: from}, uint64(l.batch))
+		page, err := l.readStream(ctx, client, stream, esdb.ReadStreamOptions{Direction: esdb.Backwards, From: from}, uint64(l.pageSize()))
 		if err != nil {
 			return nil, err
 		}
@@ -257,11 +271,16 @@ func (l *Log) findEvent(ctx context.Context, stream string, id uuid.UUID) (*esdb
 				return ev, nil
 			}
 		}
-		if len(page) < l.batch || page[len(page)-1].EventNumber == 0 {
+		if len(page) < l.pageSize() || page[len(page)-1].EventNumber == 0 {
 			return nil, nil
 		}
 		from = esdb.Revision(page[len(page)-1].EventNumber - 1)
 	}
+}
+
+// storedAt reports an event found already stored.
+func storedAt(ev *esdb.RecordedEvent) eventlog.AppendResult {
+	return eventlog.AppendResult{Duplicate: true, StreamVersion: int64(ev.EventNumber), Position: position(ev.Position)}
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

@@ -1,6 +1,7 @@
 package esdb
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -22,6 +23,9 @@ func classify(err error) error {
 }
 
 func unavailable(err error) bool {
+	if errors.Is(err, errStuck) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
 	if e, ok := errors.AsType[*esdb.Error](err); ok {
 		switch e.Code() {
 		case esdb.ErrorUnavailable, esdb.ErrorCodeNotLeader, esdb.ErrorCodeDeadlineExceeded, esdb.ErrorCodeConnectionClosed:

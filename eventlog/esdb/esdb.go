@@ -45,12 +45,18 @@
 // (nothing happened), a pending row (the next append of the id checks
 // EventStoreDB before writing) or a committed row: no event is lost or stored
 // twice. The lock dies with its connection, so a crashed writer never blocks
-// the retry. A writer whose append is still in flight after it lost the lock
-// cannot duplicate either: both appends carry the same UUID and an exact
-// expected revision, which EventStoreDB accepts once and treats as an
-// idempotent retry afterwards. A failure after step 3 (the event is durable
-// but step 4 fails) is logged and the append still succeeds; the pending row
-// is resolved by the next claim of the id.
+// the retry. A writer that lost the lock with its database connection while
+// its append was in flight cannot duplicate either: appends carry an exact
+// expected revision, so of two appends of one event after the same revision
+// one fails (or is an idempotent retry), and after every wrong-expected-version
+// Append looks for its event's UUID in the stream before trying again.
+//
+// A failure after step 3 (the event is durable but step 4 fails) is logged
+// and the append still succeeds; the pending row is resolved by the next
+// claim of the id. A detached append (see Errors) that lands after Append
+// gave up leaves a pending row too. The guard is the source of truth for
+// "already stored": restoring it from an older backup than the log needs the
+// missing ids re-claimed from $all first.
 //
 // Readers must still be idempotent per event id: ReadAll, Subscribe and the
 // projections' checkpoints (DESIGN §2) guard against a replay from an older
@@ -68,6 +74,9 @@
 // drops (the client never resubscribes by itself), Subscribe resubscribes
 // from the later of the last delivered record and the last checkpoint, and
 // drops anything at or before it, so nothing is lost or delivered twice.
+// Checkpoints are only as good as the server's: older releases could send
+// one past an event not yet delivered (fixed by kurrent-io/KurrentDB#4023 and
+// #4990), so run a release that has both fixes.
 //
 // # Errors
 //
@@ -76,16 +85,25 @@
 // the gRPC status: unavailable, not leader, deadline exceeded and a closed
 // connection wrap eventlog.ErrUnavailable (the webhook answers 503); wrong
 // expected version is retried inside Append. Failures of the dedup guard's
-// database wrap eventlog.ErrUnavailable as well. The client gives up on a
-// server that stays unreachable through its discovery attempts and closes
-// itself for good; the Log then replaces it with a new client on the next call.
+// database wrap eventlog.ErrUnavailable as well, and so does a deadline.
+//
+// Two behaviours of EventStore-Client-Go v4.2.0 around outages are worked
+// around here. The client gives up on a server that stays unreachable
+// through its discovery attempts and closes itself for good; the Log then
+// replaces it with a new client. And a call racing with that give-up can
+// block forever whatever its context; every call into the client therefore
+// runs detached, so that Append and the reads return by their context's
+// deadline (or after stuckCallTimeout) instead of holding the webhook and
+// the guard's connection.
 package esdb
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/google/uuid"
@@ -132,9 +150,14 @@ type Option func(*Log)
 
 // WithStreamPrefix stores the ledger's streams under prefix instead of
 // DefaultStreamPrefix. Give each log sharing a database its own prefix (tests
-// against one real server do).
+// against one real server do). An empty prefix, which would select every
+// stream, is ignored.
 func WithStreamPrefix(prefix string) Option {
-	return func(l *Log) { l.prefix = prefix }
+	return func(l *Log) {
+		if prefix != "" {
+			l.prefix = prefix
+		}
+	}
 }
 
 // WithBatchSize sets the largest batch Subscribe hands its handler and the
@@ -152,6 +175,9 @@ func WithBatchSize(n int) Option {
 // guard database, migrated with the ledger's migrations. It does not connect
 // yet: the client connects on first use. A nil logger discards messages.
 func Open(connectionString string, guard *pgxpool.Pool, logger *slog.Logger, opts ...Option) (*Log, error) {
+	if guard == nil {
+		return nil, errors.New("esdb event log: the dedup guard database is required")
+	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -197,13 +223,14 @@ func (l *Log) conn() (*esdb.Client, error) {
 	return l.client, nil
 }
 
-// reconnect replaces client with a new one when err says it closed itself
-// (the client does so when discovery gives up on an unreachable server) and
-// it is still the current one. The old client is dropped, not closed: its
-// connection goroutine has already ended, and closing its channel would turn
-// a call still failing on it into a panic.
+// reconnect replaces client with a new one when err says it is unusable and
+// it is still the current one: it closed itself (the client does so when
+// discovery gives up on an unreachable server), or a call into it got stuck
+// (see detach). The old client is dropped, not closed: its connection
+// goroutine may have ended, and closing its channel would turn a call still
+// failing on it into a panic.
 func (l *Log) reconnect(client *esdb.Client, err error) {
-	if !hasCode(err, esdb.ErrorCodeConnectionClosed) {
+	if !hasCode(err, esdb.ErrorCodeConnectionClosed) && !errors.Is(err, errStuck) {
 		return
 	}
 	l.mu.Lock()
@@ -216,8 +243,54 @@ func (l *Log) reconnect(client *esdb.Client, err error) {
 		l.logger.Error("esdb event log: recreate client", "err", newErr)
 		return
 	}
-	l.logger.Warn("esdb event log: client closed itself after failed discovery; replaced it")
+	l.logger.Warn("esdb event log: client unusable; replaced it", "err", err)
 	l.client = fresh
+}
+
+// stuckCallTimeout is how long detach waits for a client call that ignores
+// its context.
+const stuckCallTimeout = 20 * time.Second
+
+var errStuck = errors.New("EventStoreDB client call neither returned nor honoured its context")
+
+// detach runs f, a call into the client, in a goroutine of its own and waits
+// for it, for ctx, or for stuckCallTimeout. EventStore-Client-Go v4.2.0 can
+// block a call forever, whatever its context, when the goroutine that owns
+// its connection ends (a rediscovery failed) while the call is handing it a
+// request on an unbuffered channel. Waiting here lets the caller go, and
+// errStuck makes the Log replace the client. An abandoned call that returns
+// late has its result passed to release, when set; one that never returns
+// keeps its goroutine until the process exits.
+func detach[T any](ctx context.Context, f func() (T, error), release func(T)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result) // unbuffered: a result is either taken or released
+	abandoned := make(chan struct{})
+	go func() {
+		v, err := f()
+		select {
+		case done <- result{v, err}:
+		case <-abandoned:
+			if err == nil && release != nil {
+				release(v)
+			}
+		}
+	}()
+	timer := time.NewTimer(stuckCallTimeout)
+	defer timer.Stop()
+	var zero T
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-ctx.Done():
+		close(abandoned)
+		return zero, ctx.Err()
+	case <-timer.C:
+		close(abandoned)
+		return zero, errStuck
+	}
 }
 
 // streamName is the EventStoreDB stream of ledger stream s.

@@ -41,11 +41,17 @@ import (
 	"github.com/google/uuid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 )
 
 // Version is the server version the double reports through ServerFeatures.
 const Version = "24.10.0"
+
+// firstPosition is where the double's $all begins. A real node's log starts
+// with its own system records, so no client event is ever at 0/0 (the
+// position clients use for "before everything").
+const firstPosition = 4096
 
 // defaultSearchWindow is the server's max search window when a filter sets none.
 const defaultSearchWindow = 32
@@ -87,6 +93,7 @@ func New(tb testing.TB) *Server {
 	s := &Server{
 		addr:     lis.Addr().String(),
 		streams:  map[string][]*record{},
+		next:     firstPosition,
 		appended: make(chan struct{}),
 		subs:     map[int]context.CancelCauseFunc{},
 	}
@@ -122,7 +129,13 @@ func (s *Server) Start(tb testing.TB) {
 }
 
 func (s *Server) serve(lis net.Listener) {
-	g := grpc.NewServer()
+	// Like a node, accept the client's keepalive pings (every 10s by
+	// default, also between calls); gRPC's default policy answers them with
+	// GOAWAY too_many_pings, which drops live subscriptions.
+	g := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+		MinTime:             time.Second,
+		PermitWithoutStream: true,
+	}))
 	streams.RegisterStreamsServer(g, &streamsService{s: s})
 	serverfeatures.RegisterServerFeaturesServer(g, featuresService{})
 	s.mu.Lock()
@@ -390,44 +403,39 @@ func (s *Server) read(opts *streams.ReadReq_Options, match filter) []*record {
 	defer s.mu.Unlock()
 	backwards := opts.GetReadDirection() == streams.ReadReq_Options_Backwards
 	var (
-		src []*record
-		at  int // index of the first event the read considers, walking in its direction
+		src                []*record
+		fromStart, fromEnd bool
+		at                 int // index of the first event the read considers, walking in its direction
 	)
 	if so := opts.GetStream(); so != nil {
 		src = s.streams[string(so.GetStreamIdentifier().GetStreamName())]
-		switch {
-		case so.GetStart() != nil:
-			at = 0
-		case so.GetEnd() != nil:
-			at = len(src)
-		case backwards: // the event at the revision and the ones before it
-			at = min(int(so.GetRevision()), len(src)-1)
-		default:
-			at = int(so.GetRevision())
+		fromStart, fromEnd = so.GetStart() != nil, so.GetEnd() != nil
+		at = int(so.GetRevision()) // both directions include the event at the revision
+		if backwards {
+			at = min(at, len(src)-1)
 		}
 	} else {
 		src = s.all
-		ao := opts.GetAll()
-		switch {
-		case ao.GetStart() != nil:
-			at = 0
-		case ao.GetEnd() != nil:
-			at = len(src)
-		case backwards: // the events before the position
-			at = s.firstAtOrAfter(ao.GetPosition().GetCommitPosition()) - 1
-		default: // the event at the position and the ones after it
-			at = s.firstAtOrAfter(ao.GetPosition().GetCommitPosition())
+		fromStart, fromEnd = opts.GetAll().GetStart() != nil, opts.GetAll().GetEnd() != nil
+		// Forwards from a position includes the event at it; backwards returns the events before it.
+		at = s.firstAtOrAfter(opts.GetAll().GetPosition().GetCommitPosition())
+		if backwards {
+			at--
 		}
+	}
+	switch {
+	case fromStart && backwards:
+		at = -1 // nothing comes before the start
+	case fromStart:
+		at = 0
+	case fromEnd && backwards:
+		at = len(src) - 1
+	case fromEnd:
+		at = len(src)
 	}
 	step := 1
 	if backwards {
 		step = -1
-		if opts.GetStream().GetEnd() != nil || opts.GetAll().GetEnd() != nil {
-			at = len(src) - 1
-		}
-		if opts.GetStream().GetStart() != nil || opts.GetAll().GetStart() != nil {
-			at = -1 // nothing comes before the start
-		}
 	}
 	var out []*record
 	for i := at; i >= 0 && i < len(src) && uint64(len(out)) < opts.GetCount(); i += step {

@@ -1,0 +1,58 @@
+package esdb_test
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"os"
+	"testing"
+
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb/esdbtest"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/eventlogtest"
+	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// serverURLEnv names a real EventStoreDB / KurrentDB for TestContractESDBServer.
+const serverURLEnv = "LEDGER_TEST_ESDB_URL"
+
+// TestContract runs the event-log contract on the in-process double.
+func TestContract(t *testing.T) {
+	eventlogtest.Run(t, func(t *testing.T) eventlog.Log {
+		return openLog(t, esdbtest.New(t).URL(), esdb.WithBatchSize(16))
+	})
+}
+
+// TestContractESDBServer runs the same contract against the real server at
+// $LEDGER_TEST_ESDB_URL (make test-esdb). Each log gets its own stream prefix,
+// so runs against one server do not see each other's events.
+func TestContractESDBServer(t *testing.T) {
+	url := os.Getenv(serverURLEnv)
+	if url == "" {
+		t.Skipf("%s is not set: no real EventStoreDB/KurrentDB to test against (run make test-esdb with a server up)", serverURLEnv)
+	}
+	eventlogtest.Run(t, func(t *testing.T) eventlog.Log {
+		return openLog(t, url, esdb.WithStreamPrefix("ledgertest_"+randomHex(6)+"-"))
+	})
+}
+
+// openLog opens a Log on url with a fresh guard database; it is closed when the test ends.
+func openLog(t *testing.T, url string, opts ...esdb.Option) *esdb.Log {
+	t.Helper()
+	pool, _ := pgtest.NewPool(t)
+	l, err := esdb.Open(url, pool, slog.New(slog.DiscardHandler), opts...)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(l.Close)
+	return l
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

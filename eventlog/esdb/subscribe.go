@@ -1,0 +1,206 @@
+package esdb
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+)
+
+// CheckpointSubscriber is the optional interface a projection runner can
+// test an eventlog.Log for; the esdb Log implements it (the PostgreSQL log has
+// no foreign events to skip). The callback's type is unnamed so that a runner
+// can declare the same interface without importing this package.
+//
+// cp receives the positions a filtered subscription reaches while it skips
+// events that are not the ledger's. A consumer that stores pos as its
+// checkpoint resumes after those events instead of scanning them again; pos
+// is never before a record already delivered. An error from cp stops the
+// subscription.
+type CheckpointSubscriber interface {
+	SubscribeCheckpoints(ctx context.Context, from eventlog.Position, h eventlog.Handler,
+		cp func(ctx context.Context, pos eventlog.Position) error) error
+}
+
+var _ CheckpointSubscriber = (*Log)(nil)
+
+// Resubscription back-off after a drop: doubled per failed attempt, reset by
+// a subscription that delivered something.
+const (
+	minResubscribeDelay = 50 * time.Millisecond
+	maxResubscribeDelay = 5 * time.Second
+)
+
+// Subscribe implements eventlog.Log. It is SubscribeCheckpoints without a
+// checkpoint callback: checkpoints still move the point it resubscribes from.
+func (l *Log) Subscribe(ctx context.Context, from eventlog.Position, h eventlog.Handler) error {
+	return l.SubscribeCheckpoints(ctx, from, h, nil)
+}
+
+// SubscribeCheckpoints is Subscribe that also hands the subscription's
+// checkpoints to cp (nil: none). When the subscription drops it resubscribes
+// from the later of the last delivered record and the last checkpoint; it
+// returns only when ctx is done, h or cp fails, a record cannot be decoded,
+// or the Log is closed.
+func (l *Log) SubscribeCheckpoints(ctx context.Context, from eventlog.Position, h eventlog.Handler,
+	cp func(ctx context.Context, pos eventlog.Position) error) error {
+	s := &subscription{log: l, h: h, cp: cp, resume: from}
+	delay := minResubscribeDelay
+	for {
+		delivered := s.delivered
+		err := s.follow(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if stop, ok := errors.AsType[stopError](err); ok {
+			return stop.err
+		}
+		if s.delivered != delivered {
+			delay = minResubscribeDelay
+		}
+		l.logger.Warn("esdb event log: subscription dropped; resubscribing", "from", s.resume, "in", delay, "err", err)
+		if err := sleep(ctx, delay); err != nil {
+			return err
+		}
+		delay = min(2*delay, maxResubscribeDelay)
+	}
+}
+
+// stopError ends SubscribeCheckpoints instead of resubscribing.
+type stopError struct{ err error }
+
+func (e stopError) Error() string { return e.err.Error() }
+
+type subscription struct {
+	log       *Log
+	h         eventlog.Handler
+	cp        func(context.Context, eventlog.Position) error
+	resume    eventlog.Position // everything at or before it is delivered (or skipped by a checkpoint)
+	delivered int               // batches handed to h, for the back-off
+}
+
+// follow runs one server subscription from s.resume until it drops.
+func (s *subscription) follow(ctx context.Context) error {
+	client, err := s.log.conn()
+	if err != nil {
+		return stopError{err}
+	}
+	opts := esdb.SubscribeToAllOptions{
+		From:   esdb.Start{},
+		Filter: &esdb.SubscriptionFilter{Type: esdb.StreamFilterType, Prefixes: []string{s.log.prefix}},
+	}
+	if s.resume != eventlog.Start {
+		opts.From = esdb.Position{Commit: s.resume.Commit, Prepare: s.resume.Prepare}
+	}
+	sub, err := detach(ctx, func() (*esdb.Subscription, error) { return client.SubscribeToAll(ctx, opts) },
+		func(sub *esdb.Subscription) { _ = sub.Close() })
+	if err != nil {
+		s.log.reconnect(client, err)
+		return classify(err)
+	}
+
+	// The reader goroutine lets follow batch what has already arrived.
+	events := make(chan *esdb.SubscriptionEvent, s.log.batch)
+	done := make(chan struct{})
+	readerCtx, stopReader := context.WithCancel(ctx)
+	go func() {
+		defer close(done)
+		for {
+			ev := sub.Recv()
+			select {
+			case events <- ev:
+			case <-readerCtx.Done():
+				return
+			}
+			if ev.SubscriptionDropped != nil {
+				return
+			}
+		}
+	}()
+	defer func() {
+		stopReader()
+		_ = sub.Close() // ends a Recv in progress
+		<-done
+	}()
+
+	var batch []eventlog.Record
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		if err := s.h(ctx, batch); err != nil {
+			return stopError{err}
+		}
+		s.resume = batch[len(batch)-1].Position
+		s.delivered++
+		batch = nil
+		return nil
+	}
+	for {
+		var ev *esdb.SubscriptionEvent
+		select {
+		case ev = <-events:
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+			// Nothing more has arrived: hand over what has, then wait.
+			if err := flush(); err != nil {
+				return err
+			}
+			select {
+			case ev = <-events:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		switch {
+		case ev.EventAppeared != nil:
+			rec := ev.EventAppeared.OriginalEvent()
+			last := s.resume
+			if len(batch) > 0 {
+				last = batch[len(batch)-1].Position
+			}
+			if !after(position(rec.Position), last) {
+				continue // a server that resumed at, not after, our position
+			}
+			r, err := s.log.record(rec)
+			if err != nil {
+				return stopError{err}
+			}
+			if batch = append(batch, r); len(batch) >= s.log.batch {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		case ev.CheckPointReached != nil:
+			if err := flush(); err != nil {
+				return err
+			}
+			if err := s.checkpoint(ctx, position(*ev.CheckPointReached)); err != nil {
+				return err
+			}
+		case ev.SubscriptionDropped != nil:
+			if err := flush(); err != nil { // what arrived before the drop is good
+				return err
+			}
+			return classify(ev.SubscriptionDropped.Error)
+		}
+	}
+}
+
+// checkpoint moves the resume position forward to pos and reports it.
+func (s *subscription) checkpoint(ctx context.Context, pos eventlog.Position) error {
+	if !s.resume.Less(pos) {
+		return nil
+	}
+	if s.cp != nil {
+		if err := s.cp(ctx, pos); err != nil {
+			return stopError{err}
+		}
+	}
+	s.resume = pos
+	return nil
+}
