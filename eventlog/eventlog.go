@@ -48,9 +48,10 @@ type AppendResult struct {
 	Position      Position
 }
 
-// Position is a place in the global order of the log. PostgreSQL uses Commit
-// only (Prepare mirrors it); EventStoreDB uses both parts of its $all position.
-// The zero Position is before every record.
+// Position is a place in the global order of the log. PostgreSQL orders by
+// (appending transaction id, global_position) in Commit and Prepare;
+// EventStoreDB uses its $all (commit, prepare) position. The zero Position is
+// before every record.
 type Position struct {
 	Commit  uint64
 	Prepare uint64

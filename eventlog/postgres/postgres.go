@@ -1,14 +1,41 @@
 // Package postgres implements eventlog.Log on PostgreSQL (DESIGN §2).
 //
 // Records live in the events table of migrations/001_event_log.sql. Appends go
-// through the ledger_append function, which serialises them under one
-// transaction-scoped advisory lock, so they commit in global_position order and
-// a reader never meets a late commit behind a position it has already passed.
+// through the ledger_append function, which serialises the appends of one
+// stream under a transaction-scoped advisory lock; appends to different
+// streams commit concurrently.
+//
+// The global order is (tx, global_position): the appending transaction's id,
+// then a sequence number, exposed as eventlog.Position{Commit: tx, Prepare:
+// global_position}. Transactions commit out of id order, so the global readers
+// (ReadAll, Subscribe, Head, CountAfter) first take the horizon
+// (ledger_horizon: the oldest transaction id still running in this database),
+// then, in a later statement, read only rows below it: everything that
+// commits later has a tx at or above it, so a reader never meets a late
+// commit behind a position it has already passed. ReadStream returns every
+// committed record: a stream's appends are serialised, so its versions commit
+// in order, and in global order.
+//
+// Operational caveat: a transaction of the ledger's database that has written
+// something and stays open holds the horizon back, and readers see no record
+// appended after it began until it ends (a delay, never a loss). Keep writers
+// there short (projection batches, migrations, maintenance); a long one shows
+// up as projection lag. Transactions of other databases do not matter.
+// ReadAll, Head and CountAfter wait (up to the settle timeout) for the
+// transactions running when they are called, so that they see every append
+// that returned before the call; Subscribe does not wait, it polls again
+// shortly while committed records are held back.
+//
+// Positions go into bigint columns (the projections' checkpoints): a
+// transaction id passes 2^63 only after 2^31 wraparounds of the 32-bit
+// counter, which no database lives to see.
+//
 // Subscribe follows the log with LISTEN/NOTIFY on the ledger_events channel.
 package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -25,10 +52,11 @@ import (
 // The pool belongs to the caller: Close does not close it. Stop every
 // Subscribe (cancel its context) and Close the log before closing the pool.
 type Log struct {
-	pool         *pgxpool.Pool
-	logger       *slog.Logger
-	batchSize    int
-	pollInterval time.Duration
+	pool          *pgxpool.Pool
+	logger        *slog.Logger
+	batchSize     int
+	pollInterval  time.Duration
+	settleTimeout time.Duration
 }
 
 // Option configures a Log.
@@ -55,13 +83,26 @@ func WithPollInterval(d time.Duration) Option {
 	}
 }
 
+// WithSettleTimeout sets how long ReadAll, Head and CountAfter wait for the
+// transactions running when they are called to end, so that they include
+// every record appended before the call (default 1s). When it passes they
+// return what is safe to read, which leaves out the records appended after
+// the oldest transaction still running began.
+func WithSettleTimeout(d time.Duration) Option {
+	return func(l *Log) {
+		if d >= 0 {
+			l.settleTimeout = d
+		}
+	}
+}
+
 // New returns a Log on pool, a database migrated with the ledger's
 // migrations. A nil logger discards the log's messages.
 func New(pool *pgxpool.Pool, logger *slog.Logger, opts ...Option) *Log {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	l := &Log{pool: pool, logger: logger, batchSize: 1000, pollInterval: 5 * time.Second}
+	l := &Log{pool: pool, logger: logger, batchSize: 1000, pollInterval: 5 * time.Second, settleTimeout: time.Second}
 	for _, opt := range opts {
 		opt(l)
 	}
@@ -70,9 +111,10 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, opts ...Option) *Log {
 
 var _ eventlog.Log = (*Log)(nil)
 
-// appendSQL is one statement, hence one implicit transaction: the advisory
-// lock ledger_append takes is released only when that transaction commits.
-const appendSQL = `SELECT duplicate, stream_version, global_position
+// appendSQL is one statement, hence one implicit transaction: the stream lock
+// ledger_append takes is released only when that transaction commits, and
+// ledger_append is the transaction's first write, as it requires.
+const appendSQL = `SELECT duplicate, stream_version, tx, global_position
   FROM ledger_append($1, $2, $3, $4, $5, $6, $7, $8)`
 
 // Append implements eventlog.Log. It returns once the row is committed, which
@@ -81,20 +123,16 @@ func (l *Log) Append(ctx context.Context, e eventlog.Event) (eventlog.AppendResu
 	if e.ID == "" || e.Stream == "" {
 		return eventlog.AppendResult{}, fmt.Errorf("append %q to stream %q: event id and stream are required", e.ID, e.Stream)
 	}
-	var (
-		res eventlog.AppendResult
-		pos int64
-	)
+	var res eventlog.AppendResult
 	err := l.pool.QueryRow(ctx, appendSQL, e.ID, e.Stream, e.Type, e.APIVersion, e.Created,
-		e.Account, e.Payload, e.Signature).Scan(&res.Duplicate, &res.StreamVersion, &pos)
+		e.Account, e.Payload, e.Signature).Scan(&res.Duplicate, &res.StreamVersion, &res.Position.Commit, &res.Position.Prepare)
 	if err != nil {
 		return eventlog.AppendResult{}, fmt.Errorf("append %s to %s: %w", e.ID, e.Stream, classify(err))
 	}
-	res.Position = position(pos)
 	return res, nil
 }
 
-const recordColumns = `global_position, event_id, stream, stream_version, type, api_version,
+const recordColumns = `tx, global_position, event_id, stream, stream_version, type, api_version,
        created, received_at, account, payload, signature, payload_sha256, prev_hash, hash`
 
 const readStreamSQL = `SELECT ` + recordColumns + `
@@ -112,40 +150,95 @@ func (l *Log) ReadStream(ctx context.Context, stream string, fromVersion int64, 
 
 // ReadAll implements eventlog.Log.
 func (l *Log) ReadAll(ctx context.Context, from eventlog.Position, limit int) ([]eventlog.Record, error) {
-	recs, err := readAll(ctx, l.pool, from, limit)
+	horizon, err := l.settle(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read all after %s: %w", from, err)
+	}
+	recs, err := readAll(ctx, l.pool, horizon, from, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read all after %s: %w", from, err)
 	}
 	return recs, nil
 }
 
+// readAllSQL reads the rows after ($1, $2) in the global order, below the
+// horizon $4 taken by an earlier statement.
 const readAllSQL = `SELECT ` + recordColumns + `
-  FROM events WHERE global_position > $1
- ORDER BY global_position LIMIT $2`
+  FROM events WHERE tx < $4::xid8 AND (tx, global_position) > ($1::xid8, $2::bigint)
+ ORDER BY tx, global_position LIMIT $3`
 
 // readAll is shared by ReadAll (on the pool) and Subscribe (on its own connection).
-func readAll(ctx context.Context, q querier, from eventlog.Position, limit int) ([]eventlog.Record, error) {
-	return queryRecords(ctx, q, readAllSQL, lastPositionAtOrBefore(from), limit)
+func readAll(ctx context.Context, q querier, horizon uint64, from eventlog.Position, limit int) ([]eventlog.Record, error) {
+	return queryRecords(ctx, q, readAllSQL, from.Commit, prepareArg(from), limit, horizon)
 }
+
+const headSQL = `SELECT tx, global_position FROM events WHERE tx < $1::xid8
+ ORDER BY tx DESC, global_position DESC LIMIT 1`
 
 // Head implements eventlog.Log.
 func (l *Log) Head(ctx context.Context) (eventlog.Position, error) {
-	var pos int64
-	if err := l.pool.QueryRow(ctx, `SELECT coalesce(max(global_position), 0) FROM events`).Scan(&pos); err != nil {
+	horizon, err := l.settle(ctx)
+	if err != nil {
+		return eventlog.Start, fmt.Errorf("read head: %w", err)
+	}
+	var pos eventlog.Position
+	err = l.pool.QueryRow(ctx, headSQL, horizon).Scan(&pos.Commit, &pos.Prepare)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return eventlog.Start, fmt.Errorf("read head: %w", classify(err))
 	}
-	return position(pos), nil
+	return pos, nil
 }
+
+const countAfterSQL = `SELECT count(*) FROM events
+ WHERE tx < $3::xid8 AND (tx, global_position) > ($1::xid8, $2::bigint)`
 
 // CountAfter implements eventlog.Log.
 func (l *Log) CountAfter(ctx context.Context, from eventlog.Position) (int64, error) {
-	var n int64
-	err := l.pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE global_position > $1`,
-		lastPositionAtOrBefore(from)).Scan(&n)
+	horizon, err := l.settle(ctx)
 	if err != nil {
+		return 0, fmt.Errorf("count records after %s: %w", from, err)
+	}
+	var n int64
+	if err := l.pool.QueryRow(ctx, countAfterSQL, from.Commit, prepareArg(from), horizon).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count records after %s: %w", from, classify(err))
 	}
 	return n, nil
+}
+
+// settleSQL reports the horizon and the largest tx committed so far.
+const settleSQL = `SELECT ledger_horizon(), (SELECT tx FROM events ORDER BY tx DESC LIMIT 1)`
+
+// Settle polling: from minSettleDelay, doubling up to maxSettleDelay.
+const (
+	minSettleDelay = time.Millisecond
+	maxSettleDelay = 50 * time.Millisecond
+)
+
+// settle returns a horizon for a read that follows. It waits until the
+// horizon has passed every record committed when it is called, or the settle
+// timeout passes, so that the read sees the appends that returned before it
+// (read your writes). The transactions it waits for are those of the database
+// running now, appends or not; usually they end within a WAL flush.
+func (l *Log) settle(ctx context.Context) (uint64, error) {
+	var (
+		horizon uint64
+		last    *uint64
+	)
+	if err := l.pool.QueryRow(ctx, settleSQL).Scan(&horizon, &last); err != nil {
+		return 0, classify(err)
+	}
+	deadline := time.Now().Add(l.settleTimeout)
+	for delay := minSettleDelay; last != nil && *last >= horizon && time.Now().Before(deadline); delay = min(2*delay, maxSettleDelay) {
+		select {
+		case <-ctx.Done():
+			return 0, classify(ctx.Err())
+		case <-time.After(min(delay, time.Until(deadline))):
+		}
+		if err := l.pool.QueryRow(ctx, `SELECT ledger_horizon()`).Scan(&horizon); err != nil {
+			return 0, classify(err)
+		}
+	}
+	return horizon, nil // at the deadline: what is safe to read
 }
 
 // Close implements eventlog.Log. The Log holds nothing of its own between
@@ -171,32 +264,16 @@ func queryRecords(ctx context.Context, q querier, sql string, args ...any) ([]ev
 }
 
 func scanRecord(row pgx.CollectableRow) (eventlog.Record, error) {
-	var (
-		r   eventlog.Record
-		pos int64
-	)
-	err := row.Scan(&pos, &r.ID, &r.Stream, &r.StreamVersion, &r.Type, &r.APIVersion,
+	var r eventlog.Record
+	err := row.Scan(&r.Position.Commit, &r.Position.Prepare, &r.ID, &r.Stream, &r.StreamVersion, &r.Type, &r.APIVersion,
 		&r.Created, &r.ReceivedAt, &r.Account, &r.Payload, &r.Signature,
 		&r.PayloadSHA256, &r.PrevHash, &r.Hash)
-	r.Position = position(pos)
 	r.Created, r.ReceivedAt = r.Created.UTC(), r.ReceivedAt.UTC()
 	return r, err
 }
 
-// position is the eventlog.Position of a global_position: PostgreSQL has a
-// single number, which Prepare mirrors.
-func position(globalPosition int64) eventlog.Position {
-	return eventlog.Position{Commit: uint64(globalPosition), Prepare: uint64(globalPosition)}
-}
-
-// lastPositionAtOrBefore is the largest global_position n whose record
-// (Position{n, n}) does not come after p in eventlog.Position order: records
-// after p are exactly those with global_position > it. Positions this backend
-// hands out have Commit == Prepare, for which it is simply Commit.
-func lastPositionAtOrBefore(p eventlog.Position) int64 {
-	n := p.Commit
-	if p.Prepare < p.Commit {
-		n-- // {n, n} comes after {n, prepare < n}
-	}
-	return int64(min(n, math.MaxInt64))
+// prepareArg is p.Prepare as a global_position bound. No global_position
+// exceeds math.MaxInt64, so a larger Prepare means the same as MaxInt64.
+func prepareArg(p eventlog.Position) int64 {
+	return int64(min(p.Prepare, math.MaxInt64))
 }

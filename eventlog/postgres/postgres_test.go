@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"slices"
 	"sync/atomic"
@@ -174,15 +175,21 @@ func TestSubscribeLiveAndReconnect(t *testing.T) {
 	}
 }
 
-// TestAppendLockOrdersCommits shows the gap safety of DESIGN §2 at work: while
-// one append's transaction is open, a second append waits for it instead of
-// committing a higher position first, and readers see neither until the
-// first commits — so no reader can pass a position that commits later.
-func TestAppendLockOrdersCommits(t *testing.T) {
+// TestHorizonHidesLaterCommits shows the gap safety of DESIGN §2 at work:
+// while one append's transaction is open, an append to another stream does
+// not wait for it and commits first, with a later position; readers return
+// neither until the first commits, then both, in order, nothing skipped.
+// Without the horizon, readers would return the second and later meet the
+// first behind it.
+func TestHorizonHidesLaterCommits(t *testing.T) {
 	t.Parallel()
-	pool, _ := pgtest.NewPool(t)
+	pool, url := pgtest.NewPool(t)
 	l := postgres.New(pool, testLogger(t))
-	// Different streams: the lock must order all appends, not those of one stream.
+	// A short settle timeout: ReadAll, Head and CountAfter would wait for it
+	// to pass while the first append is open.
+	reader := postgres.New(pool, testLogger(t), postgres.WithSettleTimeout(20*time.Millisecond))
+	f := eventlogtest.Follow(t, postgres.New(newPool(t, url, "ledger-horizon", nil), testLogger(t),
+		postgres.WithPollInterval(time.Hour)), eventlog.Start)
 	first := eventlogtest.NewEvent(eventlogtest.NewStream("gap-first"))
 	second := eventlogtest.NewEvent(eventlogtest.NewStream("gap-second"))
 
@@ -191,13 +198,69 @@ func TestAppendLockOrdersCommits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback(context.Background()) //nolint:errcheck // a no-op once committed
-	var firstPos int64
-	err = tx.QueryRow(t.Context(), `SELECT global_position FROM ledger_append($1, $2, $3, $4, $5, $6, $7, $8)`,
-		first.ID, first.Stream, first.Type, first.APIVersion, first.Created, first.Account, first.Payload, first.Signature,
-	).Scan(&firstPos)
+	firstPos := appendInTx(t, tx, first)
+
+	secondRes, err := l.Append(t.Context(), second)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !firstPos.Less(secondRes.Position) {
+		t.Fatalf("second append at %s, want a position after the open first's %s", secondRes.Position, firstPos)
+	}
+	if recs, err := reader.ReadAll(t.Context(), eventlog.Start, 10); err != nil || len(recs) != 0 {
+		t.Errorf("ReadAll during the open append = %v, %v; want none", eventlogtest.IDs(recs), err)
+	}
+	if head, err := reader.Head(t.Context()); err != nil || head != eventlog.Start {
+		t.Errorf("Head during the open append = %s, %v; want Start", head, err)
+	}
+	if n, err := reader.CountAfter(t.Context(), eventlog.Start); err != nil || n != 0 {
+		t.Errorf("CountAfter during the open append = %d, %v; want 0", n, err)
+	}
+	// A stream's records are readable as soon as they commit.
+	if recs, err := reader.ReadStream(t.Context(), second.Stream, 0, 10); err != nil || len(recs) != 1 {
+		t.Errorf("ReadStream of the committed stream = %v, %v; want its record", eventlogtest.IDs(recs), err)
+	}
+	time.Sleep(50 * time.Millisecond) // the second's notification has reached the subscriber
+	if recs := f.WaitFor(t, 0); len(recs) != 0 {
+		t.Errorf("Subscribe delivered %v during the open append, want nothing", eventlogtest.IDs(recs))
+	}
+
+	if err := tx.Commit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{first.ID, second.ID}
+	recs, err := l.ReadAll(t.Context(), eventlog.Start, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(eventlogtest.IDs(recs), want) {
+		t.Errorf("ReadAll = %v, want %v", eventlogtest.IDs(recs), want)
+	}
+	if head, err := l.Head(t.Context()); err != nil || head != secondRes.Position {
+		t.Errorf("Head = %s, %v; want the second's %s", head, err, secondRes.Position)
+	}
+	f.WaitFor(t, 2)
+	if got := eventlogtest.IDs(f.Stop(t)); !slices.Equal(got, want) {
+		t.Errorf("Subscribe delivered %v, want %v", got, want)
+	}
+}
+
+// TestSameStreamAppendWaits: appends to one stream are serialised, so the
+// next version and hash are computed after the previous append committed,
+// and the later version comes later in the global order.
+func TestSameStreamAppendWaits(t *testing.T) {
+	t.Parallel()
+	pool, _ := pgtest.NewPool(t)
+	l := postgres.New(pool, testLogger(t))
+	stream := eventlogtest.NewStream("same-stream")
+	first, second := eventlogtest.NewEvent(stream), eventlogtest.NewEvent(stream)
+
+	tx, err := pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background()) //nolint:errcheck // a no-op once committed
+	firstPos := appendInTx(t, tx, first)
 
 	type appended struct {
 		res eventlog.AppendResult
@@ -208,18 +271,12 @@ func TestAppendLockOrdersCommits(t *testing.T) {
 		res, err := l.Append(t.Context(), second)
 		done <- appended{res, err}
 	}()
-	waitUntil(t, "the second append waits for the append lock", func() bool {
+	waitUntil(t, "the second append waits for the stream lock", func() bool {
 		var waiting int
-		err := pool.QueryRow(t.Context(), `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`).Scan(&waiting)
+		err := pool.QueryRow(t.Context(), `SELECT count(*) FROM pg_locks
+			WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&waiting)
 		return err == nil && waiting == 1
 	})
-	if recs, err := l.ReadAll(t.Context(), eventlog.Start, 10); err != nil || len(recs) != 0 {
-		t.Errorf("ReadAll during the open append = %d records, %v; want none", len(recs), err)
-	}
-	if head, err := l.Head(t.Context()); err != nil || head != eventlog.Start {
-		t.Errorf("Head during the open append = %s, %v; want Start", head, err)
-	}
-
 	if err := tx.Commit(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -227,51 +284,139 @@ func TestAppendLockOrdersCommits(t *testing.T) {
 	if got.err != nil {
 		t.Fatal(got.err)
 	}
-	if got.res.Position.Commit <= uint64(firstPos) {
-		t.Errorf("second append = %+v, want a position after %d", got.res, firstPos)
+	if got.res.Duplicate || got.res.StreamVersion != 1 || !firstPos.Less(got.res.Position) {
+		t.Errorf("second append = %+v, want version 1 after %s", got.res, firstPos)
 	}
-	recs, err := l.ReadAll(t.Context(), eventlog.Start, 10)
+	recs, err := l.ReadStream(t.Context(), stream, 0, 10)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{first.ID, second.ID}; !slices.Equal(eventlogtest.IDs(recs), want) {
-		t.Errorf("ReadAll = %v, want %v", eventlogtest.IDs(recs), want)
+	if len(recs) != 2 || !bytes.Equal(recs[1].PrevHash, recs[0].Hash) {
+		t.Errorf("stream holds %v, want the two records chained", eventlogtest.IDs(recs))
 	}
 }
 
-// TestAppendGuards checks the schema properties gap safety and dedup rest on.
+// TestHeldBackWithoutAppends: a transaction that appends nothing also holds
+// the horizon back, and ends without a notification. ReadAll waits for it
+// (read your writes), and Subscribe polls until it ends instead of waiting
+// for a notification that never comes.
+func TestHeldBackWithoutAppends(t *testing.T) {
+	t.Parallel()
+	pool, url := pgtest.NewPool(t)
+	l := postgres.New(pool, testLogger(t))
+	f := eventlogtest.Follow(t, postgres.New(newPool(t, url, "ledger-held-back", nil), testLogger(t),
+		postgres.WithPollInterval(time.Hour)), eventlog.Start)
+
+	other, err := pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Rollback(context.Background()) //nolint:errcheck // a no-op once committed
+	// Taking a transaction id, as any write does.
+	if _, err := other.Exec(t.Context(), `SELECT pg_current_xact_id()`); err != nil {
+		t.Fatal(err)
+	}
+	e := eventlogtest.NewEvent(eventlogtest.NewStream("held-back"))
+	if _, err := l.Append(t.Context(), e); err != nil {
+		t.Fatal(err)
+	}
+	committed := make(chan error, 1)
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		committed <- other.Commit(context.Background())
+	}()
+	if recs, err := l.ReadAll(t.Context(), eventlog.Start, 10); err != nil || !slices.Equal(eventlogtest.IDs(recs), []string{e.ID}) {
+		t.Errorf("ReadAll after the append = %v, %v; want %s", eventlogtest.IDs(recs), err, e.ID)
+	}
+	if err := <-committed; err != nil {
+		t.Fatal(err)
+	}
+	f.WaitFor(t, 1)
+	f.Stop(t)
+}
+
+// TestOtherDatabasesDoNotHoldBack: only transactions of the log's own
+// database can append to it, so those of other databases (other
+// applications, CREATE DATABASE) do not delay its readers.
+func TestOtherDatabasesDoNotHoldBack(t *testing.T) {
+	t.Parallel()
+	pool, _ := pgtest.NewPool(t)
+	elsewhere, _ := pgtest.NewPool(t)
+	l := postgres.New(pool, testLogger(t), postgres.WithSettleTimeout(0))
+	other, err := elsewhere.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Rollback(context.Background()) //nolint:errcheck // read-only in effect
+	if _, err := other.Exec(t.Context(), `SELECT pg_current_xact_id()`); err != nil {
+		t.Fatal(err)
+	}
+	e := eventlogtest.NewEvent(eventlogtest.NewStream("elsewhere"))
+	if _, err := l.Append(t.Context(), e); err != nil {
+		t.Fatal(err)
+	}
+	if recs, err := l.ReadAll(t.Context(), eventlog.Start, 10); err != nil || !slices.Equal(eventlogtest.IDs(recs), []string{e.ID}) {
+		t.Errorf("ReadAll with a transaction open in another database = %v, %v; want %s", eventlogtest.IDs(recs), err, e.ID)
+	}
+}
+
+// appendInTx appends e inside tx, leaving tx open, and returns its position.
+func appendInTx(t *testing.T, tx pgx.Tx, e eventlog.Event) eventlog.Position {
+	t.Helper()
+	var pos eventlog.Position
+	err := tx.QueryRow(t.Context(), `SELECT tx, global_position FROM ledger_append($1, $2, $3, $4, $5, $6, $7, $8)`,
+		e.ID, e.Stream, e.Type, e.APIVersion, e.Created, e.Account, e.Payload, e.Signature,
+	).Scan(&pos.Commit, &pos.Prepare)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pos
+}
+
+// TestAppendGuards checks the conditions gap safety and dedup rest on.
 func TestAppendGuards(t *testing.T) {
 	t.Parallel()
 	pool, _ := pgtest.NewPool(t)
-
-	t.Run("position sequence is not cached per session", func(t *testing.T) {
-		var cache int64
-		err := pool.QueryRow(t.Context(),
-			`SELECT cache_size FROM pg_sequences WHERE sequencename = 'events_global_position_seq'`).Scan(&cache)
-		if err != nil || cache != 1 {
-			t.Errorf("events_global_position_seq cache = %d, %v; want 1", cache, err)
-		}
-	})
-	for _, iso := range []pgx.TxIsoLevel{pgx.RepeatableRead, pgx.Serializable} {
-		t.Run("refuses "+string(iso), func(t *testing.T) {
-			tx, err := pool.BeginTx(t.Context(), pgx.TxOptions{IsoLevel: iso})
+	ledgerAppend := func(tx pgx.Tx) error {
+		e := eventlogtest.NewEvent(eventlogtest.NewStream("guard"))
+		_, err := tx.Exec(t.Context(), `SELECT * FROM ledger_append($1, $2, $3, $4, $5, $6, $7, $8)`,
+			e.ID, e.Stream, e.Type, e.APIVersion, e.Created, e.Account, e.Payload, e.Signature)
+		return err
+	}
+	for _, tc := range []struct {
+		name   string
+		iso    pgx.TxIsoLevel
+		before func(pgx.Tx) error // in the same transaction
+	}{
+		{"refuses repeatable read", pgx.RepeatableRead, nil},
+		{"refuses serializable", pgx.Serializable, nil},
+		{"refuses a transaction that wrote", pgx.ReadCommitted, func(tx pgx.Tx) error {
+			_, err := tx.Exec(t.Context(), `CREATE TEMP TABLE scratch (x int)`)
+			return err
+		}},
+		{"refuses a second append", pgx.ReadCommitted, ledgerAppend},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tx, err := pool.BeginTx(t.Context(), pgx.TxOptions{IsoLevel: tc.iso})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer tx.Rollback(context.Background()) //nolint:errcheck // the transaction failed
-			e := eventlogtest.NewEvent(eventlogtest.NewStream("isolation"))
-			_, err = tx.Exec(t.Context(), `SELECT * FROM ledger_append($1, $2, $3, $4, $5, $6, $7, $8)`,
-				e.ID, e.Stream, e.Type, e.APIVersion, e.Created, e.Account, e.Payload, e.Signature)
+			if tc.before != nil {
+				if err := tc.before(tx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			err = ledgerAppend(tx)
 			if pgErr, ok := errors.AsType[*pgconn.PgError](err); !ok || pgErr.Code != "25000" {
-				t.Errorf("ledger_append under %s = %v, want invalid_transaction_state (25000)", iso, err)
+				t.Errorf("ledger_append = %v, want invalid_transaction_state (25000)", err)
 			}
 		})
 	}
 }
 
 // TestReadAllFromForeignPosition: ReadAll and CountAfter follow
-// eventlog.Position order even for positions whose Prepare differs from
-// Commit, which this backend never hands out.
+// eventlog.Position order from positions this backend never handed out.
 func TestReadAllFromForeignPosition(t *testing.T) {
 	t.Parallel()
 	pool, _ := pgtest.NewPool(t)
@@ -284,14 +429,18 @@ func TestReadAllFromForeignPosition(t *testing.T) {
 		}
 		positions = append(positions, res.Position)
 	}
-	mid := positions[1].Commit
+	mid := positions[1]
 	for _, tc := range []struct {
 		from eventlog.Position
 		want int
 	}{
-		{eventlog.Position{Commit: mid, Prepare: 0}, 2},
-		{eventlog.Position{Commit: mid, Prepare: mid}, 1},
-		{eventlog.Position{Commit: mid, Prepare: mid + 1}, 1},
+		{eventlog.Position{Commit: mid.Commit, Prepare: 0}, 2},
+		{eventlog.Position{Commit: mid.Commit, Prepare: mid.Prepare - 1}, 2},
+		{mid, 1},
+		{eventlog.Position{Commit: mid.Commit, Prepare: mid.Prepare + 1}, 1},
+		{eventlog.Position{Commit: mid.Commit, Prepare: math.MaxUint64}, 1},
+		{eventlog.Position{Commit: mid.Commit + 1, Prepare: 0}, 1},
+		{eventlog.Position{Commit: math.MaxUint64, Prepare: math.MaxUint64}, 0},
 	} {
 		recs, err := l.ReadAll(t.Context(), tc.from, 10)
 		if err != nil || len(recs) != tc.want {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -23,7 +24,11 @@ const (
 // LISTENs on ledger_events, reads everything after the last delivered position
 // in batches, then waits for a notification (or the poll interval) and reads
 // again. LISTEN comes before every read, so no commit can fall between the
-// read and the wait. When the connection fails, Subscribe takes a new one and
+// read and the wait. Records committed behind a transaction that is still
+// running are not read yet (see the package doc); while there are any,
+// Subscribe polls again after a short, growing delay instead of the poll
+// interval, since the transaction holding them back need not be an append
+// and so need not notify. When the connection fails, Subscribe takes a new one and
 // resumes after the last record h accepted, so each record is delivered once;
 // it only gives up on ctx, on h's error, on a closed pool, or on an error
 // other than ErrUnavailable.
@@ -88,41 +93,68 @@ func (s *subscription) follow(ctx context.Context) error {
 		return fmt.Errorf("subscribe: listen: %w", classify(err))
 	}
 	s.listened = true
+	heldBackDelay := minHeldBackDelay
 	for {
-		if err := s.catchUp(ctx, conn); err != nil {
+		heldBack, err := s.catchUp(ctx, conn)
+		if err != nil {
 			return err
 		}
-		if err := s.wait(ctx, conn); err != nil {
+		timeout := s.pollInterval
+		if heldBack {
+			timeout = min(heldBackDelay, s.pollInterval)
+			heldBackDelay = min(2*heldBackDelay, maxHeldBackDelay)
+		} else {
+			heldBackDelay = minHeldBackDelay
+		}
+		if err := s.wait(ctx, conn, timeout); err != nil {
 			return err
 		}
 	}
 }
 
-// catchUp hands h every committed record after s.pos, batch by batch.
-func (s *subscription) catchUp(ctx context.Context, conn *pgx.Conn) error {
+// Polling while committed records are held back: from minHeldBackDelay,
+// doubling up to maxHeldBackDelay (and never beyond the poll interval).
+const (
+	minHeldBackDelay = 5 * time.Millisecond
+	maxHeldBackDelay = time.Second
+)
+
+// horizonSQL takes the horizon and reports whether a record committed by then
+// lies at or beyond it, held back.
+const horizonSQL = `SELECT h.h, EXISTS (SELECT 1 FROM events WHERE tx >= h.h)
+  FROM (SELECT ledger_horizon() AS h) h`
+
+// catchUp hands h every record after s.pos below the horizon, batch by
+// batch. heldBack reports whether records committed when it took the horizon
+// were left for later; a record that commits after that notifies after it.
+func (s *subscription) catchUp(ctx context.Context, conn *pgx.Conn) (heldBack bool, err error) {
+	var horizon uint64
+	if err := conn.QueryRow(ctx, horizonSQL).Scan(&horizon, &heldBack); err != nil {
+		return false, fmt.Errorf("subscribe: read horizon: %w", classify(err))
+	}
 	for {
-		batch, err := readAll(ctx, conn, s.pos, s.batchSize)
+		batch, err := readAll(ctx, conn, horizon, s.pos, s.batchSize)
 		if err != nil {
-			return fmt.Errorf("subscribe: read after %s: %w", s.pos, err)
+			return false, fmt.Errorf("subscribe: read after %s: %w", s.pos, err)
 		}
 		if len(batch) == 0 {
-			return nil
+			return heldBack, nil
 		}
 		if err := s.h(ctx, batch); err != nil {
-			return handlerError{err}
+			return false, handlerError{err}
 		}
 		s.pos = batch[len(batch)-1].Position
 		if len(batch) < s.batchSize {
-			return nil
+			return heldBack, nil
 		}
 	}
 }
 
-// wait blocks until a notification announces a record after s.pos, or the
-// poll interval passes. Notifications that arrived while catchUp was reading
-// name records it has already delivered; they are skipped without a query.
-func (s *subscription) wait(ctx context.Context, conn *pgx.Conn) error {
-	waitCtx, cancel := context.WithTimeout(ctx, s.pollInterval)
+// wait blocks until a notification announces a record after s.pos, or
+// timeout passes. Notifications that arrived while catchUp was reading name
+// records it has already delivered; they are skipped without a query.
+func (s *subscription) wait(ctx context.Context, conn *pgx.Conn, timeout time.Duration) error {
+	waitCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {
 		n, err := conn.WaitForNotification(waitCtx)
@@ -134,8 +166,19 @@ func (s *subscription) wait(ctx context.Context, conn *pgx.Conn) error {
 		case err != nil:
 			return fmt.Errorf("subscribe: wait for notification: %w", classify(err))
 		}
-		if pos, err := strconv.ParseUint(n.Payload, 10, 64); err != nil || pos > s.pos.Commit {
+		if pos, ok := parsePosition(n.Payload); !ok || s.pos.Less(pos) {
 			return nil
 		}
 	}
+}
+
+// parsePosition parses a notification's payload, "tx/global_position".
+func parsePosition(payload string) (eventlog.Position, bool) {
+	commit, prepare, ok := strings.Cut(payload, "/")
+	if !ok {
+		return eventlog.Position{}, false
+	}
+	c, err1 := strconv.ParseUint(commit, 10, 64)
+	p, err2 := strconv.ParseUint(prepare, 10, 64)
+	return eventlog.Position{Commit: c, Prepare: p}, err1 == nil && err2 == nil
 }
