@@ -99,6 +99,16 @@ type Log interface {
 	Close()
 }
 
+// CheckpointSubscriber is implemented by logs whose subscriptions also report
+// progress past records that are not the ledger's (EventStoreDB's filtered
+// $all subscription sends checkpoints while it skips foreign events). A
+// consumer that stores the positions cp receives as its checkpoint resumes
+// after those events instead of scanning them again. cp's positions are never
+// before a record already delivered; an error from cp stops the subscription.
+type CheckpointSubscriber interface {
+	SubscribeCheckpoints(ctx context.Context, from Position, h Handler, cp func(ctx context.Context, pos Position) error) error
+}
+
 // ErrUnavailable wraps failures to reach the log's storage (network, server
 // down, not leader, deadline). The webhook answers 503 for it so that Stripe
 // retries.

@@ -79,6 +79,10 @@ func (b *builder) build(ctx context.Context, fill bool) error {
 		if pos, err = b.catchUp(ctx, schema, eventlog.Start, nil); err != nil {
 			return err
 		}
+		// Readers get a good plan from the first query after the swap.
+		if _, err := b.pool.Exec(ctx, "ANALYZE "+tableList(schema)); err != nil {
+			return fmt.Errorf("analyze %s: %w", schema, err)
+		}
 	}
 	old, err := b.swap(ctx, schema, pos, fill)
 	if err != nil {
@@ -141,18 +145,19 @@ func (b *builder) dropSchema(ctx context.Context, schema string) error {
 
 // catchUp folds the records after from into schema, one transaction per
 // batch, until it meets the head (or passes until, when set), and returns
-// the position of the last record folded. Reading and decoding the next
-// batch overlaps with writing the current one.
+// the position of the last record folded. Reading, decoding and writing
+// overlap.
 func (b *builder) catchUp(ctx context.Context, schema string, from eventlog.Position, until *eventlog.Position) (eventlog.Position, error) {
 	start := time.Now()
 	total, err := b.log.CountAfter(ctx, eventlog.Start)
 	if err != nil {
 		return from, err
 	}
+	// Three stages: read, decode, fold; each hands the next one batch ahead.
 	g, gctx := errgroup.WithContext(ctx)
-	batches := make(chan *batch, 2)
+	read, batches := make(chan []eventlog.Record, 1), make(chan *batch, 1)
 	g.Go(func() error {
-		defer close(batches)
+		defer close(read)
 		for pos := from; ; {
 			recs, done, err := b.read(gctx, pos, until)
 			if err != nil || len(recs) == 0 {
@@ -160,7 +165,7 @@ func (b *builder) catchUp(ctx context.Context, schema string, from eventlog.Posi
 			}
 			pos = recs[len(recs)-1].Position
 			select {
-			case batches <- b.p.decode(recs):
+			case read <- recs:
 			case <-gctx.Done():
 				return gctx.Err()
 			}
@@ -168,6 +173,17 @@ func (b *builder) catchUp(ctx context.Context, schema string, from eventlog.Posi
 				return nil
 			}
 		}
+	})
+	g.Go(func() error {
+		defer close(batches)
+		for recs := range read {
+			select {
+			case batches <- b.p.decodeParallel(recs):
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		}
+		return nil
 	})
 	pos, done := from, int64(0)
 	g.Go(func() error {
@@ -280,6 +296,15 @@ func viewsSQL(schema string) string {
 		fmt.Fprintf(&sql, "CREATE VIEW readmodel.%s AS SELECT * FROM %s.%s;\n", t.tableName(), ident(schema), t.tableName())
 	}
 	return "DROP VIEW IF EXISTS " + strings.Join(views, ", ") + ";\n" + sql.String()
+}
+
+// tableList lists the read model tables of schema, comma-separated.
+func tableList(schema string) string {
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		names[i] = ident(schema) + "." + t.tableName()
+	}
+	return strings.Join(names, ", ")
 }
 
 // retryLockTimeouts runs op until it succeeds, fails otherwise than on a

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -49,7 +50,7 @@ func TestVersionChange(t *testing.T) {
 	// Readers never fail and never see a mix of both versions.
 	var wg sync.WaitGroup
 	readCtx, stopReading := context.WithCancel(ctx)
-	var sawBasic, sawStarter bool
+	var sawBasic, sawStarter atomic.Bool
 	wg.Go(func() {
 		for readCtx.Err() == nil {
 			var basic, starter int
@@ -64,7 +65,12 @@ func TestVersionChange(t *testing.T) {
 				t.Errorf("a reader saw %d basic and %d starter subscriptions: a half-swapped model", basic, starter)
 				return
 			}
-			sawBasic, sawStarter = sawBasic || basic > 0, sawStarter || starter > 0
+			if basic > 0 {
+				sawBasic.Store(true)
+			}
+			if starter > 0 {
+				sawStarter.Store(true)
+			}
 		}
 	})
 	wg.Go(func() {
@@ -80,18 +86,16 @@ func TestVersionChange(t *testing.T) {
 	r.batchSize = 50 // many build batches, and events left for the swap to catch up
 	startRunner(t, r)
 	time.Sleep(300 * time.Millisecond)
-	for !sawStarter && readCtx.Err() == nil {
+	for deadline := time.Now().Add(waitTimeout); !sawStarter.Load() && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
 	stopReading()
 	wg.Wait()
 	cp := waitCaughtUp(t, pool, log, v2)
-	if !sawBasic || !sawStarter {
-		t.Errorf("readers saw basic=%v starter=%v, want both versions in turn", sawBasic, sawStarter)
+	if !sawBasic.Load() || !sawStarter.Load() {
+		t.Errorf("readers saw basic=%v starter=%v, want both versions in turn", sawBasic.Load(), sawStarter.Load())
 	}
-	if got := buildSchemas(t, pool, v2); !slices.Equal(got, []string{cp.Schema}) {
-		t.Errorf("schemas after the swap: %v, want only the live %s", got, cp.Schema)
-	}
+	waitOnlySchema(t, pool, v2, cp.Schema)
 	checkFromScratch(t, pool, log, v2)
 }
 
@@ -208,6 +212,20 @@ func checkFromScratch(t *testing.T, pool *pgxpool.Pool, log eventlog.Log, p Proj
 	checkAgainstReplay(t, pool, "readmodel", payloads, p.Plans)
 }
 
+// waitOnlySchema waits until the old schema dropped after a swap is gone.
+func waitOnlySchema(t *testing.T, pool *pgxpool.Pool, p Projection, live string) {
+	t.Helper()
+	for deadline := time.Now().Add(waitTimeout); ; time.Sleep(20 * time.Millisecond) {
+		got := buildSchemas(t, pool, p)
+		if slices.Equal(got, []string{live}) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("schemas after the swap: %v, want only the live %s", got, live)
+		}
+	}
+}
+
 // buildSchemas lists the schemas of p's builds.
 func buildSchemas(t *testing.T, pool *pgxpool.Pool, p Projection) []string {
 	t.Helper()
@@ -220,4 +238,66 @@ func buildSchemas(t *testing.T, pool *pgxpool.Pool, p Projection) []string {
 		t.Fatal(err)
 	}
 	return names
+}
+
+// TestBuildInterrupted stops a runner in the middle of building version 2:
+// version 1 stays live and untouched, and the next runner drops the
+// half-built schema and builds afresh.
+func TestBuildInterrupted(t *testing.T) {
+	t.Parallel()
+	pool, log := newLog(t)
+	v1 := Billing(testPlans(t))
+	v2 := Projection{Name: v1.Name, Version: 2, Plans: v1.Plans}
+	appendAll(t, log, lifecycles(22, 20))
+	stop := startRunner(t, newRunner(t, pool, log, v1))
+	live := waitCaughtUp(t, pool, log, v1)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	before := dump(t, pool, "readmodel")
+
+	stalled := make(chan struct{})
+	r := newRunner(t, pool, &stallingLog{Log: log, after: 3, stalled: stalled}, v2)
+	r.batchSize = 20
+	stop = startRunner(t, r)
+	select {
+	case <-stalled:
+	case <-time.After(waitTimeout):
+		t.Fatal("the build did not start")
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if cp, _, _ := loadCheckpoint(context.Background(), pool, v1.Name, ""); cp != live {
+		t.Errorf("checkpoint after an interrupted build: %+v, want %+v", cp, live)
+	}
+	if d := diffDumps(before, dump(t, pool, "readmodel")); d != "" {
+		t.Errorf("an interrupted build changed what readers see: %s", d)
+	}
+	if got := buildSchemas(t, pool, v2); len(got) != 2 {
+		t.Errorf("schemas after an interrupted build: %v, want the live one and the half-built one", got)
+	}
+
+	startRunner(t, newRunner(t, pool, log, v2))
+	cp := waitCaughtUp(t, pool, log, v2)
+	waitOnlySchema(t, pool, v2, cp.Schema)
+	checkFromScratch(t, pool, log, v2)
+}
+
+// stallingLog answers `after` ReadAll calls, then closes stalled and blocks
+// the next one until its context is cancelled.
+type stallingLog struct {
+	eventlog.Log
+	after   int
+	stalled chan struct{}
+	calls   atomic.Int32
+}
+
+func (l *stallingLog) ReadAll(ctx context.Context, from eventlog.Position, limit int) ([]eventlog.Record, error) {
+	if int(l.calls.Add(1)) == l.after+1 {
+		close(l.stalled)
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return l.Log.ReadAll(ctx, from, limit)
 }

@@ -50,7 +50,7 @@
 //
 // When no version is live, the Runner creates an empty schema and the views
 // at once (readers get empty results, not errors) and catches up live. When
-// the stored version differs from Projection.Version, it builds the new
+// the stored version is older than Projection.Version, it builds the new
 // version beside the live one from the start of the log up to the head (the
 // live model keeps serving, frozen at its checkpoint), then swaps: in one
 // transaction it locks the checkpoint row, applies the events appended since,
@@ -60,9 +60,18 @@
 // starting afresh (rebuilds run at well over 20,000 events/s). Rebuild does
 // the same for the current version while a Runner elsewhere keeps the live
 // model current; the swap's row lock and the Runner's compare-and-set keep
-// the two from losing events. The swap waits at most swapLockTimeout for
-// readers holding the views, so it never queues readers behind it for long,
-// and retries when it times out.
+// the two from losing events. The swap waits at most two seconds for
+// readers holding the views (lock_timeout), so readers never queue behind it
+// for long, and retries when it times out. A Runner whose version is older
+// than the live one (an old replica during a rolling deploy) refuses to run
+// rather than undo it.
+//
+// # Connections
+//
+// A Runner holds two pooled connections while it follows the log (its lock,
+// the subscription) plus one per batch transaction; while it builds, two
+// locks, the transaction and a read of the log. Give the pool room for that
+// besides the API: pool_max_conns of 10 or more.
 //
 // Changing LEDGER_PLANS changes the plan every subscription maps to: bump the
 // version or run Rebuild.

@@ -40,15 +40,32 @@ func testPlans(t testing.TB) domain.Plans {
 // newLog opens the PostgreSQL event log on a fresh database; small batches
 // make a runner's catch-up span many transactions.
 func newLog(t testing.TB) (*pgxpool.Pool, *postgres.Log) {
-	pool, _ := pgtest.NewPool(t)
+	pool := newPool(t, pgtest.NewDatabase(t))
 	return pool, postgres.New(pool, testLogger(t), postgres.WithBatchSize(25), postgres.WithPollInterval(200*time.Millisecond))
+}
+
+// newPool opens a pool on url with room for a runner during a build (two
+// lock connections, a transaction, a read of the log, a subscription) next
+// to the test's own queries.
+func newPool(t testing.TB, url string) *pgxpool.Pool {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 16
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }
 
 // fastPool opens a fresh database whose commits do not wait for the WAL
 // flush: for tests that commit thousands of transactions and do not test
 // durability.
 func fastPool(t testing.TB) *pgxpool.Pool {
-	pool, _ := pgtest.NewPool(t)
+	pool := newPool(t, pgtest.NewDatabase(t))
 	_, err := pool.Exec(context.Background(),
 		`DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = off', current_database()); END $$`)
 	if err != nil {

@@ -3,6 +3,7 @@ package projections
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -89,6 +90,10 @@ func (r *Runner) runLocked(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if ok && cp.Version > r.p.Version {
+			// An older binary (a rolling deploy) must not undo a newer version.
+			return fmt.Errorf("live version %d of %s is newer than this binary's %d: not running it", cp.Version, r.p.Name, r.p.Version)
+		}
 		if !ok || cp.Version != r.p.Version {
 			if err := r.buildVersion(ctx); err != nil {
 				return err
@@ -96,7 +101,11 @@ func (r *Runner) runLocked(ctx context.Context) error {
 			continue
 		}
 		r.logger.InfoContext(ctx, "projection following the log", "version", cp.Version, "schema", cp.Schema, "from", cp.Position.String())
-		err = r.log.Subscribe(ctx, cp.Position, r.apply(&cp))
+		if cs, ok := r.log.(eventlog.CheckpointSubscriber); ok {
+			err = cs.SubscribeCheckpoints(ctx, cp.Position, r.apply(&cp), r.skipTo(&cp))
+		} else {
+			err = r.log.Subscribe(ctx, cp.Position, r.apply(&cp))
+		}
 		if !errors.Is(err, errCheckpointMoved) {
 			return err
 		}
@@ -138,6 +147,23 @@ func (r *Runner) apply(cp *checkpoint) eventlog.Handler {
 		}
 		cp.Position = b.last
 		r.metrics.observe(r.p.Name, b)
+		return nil
+	}
+}
+
+// skipTo returns the callback that advances cp past records that are not the
+// ledger's, when the log reports them (eventlog.CheckpointSubscriber).
+func (r *Runner) skipTo(cp *checkpoint) func(context.Context, eventlog.Position) error {
+	return func(ctx context.Context, pos eventlog.Position) error {
+		if !cp.Position.Less(pos) {
+			return nil
+		}
+		if err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+			return advance(ctx, tx, r.p.Name, *cp, pos)
+		}); err != nil {
+			return err
+		}
+		cp.Position = pos
 		return nil
 	}
 }

@@ -279,7 +279,8 @@ func TestOneRunnerPerProjection(t *testing.T) {
 func holders(t *testing.T, pool pgxQuerier, p Projection) int {
 	var n int
 	err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_locks
- WHERE locktype = 'advisory' AND granted AND classid = $1::int::oid AND objid = hashtext($2)::oid AND objsubid = 2`,
+ WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND classid = $1::int::oid AND objid = hashtext($2)::oid AND objsubid = 2`,
 		runLockClass, p.Name).Scan(&n)
 	if err != nil {
 		t.Fatal(err)

@@ -12,8 +12,8 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/domain"
 )
 
-// table maps the rows of one read-model table to T. Every table has a
-// customer_id column, which loads select on.
+// table maps the rows of one read-model table to T. Every table has an
+// indexed customer_id column, which loads select on.
 type table[T any] struct {
 	name    string
 	columns []column // the primary key first
@@ -34,12 +34,15 @@ func (t table[T]) keyColumn() string { return t.columns[0].name }
 // tables are the read model's tables, one view each in the readmodel schema.
 var tables = []readModelTable{customersTable, subscriptionsTable, invoicesTable, chargesTable, disputesTable}
 
+// selectSQL selects the rows of the customers in $1. A join on unnest, not
+// customer_id = ANY($1): a generic plan of the latter may scan the whole
+// table comparing every row with every id.
 func (t table[T]) selectSQL(schema string) string {
 	names := make([]string, len(t.columns))
 	for i, c := range t.columns {
-		names[i] = c.name
+		names[i] = "t." + c.name
 	}
-	return fmt.Sprintf("SELECT %s FROM %s.%s WHERE customer_id = ANY($1)",
+	return fmt.Sprintf("SELECT %s FROM unnest($1::text[]) AS c(id) JOIN %s.%s t ON t.customer_id = c.id",
 		strings.Join(names, ", "), ident(schema), t.name)
 }
 
@@ -214,7 +217,9 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 		subscriptions = appendChanged(subscriptions, before.Subscriptions, s.Subscriptions,
 			func(a, b domain.Subscription) bool { return a.LastEventID != b.LastEventID })
 		invoices = appendChanged(invoices, before.Invoices, s.Invoices,
-			func(a, b domain.Invoice) bool { return a.LastEventID != b.LastEventID || a.AttemptCount != b.AttemptCount })
+			func(a, b domain.Invoice) bool {
+				return a.LastEventID != b.LastEventID || a.AttemptCount != b.AttemptCount
+			})
 		charges = appendChanged(charges, before.Charges, s.Charges,
 			func(a, b domain.Charge) bool { return a.LastEventID != b.LastEventID })
 		disputes = appendChanged(disputes, before.Disputes, s.Disputes,

@@ -50,7 +50,17 @@ func startService(t *testing.T, getenv func(string) string) string {
 	return "http://" + ln.Addr().String()
 }
 
+// deliver posts payload to the webhook and requires 200.
 func deliver(t *testing.T, base string, payload []byte) {
+	t.Helper()
+	if status, body := postWebhook(t, base, payload); status != http.StatusOK {
+		t.Fatalf("webhook answered %d: %s", status, body)
+	}
+}
+
+// postWebhook posts payload to the webhook, freshly signed as Stripe signs
+// each delivery attempt, and returns the answer.
+func postWebhook(t *testing.T, base string, payload []byte) (int, []byte) {
 	t.Helper()
 	sig := webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{Payload: payload, Secret: e2eSecret}).Header
 	req, _ := http.NewRequest(http.MethodPost, base+"/stripe/webhook", bytes.NewReader(payload))
@@ -59,11 +69,12 @@ func deliver(t *testing.T, base string, payload []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("webhook answered %d: %s", resp.StatusCode, body)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return resp.StatusCode, body
 }
 
 func getV1(t *testing.T, url string, out any) int {

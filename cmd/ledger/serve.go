@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,8 +24,13 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
-// shutdownGrace is how long in-flight requests get to finish on SIGTERM.
-const shutdownGrace = 30 * time.Second
+const (
+	// shutdownGrace is how long in-flight requests get to finish on SIGTERM.
+	shutdownGrace = 30 * time.Second
+	// minPoolConns is the smallest database pool serve runs with, unless
+	// DATABASE_URL sets pool_max_conns.
+	minPoolConns = 16
+)
 
 func runServe(ctx context.Context, cfg Config, logger *slog.Logger, args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -64,7 +70,17 @@ type Backends struct {
 // OpenBackends connects to the database and opens the event log that
 // LEDGER_EVENTLOG names.
 func OpenBackends(ctx context.Context, cfg Config, logger *slog.Logger) (*Backends, error) {
-	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
+	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("parse DATABASE_URL: %w", err)
+	}
+	if !strings.Contains(cfg.DatabaseURL, "pool_max_conns") {
+		// The projection runner alone holds up to four connections while it
+		// builds (two advisory locks, a transaction, a log reader); leave room
+		// for webhooks and reads beside it.
+		pcfg.MaxConns = max(pcfg.MaxConns, minPoolConns)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}

@@ -217,7 +217,7 @@ func (l *Log) appendChained(ctx context.Context, e eventlog.Event, id uuid.UUID)
 		}
 		// A detached append that lands after Append gave up leaves the id
 		// pending: the next append of it finds the event (step 2).
-		wr, err := detach(ctx, func() (*esdb.WriteResult, error) {
+		wr, err := detach(ctx, l, client, func() (*esdb.WriteResult, error) {
 			return client.AppendToStream(ctx, stream, esdb.AppendToStreamOptions{ExpectedRevision: expected}, esdb.EventData{
 				EventID:     id,
 				EventType:   e.Type,
@@ -243,7 +243,6 @@ func (l *Log) appendChained(ctx context.Context, e eventlog.Event, id uuid.UUID)
 			continue
 		}
 		if err != nil {
-			l.reconnect(client, err)
 			return eventlog.AppendResult{}, classify(err)
 		}
 		return eventlog.AppendResult{

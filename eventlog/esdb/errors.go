@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"google.golang.org/grpc/codes"
@@ -23,7 +24,7 @@ func classify(err error) error {
 }
 
 func unavailable(err error) bool {
-	if errors.Is(err, errStuck) || errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, errStuck) || errors.Is(err, errRetired) || errors.Is(err, context.DeadlineExceeded) {
 		return true
 	}
 	if e, ok := errors.AsType[*esdb.Error](err); ok {
@@ -38,7 +39,11 @@ func unavailable(err error) bool {
 	case codes.Unavailable, codes.DeadlineExceeded:
 		return true
 	}
-	return false
+	// A node that goes down while an append is being sent ends the request
+	// stream: Send reports io.EOF, which the client wraps with code 0
+	// (unknown). The write's fate is unknown, so it is retried like any
+	// other outage (and the guard's recovery finds it if it landed).
+	return errors.Is(err, io.EOF)
 }
 
 // hasCode reports whether err is or wraps an *esdb.Error with code.

@@ -90,11 +90,16 @@
 // Two behaviours of EventStore-Client-Go v4.2.0 around outages are worked
 // around here. The client gives up on a server that stays unreachable
 // through its discovery attempts and closes itself for good; the Log then
-// replaces it with a new client. And a call racing with that give-up can
-// block forever whatever its context; every call into the client therefore
-// runs detached, so that Append and the reads return by their context's
-// deadline (or after stuckCallTimeout) instead of holding the webhook and
-// the guard's connection.
+// replaces it with a new client as soon as a call reports the give-up (or,
+// later, the closed connection). And a call racing with that give-up blocks
+// forever whatever its context: the client's connection goroutine ends
+// without taking the requests already handed to it. Every call into the
+// client therefore runs detached (see detach) and returns at the first of:
+// its result, its context, the Log replacing the client it runs on, or
+// stuckCallTimeout. Replacing the client releases every call still waiting
+// on the old one at once, so a subscription stuck there resubscribes on the
+// new client right away instead of waiting out stuckCallTimeout (its context
+// has no deadline).
 package esdb
 
 import (
@@ -102,6 +107,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -136,7 +142,7 @@ type Log struct {
 	batch  int
 
 	mu     sync.Mutex
-	client *esdb.Client // replaced by reconnect when it closes itself
+	client *connection // replaced by reconnect when it closes itself
 	closed bool
 
 	// afterAppend, when set (by tests), runs between the append to
@@ -188,7 +194,7 @@ func Open(connectionString string, guard *pgxpool.Pool, logger *slog.Logger, opt
 	cfg.Logger = func(level esdb.LogLevel, format string, args ...any) {
 		logger.Debug(fmt.Sprintf(format, args...), "component", "esdb-client", "client_level", level)
 	}
-	client, err := esdb.NewClient(cfg)
+	client, err := newConnection(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("esdb event log: %w", err)
 	}
@@ -201,12 +207,29 @@ func Open(connectionString string, guard *pgxpool.Pool, logger *slog.Logger, opt
 
 var _ eventlog.Log = (*Log)(nil)
 
-// Close implements eventlog.Log: it closes the client.
+// connection is one client of the Log, from its creation until the Log
+// replaces it (or closes).
+type connection struct {
+	*esdb.Client
+	retired chan struct{} // closed when the Log stops using the client
+}
+
+func newConnection(cfg *esdb.Configuration) (*connection, error) {
+	c, err := esdb.NewClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &connection{Client: c, retired: make(chan struct{})}, nil
+}
+
+// Close implements eventlog.Log: it closes the client and releases the calls
+// still waiting on it.
 func (l *Log) Close() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.closed {
 		l.closed = true
+		close(l.client.retired)
 		_ = l.client.Close()
 	}
 }
@@ -214,7 +237,7 @@ func (l *Log) Close() {
 var errClosed = errors.New("esdb event log is closed")
 
 // conn is the current client.
-func (l *Log) conn() (*esdb.Client, error) {
+func (l *Log) conn() (*connection, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -223,45 +246,65 @@ func (l *Log) conn() (*esdb.Client, error) {
 	return l.client, nil
 }
 
-// reconnect replaces client with a new one when err says it is unusable and
-// it is still the current one: it closed itself (the client does so when
-// discovery gives up on an unreachable server), or a call into it got stuck
-// (see detach). The old client is dropped, not closed: its connection
-// goroutine may have ended, and closing its channel would turn a call still
-// failing on it into a panic.
-func (l *Log) reconnect(client *esdb.Client, err error) {
-	if !hasCode(err, esdb.ErrorCodeConnectionClosed) && !errors.Is(err, errStuck) {
+// discoveryGaveUp is how EventStore-Client-Go v4.2.0 words the error of the
+// call whose discovery failed, right after the client closed itself
+// (discoverNode in esdb/impl.go). The error's code is the last attempt's
+// (unavailable, deadline exceeded), so only its text tells that the client is
+// gone; the next calls fail with ErrorCodeConnectionClosed.
+const discoveryGaveUp = "maximum discovery attempt count reached"
+
+// unusable reports whether err says that the client it came from can serve
+// no more calls.
+func unusable(err error) bool {
+	return hasCode(err, esdb.ErrorCodeConnectionClosed) || errors.Is(err, errStuck) ||
+		(err != nil && strings.Contains(err.Error(), discoveryGaveUp))
+}
+
+// reconnect replaces c with a new client when err says it is unusable (see
+// unusable) and it is still the current one, and releases every call still
+// waiting on c (see detach). The old client is dropped, not closed: its
+// connection goroutine may have ended, and closing its channel would turn a
+// call still failing on it into a panic.
+func (l *Log) reconnect(c *connection, err error) {
+	if !unusable(err) {
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.closed || l.client != client {
+	if l.closed || l.client != c {
 		return
 	}
-	fresh, newErr := esdb.NewClient(l.config)
+	fresh, newErr := newConnection(l.config)
 	if newErr != nil {
 		l.logger.Error("esdb event log: recreate client", "err", newErr)
 		return
 	}
 	l.logger.Warn("esdb event log: client unusable; replaced it", "err", err)
 	l.client = fresh
+	close(c.retired)
 }
 
 // stuckCallTimeout is how long detach waits for a client call that ignores
-// its context.
+// its context while its client is still the Log's current one.
 const stuckCallTimeout = 20 * time.Second
 
-var errStuck = errors.New("EventStoreDB client call neither returned nor honoured its context")
+var (
+	errStuck   = errors.New("EventStoreDB client call neither returned nor honoured its context")
+	errRetired = errors.New("the log stopped using its EventStoreDB client during the call (the client closed itself, or the log was closed)")
+)
 
-// detach runs f, a call into the client, in a goroutine of its own and waits
-// for it, for ctx, or for stuckCallTimeout. EventStore-Client-Go v4.2.0 can
+// detach runs f, a call into client c, in a goroutine of its own and waits
+// for its result, for ctx, for the Log to stop using c, or for
+// stuckCallTimeout, whichever comes first. EventStore-Client-Go v4.2.0 can
 // block a call forever, whatever its context, when the goroutine that owns
 // its connection ends (a rediscovery failed) while the call is handing it a
-// request on an unbuffered channel. Waiting here lets the caller go, and
-// errStuck makes the Log replace the client. An abandoned call that returns
-// late has its result passed to release, when set; one that never returns
-// keeps its goroutine until the process exits.
-func detach[T any](ctx context.Context, f func() (T, error), release func(T)) (T, error) {
+// request on an unbuffered channel. Waiting here lets the caller go. Every
+// error f returns, also one that arrives after the caller left, goes to
+// l.reconnect, so the call that sees the client give up replaces it and
+// releases the calls stuck on it; errStuck replaces it too. An abandoned call
+// that returns late has its result passed to release, when set; one that
+// never returns keeps its goroutine until the process exits.
+func detach[T any](ctx context.Context, l *Log, c *connection, f func() (T, error), release func(T)) (T, error) {
 	type result struct {
 		v   T
 		err error
@@ -273,23 +316,43 @@ func detach[T any](ctx context.Context, f func() (T, error), release func(T)) (T
 		select {
 		case done <- result{v, err}:
 		case <-abandoned:
-			if err == nil && release != nil {
+			switch {
+			case err != nil:
+				l.reconnect(c, err)
+			case release != nil:
 				release(v)
 			}
 		}
 	}()
+	taken := func(r result) (T, error) {
+		if r.err != nil {
+			l.reconnect(c, r.err)
+		}
+		return r.v, r.err
+	}
 	timer := time.NewTimer(stuckCallTimeout)
 	defer timer.Stop()
-	var zero T
+	var (
+		zero   T
+		reason error
+	)
 	select {
 	case r := <-done:
-		return r.v, r.err
+		return taken(r)
 	case <-ctx.Done():
-		close(abandoned)
-		return zero, ctx.Err()
+		reason = ctx.Err()
+	case <-c.retired:
+		reason = errRetired
 	case <-timer.C:
+		reason = errStuck
+		l.reconnect(c, errStuck)
+	}
+	select {
+	case r := <-done: // the result arrived together with the reason to leave: take it
+		return taken(r)
+	default:
 		close(abandoned)
-		return zero, errStuck
+		return zero, reason
 	}
 }
 

@@ -86,10 +86,15 @@ func TestServerDown(t *testing.T) {
 	srv := esdbtest.New(t)
 	logs := &syncBuffer{}
 	pool, _ := pgtest.NewPool(t)
-	l, err := esdb.Open(srv.URL()+"&maxDiscoverAttempts=2&discoveryInterval=10", pool, slog.New(slog.NewTextHandler(logs, nil)))
+	l, err := esdb.Open(srv.URL()+"&maxDiscoverAttempts=2&discoveryInterval=10", pool, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("log:\n%s", logs.String())
+		}
+	})
 	t.Cleanup(l.Close)
 	stream := eventlogtest.NewStream("down")
 	appendN(t, l, stream, 3)
@@ -137,51 +142,66 @@ func TestServerDown(t *testing.T) {
 // brings it back. EventStore-Client-Go v4.2.0 can leave a call blocked for
 // good when its rediscovery fails under it; every Append must still return
 // by its deadline (with ErrUnavailable while the node is down), the Log must
-// recover, and the stream must hold each stored event once, chained.
+// recover, and the stream must hold each stored event once, chained. The
+// phases follow what the writers observe, not the clock: the node goes down
+// once appends succeed, comes back once appends have failed, and the writers
+// stop once appends succeed again.
 func TestOutageUnderLoad(t *testing.T) {
 	t.Parallel()
 	srv := esdbtest.New(t)
 	l := openLog(t, srv.URL()+"&maxDiscoverAttempts=3&discoveryInterval=50")
 	stream := eventlogtest.NewStream("outage")
-	const writers, timeout = 20, 2 * time.Second
+	// lateness bounds how long after its deadline an Append may return on a
+	// starved machine; a call left blocked in the client would take
+	// stuckCallTimeout, far more.
+	const writers, timeout, lateness = 20, 2 * time.Second, 5 * time.Second
 	var (
-		mu     sync.Mutex
-		stored = map[string]bool{}
+		mu               sync.Mutex
+		stored           = map[string]bool{}
+		storedN, failedN int
 	)
-	end := time.Now().Add(3 * time.Second)
+	counts := func() (int, int) { mu.Lock(); defer mu.Unlock(); return storedN, failedN }
+	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for range writers {
 		wg.Go(func() {
-			for time.Now().Before(end) {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
 				ctx, cancel := context.WithTimeout(t.Context(), timeout)
 				e := eventlogtest.NewEvent(stream)
 				start := time.Now()
 				_, err := l.Append(ctx, e)
 				cancel()
-				if took := time.Since(start); took > timeout+time.Second {
+				if took := time.Since(start); took > timeout+lateness {
 					t.Errorf("Append took %v with a %v deadline", took, timeout)
 				}
+				mu.Lock()
 				switch {
 				case err == nil:
-					mu.Lock()
 					stored[e.ID] = true
-					mu.Unlock()
-				case !errors.Is(err, eventlog.ErrUnavailable):
+					storedN++
+				case errors.Is(err, eventlog.ErrUnavailable):
+					failedN++
+				default:
 					t.Errorf("Append during the outage: %v, want ErrUnavailable", err)
 				}
+				mu.Unlock()
 			}
 		})
 	}
-	time.Sleep(300 * time.Millisecond)
+	waitUntil(t, "appends before the outage", func() bool { n, _ := counts(); return n >= writers })
 	srv.Stop()
-	time.Sleep(time.Second)
+	before, _ := counts()
+	waitUntil(t, "appends failing during the outage", func() bool { _, n := counts(); return n >= 2*writers })
 	srv.Start(t)
+	waitUntil(t, "appends after the outage", func() bool { n, _ := counts(); return n >= before+2*writers })
+	close(stop)
 	wg.Wait()
 
-	waitUntil(t, "an append after the outage", func() bool {
-		_, err := l.Append(t.Context(), eventlogtest.NewEvent(stream))
-		return err == nil
-	})
 	recs, err := l.ReadStream(t.Context(), stream, 0, 100_000)
 	if err != nil {
 		t.Fatal(err)
@@ -419,12 +439,18 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
+// waitTimeout bounds every wait of these tests. It is generous: CI runs
+// every package at once with -race on two cores, and a wait only ends early
+// when its condition holds.
+const waitTimeout = time.Minute
+
+// waitUntil polls cond until it holds, failing the test after waitTimeout.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(waitTimeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			t.Fatalf("timed out after %v waiting for %s", waitTimeout, what)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

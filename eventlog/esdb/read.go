@@ -166,7 +166,7 @@ func position(p esdb.Position) eventlog.Position {
 
 // readStream reads up to count events of an EventStoreDB stream; a stream
 // that does not exist reads as empty.
-func (l *Log) readStream(ctx context.Context, client *esdb.Client, stream string, opts esdb.ReadStreamOptions, count uint64) ([]*esdb.RecordedEvent, error) {
+func (l *Log) readStream(ctx context.Context, client *connection, stream string, opts esdb.ReadStreamOptions, count uint64) ([]*esdb.RecordedEvent, error) {
 	events, err := l.read(ctx, client, func() (*esdb.ReadStream, error) { return client.ReadStream(ctx, stream, opts, count) })
 	if hasCode(err, esdb.ErrorCodeResourceNotFound) {
 		return nil, nil
@@ -175,13 +175,13 @@ func (l *Log) readStream(ctx context.Context, client *esdb.Client, stream string
 }
 
 // readAll reads up to count events of $all.
-func (l *Log) readAll(ctx context.Context, client *esdb.Client, opts esdb.ReadAllOptions, count uint64) ([]*esdb.RecordedEvent, error) {
+func (l *Log) readAll(ctx context.Context, client *connection, opts esdb.ReadAllOptions, count uint64) ([]*esdb.RecordedEvent, error) {
 	return l.read(ctx, client, func() (*esdb.ReadStream, error) { return client.ReadAll(ctx, opts, count) })
 }
 
 // read runs a read and drains it (detached, see detach), classifying its failure.
-func (l *Log) read(ctx context.Context, client *esdb.Client, open func() (*esdb.ReadStream, error)) ([]*esdb.RecordedEvent, error) {
-	events, err := detach(ctx, func() ([]*esdb.RecordedEvent, error) {
+func (l *Log) read(ctx context.Context, client *connection, open func() (*esdb.ReadStream, error)) ([]*esdb.RecordedEvent, error) {
+	events, err := detach(ctx, l, client, func() ([]*esdb.RecordedEvent, error) {
 		rs, err := open()
 		if err != nil {
 			return nil, err
@@ -200,7 +200,6 @@ func (l *Log) read(ctx context.Context, client *esdb.Client, open func() (*esdb.
 		}
 	}, nil)
 	if err != nil {
-		l.reconnect(client, err)
 		return nil, classify(err)
 	}
 	return events, nil

@@ -10,22 +10,9 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 )
 
-// CheckpointSubscriber is the optional interface a projection runner can
-// test an eventlog.Log for; the esdb Log implements it (the PostgreSQL log has
-// no foreign events to skip). The callback's type is unnamed so that a runner
-// can declare the same interface without importing this package.
-//
-// cp receives the positions a filtered subscription reaches while it skips
-// events that are not the ledger's. A consumer that stores pos as its
-// checkpoint resumes after those events instead of scanning them again; pos
-// is never before a record already delivered. An error from cp stops the
-// subscription.
-type CheckpointSubscriber interface {
-	SubscribeCheckpoints(ctx context.Context, from eventlog.Position, h eventlog.Handler,
-		cp func(ctx context.Context, pos eventlog.Position) error) error
-}
-
-var _ CheckpointSubscriber = (*Log)(nil)
+// The projection runner stores the checkpoints of filtered subscriptions
+// through eventlog.CheckpointSubscriber.
+var _ eventlog.CheckpointSubscriber = (*Log)(nil)
 
 // Resubscription back-off after a drop: doubled per failed attempt, reset by
 // a subscription that delivered something.
@@ -95,10 +82,9 @@ func (s *subscription) follow(ctx context.Context) error {
 	if s.resume != eventlog.Start {
 		opts.From = esdb.Position{Commit: s.resume.Commit, Prepare: s.resume.Prepare}
 	}
-	sub, err := detach(ctx, func() (*esdb.Subscription, error) { return client.SubscribeToAll(ctx, opts) },
+	sub, err := detach(ctx, s.log, client, func() (*esdb.Subscription, error) { return client.SubscribeToAll(ctx, opts) },
 		func(sub *esdb.Subscription) { _ = sub.Close() })
 	if err != nil {
-		s.log.reconnect(client, err)
 		return classify(err)
 	}
 

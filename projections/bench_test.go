@@ -1,0 +1,179 @@
+package projections
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
+	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+)
+
+// BenchmarkRebuild measures a full blue/green rebuild of the billing
+// projection over LEDGER_BENCH_EVENTS stored events (default 100,000) of
+// domaintest's lifecycles, and reports events/s and the peak Go heap. For
+// the issue's figure:
+//
+//	LEDGER_BENCH_EVENTS=1000000 go test -run '^$' -bench Rebuild -benchtime 1x -timeout 30m ./projections
+func BenchmarkRebuild(b *testing.B) {
+	n := 100_000
+	if s := os.Getenv("LEDGER_BENCH_EVENTS"); s != "" {
+		var err error
+		if n, err = strconv.Atoi(s); err != nil || n <= 0 {
+			b.Fatalf("LEDGER_BENCH_EVENTS=%q: want a positive number", s)
+		}
+	}
+	pool := newPool(b, pgtest.NewDatabase(b))
+	storeEvents(b, pool, n)
+	log := postgres.New(pool, testLogger(b))
+	p := Billing(testPlans(b))
+	ctx := context.Background()
+
+	peak := watchHeap(b)
+	cpuBefore := cpuTime(b, pool)
+	b.ResetTimer()
+	start := time.Now()
+	for range b.N {
+		if err := Rebuild(ctx, pool, log, p, Options{Logger: testLogger(b)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	events := float64(n * b.N)
+	b.ReportMetric(events/elapsed.Seconds(), "events/s")
+	b.ReportMetric(float64(peak())/(1<<20), "peak-heap-MB")
+	// CPU spent per event by this process and by the database's backends:
+	// on a shared machine, 2 cores / this is the throughput an idle one gives.
+	b.ReportMetric(float64((cpuTime(b, pool)-cpuBefore).Microseconds())/events, "cpu-µs/event")
+}
+
+// cpuTime is the CPU time used so far by this process and by the server
+// processes of pool's database (Linux: /proc/<pid>/stat of each backend).
+func cpuTime(b *testing.B, pool *pgxpool.Pool) time.Duration {
+	b.Helper()
+	var self syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &self); err != nil {
+		b.Fatal(err)
+	}
+	total := time.Duration(self.Utime.Nano() + self.Stime.Nano())
+	rows, err := pool.Query(context.Background(), `SELECT pid FROM pg_stat_activity WHERE datname = current_database()`)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, pid := range pids {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue // not on this machine, or gone
+		}
+		// utime and stime are fields 14 and 15, counted after the ")" that ends the command name.
+		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		utime, _ := strconv.ParseInt(fields[11], 10, 64)
+		stime, _ := strconv.ParseInt(fields[12], 10, 64)
+		total += time.Duration(utime+stime) * time.Second / clockTicks
+	}
+	return total
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat times: 100 on every Linux platform Go runs on.
+const clockTicks = 100
+
+// storeEvents writes n lifecycle events straight into the events table with
+// COPY, hash chains included, as ledger_append would have.
+func storeEvents(b *testing.B, pool *pgxpool.Pool, n int) {
+	b.Helper()
+	rng := rand.New(rand.NewPCG(6, 6))
+	var ds []domaintest.Delivery
+	for len(ds) < n {
+		ds = append(ds, domaintest.Lifecycles(rng, 1000)...)
+	}
+	ds = ds[:n]
+	type stream struct {
+		version int64
+		hash    []byte
+	}
+	streams := map[string]*stream{}
+	var payloadBytes int
+	rows := make([][]any, len(ds))
+	for i, d := range ds {
+		e := event(b, d)
+		s := streams[e.Stream]
+		if s == nil {
+			s = &stream{version: -1, hash: eventlog.GenesisHash}
+			streams[e.Stream] = s
+		}
+		sum := sha256.Sum256(e.Payload)
+		hash := eventlog.ChainHash(s.hash, sum[:])
+		rows[i] = []any{int64(i + 1), e.ID, e.Stream, s.version + 1, e.Type, e.APIVersion, e.Created, e.Account,
+			e.Payload, e.Signature, sum[:], s.hash, hash}
+		s.version, s.hash = s.version+1, hash
+		payloadBytes += len(e.Payload)
+	}
+	ctx := context.Background()
+	_, err := pool.CopyFrom(ctx, pgx.Identifier{"events"}, []string{"global_position", "event_id", "stream", "stream_version",
+		"type", "api_version", "created", "account", "payload", "signature", "payload_sha256", "prev_hash", "hash"},
+		pgx.CopyFromRows(rows))
+	if err == nil {
+		_, err = pool.Exec(ctx, fmt.Sprintf(`SELECT setval('events_global_position_seq', %d); ANALYZE events`, n))
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("stored %d events of %d customers, %.0f bytes of payload on average", n, len(streams), float64(payloadBytes)/float64(n))
+}
+
+// watchHeap samples the Go heap until the benchmark ends; peak returns the
+// largest HeapInuse seen.
+func watchHeap(b *testing.B) (peak func() uint64) {
+	var (
+		mu      sync.Mutex
+		highest uint64
+		done    = make(chan struct{})
+		wg      sync.WaitGroup
+	)
+	runtime.GC()
+	wg.Go(func() {
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		var m runtime.MemStats
+		for {
+			runtime.ReadMemStats(&m)
+			mu.Lock()
+			highest = max(highest, m.HeapInuse)
+			mu.Unlock()
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	})
+	b.Cleanup(func() {
+		close(done)
+		wg.Wait()
+	})
+	return func() uint64 {
+		mu.Lock()
+		defer mu.Unlock()
+		return highest
+	}
+}
