@@ -31,13 +31,7 @@ import (
 //
 //	LEDGER_BENCH_EVENTS=1000000 go test -run '^$' -bench Rebuild -benchtime 1x -timeout 30m ./projections
 func BenchmarkRebuild(b *testing.B) {
-	n := 100_000
-	if s := os.Getenv("LEDGER_BENCH_EVENTS"); s != "" {
-		var err error
-		if n, err = strconv.Atoi(s); err != nil || n <= 0 {
-			b.Fatalf("LEDGER_BENCH_EVENTS=%q: want a positive number", s)
-		}
-	}
+	n := benchEvents(b)
 	pool := newPool(b, pgtest.NewDatabase(b))
 	storeEvents(b, pool, n)
 	log := postgres.New(pool, testLogger(b))
@@ -61,6 +55,61 @@ func BenchmarkRebuild(b *testing.B) {
 	// CPU spent per event by this process and by the database's backends:
 	// on a shared machine, 2 cores / this is the throughput an idle one gives.
 	b.ReportMetric(float64((cpuTime(b, pool)-cpuBefore).Microseconds())/events, "cpu-µs/event")
+}
+
+// BenchmarkCatchUp measures a Runner's first start on a log of
+// LEDGER_BENCH_EVENTS stored events (default 100,000): it makes an empty
+// version live and follows the log from position 0, batch by batch through
+// Subscribe, until its checkpoint reaches the head. Reports events/s.
+func BenchmarkCatchUp(b *testing.B) {
+	n := benchEvents(b)
+	for range b.N {
+		b.StopTimer()
+		pool := newPool(b, pgtest.NewDatabase(b))
+		storeEvents(b, pool, n)
+		log := postgres.New(pool, testLogger(b))
+		r, err := NewRunner(pool, log, Billing(testPlans(b)), testLogger(b), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		head, err := log.Head(context.Background())
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		b.StartTimer()
+		start := time.Now()
+		go func() { done <- r.Run(ctx) }()
+		for {
+			var pos eventlog.Position
+			if err := pool.QueryRow(ctx, `SELECT position, prepare FROM projection_checkpoints WHERE name = 'billing'`).
+				Scan(&pos.Commit, &pos.Prepare); err == nil && pos == head {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		elapsed := time.Since(start)
+		b.StopTimer()
+		cancel()
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(n)/elapsed.Seconds(), "events/s")
+	}
+}
+
+// benchEvents is the benchmarks' log size: LEDGER_BENCH_EVENTS, default 100,000.
+func benchEvents(b *testing.B) int {
+	s := os.Getenv("LEDGER_BENCH_EVENTS")
+	if s == "" {
+		return 100_000
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		b.Fatalf("LEDGER_BENCH_EVENTS=%q: want a positive number", s)
+	}
+	return n
 }
 
 // cpuTime is the CPU time used so far by this process and by the server
