@@ -33,11 +33,15 @@ func TestConvergence(t *testing.T) {
 	schema := scratch(t, pool, p)
 	decoded := decodeCache{p: p, batches: map[string]*batch{}}
 	rng := rand.New(rand.NewPCG(2, 3))
+	facts := subscriptionFacts(t, ds, p.Plans)
+	var hard hardCases
 	for i := range 200 {
 		if _, err := pool.Exec(ctx, "TRUNCATE "+tableList(schema)); err != nil {
 			t.Fatal(err)
 		}
-		for _, recs := range chunks(rng, records(t, domaintest.Redeliver(rng, ds)), 150) {
+		order := domaintest.Redeliver(rng, ds)
+		hard.count(order, facts)
+		for _, recs := range chunks(rng, records(t, order), 150) {
 			b, times := decoded.batch(recs), 1
 			if rng.IntN(5) == 0 {
 				times = 2 // a runner that crashed after committing replays the batch
@@ -51,6 +55,80 @@ func TestConvergence(t *testing.T) {
 		}
 		if d := diffDumps(want, dump(t, pool, schema)); d != "" {
 			t.Fatalf("permutation %d differs from the in-order read model: %s", i, d)
+		}
+	}
+	// The orders DESIGN §4 calls out must actually have been exercised.
+	if hard.olderAfterDeleted == 0 || hard.paidBeforeUpdated == 0 {
+		t.Fatalf("permutations exercised %d older updates after a deletion and %d renewals paid before their update; want both > 0",
+			hard.olderAfterDeleted, hard.paidBeforeUpdated)
+	}
+	t.Logf("exercised %d older updates delivered after their subscription's deletion, %d invoice.paid before an older-or-same-second subscription update",
+		hard.olderAfterDeleted, hard.paidBeforeUpdated)
+}
+
+// subscriptionFact is what the hard-case count needs of one event.
+type subscriptionFact struct {
+	subscription string
+	deleted      bool // customer.subscription.deleted
+	update       bool // any other subscription snapshot
+	paid         bool // invoice.paid of a subscription invoice
+	created      time.Time
+}
+
+func subscriptionFacts(t *testing.T, ds []domaintest.Delivery, plans domain.Plans) map[string]subscriptionFact {
+	t.Helper()
+	facts := map[string]subscriptionFact{}
+	for _, d := range ds {
+		env, err := domain.ParseEnvelope(d.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fs, err := domain.Decode(env, d.Payload, plans)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range fs {
+			switch {
+			case f.Subscription != nil:
+				facts[d.EventID] = subscriptionFact{subscription: f.Subscription.ID, created: f.Created,
+					deleted: env.Type == "customer.subscription.deleted", update: env.Type != "customer.subscription.deleted"}
+			case f.Invoice != nil && f.Invoice.SubscriptionID != "" && env.Type == "invoice.paid":
+				facts[d.EventID] = subscriptionFact{subscription: f.Invoice.SubscriptionID, paid: true, created: f.Created}
+			}
+		}
+	}
+	return facts
+}
+
+// hardCases counts deliveries in the orders that break naive projections.
+type hardCases struct {
+	olderAfterDeleted int // a subscription update delivered after the subscription's deletion
+	paidBeforeUpdated int // invoice.paid delivered before a subscription update created no later than it
+}
+
+func (h *hardCases) count(order []domaintest.Delivery, facts map[string]subscriptionFact) {
+	deleted := map[string]bool{}
+	paidAt := map[string][]time.Time{} // paid invoices delivered so far, by subscription
+	for _, d := range order {
+		f, ok := facts[d.EventID]
+		if !ok {
+			continue
+		}
+		switch {
+		case f.deleted:
+			deleted[f.subscription] = true
+		case f.paid:
+			paidAt[f.subscription] = append(paidAt[f.subscription], f.created)
+		case f.update:
+			if deleted[f.subscription] {
+				h.olderAfterDeleted++
+			}
+			for _, p := range paidAt[f.subscription] {
+				if !f.created.After(p) {
+					h.paidBeforeUpdated++
+					break
+				}
+			}
 		}
 	}
 }
