@@ -4,14 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stripe/stripe-go/v76/webhook"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
@@ -22,8 +25,17 @@ import (
 const e2eSecret, e2eToken = "whsec_e2e", "e2e-token"
 
 // startService runs the whole ledger (webhook, projections, read API) on a
-// throwaway database and a loopback port, as `ledger serve` does.
+// throwaway database and a loopback port, as `ledger serve` does, until the
+// test ends.
 func startService(t *testing.T, getenv func(string) string) string {
+	t.Helper()
+	base, _ := serveService(t, getenv)
+	return base
+}
+
+// serveService is startService that also returns its graceful shutdown (the
+// SIGTERM path of `ledger serve`), which the test may call before it ends.
+func serveService(t *testing.T, getenv func(string) string) (base string, shutdown func() error) {
 	t.Helper()
 	cfg, err := LoadConfig(getenv)
 	if err != nil {
@@ -40,14 +52,18 @@ func startService(t *testing.T, getenv func(string) string) string {
 	}
 	done := make(chan error, 1)
 	go func() { done <- svc.Serve(ctx, ln) }()
-	t.Cleanup(func() {
+	shutdown = sync.OnceValue(func() error {
 		cancel()
-		if err := <-done; err != nil {
+		err := <-done
+		svc.Close()
+		return err
+	})
+	t.Cleanup(func() {
+		if err := shutdown(); err != nil {
 			t.Errorf("serve: %v", err)
 		}
-		svc.Close()
 	})
-	return "http://" + ln.Addr().String()
+	return "http://" + ln.Addr().String(), shutdown
 }
 
 // deliver posts payload to the webhook and requires 200.
@@ -193,4 +209,96 @@ func sameTime(a, b *time.Time) bool {
 		return a == nil && b == nil
 	}
 	return a.Equal(*b)
+}
+
+// TestGracefulShutdownFinishesInFlightWebhooks holds a webhook's append open
+// (another transaction holds its stream's lock), shuts the service down as
+// SIGTERM does, and requires the shutdown to wait for the delivery, the
+// delivery to be answered 200 and the event to be stored.
+func TestGracefulShutdownFinishesInFlightWebhooks(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabase(t)
+	base, shutdown := serveService(t, env("DATABASE_URL", url, "STRIPE_WEBHOOK_SECRET", e2eSecret))
+	ctx := context.Background()
+	hold, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Close(ctx)
+	tx, err := hold.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT * FROM ledger_append('evt_grace_0', 'customer-cus_grace', 'customer.created',
+		'2023-10-16', now(), '', '{}'::bytea, 't=1,v1=00')`); err != nil {
+		t.Fatal(err)
+	}
+
+	payload := []byte(fmt.Sprintf(`{"id":"evt_grace_1","object":"event","api_version":"2023-10-16","created":%d,
+		"type":"customer.updated","data":{"object":{"id":"cus_grace","object":"customer"}}}`, time.Now().Unix()))
+	type answer struct {
+		status int
+		body   []byte
+		err    error
+	}
+	sig := webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{Payload: payload, Secret: e2eSecret}).Header
+	answered := make(chan answer, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, base+"/stripe/webhook", bytes.NewReader(payload))
+		req.Header.Set("Stripe-Signature", sig)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			answered <- answer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		answered <- answer{resp.StatusCode, body, err}
+	}()
+	waitUntilBlocked(t, hold)
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- shutdown() }()
+	select {
+	case err := <-stopped:
+		t.Fatalf("shutdown returned (%v) while a delivery was in flight", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a := <-answered; a.err != nil || a.status != http.StatusOK || !bytes.Contains(a.body, []byte(`"duplicate":false`)) {
+		t.Fatalf("in-flight delivery answered %d %s (%v), want 200 stored", a.status, a.body, a.err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	var versions []int64
+	rows, err := hold.Query(ctx, `SELECT stream_version FROM events WHERE stream = 'customer-cus_grace' ORDER BY stream_version`)
+	if err == nil {
+		versions, err = pgx.CollectRows(rows, pgx.RowTo[int64])
+	}
+	if err != nil || len(versions) != 2 {
+		t.Fatalf("stream versions %v (%v), want [0 1]", versions, err)
+	}
+}
+
+// waitUntilBlocked waits until some session of conn's database waits for an
+// advisory lock: the webhook's append, queued behind the test's transaction.
+func waitUntilBlocked(t *testing.T, conn *pgx.Conn) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		var waiting bool
+		err := conn.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+			WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database())`).Scan(&waiting)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("the webhook's append never queued behind the held transaction")
 }
