@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"errors"
+	"strings"
 	"time"
 )
 
@@ -62,7 +63,7 @@ var eventKinds = map[string]objectKind{
 }
 
 // the data.object "object" each kind must carry
-var objectNames = map[objectKind]string{
+var objectNames = [...]string{
 	customerObject:     "customer",
 	subscriptionObject: "subscription",
 	invoiceObject:      "invoice",
@@ -89,43 +90,47 @@ func Decode(env Envelope, payload []byte, plans Plans) ([]Fact, error) {
 	if !ok {
 		return nil, nil
 	}
-	var event struct {
-		Data struct {
-			Object json.RawMessage `json:"object"`
-		} `json:"data"`
-	}
-	if err := json.Unmarshal(payload, &event); err != nil {
-		return nil, decodeError(env, "malformed JSON: %v", err)
-	}
-	obj := event.Data.Object
-	var head rawObject
-	if err := unmarshalObject(env, obj, &head); err != nil {
-		return nil, err
-	}
-	switch {
-	case head.Object != objectNames[kind]:
-		return nil, decodeError(env, "data.object.object is %q, want %q", head.Object, objectNames[kind])
-	case head.ID == "":
-		return nil, decodeError(env, "data.object.id is missing")
-	}
-	fact := Fact{EventID: env.ID, Created: env.Created, CustomerID: expandableID(head.Customer)}
+	// Rebuilds are bound by this function: the event type picks the one
+	// struct data.object is read into, so the payload is parsed once.
+	fact := Fact{EventID: env.ID, Created: env.Created}
 	var err error
 	switch kind {
 	case customerObject:
-		fact.CustomerID = head.ID
-		fact.Customer, err = decodeCustomer(env, obj)
+		var raw *rawCustomer
+		if raw, err = readObject[rawCustomer](env, kind, payload); err == nil {
+			fact.CustomerID = raw.ID
+			fact.Customer = raw.customer(env)
+		}
 	case subscriptionObject:
-		fact.Subscription, err = decodeSubscription(env, obj, plans)
+		var raw *rawSubscription
+		if raw, err = readObject[rawSubscription](env, kind, payload); err == nil {
+			fact.CustomerID = string(raw.Customer)
+			fact.Subscription, err = raw.subscription(env, plans)
+		}
 	case invoiceObject:
-		fact.Invoice, err = decodeInvoice(env, obj)
+		var raw *rawInvoice
+		if raw, err = readObject[rawInvoice](env, kind, payload); err == nil {
+			fact.CustomerID = string(raw.Customer)
+			fact.Invoice, err = raw.invoice(env)
+		}
 	case checkoutObject:
 		// The session only tells us that its customer exists.
+		var raw *rawObject
+		if raw, err = readObject[rawObject](env, kind, payload); err == nil {
+			fact.CustomerID = string(raw.Customer)
+		}
 	case chargeObject:
-		fact.Charge, err = decodeCharge(env, obj)
+		var raw *rawCharge
+		if raw, err = readObject[rawCharge](env, kind, payload); err == nil {
+			fact.CustomerID = string(raw.Customer)
+			fact.Charge = raw.charge(env)
+		}
 	case disputeObject:
-		fact.Dispute, err = decodeDispute(env, obj)
-		if err == nil {
-			fact.CustomerID = fact.Dispute.CustomerID
+		var raw *rawDispute
+		if raw, err = readObject[rawDispute](env, kind, payload); err == nil {
+			if fact.Dispute, err = raw.dispute(env); err == nil {
+				fact.CustomerID = fact.Dispute.CustomerID
+			}
 		}
 	}
 	if err != nil {
@@ -134,15 +139,76 @@ func Decode(env Envelope, payload []byte, plans Plans) ([]Fact, error) {
 	return []Fact{fact}, nil
 }
 
-func decodeCustomer(env Envelope, obj json.RawMessage) (*Customer, error) {
-	var raw struct {
-		ID    string `json:"id"`
-		Email string `json:"email"`
-		Name  string `json:"name"`
+// event is a Stripe event as Decode reads it: only data.object, into T.
+type event[T any] struct {
+	Data struct {
+		Object T `json:"object"`
+	} `json:"data"`
+}
+
+// dataObject is a *T that embeds rawObject, the head every data.object has.
+type dataObject[T any] interface {
+	*T
+	head() *rawObject
+}
+
+func (o *rawObject) head() *rawObject { return o }
+
+// readObject reads payload's data.object into a T in one pass. When that
+// fails, or the head is not the object kind wants, it finds what is wrong
+// as a field-by-field read would: the JSON, then the head, then the fields.
+func readObject[T any, PT dataObject[T]](env Envelope, kind objectKind, payload []byte) (PT, error) {
+	ev := new(event[T])
+	err := json.Unmarshal(payload, ev)
+	obj := PT(&ev.Data.Object)
+	if head := obj.head(); err == nil && head.Object == objectNames[kind] && head.ID != "" {
+		return obj, nil
 	}
-	if err := unmarshalObject(env, obj, &raw); err != nil {
+	if err := checkHead(env, kind, payload); err != nil {
 		return nil, err
 	}
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) {
+		field, _ := strings.CutPrefix(typeErr.Field, "data.object.")
+		return nil, decodeError(env, "data.object.%s: a JSON %s cannot be read as %s", field, typeErr.Value, typeErr.Type)
+	}
+	return nil, decodeError(env, "malformed data.object: %v", err)
+}
+
+// checkHead reports what is wrong with the payload's JSON or with data.object's
+// object and id, or nil when they are right.
+func checkHead(env Envelope, kind objectKind, payload []byte) error {
+	var event struct {
+		Data struct {
+			Object json.RawMessage `json:"object"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(payload, &event); err != nil {
+		return decodeError(env, "malformed JSON: %v", err)
+	}
+	var head rawObject
+	err := json.Unmarshal(event.Data.Object, &head)
+	var typeErr *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &typeErr):
+		return decodeError(env, "data.object.%s: a JSON %s cannot be read as %s", typeErr.Field, typeErr.Value, typeErr.Type)
+	case err != nil:
+		return decodeError(env, "malformed data.object: %v", err)
+	case head.Object != objectNames[kind]:
+		return decodeError(env, "data.object.object is %q, want %q", head.Object, objectNames[kind])
+	case head.ID == "":
+		return decodeError(env, "data.object.id is missing")
+	}
+	return nil
+}
+
+type rawCustomer struct {
+	rawObject
+	Email string `json:"email"`
+	Name  string `json:"name"`
+}
+
+func (raw *rawCustomer) customer(env Envelope) *Customer {
 	return &Customer{
 		ID:               raw.ID,
 		Email:            raw.Email,
@@ -150,54 +216,41 @@ func decodeCustomer(env Envelope, obj json.RawMessage) (*Customer, error) {
 		Deleted:          env.Type == "customer.deleted",
 		LastEventID:      env.ID,
 		LastEventCreated: env.Created,
-	}, nil
+	}
+}
+
+type rawSubscription struct {
+	rawObject
+	Status             string `json:"status"`
+	CancelAtPeriodEnd  bool   `json:"cancel_at_period_end"`
+	CanceledAt         int64  `json:"canceled_at"`
+	EndedAt            int64  `json:"ended_at"`
+	TrialEnd           int64  `json:"trial_end"`
+	CurrentPeriodStart int64  `json:"current_period_start"` // up to 2025-02-24
+	CurrentPeriodEnd   int64  `json:"current_period_end"`   // up to 2025-02-24
+	Items              struct {
+		Data []rawSubscriptionItem `json:"data"`
+	} `json:"items"`
 }
 
 type rawSubscriptionItem struct {
-	Quantity           int64 `json:"quantity"`
-	CurrentPeriodStart int64 `json:"current_period_start"` // 2025-03-31+
-	CurrentPeriodEnd   int64 `json:"current_period_end"`   // 2025-03-31+
-	Price              *struct {
-		ID        string          `json:"id"`
-		LookupKey string          `json:"lookup_key"`
-		Product   json.RawMessage `json:"product"`
-	} `json:"price"`
+	Quantity           int64     `json:"quantity"`
+	CurrentPeriodStart int64     `json:"current_period_start"` // 2025-03-31+
+	CurrentPeriodEnd   int64     `json:"current_period_end"`   // 2025-03-31+
+	Price              *rawPrice `json:"price"`
 }
 
-func decodeSubscription(env Envelope, obj json.RawMessage, plans Plans) (*Subscription, error) {
-	var raw struct {
-		ID                 string          `json:"id"`
-		Customer           json.RawMessage `json:"customer"`
-		Status             string          `json:"status"`
-		CancelAtPeriodEnd  bool            `json:"cancel_at_period_end"`
-		CanceledAt         int64           `json:"canceled_at"`
-		EndedAt            int64           `json:"ended_at"`
-		TrialEnd           int64           `json:"trial_end"`
-		CurrentPeriodStart int64           `json:"current_period_start"` // up to 2025-02-24
-		CurrentPeriodEnd   int64           `json:"current_period_end"`   // up to 2025-02-24
-		Items              struct {
-			Data []rawSubscriptionItem `json:"data"`
-		} `json:"items"`
-	}
-	if err := unmarshalObject(env, obj, &raw); err != nil {
-		return nil, err
-	}
-	sub := &Subscription{
-		ID:                raw.ID,
-		CustomerID:        expandableID(raw.Customer),
-		Status:            raw.Status,
-		CancelAtPeriodEnd: raw.CancelAtPeriodEnd,
-		CanceledAt:        unixTime(raw.CanceledAt),
-		EndedAt:           unixTime(raw.EndedAt),
-		TrialEnd:          unixTime(raw.TrialEnd),
-		Deleted:           env.Type == "customer.subscription.deleted",
-		LastEventID:       env.ID,
-		LastEventCreated:  env.Created,
-	}
+type rawPrice struct {
+	ID        string     `json:"id"`
+	LookupKey string     `json:"lookup_key"`
+	Product   expandable `json:"product"`
+}
+
+func (raw *rawSubscription) subscription(env Envelope, plans Plans) (*Subscription, error) {
 	switch {
-	case sub.CustomerID == "":
+	case raw.Customer == "":
 		return nil, decodeError(env, "data.object.customer is missing")
-	case sub.Status == "":
+	case raw.Status == "":
 		return nil, decodeError(env, "data.object.status is missing")
 	}
 	periodStart, periodEnd := raw.CurrentPeriodStart, raw.CurrentPeriodEnd
@@ -209,7 +262,27 @@ func decodeSubscription(env Envelope, obj json.RawMessage, plans Plans) (*Subscr
 			}
 		}
 	}
-	sub.CurrentPeriodStart, sub.CurrentPeriodEnd = unixTime(periodStart), unixTime(periodEnd)
+	// One allocation for the record and its times.
+	rec := new(struct {
+		sub   Subscription
+		times [5]time.Time
+	})
+	times := rec.times[:0]
+	sub := &rec.sub
+	*sub = Subscription{
+		ID:                 raw.ID,
+		CustomerID:         string(raw.Customer),
+		Status:             raw.Status,
+		CancelAtPeriodEnd:  raw.CancelAtPeriodEnd,
+		CurrentPeriodStart: unixTimeIn(&times, periodStart),
+		CurrentPeriodEnd:   unixTimeIn(&times, periodEnd),
+		CanceledAt:         unixTimeIn(&times, raw.CanceledAt),
+		EndedAt:            unixTimeIn(&times, raw.EndedAt),
+		TrialEnd:           unixTimeIn(&times, raw.TrialEnd),
+		Deleted:            env.Type == "customer.subscription.deleted",
+		LastEventID:        env.ID,
+		LastEventCreated:   env.Created,
+	}
 	if len(raw.Items.Data) > 0 {
 		item := raw.Items.Data[0]
 		if item.Price == nil {
@@ -218,22 +291,45 @@ func decodeSubscription(env Envelope, obj json.RawMessage, plans Plans) (*Subscr
 		sub.Quantity = item.Quantity
 		sub.PriceID = item.Price.ID
 		sub.LookupKey = item.Price.LookupKey
-		sub.ProductID = expandableID(item.Price.Product)
+		sub.ProductID = string(item.Price.Product)
 		sub.Plan = plans.Plan(sub.PriceID, sub.LookupKey)
 	}
 	return sub, nil
 }
 
+type rawInvoice struct {
+	rawObject
+	Subscription expandable `json:"subscription"` // up to 2025-02-24
+	Parent       struct {   // 2025-03-31+
+		SubscriptionDetails struct {
+			Subscription expandable `json:"subscription"`
+		} `json:"subscription_details"`
+	} `json:"parent"`
+	Status            string `json:"status"`
+	AmountDue         int64  `json:"amount_due"`
+	AmountPaid        int64  `json:"amount_paid"`
+	Currency          string `json:"currency"`
+	PeriodStart       int64  `json:"period_start"`
+	PeriodEnd         int64  `json:"period_end"`
+	AttemptCount      int64  `json:"attempt_count"`
+	StatusTransitions struct {
+		PaidAt int64 `json:"paid_at"`
+	} `json:"status_transitions"`
+	Lines struct {
+		Data []rawInvoiceLine `json:"data"`
+	} `json:"lines"`
+}
+
 type rawInvoiceLine struct {
-	Type         string          `json:"type"`         // up to 2025-02-24: "subscription" or "invoiceitem"
-	Subscription json.RawMessage `json:"subscription"` // up to 2025-02-24
+	Type         string     `json:"type"`         // up to 2025-02-24: "subscription" or "invoiceitem"
+	Subscription expandable `json:"subscription"` // up to 2025-02-24
 	Period       struct {
 		Start int64 `json:"start"`
 		End   int64 `json:"end"`
 	} `json:"period"`
-	Parent *struct { // 2025-03-31+
+	Parent struct { // 2025-03-31+
 		Type                    string `json:"type"`
-		SubscriptionItemDetails *struct {
+		SubscriptionItemDetails struct {
 			Subscription string `json:"subscription"`
 		} `json:"subscription_item_details"`
 	} `json:"parent"`
@@ -241,168 +337,148 @@ type rawInvoiceLine struct {
 
 // subscriptionID is the subscription the line bills, or "" for a line outside
 // any subscription; ok reports whether the line belongs to a subscription at all.
-func (l rawInvoiceLine) subscriptionID() (id string, ok bool) {
-	if id := expandableID(l.Subscription); id != "" {
+func (l *rawInvoiceLine) subscriptionID() (id string, ok bool) {
+	if l.Subscription != "" {
+		return string(l.Subscription), true
+	}
+	if id := l.Parent.SubscriptionItemDetails.Subscription; id != "" {
 		return id, true
 	}
-	if l.Parent != nil && l.Parent.SubscriptionItemDetails != nil && l.Parent.SubscriptionItemDetails.Subscription != "" {
-		return l.Parent.SubscriptionItemDetails.Subscription, true
-	}
-	return "", l.Type == "subscription" || (l.Parent != nil && l.Parent.Type == "subscription_item_details")
+	return "", l.Type == "subscription" || l.Parent.Type == "subscription_item_details"
 }
 
-func decodeInvoice(env Envelope, obj json.RawMessage) (*Invoice, error) {
-	var raw struct {
-		ID           string          `json:"id"`
-		Customer     json.RawMessage `json:"customer"`
-		Subscription json.RawMessage `json:"subscription"` // up to 2025-02-24
-		Parent       *struct {       // 2025-03-31+
-			SubscriptionDetails *struct {
-				Subscription json.RawMessage `json:"subscription"`
-			} `json:"subscription_details"`
-		} `json:"parent"`
-		Status            string `json:"status"`
-		AmountDue         int64  `json:"amount_due"`
-		AmountPaid        int64  `json:"amount_paid"`
-		Currency          string `json:"currency"`
-		PeriodStart       int64  `json:"period_start"`
-		PeriodEnd         int64  `json:"period_end"`
-		AttemptCount      int64  `json:"attempt_count"`
-		StatusTransitions struct {
-			PaidAt int64 `json:"paid_at"`
-		} `json:"status_transitions"`
-		Lines struct {
-			Data []rawInvoiceLine `json:"data"`
-		} `json:"lines"`
-	}
-	if err := unmarshalObject(env, obj, &raw); err != nil {
-		return nil, err
-	}
-	inv := &Invoice{
-		ID:               raw.ID,
-		CustomerID:       expandableID(raw.Customer),
-		SubscriptionID:   expandableID(raw.Subscription),
-		Status:           raw.Status,
-		AmountDue:        raw.AmountDue,
-		AmountPaid:       raw.AmountPaid,
-		Currency:         raw.Currency,
-		PeriodStart:      unixTime(raw.PeriodStart),
-		PeriodEnd:        unixTime(raw.PeriodEnd),
-		PaidAt:           unixTime(raw.StatusTransitions.PaidAt),
-		AttemptCount:     raw.AttemptCount,
-		LastEventID:      env.ID,
-		LastEventCreated: env.Created,
-	}
+func (raw *rawInvoice) invoice(env Envelope) (*Invoice, error) {
 	switch {
-	case inv.CustomerID == "":
+	case raw.Customer == "":
 		return nil, decodeError(env, "data.object.customer is missing")
-	case inv.Status == "":
+	case raw.Status == "":
 		return nil, decodeError(env, "data.object.status is missing")
 	}
-	if raw.Parent != nil && raw.Parent.SubscriptionDetails != nil {
-		inv.SubscriptionID = cmp.Or(expandableID(raw.Parent.SubscriptionDetails.Subscription), inv.SubscriptionID)
-	}
-	if len(raw.Lines.Data) == 0 {
-		inv.PaidPeriodStart, inv.PaidPeriodEnd = inv.PeriodStart, inv.PeriodEnd
-		return inv, nil
-	}
-	var start, end int64
-	for _, line := range raw.Lines.Data {
+	subscriptionID := string(raw.Subscription)
+	subscriptionID = cmp.Or(string(raw.Parent.SubscriptionDetails.Subscription), subscriptionID)
+	var paidStart, paidEnd int64
+	for i := range raw.Lines.Data {
+		line := &raw.Lines.Data[i]
 		id, ok := line.subscriptionID()
 		if !ok {
 			continue
 		}
-		if inv.SubscriptionID == "" {
-			inv.SubscriptionID = id
+		if subscriptionID == "" {
+			subscriptionID = id
 		}
-		if start == 0 || line.Period.Start < start {
-			start = line.Period.Start
+		if paidStart == 0 || line.Period.Start < paidStart {
+			paidStart = line.Period.Start
 		}
-		end = max(end, line.Period.End)
+		paidEnd = max(paidEnd, line.Period.End)
 	}
-	inv.PaidPeriodStart, inv.PaidPeriodEnd = unixTime(start), unixTime(end)
+	// One allocation for the record and its times.
+	rec := new(struct {
+		inv   Invoice
+		times [5]time.Time
+	})
+	times := rec.times[:0]
+	inv := &rec.inv
+	*inv = Invoice{
+		ID:               raw.ID,
+		CustomerID:       string(raw.Customer),
+		SubscriptionID:   subscriptionID,
+		Status:           raw.Status,
+		AmountDue:        raw.AmountDue,
+		AmountPaid:       raw.AmountPaid,
+		Currency:         raw.Currency,
+		PeriodStart:      unixTimeIn(&times, raw.PeriodStart),
+		PeriodEnd:        unixTimeIn(&times, raw.PeriodEnd),
+		PaidAt:           unixTimeIn(&times, raw.StatusTransitions.PaidAt),
+		AttemptCount:     raw.AttemptCount,
+		LastEventID:      env.ID,
+		LastEventCreated: env.Created,
+	}
+	if len(raw.Lines.Data) == 0 {
+		inv.PaidPeriodStart, inv.PaidPeriodEnd = inv.PeriodStart, inv.PeriodEnd
+	} else {
+		inv.PaidPeriodStart, inv.PaidPeriodEnd = unixTimeIn(&times, paidStart), unixTimeIn(&times, paidEnd)
+	}
 	return inv, nil
 }
 
-func decodeCharge(env Envelope, obj json.RawMessage) (*Charge, error) {
-	var raw struct {
-		ID             string          `json:"id"`
-		Customer       json.RawMessage `json:"customer"`
-		Invoice        json.RawMessage `json:"invoice"`
-		Currency       string          `json:"currency"`
-		Amount         int64           `json:"amount"`
-		AmountRefunded int64           `json:"amount_refunded"`
-		Refunded       bool            `json:"refunded"`
-	}
-	if err := unmarshalObject(env, obj, &raw); err != nil {
-		return nil, err
-	}
+type rawCharge struct {
+	rawObject
+	Invoice        expandable `json:"invoice"`
+	Currency       string     `json:"currency"`
+	Amount         int64      `json:"amount"`
+	AmountRefunded int64      `json:"amount_refunded"`
+	Refunded       bool       `json:"refunded"`
+}
+
+func (raw *rawCharge) charge(env Envelope) *Charge {
 	return &Charge{
 		ID:               raw.ID,
-		CustomerID:       expandableID(raw.Customer),
-		InvoiceID:        expandableID(raw.Invoice),
+		CustomerID:       string(raw.Customer),
+		InvoiceID:        string(raw.Invoice),
 		Currency:         raw.Currency,
 		Amount:           raw.Amount,
 		AmountRefunded:   raw.AmountRefunded,
 		Refunded:         raw.Refunded,
 		LastEventID:      env.ID,
 		LastEventCreated: env.Created,
-	}, nil
+	}
 }
 
-func decodeDispute(env Envelope, obj json.RawMessage) (*Dispute, error) {
-	var raw struct {
-		ID       string          `json:"id"`
-		Charge   json.RawMessage `json:"charge"`
-		Status   string          `json:"status"`
-		Currency string          `json:"currency"`
-		Amount   int64           `json:"amount"`
+type rawDispute struct {
+	rawObject
+	Charge   expandableCharge `json:"charge"`
+	Status   string           `json:"status"`
+	Currency string           `json:"currency"`
+	Amount   int64            `json:"amount"`
+}
+
+func (raw *rawDispute) dispute(env Envelope) (*Dispute, error) {
+	if raw.Charge.ID == "" {
+		return nil, decodeError(env, "data.object.charge is missing")
 	}
-	if err := unmarshalObject(env, obj, &raw); err != nil {
-		return nil, err
-	}
-	d := &Dispute{
+	return &Dispute{
 		ID:               raw.ID,
-		ChargeID:         expandableID(raw.Charge),
+		CustomerID:       raw.Charge.CustomerID,
+		ChargeID:         raw.Charge.ID,
 		Status:           raw.Status,
 		Currency:         raw.Currency,
 		Amount:           raw.Amount,
 		LastEventID:      env.ID,
 		LastEventCreated: env.Created,
-	}
-	if d.ChargeID == "" {
-		return nil, decodeError(env, "data.object.charge is missing")
-	}
-	var charge rawObject // an expanded charge names its customer
-	if json.Unmarshal(raw.Charge, &charge) == nil {
-		d.CustomerID = expandableID(charge.Customer)
-	}
-	return d, nil
+	}, nil
 }
 
-// unmarshalObject decodes data.object into v, reporting the field that does not fit.
-func unmarshalObject(env Envelope, obj json.RawMessage, v any) error {
-	err := json.Unmarshal(obj, v)
-	var typeErr *json.UnmarshalTypeError
-	switch {
-	case err == nil:
-		return nil
-	case errors.As(err, &typeErr):
-		return decodeError(env, "data.object.%s: a JSON %s cannot be read as %s", typeErr.Field, typeErr.Value, typeErr.Type)
-	default:
-		return decodeError(env, "malformed data.object: %v", err)
+// expandableCharge is a dispute's charge: its id, and the customer an
+// expanded charge names.
+type expandableCharge struct {
+	ID         string
+	CustomerID string
+}
+
+func (c *expandableCharge) UnmarshalJSON(data []byte) error {
+	*c = expandableCharge{}
+	if len(data) > 0 && data[0] == '{' {
+		var charge rawObject
+		if json.Unmarshal(data, &charge) == nil {
+			*c = expandableCharge{ID: charge.ID, CustomerID: string(charge.Customer)}
+			return nil
+		}
 	}
+	c.ID = expandableID(data)
+	return nil
 }
 
 func decodeError(env Envelope, format string, args ...any) *Error {
 	return Errorf(EINVALID, "event %s (%s): "+format, append([]any{env.ID, env.Type}, args...)...)
 }
 
-// unixTime converts a Stripe timestamp; Stripe's null and 0 both mean "none".
-func unixTime(sec int64) *time.Time {
+// unixTimeIn converts a Stripe timestamp, Stripe's null and 0 both meaning
+// "none", into the next free slot of *times, which must have room: one
+// allocation for all of a record's times.
+func unixTimeIn(times *[]time.Time, sec int64) *time.Time {
 	if sec == 0 {
 		return nil
 	}
-	t := time.Unix(sec, 0).UTC()
-	return &t
+	*times = append(*times, time.Unix(sec, 0).UTC())
+	return &(*times)[len(*times)-1]
 }

@@ -6,6 +6,7 @@ package domain
 import (
 	"encoding/json"
 	"time"
+	"unicode/utf8"
 )
 
 // Envelope is the part of a Stripe event the log needs to file it.
@@ -32,10 +33,11 @@ type rawEnvelope struct {
 	} `json:"data"`
 }
 
+// rawObject is what every data.object carries; Decode's structs embed it.
 type rawObject struct {
-	ID       string          `json:"id"`
-	Object   string          `json:"object"`
-	Customer json.RawMessage `json:"customer"`
+	ID       string     `json:"id"`
+	Object   string     `json:"object"`
+	Customer expandable `json:"customer"`
 }
 
 // ParseEnvelope decodes the envelope of a Stripe event. It fails with an
@@ -69,7 +71,7 @@ func ParseEnvelope(payload []byte) (Envelope, error) {
 		Account:    raw.Account,
 		ObjectType: obj.Object,
 		ObjectID:   obj.ID,
-		CustomerID: expandableID(obj.Customer),
+		CustomerID: string(obj.Customer),
 	}
 	if obj.Object == "customer" {
 		env.CustomerID = obj.ID
@@ -106,21 +108,51 @@ func orUnknown(s string) string {
 	return s
 }
 
-// expandableID returns the id of a Stripe expandable field, which is either
-// a string id or an expanded object with an "id".
-func expandableID(raw json.RawMessage) string {
-	if len(raw) == 0 || string(raw) == "null" {
+// expandable is the id in a Stripe expandable field, which is either a
+// string id or an expanded object with an "id"; anything else reads as "".
+type expandable string
+
+func (e *expandable) UnmarshalJSON(data []byte) error {
+	*e = expandable(expandableID(data))
+	return nil
+}
+
+// expandableID returns the id of an expandable field given as valid JSON.
+func expandableID(raw []byte) string {
+	if len(raw) == 0 {
 		return ""
 	}
-	var id string
-	if json.Unmarshal(raw, &id) == nil {
-		return id
-	}
-	var obj struct {
-		ID string `json:"id"`
-	}
-	if json.Unmarshal(raw, &obj) == nil {
-		return obj.ID
+	switch raw[0] {
+	case '"':
+		if id, ok := plainString(raw); ok {
+			return id
+		}
+		var id string
+		if json.Unmarshal(raw, &id) == nil {
+			return id
+		}
+	case '{':
+		var obj struct {
+			ID string `json:"id"`
+		}
+		if json.Unmarshal(raw, &obj) == nil {
+			return obj.ID
+		}
 	}
 	return ""
+}
+
+// plainString returns the text of a valid JSON string that has no escapes
+// and only ASCII, as ids do, without the cost of a json.Unmarshal.
+func plainString(quoted []byte) (string, bool) {
+	if len(quoted) < 2 {
+		return "", false
+	}
+	text := quoted[1 : len(quoted)-1]
+	for _, c := range text {
+		if c == '\\' || c >= utf8.RuneSelf {
+			return "", false
+		}
+	}
+	return string(text), true
 }
