@@ -31,6 +31,11 @@
 // counter, which no database lives to see.
 //
 // Subscribe follows the log with LISTEN/NOTIFY on the ledger_events channel.
+// Appends do not NOTIFY inside their own transaction (a notifying commit takes
+// a database-wide lock, which would serialise every append's WAL flush):
+// after its appends commit, each Log sends one coalesced NOTIFY at a time,
+// naming the latest position it appended. Appends made outside a Log (plain
+// SQL) are found by the subscribers' poll interval.
 package postgres
 
 import (
@@ -39,6 +44,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -57,6 +64,16 @@ type Log struct {
 	batchSize     int
 	pollInterval  time.Duration
 	settleTimeout time.Duration
+
+	// The notifier: Append records the latest position it committed and wakes
+	// one goroutine, started by the first append and stopped by Close, which
+	// sends NOTIFYs one at a time, so a burst of appends costs few of them.
+	notifyOnce   sync.Once
+	wake         chan struct{}
+	mu           sync.Mutex
+	latest       eventlog.Position
+	stopNotifier context.CancelFunc
+	notifierDone chan struct{}
 }
 
 // Option configures a Log.
@@ -102,7 +119,8 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, opts ...Option) *Log {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	l := &Log{pool: pool, logger: logger, batchSize: 1000, pollInterval: 5 * time.Second, settleTimeout: time.Second}
+	l := &Log{pool: pool, logger: logger, batchSize: 1000, pollInterval: 5 * time.Second, settleTimeout: time.Second,
+		wake: make(chan struct{}, 1)}
 	for _, opt := range opts {
 		opt(l)
 	}
@@ -129,7 +147,49 @@ func (l *Log) Append(ctx context.Context, e eventlog.Event) (eventlog.AppendResu
 	if err != nil {
 		return eventlog.AppendResult{}, fmt.Errorf("append %s to %s: %w", e.ID, e.Stream, classify(err))
 	}
+	if !res.Duplicate {
+		l.announce(res.Position)
+	}
 	return res, nil
+}
+
+// announce wakes subscribers (of every process) to a committed append at pos.
+func (l *Log) announce(pos eventlog.Position) {
+	l.mu.Lock()
+	if l.latest.Less(pos) {
+		l.latest = pos
+	}
+	l.mu.Unlock()
+	l.notifyOnce.Do(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		l.stopNotifier, l.notifierDone = cancel, make(chan struct{})
+		go l.notify(ctx)
+	})
+	select {
+	case l.wake <- struct{}{}:
+	default: // a NOTIFY is already due; it will name pos or later
+	}
+}
+
+// notify sends a NOTIFY naming the latest appended position each time it is
+// woken, until ctx is done. A failed NOTIFY only delays subscribers until
+// their poll interval.
+func (l *Log) notify(ctx context.Context) {
+	defer close(l.notifierDone)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.wake:
+		}
+		l.mu.Lock()
+		pos := l.latest
+		l.mu.Unlock()
+		payload := strconv.FormatUint(pos.Commit, 10) + "/" + strconv.FormatUint(pos.Prepare, 10)
+		if _, err := l.pool.Exec(ctx, "SELECT pg_notify('ledger_events', $1)", payload); err != nil && ctx.Err() == nil {
+			l.logger.Warn("notify subscribers of new events; they will poll", "err", err)
+		}
+	}
 }
 
 const recordColumns = `tx, global_position, event_id, stream, stream_version, type, api_version,
@@ -241,10 +301,16 @@ func (l *Log) settle(ctx context.Context) (uint64, error) {
 	return horizon, nil // at the deadline: what is safe to read
 }
 
-// Close implements eventlog.Log. The Log holds nothing of its own between
-// calls (Subscribe's connection belongs to the Subscribe call), and the pool
-// is the caller's to close, so Close does nothing.
-func (l *Log) Close() {}
+// Close implements eventlog.Log: it stops the notifier. Subscribe's
+// connection belongs to the Subscribe call, and the pool is the caller's to
+// close.
+func (l *Log) Close() {
+	l.notifyOnce.Do(func() {}) // no notifier starts after Close
+	if l.stopNotifier != nil {
+		l.stopNotifier()
+		<-l.notifierDone
+	}
+}
 
 // querier is what *pgxpool.Pool and *pgx.Conn have in common.
 type querier interface {
