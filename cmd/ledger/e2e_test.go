@@ -78,19 +78,28 @@ func deliver(t *testing.T, base string, payload []byte) {
 // each delivery attempt, and returns the answer.
 func postWebhook(t *testing.T, base string, payload []byte) (int, []byte) {
 	t.Helper()
+	status, body, err := sendWebhook(base, payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return status, body
+}
+
+// sendWebhook is postWebhook for goroutines other than the test's.
+func sendWebhook(base string, payload []byte) (int, []byte, error) {
 	sig := webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{Payload: payload, Secret: e2eSecret}).Header
-	req, _ := http.NewRequest(http.MethodPost, base+"/stripe/webhook", bytes.NewReader(payload))
+	req, err := http.NewRequest(http.MethodPost, base+"/stripe/webhook", bytes.NewReader(payload))
+	if err != nil {
+		return 0, nil, err
+	}
 	req.Header.Set("Stripe-Signature", sig)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return 0, nil, err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, body
+	return resp.StatusCode, body, err
 }
 
 func getV1(t *testing.T, url string, out any) int {
@@ -163,6 +172,25 @@ func TestEndToEnd(t *testing.T) {
 	waitCaughtUp(t, base)
 
 	plans, _ := domain.ParsePlans(domaintest.Plans)
+	want := requireReadModel(t, base, payloads, plans)
+	if status := getV1(t, base+"/v1/customers/cus_nobody", nil); status != http.StatusNotFound {
+		t.Errorf("unknown customer: %d, want 404", status)
+	}
+	entitled := 0
+	for _, st := range want {
+		if st.Entitled {
+			entitled++
+		}
+	}
+	if entitled == 0 || entitled == len(want) {
+		t.Fatalf("generated data has %d of %d customers entitled; the comparison needs both kinds", entitled, len(want))
+	}
+}
+
+// requireReadModel checks the read API against the pure fold (domain.Replay)
+// of payloads for every customer, and returns that fold.
+func requireReadModel(t *testing.T, base string, payloads [][]byte, plans domain.Plans) map[string]*domain.CustomerState {
+	t.Helper()
 	want, err := domain.Replay(payloads, plans)
 	if err != nil {
 		t.Fatal(err)
@@ -190,18 +218,7 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 	}
-	if status := getV1(t, base+"/v1/customers/cus_nobody", nil); status != http.StatusNotFound {
-		t.Errorf("unknown customer: %d, want 404", status)
-	}
-	entitled := 0
-	for _, st := range want {
-		if st.Entitled {
-			entitled++
-		}
-	}
-	if entitled == 0 || entitled == len(want) {
-		t.Fatalf("generated data has %d of %d customers entitled; the comparison needs both kinds", entitled, len(want))
-	}
+	return want
 }
 
 func sameTime(a, b *time.Time) bool {
@@ -241,19 +258,10 @@ func TestGracefulShutdownFinishesInFlightWebhooks(t *testing.T) {
 		body   []byte
 		err    error
 	}
-	sig := webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{Payload: payload, Secret: e2eSecret}).Header
 	answered := make(chan answer, 1)
 	go func() {
-		req, _ := http.NewRequest(http.MethodPost, base+"/stripe/webhook", bytes.NewReader(payload))
-		req.Header.Set("Stripe-Signature", sig)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			answered <- answer{err: err}
-			return
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		answered <- answer{resp.StatusCode, body, err}
+		status, body, err := sendWebhook(base, payload)
+		answered <- answer{status, body, err}
 	}()
 	waitUntilBlocked(t, hold)
 
