@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	esdbclient "github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
@@ -323,7 +322,7 @@ func TestCheckpointsSkipForeignEvents(t *testing.T) {
 	l := openLog(t, srv.URL())
 	stream := eventlogtest.NewStream("foreign")
 	appendN(t, l, stream, 1)
-	writeForeign(t, srv.URL(), 100) // three search windows of 32: three checkpoints
+	srv.AppendForeign(t, 100) // three search windows of 32: three checkpoints
 	appendN(t, l, stream, 1)
 
 	all, err := l.ReadAll(t.Context(), eventlog.Start, 10)
@@ -333,7 +332,7 @@ func TestCheckpointsSkipForeignEvents(t *testing.T) {
 	if n, err := l.CountAfter(t.Context(), all[0].Position); err != nil || n != 1 {
 		t.Errorf("CountAfter(first) = %d, %v; want 1", n, err)
 	}
-	writeForeign(t, srv.URL(), 5)
+	srv.AppendForeign(t, 5)
 	if head, err := l.Head(t.Context()); err != nil || head != all[1].Position {
 		t.Errorf("Head = %s, %v; want the last ledger record %s", head, err, all[1].Position)
 	}
@@ -396,27 +395,6 @@ func appendN(t *testing.T, l eventlog.Log, stream string, n int) {
 	for range n {
 		if _, err := l.Append(t.Context(), eventlogtest.NewEvent(stream)); err != nil {
 			t.Fatalf("Append: %v", err)
-		}
-	}
-}
-
-// writeForeign appends n events of another application to the server.
-func writeForeign(t *testing.T, url string, n int) {
-	t.Helper()
-	cfg, err := esdbclient.ParseConnectionString(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Logger = esdbclient.NoopLogging()
-	client, err := esdbclient.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	for range n {
-		if _, err := client.AppendToStream(t.Context(), "orders-42", esdbclient.AppendToStreamOptions{},
-			esdbclient.EventData{EventType: "OrderPlaced", ContentType: esdbclient.ContentTypeJson, Data: []byte(`{}`)}); err != nil {
-			t.Fatalf("append a foreign event: %v", err)
 		}
 	}
 }

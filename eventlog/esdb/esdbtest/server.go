@@ -35,6 +35,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/serverfeatures"
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/shared"
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/streams"
@@ -169,6 +170,29 @@ func (s *Server) StreamLength(stream string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.streams[stream])
+}
+
+// AppendForeign appends n events of another application (stream
+// "orders-42") through the real client: events in $all that are not the
+// ledger's, which filtered subscriptions skip with checkpoints.
+func (s *Server) AppendForeign(tb testing.TB, n int) {
+	tb.Helper()
+	cfg, err := esdb.ParseConnectionString(s.URL())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg.Logger = esdb.NoopLogging()
+	client, err := esdb.NewClient(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer client.Close()
+	for range n {
+		if _, err := client.AppendToStream(tb.Context(), "orders-42", esdb.AppendToStreamOptions{},
+			esdb.EventData{EventType: "OrderPlaced", ContentType: esdb.ContentTypeJson, Data: []byte(`{}`)}); err != nil {
+			tb.Fatalf("append a foreign event: %v", err)
+		}
+	}
 }
 
 type featuresService struct {
