@@ -11,6 +11,7 @@ import (
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
 )
 
 // MaxWebhookBody is the largest webhook body accepted (DESIGN §5).
@@ -35,8 +36,8 @@ func (s *Server) handleWebhook(c echo.Context) error {
 		return s.reject(domain.Errorf(domain.ETOOLARGE, "request body is over %d bytes", MaxWebhookBody), "too_large")
 	}
 	header := c.Request().Header.Get("Stripe-Signature")
-	if err := verifySignature(payload, header, s.cfg.WebhookSecrets); err != nil {
-		return s.reject(err, "rejected")
+	if err := audit.VerifySignature(payload, header, s.cfg.WebhookSecrets, signatureTolerance); err != nil {
+		return s.reject(signatureError(err), "rejected")
 	}
 	env, err := domain.ParseEnvelope(payload)
 	if err != nil {
@@ -77,26 +78,15 @@ func (s *Server) reject(err error, outcome string) error {
 	return err
 }
 
-// verifySignature checks the Stripe-Signature header against every secret
-// (several during rotation). The signature is checked before the timestamp so
-// that "stale" is only ever said of an authentic delivery. The payload's
-// api_version is deliberately not compared with stripe-go's pin.
-func verifySignature(payload []byte, header string, secrets []string) error {
-	if header == "" {
+// signatureError turns a failed verification into the 400 the webhook answers.
+func signatureError(err error) error {
+	switch {
+	case errors.Is(err, audit.ErrNoSignature):
 		return domain.Errorf(domain.EINVALID, "missing Stripe-Signature header")
-	}
-	for _, secret := range secrets {
-		err := webhook.ValidatePayloadIgnoringTolerance(payload, header, secret)
-		if errors.Is(err, webhook.ErrInvalidHeader) || errors.Is(err, webhook.ErrNotSigned) {
-			return domain.Errorf(domain.EINVALID, "malformed Stripe-Signature header")
-		}
-		if err != nil {
-			continue
-		}
-		if err := webhook.ValidatePayloadWithTolerance(payload, header, secret, signatureTolerance); err != nil {
-			return domain.Errorf(domain.EINVALID, "stale signature timestamp: signed more than %s ago", signatureTolerance)
-		}
-		return nil
+	case errors.Is(err, audit.ErrMalformedSignature):
+		return domain.Errorf(domain.EINVALID, "malformed Stripe-Signature header")
+	case errors.Is(err, audit.ErrStaleSignature):
+		return domain.Errorf(domain.EINVALID, "stale signature timestamp: signed more than %s ago", signatureTolerance)
 	}
 	return domain.Errorf(domain.EINVALID, "invalid signature: no v1 signature matches a configured webhook secret")
 }

@@ -206,26 +206,6 @@ func (b *builder) catchUp(ctx context.Context, schema string, from eventlog.Posi
 	return pos, nil
 }
 
-// catchUpTx folds the records after from into schema within tx, until the
-// head (or until, when set).
-func (b *builder) catchUpTx(ctx context.Context, tx pgx.Tx, schema string, from eventlog.Position, until *eventlog.Position) (eventlog.Position, error) {
-	for pos := from; ; {
-		recs, done, err := b.read(ctx, pos, until)
-		if err != nil || len(recs) == 0 {
-			return pos, err
-		}
-		bt := b.p.decode(recs)
-		if err := fold(ctx, tx, b.p, schema, bt); err != nil {
-			return from, err
-		}
-		b.metrics.observe(b.p.Name, bt)
-		pos = bt.last
-		if done {
-			return pos, nil
-		}
-	}
-}
-
 // read returns the next batch after pos, cut at until when set; done
 // reports that nothing more is to be read.
 func (b *builder) read(ctx context.Context, pos eventlog.Position, until *eventlog.Position) (recs []eventlog.Record, done bool, err error) {
@@ -245,45 +225,73 @@ func (b *builder) read(ctx context.Context, pos eventlog.Position, until *eventl
 }
 
 // swap makes schema, folded up to pos, the live version of b.p, and returns
-// the schema it replaced ("" when none). With catchUp it first folds, in the
-// same transaction and under the checkpoint's row lock, whatever was
-// appended after pos, so that no event falls between the build and a runner
-// that keeps the live version current meanwhile.
+// the schema it replaced ("" when none). With catchUp it first folds
+// whatever was appended after pos, so that the new version is never behind
+// the live one it replaces: readers never see a change go back.
+//
+// It never reads the log inside a transaction that has written (a writing
+// transaction holds the PostgreSQL log's horizon, so such a read would wait
+// for itself): each attempt folds up to the head outside any transaction,
+// then, in one short transaction, re-points the views and moves the
+// checkpoint by compare-and-set, provided the live version has not advanced
+// past what the new one holds; else it tries again.
 func (b *builder) swap(ctx context.Context, schema string, pos eventlog.Position, catchUp bool) (old string, err error) {
-	err = retryLockTimeouts(ctx, b.logger, "swap in "+schema, func() error {
-		return pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", swapLockTimeout.Milliseconds())); err != nil {
-				return err
+	for attempt := 1; ; attempt++ {
+		cp, ok, err := loadCheckpoint(ctx, b.pool, b.p.Name, "")
+		if err != nil {
+			return "", err
+		}
+		if ok && cp.Version > b.p.Version {
+			return "", fmt.Errorf("swap in %s: the live version %d of %s is newer than this binary's %d", schema, cp.Version, b.p.Name, b.p.Version)
+		}
+		if catchUp {
+			if pos, err = b.catchUp(ctx, schema, pos, nil); err != nil {
+				return "", err
 			}
-			cp, ok, err := loadCheckpoint(ctx, tx, b.p.Name, " FOR UPDATE")
-			if err != nil {
-				return err
-			}
-			at := pos
-			if catchUp {
-				if at, err = b.catchUpTx(ctx, tx, schema, pos, nil); err != nil {
+		}
+		var swapped bool
+		err = retryLockTimeouts(ctx, b.logger, "swap in "+schema, func() error {
+			return pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+				swapped = false
+				if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", swapLockTimeout.Milliseconds())); err != nil {
 					return err
 				}
-			}
-			if _, err := tx.Exec(ctx, viewsSQL(schema)); err != nil {
-				return fmt.Errorf("point the readmodel views at %s: %w", schema, err)
-			}
-			_, err = tx.Exec(ctx, `INSERT INTO projection_checkpoints (name, version, schema_name, position, prepare)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, schema_name = EXCLUDED.schema_name,
-    position = EXCLUDED.position, prepare = EXCLUDED.prepare, updated_at = clock_timestamp()`,
-				b.p.Name, b.p.Version, schema, int64(at.Commit), int64(at.Prepare))
-			if err != nil {
-				return fmt.Errorf("record checkpoint of %s: %w", b.p.Name, err)
-			}
-			old = ""
-			if ok {
-				old = cp.Schema
-			}
-			return nil
+				var tag pgconn.CommandTag
+				if ok {
+					tag, err = tx.Exec(ctx, `UPDATE projection_checkpoints
+   SET version = $2, schema_name = $3, position = $4, prepare = $5, updated_at = clock_timestamp()
+ WHERE name = $1 AND schema_name = $6 AND (position, prepare) <= ($4, $5)`,
+						b.p.Name, b.p.Version, schema, int64(pos.Commit), int64(pos.Prepare), cp.Schema)
+				} else {
+					tag, err = tx.Exec(ctx, `INSERT INTO projection_checkpoints (name, version, schema_name, position, prepare)
+VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING`,
+						b.p.Name, b.p.Version, schema, int64(pos.Commit), int64(pos.Prepare))
+				}
+				if err != nil {
+					return fmt.Errorf("record checkpoint of %s: %w", b.p.Name, err)
+				}
+				if tag.RowsAffected() == 0 {
+					return nil // the live version moved on (or appeared): fold more and try again
+				}
+				if _, err := tx.Exec(ctx, viewsSQL(schema)); err != nil {
+					return fmt.Errorf("point the readmodel views at %s: %w", schema, err)
+				}
+				swapped = true
+				return nil
+			})
 		})
-	})
-	return old, err
+		switch {
+		case err != nil:
+			return "", err
+		case swapped && ok:
+			return cp.Schema, nil
+		case swapped:
+			return "", nil
+		case attempt == swapAttempts*10:
+			return "", fmt.Errorf("swap in %s: the live version kept moving ahead in %d attempts", schema, attempt)
+		}
+		b.logger.InfoContext(ctx, "live projection moved during the swap; folding the rest and retrying", "schema", schema, "attempt", attempt)
+	}
 }
 
 // viewsSQL re-creates the readmodel views on schema. The views are dropped

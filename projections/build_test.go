@@ -5,6 +5,7 @@ import (
 	"errors"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -300,4 +301,25 @@ func (l *stallingLog) ReadAll(ctx context.Context, from eventlog.Position, limit
 		return nil, ctx.Err()
 	}
 	return l.Log.ReadAll(ctx, from, limit)
+}
+
+// TestRebuildNeverDowngrades: an older binary's rebuild must not swap its
+// version in over a newer live one (a rolling deploy's stragglers).
+func TestRebuildNeverDowngrades(t *testing.T) {
+	t.Parallel()
+	pool, log := newLog(t)
+	v1 := Billing(testPlans(t))
+	v2 := Projection{Name: v1.Name, Version: 2, Plans: v1.Plans}
+	ctx := context.Background()
+	if err := Rebuild(ctx, pool, log, v2, Options{Logger: testLogger(t)}); err != nil {
+		t.Fatal(err)
+	}
+	err := Rebuild(ctx, pool, log, v1, Options{Logger: testLogger(t)})
+	if err == nil || !strings.Contains(err.Error(), "newer than this binary's") {
+		t.Fatalf("rebuild of version 1 over a live version 2: err = %v, want a refusal", err)
+	}
+	cp, _, err := loadCheckpoint(ctx, pool, v1.Name, "")
+	if err != nil || cp.Version != 2 {
+		t.Fatalf("live version after the refused rebuild = %d (%v), want 2", cp.Version, err)
+	}
 }

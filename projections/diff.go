@@ -83,30 +83,51 @@ func Diff(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log, p Projectio
 			b.logger.WarnContext(ctx, "could not drop the diff's scratch schema", "schema", schema, "err", err)
 		}
 	}()
-	pos, err := b.catchUp(ctx, schema, eventlog.Start, &live.Position)
-	if err != nil {
+	// Every record up to the live checkpoint is folded, which may itself lie
+	// past the last record (a filtered subscription's checkpoint).
+	if _, err := b.catchUp(ctx, schema, eventlog.Start, &live.Position); err != nil {
 		return nil, err
 	}
+	pos := live.Position
+	// Compare both sides at the same position: fold the candidate up to the
+	// live checkpoint outside any transaction (a writing transaction must not
+	// read the log: it would hold back the log's horizon and wait for
+	// itself), then compare in a read-only snapshot in which the checkpoint is
+	// still there; if the live version moved on meanwhile, fold further.
 	var report *Report
-	// The row lock holds the live checkpoint (a runner's next batch waits),
-	// so both sides are compared at the same position.
-	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		live, _, err := loadCheckpoint(ctx, tx, p.Name, " FOR SHARE")
+	for attempt := 1; report == nil; attempt++ {
+		if attempt > swapAttempts*10 {
+			return nil, fmt.Errorf("diff %s: the live version kept moving ahead in %d attempts", p.Name, attempt-1)
+		}
+		err = pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+			now, _, err := loadCheckpoint(ctx, tx, p.Name, "")
+			if err != nil {
+				return err
+			}
+			if now.Schema != live.Schema || now.Position != pos {
+				live = now
+				return nil
+			}
+			r, err := compare(ctx, tx, live.Schema, schema)
+			if err != nil {
+				return err
+			}
+			r.Projection, r.LiveVersion, r.CandidateVersion, r.Position = p.Name, live.Version, p.Version, live.Position
+			if err := tx.QueryRow(ctx, `SELECT count(*) FROM projection_dead_letters WHERE schema_name = $1`, schema).Scan(&r.DeadLetters); err != nil {
+				return err
+			}
+			report = r
+			return nil
+		})
 		if err != nil {
-			return err
+			return nil, fmt.Errorf("diff %s: %w", p.Name, err)
 		}
-		if pos, err = b.catchUpTx(ctx, tx, schema, pos, &live.Position); err != nil {
-			return err
+		if report == nil && pos.Less(live.Position) {
+			if _, err := b.catchUp(ctx, schema, pos, &live.Position); err != nil {
+				return nil, err
+			}
+			pos = live.Position
 		}
-		report, err = compare(ctx, tx, live.Schema, schema)
-		if err != nil {
-			return err
-		}
-		report.Projection, report.LiveVersion, report.CandidateVersion, report.Position = p.Name, live.Version, p.Version, live.Position
-		return tx.QueryRow(ctx, `SELECT count(*) FROM projection_dead_letters WHERE schema_name = $1`, schema).Scan(&report.DeadLetters)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("diff %s: %w", p.Name, err)
 	}
 	return report, nil
 }

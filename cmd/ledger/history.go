@@ -11,6 +11,7 @@ import (
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 )
 
 // runHistory exports one customer's stream, or with --all every event of the
@@ -64,7 +65,7 @@ func runHistory(ctx context.Context, cfg Config, logger *slog.Logger, args []str
 		return usageError(fmt.Sprintf("history: --format must be jsonl or csv, not %q", *format))
 	}
 
-	b, err := OpenBackends(ctx, cfg, logger)
+	b, err := OpenBackends(ctx, cfg, logger, postgres.WithCompleteReads(auditReadWait)) // a short read would look like the end of the log
 	if err != nil {
 		return err
 	}

@@ -27,6 +27,9 @@ import (
 const (
 	// shutdownGrace is how long in-flight requests get to finish on SIGTERM.
 	shutdownGrace = 30 * time.Second
+	// auditReadWait is how long verify and history wait for a transaction
+	// that holds back the PostgreSQL log's readers before failing.
+	auditReadWait = 30 * time.Second
 	// minPoolConns is the smallest database pool serve runs with, unless
 	// DATABASE_URL sets pool_max_conns.
 	minPoolConns = 16
@@ -68,8 +71,8 @@ type Backends struct {
 }
 
 // OpenBackends connects to the database and opens the event log that
-// LEDGER_EVENTLOG names.
-func OpenBackends(ctx context.Context, cfg Config, logger *slog.Logger) (*Backends, error) {
+// LEDGER_EVENTLOG names; pgOpts configure the PostgreSQL backend.
+func OpenBackends(ctx context.Context, cfg Config, logger *slog.Logger, pgOpts ...postgres.Option) (*Backends, error) {
 	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("parse DATABASE_URL: %w", err)
@@ -85,7 +88,7 @@ func OpenBackends(ctx context.Context, cfg Config, logger *slog.Logger) (*Backen
 		return nil, fmt.Errorf("open database: %w", err)
 	}
 	b := &Backends{Pool: pool}
-	b.Log, b.Backend, err = openLog(ctx, cfg, pool, logger)
+	b.Log, b.Backend, err = openLog(ctx, cfg, pool, logger, pgOpts...)
 	if err != nil {
 		pool.Close()
 		return nil, err
@@ -94,9 +97,9 @@ func OpenBackends(ctx context.Context, cfg Config, logger *slog.Logger) (*Backen
 }
 
 // openLog opens the event-log backend that LEDGER_EVENTLOG names.
-func openLog(_ context.Context, cfg Config, pool *pgxpool.Pool, logger *slog.Logger) (eventlog.Log, string, error) {
+func openLog(_ context.Context, cfg Config, pool *pgxpool.Pool, logger *slog.Logger, pgOpts ...postgres.Option) (eventlog.Log, string, error) {
 	if cfg.EventLog == "postgres" {
-		return postgres.New(pool, logger), "postgres", nil
+		return postgres.New(pool, logger, pgOpts...), "postgres", nil
 	}
 	// An EventStoreDB log keeps its exact dedup guard in the same PostgreSQL.
 	l, err := esdb.Open(cfg.EventLog, pool, logger)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 )
 
 // runVerify recomputes every hash chain and payload digest of the log (or of
@@ -41,7 +42,7 @@ func runVerify(ctx context.Context, cfg Config, logger *slog.Logger, args []stri
 	case *account != "":
 		return usageError("verify: --account needs --customer")
 	}
-	b, err := OpenBackends(ctx, cfg, logger)
+	b, err := OpenBackends(ctx, cfg, logger, postgres.WithCompleteReads(auditReadWait)) // a short read would look like the end of the log
 	if err != nil {
 		return err
 	}
@@ -59,6 +60,9 @@ func runVerify(ctx context.Context, cfg Config, logger *slog.Logger, args []stri
 	finish()
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
+	}
+	if streams != nil && report.Events == 0 {
+		return fmt.Errorf("verify: stream %s holds no events: nothing to verify (unknown customer, or every record deleted)", streams[0])
 	}
 	fmt.Fprintf(stdout, "checked %d stream(s), %d event(s): hash chains and payload digests recomputed\n", report.Streams, report.Events)
 	if report.SignaturesTested {

@@ -66,6 +66,9 @@ func TestVerifyCommand(t *testing.T) {
 	if err != nil || !strings.Contains(out, "signatures NOT checked") {
 		t.Fatalf("without a secret: %v\n%s", err, out)
 	}
+	if _, err = db.ledger(withSecret, "verify", "--customer", "cus_nobody"); err == nil || !strings.Contains(err.Error(), "holds no events") {
+		t.Fatalf("verify of a customer without events: err = %v, want a failure saying the stream is empty", err)
+	}
 
 	var customer string
 	for c := range db.events {

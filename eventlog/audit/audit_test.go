@@ -94,7 +94,11 @@ func TestVerifyFindsTampering(t *testing.T) {
 		{"payload and its digests rewritten consistently", `UPDATE events SET payload = convert_to('{"forged":true}', 'UTF8'),
 			payload_sha256 = sha256(convert_to('{"forged":true}', 'UTF8')),
 			hash = sha256(prev_hash || sha256(convert_to('{"forged":true}', 'UTF8'))) WHERE event_id = $1`,
-			2, "Stripe-Signature matches the stored payload under none"},
+			2, "the payload is not a Stripe event"},
+		{"type column changed", `UPDATE events SET type = 'customer.subscription.deleted' WHERE event_id = $1`,
+			2, `type is "customer.subscription.deleted" but the payload says`},
+		{"created column changed", `UPDATE events SET created = created - interval '1 day' WHERE event_id = $1`,
+			2, "created is"},
 		{"signature from another secret", `UPDATE events SET signature = $2 WHERE event_id = $1`,
 			2, "Stripe-Signature matches the stored payload under none"},
 	}

@@ -58,7 +58,6 @@ func Run(t *testing.T, newLog func(t *testing.T) eventlog.Log) {
 
 func testAppendThenReadStream(t *testing.T, l eventlog.Log) {
 	connect := NewEvent("acct_1Nv0FGQ9RKHgCVdK/" + NewStream("connect"))
-	connect.Account = "acct_1Nv0FGQ9RKHgCVdK"
 	for _, e := range []eventlog.Event{NewEvent(NewStream("platform")), connect} {
 		t.Run(e.Stream, func(t *testing.T) {
 			before := time.Now()

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -33,10 +34,17 @@ func NewEvent(stream string) eventlog.Event {
 	seq := eventSeq.Add(1)
 	id := fmt.Sprintf("evt_%s%d", randomHex(8), seq)
 	created := time.Unix(1_700_000_000+seq, 0).UTC()
+	// The payload names the stream's customer (and Connect account), so that
+	// it routes to stream as the webhook would file it.
+	account, customer, _ := strings.Cut(stream, "/")
+	if customer == "" {
+		account, customer = "", stream
+	}
+	customer = strings.TrimPrefix(customer, "customer-")
 	payload := fmt.Appendf(nil, "{\n  \"id\": %q,\n  \"object\": \"event\",\n  \"api_version\": \"2023-10-16\","+
-		"\"created\": %d,\r\n  \"data\": {\"object\": {\"object\": \"invoice\", \"customer\": %q,"+
+		"\"created\": %d,\r\n  \"account\": %q,  \"data\": {\"object\": {\"object\": \"invoice\", \"customer\": %q,"+
 		" \"description\": \"caf\\u00e9 – naïve ✓\", \"amount_due\": 1999}},\n  \"type\": \"invoice.paid\"\n}\n",
-		id, created.Unix(), stream)
+		id, created.Unix(), account, customer)
 	sum := sha256.Sum256(payload)
 	return eventlog.Event{
 		ID:         id,
@@ -44,6 +52,7 @@ func NewEvent(stream string) eventlog.Event {
 		Type:       "invoice.paid",
 		APIVersion: "2023-10-16",
 		Created:    created,
+		Account:    account,
 		Payload:    payload,
 		Signature:  fmt.Sprintf("t=%d,v1=%s,v0=%s", created.Unix(), hex.EncodeToString(sum[:]), randomHex(32)),
 	}

@@ -64,6 +64,7 @@ type Log struct {
 	batchSize     int
 	pollInterval  time.Duration
 	settleTimeout time.Duration
+	completeReads bool // a settle that times out is an error, not a shorter answer
 
 	// The notifier: Append records the latest position it committed and wakes
 	// one goroutine, started by the first append and stopped by Close, which
@@ -110,6 +111,17 @@ func WithSettleTimeout(d time.Duration) Option {
 		if d >= 0 {
 			l.settleTimeout = d
 		}
+	}
+}
+
+// WithCompleteReads makes ReadAll, Head and CountAfter wait up to d for the
+// transactions running when they are called and, if records are still held
+// back then, fail with an error wrapping eventlog.ErrUnavailable instead of
+// answering with what is safe to read. Auditing commands want this: a short
+// answer would look like the end of the log.
+func WithCompleteReads(d time.Duration) Option {
+	return func(l *Log) {
+		l.settleTimeout, l.completeReads = d, true
 	}
 }
 
@@ -297,6 +309,10 @@ func (l *Log) settle(ctx context.Context) (uint64, error) {
 		if err := l.pool.QueryRow(ctx, `SELECT ledger_horizon()`).Scan(&horizon); err != nil {
 			return 0, classify(err)
 		}
+	}
+	if l.completeReads && last != nil && *last >= horizon {
+		return 0, fmt.Errorf("%w: records are held back by a transaction of the ledger database that has been writing for over %s",
+			eventlog.ErrUnavailable, l.settleTimeout)
 	}
 	return horizon, nil // at the deadline: what is safe to read
 }

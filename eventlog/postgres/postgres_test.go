@@ -525,3 +525,36 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// TestCompleteReads: with WithCompleteReads, a read that a writing
+// transaction holds back fails with ErrUnavailable instead of answering
+// short (which an auditor would take for the end of the log); once the
+// transaction ends, the same read answers in full.
+func TestCompleteReads(t *testing.T) {
+	t.Parallel()
+	pool, _ := pgtest.NewPool(t)
+	l := postgres.New(pool, testLogger(t))
+	strict := postgres.New(pool, testLogger(t), postgres.WithCompleteReads(50*time.Millisecond))
+	tx, err := pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background()) //nolint:errcheck // a no-op once committed
+	appendInTx(t, tx, eventlogtest.NewEvent(eventlogtest.NewStream("held")))
+	if _, err := l.Append(t.Context(), eventlogtest.NewEvent(eventlogtest.NewStream("behind"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := strict.ReadAll(t.Context(), eventlog.Start, 10); !errors.Is(err, eventlog.ErrUnavailable) {
+		t.Fatalf("ReadAll held back: err = %v, want ErrUnavailable", err)
+	}
+	if _, err := strict.Head(t.Context()); !errors.Is(err, eventlog.ErrUnavailable) {
+		t.Fatalf("Head held back: err = %v, want ErrUnavailable", err)
+	}
+	if err := tx.Commit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := strict.ReadAll(t.Context(), eventlog.Start, 10)
+	if err != nil || len(recs) != 2 {
+		t.Fatalf("ReadAll after the commit = %d records, %v; want 2", len(recs), err)
+	}
+}
