@@ -83,6 +83,9 @@ func TestReadyzReportsDatabase(t *testing.T) {
 	if status, body := getJSON(t, env.url+"/readyz", ""); status != 503 || body["status"] != "degraded" {
 		t.Fatalf("database down: got %d %v", status, body)
 	}
+	if status, body := getJSON(t, env.url+"/v1/customers/cus_x", apiToken); status != 503 || errorCode(body) != "unavailable" {
+		t.Fatalf("read API with the database down: got %d %v, want 503 unavailable", status, body)
+	}
 }
 
 func TestWebhookSecretsAreRequired(t *testing.T) {

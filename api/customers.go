@@ -12,6 +12,8 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 )
 
 // customerJSON is the customer shape of DESIGN §5.
@@ -110,8 +112,9 @@ func (s *Server) handleSubscription(c echo.Context) error {
 }
 
 // readError classifies a read-model failure: domain errors pass through,
-// connection failures are EUNAVAILABLE, anything else is internal (and its
-// text, which may hold SQL, stays in the log).
+// an unreachable or overloaded database is EUNAVAILABLE (retry later),
+// anything else is internal (and its text, which may hold SQL, stays in the
+// log).
 func readError(what string, err error) error {
 	var de *domain.Error
 	if errors.As(err, &de) {
@@ -121,7 +124,7 @@ func readError(what string, err error) error {
 	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table: no projection version is live yet
 		return domain.Errorf(domain.EUNAVAILABLE, "the read model has not been built yet; retry later")
 	}
-	if !errors.As(err, &pgErr) && !errors.Is(err, context.Canceled) {
+	if errors.Is(err, eventlog.ErrUnavailable) || postgres.IsUnavailable(err) {
 		return fmt.Errorf("read %s: %w", what, errors.Join(err, domain.Errorf(domain.EUNAVAILABLE, "the database is unavailable; retry later")))
 	}
 	return fmt.Errorf("read %s: %w", what, err)

@@ -93,7 +93,9 @@ type Log interface {
 	Subscribe(ctx context.Context, from Position, h Handler) error
 	// Head is the position of the last record, Start when the log is empty.
 	Head(ctx context.Context) (Position, error)
-	// CountAfter counts the records positioned strictly after from (a projection's lag).
+	// CountAfter counts the records positioned strictly after from (a
+	// projection's lag). A backend may stop counting at a documented cap
+	// (EventStoreDB: 10,000), so callers treat it as a lower bound.
 	CountAfter(ctx context.Context, from Position) (int64, error)
 	// Close releases the log's resources.
 	Close()

@@ -11,12 +11,10 @@ import (
 type Config struct {
 	DatabaseURL    string
 	WebhookSecrets []string
-	EventLog       string // "postgres" or an esdb:// / kurrentdb:// connection string
+	EventLog       string // "postgres" or an esdb:// or esdb+discover:// connection string
 	Addr           string
 	APIToken       string
 	Plans          domain.Plans // LEDGER_PLANS
-	StripeAPIKey   string
-	StripeAPIBase  string
 }
 
 // DefaultDatabaseURL is used when DATABASE_URL is unset.
@@ -27,12 +25,10 @@ const DefaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/ledger?sslmode=di
 // runs without them.
 func LoadConfig(getenv func(string) string) (Config, error) {
 	cfg := Config{
-		DatabaseURL:   orDefault(getenv("DATABASE_URL"), DefaultDatabaseURL),
-		EventLog:      orDefault(getenv("LEDGER_EVENTLOG"), "postgres"),
-		Addr:          orDefault(getenv("LEDGER_ADDR"), ":8080"),
-		APIToken:      getenv("LEDGER_API_TOKEN"),
-		StripeAPIKey:  getenv("STRIPE_API_KEY"),
-		StripeAPIBase: getenv("STRIPE_API_BASE"),
+		DatabaseURL: orDefault(getenv("DATABASE_URL"), DefaultDatabaseURL),
+		EventLog:    orDefault(getenv("LEDGER_EVENTLOG"), "postgres"),
+		Addr:        orDefault(getenv("LEDGER_ADDR"), ":8080"),
+		APIToken:    getenv("LEDGER_API_TOKEN"),
 	}
 	for _, s := range strings.Split(getenv("STRIPE_WEBHOOK_SECRET"), ",") {
 		if s = strings.TrimSpace(s); s != "" {
@@ -46,7 +42,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	cfg.Plans = plans
 	if cfg.EventLog != "postgres" && !strings.HasPrefix(cfg.EventLog, "esdb://") &&
 		!strings.HasPrefix(cfg.EventLog, "esdb+discover://") {
-		return Config{}, fmt.Errorf("LEDGER_EVENTLOG must be \"postgres\" or an esdb:// connection string")
+		return Config{}, fmt.Errorf("LEDGER_EVENTLOG must be \"postgres\" or an esdb:// or esdb+discover:// connection string")
 	}
 	return cfg, nil
 }

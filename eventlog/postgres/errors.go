@@ -23,6 +23,10 @@ func classify(err error) error {
 	return err
 }
 
+// IsUnavailable reports whether err, from pgx, says the database could not be
+// reached or could not serve the request right now (a retry may succeed).
+func IsUnavailable(err error) bool { return unavailable(err) }
+
 func unavailable(err error) bool {
 	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
 		return unavailableSQLState(pgErr.Code)
