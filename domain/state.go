@@ -108,12 +108,7 @@ func Replay(payloads [][]byte, plans Plans) (map[string]*CustomerState, error) {
 	states := map[string]*CustomerState{}
 	var errs []error
 	for _, payload := range payloads {
-		env, err := ParseEnvelope(payload)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		facts, err := Decode(env, payload, plans)
+		facts, err := Facts(payload, plans)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -131,6 +126,16 @@ func Replay(payloads [][]byte, plans Plans) (map[string]*CustomerState, error) {
 		}
 	}
 	return states, errors.Join(errs...)
+}
+
+// Facts parses and decodes one stored Stripe event payload (ParseEnvelope,
+// then Decode).
+func Facts(payload []byte, plans Plans) ([]Fact, error) {
+	env, err := ParseEnvelope(payload)
+	if err != nil {
+		return nil, err
+	}
+	return Decode(env, payload, plans)
 }
 
 // keep stores v under id unless the stored snapshot compares greater or equal.
