@@ -76,9 +76,9 @@ type Invoice struct {
 	PaidAt         *time.Time
 	AttemptCount   int64 // the highest attempt count seen, whichever snapshot is kept
 
-	// The period the invoice pays for: the span of its subscription lines, or
-	// PeriodStart/PeriodEnd when it has no lines; nil when no line is a
-	// subscription's.
+	// The period the invoice pays for: the span of its subscription lines;
+	// nil when no line is a subscription's (never the invoice's own period,
+	// which for a renewal is the period that just ended).
 	PaidPeriodStart *time.Time
 	PaidPeriodEnd   *time.Time
 

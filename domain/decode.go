@@ -393,11 +393,9 @@ func (raw *rawInvoice) invoice(env Envelope) (*Invoice, error) {
 		LastEventID:      env.ID,
 		LastEventCreated: env.Created,
 	}
-	if len(raw.Lines.Data) == 0 {
-		inv.PaidPeriodStart, inv.PaidPeriodEnd = inv.PeriodStart, inv.PeriodEnd
-	} else {
-		inv.PaidPeriodStart, inv.PaidPeriodEnd = unixTimeIn(&times, paidStart), unixTimeIn(&times, paidEnd)
-	}
+	// Only subscription lines say what was paid for: the invoice's own
+	// period is, for a renewal, the one that just ended (DESIGN §4).
+	inv.PaidPeriodStart, inv.PaidPeriodEnd = unixTimeIn(&times, paidStart), unixTimeIn(&times, paidEnd)
 	return inv, nil
 }
 

@@ -192,12 +192,12 @@ func TestDecodeExpandableFields(t *testing.T) {
 			},
 		},
 		{
-			name: "no lines: paid-for period falls back to the invoice's",
+			name: "no lines: no paid-for period (the invoice's own period is the one that ended)",
 			typ:  "invoice.paid",
 			object: `{"id":"in_1","object":"invoice","status":"paid","customer":"cus_1","subscription":"sub_1",
 				"period_start":1700000000,"period_end":1702592000}`,
 			check: func(f domain.Fact) bool {
-				return f.Invoice.PaidPeriodStart.Equal(at(1700000000)) && f.Invoice.PaidPeriodEnd.Equal(at(1702592000))
+				return f.Invoice.PaidPeriodStart == nil && f.Invoice.PaidPeriodEnd == nil && f.Invoice.SubscriptionID == "sub_1"
 			},
 		},
 		{
