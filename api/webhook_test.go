@@ -234,3 +234,25 @@ func BenchmarkWebhook(b *testing.B) {
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "deliveries/s")
 }
+
+// TestWebhookStoresOddButVerifiedEvents: a verified event is never dropped
+// (DESIGN §2), even when it lacks what the ledger uses to file it; it is
+// stored under object-unknown-<event id> for the projections to skip.
+func TestWebhookStoresOddButVerifiedEvents(t *testing.T) {
+	t.Parallel()
+	env := newTestEnv(t)
+	for _, payload := range []string{
+		`{"id":"%s","object":"event","type":"invoice.paid"}`,
+		`{"id":"%s","object":"event","type":"future.thing","created":1700000000,"data":{"object":"not an object"}}`,
+	} {
+		id := newEventID()
+		body := []byte(fmt.Sprintf(payload, id))
+		if status, resp := post(t, env.url, body, sign(body, secret, time.Now())); status != http.StatusOK || resp["duplicate"] != false {
+			t.Fatalf("%s: got %d %v, want 200 stored", body, status, resp)
+		}
+		recs, err := env.log.ReadStream(context.Background(), "object-unknown-"+id, 0, 10)
+		if err != nil || len(recs) != 1 || !bytes.Equal(recs[0].Payload, body) {
+			t.Fatalf("%s: stream object-unknown-%s holds %d records (%v), want the payload", body, id, len(recs), err)
+		}
+	}
+}
