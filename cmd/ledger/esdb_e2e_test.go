@@ -37,15 +37,7 @@ func TestEndToEndESDB(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	entitled := 0
-	for _, st := range want {
-		if st.Entitled {
-			entitled++
-		}
-	}
-	if entitled == 0 || entitled == len(want) {
-		t.Fatalf("generated data has %d of %d customers entitled; the comparison needs both kinds", entitled, len(want))
-	}
+	requireBothKinds(t, want)
 
 	node := esdbtest.New(t)
 	var (
