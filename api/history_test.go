@@ -18,6 +18,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/eventlogtest"
 )
 
@@ -40,16 +41,8 @@ func getV1(t *testing.T, env *testEnv, path string) (int, []byte) {
 
 type eventsPage struct {
 	Events []struct {
-		EventID       string          `json:"event_id"`
-		Type          string          `json:"type"`
-		APIVersion    string          `json:"api_version"`
-		Created       time.Time       `json:"created"`
-		ReceivedAt    time.Time       `json:"received_at"`
-		StreamVersion int64           `json:"stream_version"`
-		PayloadSHA256 string          `json:"payload_sha256"`
-		PrevHash      string          `json:"prev_hash"`
-		Hash          string          `json:"hash"`
-		Payload       json.RawMessage `json:"payload"`
+		audit.Entry
+		Payload json.RawMessage `json:"payload"`
 	} `json:"events"`
 	HasMore bool   `json:"has_more"`
 	Next    string `json:"next"`

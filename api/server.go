@@ -98,24 +98,44 @@ type errorBody struct {
 	} `json:"error"`
 }
 
-// statusOf maps an error code to its HTTP status: the one place that does.
+// statuses maps error codes to HTTP statuses: the one place that does, read
+// both ways (statusOf, codeOfStatus). Where two codes share a status, the
+// first is the one a status maps back to.
+var statuses = []struct {
+	code   string
+	status int
+}{
+	{domain.EINVALID, http.StatusBadRequest},
+	{domain.EUNAUTHORIZED, http.StatusUnauthorized},
+	{domain.ENOTFOUND, http.StatusNotFound},
+	{domain.ECONFLICT, http.StatusConflict},
+	{domain.ETOOLARGE, http.StatusRequestEntityTooLarge},
+	{domain.EUNAVAILABLE, http.StatusServiceUnavailable},
+	{domain.ENOTCONFIGURED, http.StatusServiceUnavailable},
+}
+
+// statusOf is the HTTP status of an error code; 500 for EINTERNAL and unknown codes.
 func statusOf(code string) int {
-	switch code {
-	case domain.EINVALID:
-		return http.StatusBadRequest
-	case domain.EUNAUTHORIZED:
-		return http.StatusUnauthorized
-	case domain.ENOTFOUND:
-		return http.StatusNotFound
-	case domain.ECONFLICT:
-		return http.StatusConflict
-	case domain.ETOOLARGE:
-		return http.StatusRequestEntityTooLarge
-	case domain.EUNAVAILABLE, domain.ENOTCONFIGURED:
-		return http.StatusServiceUnavailable
-	default:
-		return http.StatusInternalServerError
+	for _, s := range statuses {
+		if s.code == code {
+			return s.status
+		}
 	}
+	return http.StatusInternalServerError
+}
+
+// codeOfStatus is the error code of one of Echo's own error statuses: the
+// code mapped to it, else EINVALID for other 4xx and EINTERNAL for the rest.
+func codeOfStatus(status int) string {
+	for _, s := range statuses {
+		if s.status == status {
+			return s.code
+		}
+	}
+	if status >= 400 && status < 500 {
+		return domain.EINVALID
+	}
+	return domain.EINTERNAL
 }
 
 func (s *Server) handleError(err error, c echo.Context) {
@@ -139,23 +159,6 @@ func (s *Server) handleError(err error, c echo.Context) {
 	if err := c.JSON(status, body); err != nil {
 		s.cfg.Logger.Warn("write error response", "err", err)
 	}
-}
-
-func codeOfStatus(status int) string {
-	switch status {
-	case http.StatusNotFound:
-		return domain.ENOTFOUND
-	case http.StatusUnauthorized:
-		return domain.EUNAUTHORIZED
-	case http.StatusRequestEntityTooLarge:
-		return domain.ETOOLARGE
-	case http.StatusServiceUnavailable:
-		return domain.EUNAVAILABLE
-	}
-	if status >= 400 && status < 500 {
-		return domain.EINVALID
-	}
-	return domain.EINTERNAL
 }
 
 // requireToken guards /v1 with the bearer token of LEDGER_API_TOKEN.

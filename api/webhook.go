@@ -44,10 +44,11 @@ func (s *Server) handleWebhook(c echo.Context) error {
 		return s.reject(err, "rejected")
 	}
 
+	stream := env.Stream()
 	start := time.Now()
 	res, err := s.cfg.Log.Append(c.Request().Context(), eventlog.Event{
 		ID:         env.ID,
-		Stream:     env.Stream(),
+		Stream:     stream,
 		Type:       env.Type,
 		APIVersion: env.APIVersion,
 		Created:    env.Created,
@@ -69,7 +70,7 @@ func (s *Server) handleWebhook(c echo.Context) error {
 		outcome = "duplicate"
 	}
 	s.metrics.webhooks.WithLabelValues(outcome).Inc()
-	s.cfg.Logger.Info("webhook", "event_id", env.ID, "type", env.Type, "stream", env.Stream(), "outcome", outcome)
+	s.cfg.Logger.Info("webhook", "event_id", env.ID, "type", env.Type, "stream", stream, "outcome", outcome)
 	return c.JSON(http.StatusOK, webhookResponse{Received: true, Duplicate: res.Duplicate})
 }
 

@@ -82,9 +82,7 @@ func BenchmarkCatchUp(b *testing.B) {
 		start := time.Now()
 		go func() { done <- r.Run(ctx) }()
 		for {
-			var pos eventlog.Position
-			if err := pool.QueryRow(ctx, `SELECT position, prepare FROM projection_checkpoints WHERE name = 'billing'`).
-				Scan(&pos.Commit, &pos.Prepare); err == nil && pos == head {
+			if cp, ok, err := loadCheckpoint(ctx, pool, "billing", ""); err == nil && ok && cp.Position == head {
 				break
 			}
 			time.Sleep(10 * time.Millisecond)

@@ -88,7 +88,7 @@ func OpenBackends(ctx context.Context, cfg Config, logger *slog.Logger, pgOpts .
 		return nil, fmt.Errorf("open database: %w", err)
 	}
 	b := &Backends{Pool: pool}
-	b.Log, b.Backend, err = openLog(ctx, cfg, pool, logger, pgOpts...)
+	b.Log, b.Backend, err = openLog(cfg, pool, logger, pgOpts...)
 	if err != nil {
 		pool.Close()
 		return nil, err
@@ -97,7 +97,7 @@ func OpenBackends(ctx context.Context, cfg Config, logger *slog.Logger, pgOpts .
 }
 
 // openLog opens the event-log backend that LEDGER_EVENTLOG names.
-func openLog(_ context.Context, cfg Config, pool *pgxpool.Pool, logger *slog.Logger, pgOpts ...postgres.Option) (eventlog.Log, string, error) {
+func openLog(cfg Config, pool *pgxpool.Pool, logger *slog.Logger, pgOpts ...postgres.Option) (eventlog.Log, string, error) {
 	if cfg.EventLog == "postgres" {
 		return postgres.New(pool, logger, pgOpts...), "postgres", nil
 	}

@@ -7,8 +7,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"net/url"
 	"os"
-	"strings"
 	"sync"
 	"testing"
 
@@ -94,21 +94,14 @@ func dropTemplate() {
 	_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+template.name+" WITH (FORCE)")
 }
 
+// urlFor is ServerURL with its database replaced by database.
 func urlFor(tb testing.TB, database string) string {
-	cfg, err := pgx.ParseConfig(ServerURL())
+	u, err := url.Parse(ServerURL())
 	if err != nil {
 		tb.Fatalf("pgtest: parse %s: %v", ServerURL(), err)
 	}
-	u := ServerURL()
-	// Replace the path's database name, keep the query string.
-	rest := ""
-	if i := strings.Index(u, "?"); i >= 0 {
-		u, rest = u[:i], u[i:]
-	}
-	if cfg.Database != "" {
-		u = strings.TrimSuffix(u, "/"+cfg.Database)
-	}
-	return strings.TrimSuffix(u, "/") + "/" + database + rest
+	u.Path = "/" + database
+	return u.String()
 }
 
 func connect(tb testing.TB, url string) *pgx.Conn {
