@@ -8,7 +8,7 @@ DEV_API_TOKEN      ?= dev-token
 .PHONY: run test test-esdb lint bench build
 
 build:
-	$(GO) build -o bin/ledger ./cmd/ledger
+	$(GO) build -buildvcs=auto -o bin/ledger ./cmd/ledger
 
 run:
 	@echo "webhook secret: $${STRIPE_WEBHOOK_SECRET:-$(DEV_WEBHOOK_SECRET)}"

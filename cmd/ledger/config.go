@@ -1,7 +1,7 @@
 package main
 
 import (
-	"fmt"
+	"errors"
 	"strings"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
@@ -37,12 +37,12 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	}
 	plans, err := domain.ParsePlans(getenv("LEDGER_PLANS"))
 	if err != nil {
-		return Config{}, fmt.Errorf("LEDGER_PLANS: %w", err)
+		return Config{}, errors.New(domain.ErrorMessage(err)) // the message names LEDGER_PLANS
 	}
 	cfg.Plans = plans
 	if cfg.EventLog != "postgres" && !strings.HasPrefix(cfg.EventLog, "esdb://") &&
 		!strings.HasPrefix(cfg.EventLog, "esdb+discover://") {
-		return Config{}, fmt.Errorf("LEDGER_EVENTLOG must be \"postgres\" or an esdb:// or esdb+discover:// connection string")
+		return Config{}, errors.New(`LEDGER_EVENTLOG must be "postgres" or an esdb:// or esdb+discover:// connection string`)
 	}
 	return cfg, nil
 }

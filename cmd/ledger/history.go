@@ -3,53 +3,67 @@ package main
 import (
 	"bufio"
 	"context"
-	"flag"
 	"fmt"
-	"io"
-	"log/slog"
-	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 )
 
+func newHistoryCmd(c *cli) *cobra.Command {
+	var h historyFlags
+	cmd := &cobra.Command{
+		Use:   "history (cus_… [--account acct_…] | --all)",
+		Short: "Export a customer's events (or --all: every event) as JSON Lines or CSV",
+		Long: `Export one customer's stream, or with --all every event of the log in global
+order, to stdout as JSON Lines or CSV, payloads byte for byte.
+--since and --until take an RFC 3339 time or a plain date (2026-11-01); a
+plain --until date includes that whole day (UTC).`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runHistory(cmd.Context(), c, h, args)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&h.format, "format", "jsonl", "output format: jsonl or csv")
+	f.StringVar(&h.since, "since", "", "only events created at or after this time (RFC 3339 or 2006-01-02)")
+	f.StringVar(&h.until, "until", "", "only events created at or before this time (RFC 3339, or 2006-01-02 for the whole day)")
+	f.BoolVar(&h.all, "all", false, "every event of the log, in global order, instead of one customer's")
+	f.StringVar(&h.account, "account", "", "the Connect account (acct_…) of the customer")
+	return cmd
+}
+
+type historyFlags struct {
+	format, since, until, account string
+	all                           bool
+}
+
 // runHistory exports one customer's stream, or with --all every event of the
 // log in global order, to stdout as JSON Lines or CSV. It reads and writes a
 // batch at a time, so memory stays flat however long the history.
-func runHistory(ctx context.Context, cfg Config, logger *slog.Logger, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("history", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	format := fs.String("format", "jsonl", "output format: jsonl or csv")
-	since := fs.String("since", "", "only events created at or after this RFC 3339 time")
-	until := fs.String("until", "", "only events created at or before this RFC 3339 time")
-	all := fs.Bool("all", false, "every event of the log, in global order, instead of one customer's")
-	account := fs.String("account", "", "the Connect account (acct_…) of the customer")
-	positional, err := parseInterspersed(fs, args)
+func runHistory(ctx context.Context, c *cli, h historyFlags, positional []string) error {
+	keep, err := createdBetween(h.since, h.until)
 	if err != nil {
-		return usageError(err.Error())
-	}
-	keep, err := createdBetween(*since, *until)
-	if err != nil {
-		return usageError(err.Error())
+		return err
 	}
 	var stream string
 	switch {
-	case *all && len(positional) == 0 && *account == "":
-	case *all:
+	case h.all && len(positional) == 0 && h.account == "":
+	case h.all:
 		return usageError("history: --all takes no customer and no --account")
 	case len(positional) != 1:
 		return usageError("history: give one customer id (cus_…) or --all")
 	default:
-		if stream, err = audit.CustomerStream(positional[0], *account); err != nil {
+		if stream, err = audit.CustomerStream(positional[0], h.account); err != nil {
 			return usageError(err.Error())
 		}
 	}
 
-	out := bufio.NewWriterSize(stdout, 64<<10)
+	out := bufio.NewWriterSize(c.stdout, 64<<10)
 	var write func(eventlog.Record) error
 	flush := out.Flush
-	switch *format {
+	switch h.format {
 	case "jsonl":
 		write = audit.NewJSONLWriter(out).Write
 	case "csv":
@@ -62,7 +76,11 @@ func runHistory(ctx context.Context, cfg Config, logger *slog.Logger, args []str
 			return out.Flush()
 		}
 	default:
-		return usageError(fmt.Sprintf("history: --format must be jsonl or csv, not %q", *format))
+		return usageError(fmt.Sprintf("history: --format must be jsonl or csv, not %q", h.format))
+	}
+	cfg, logger, err := c.setup()
+	if err != nil {
+		return err
 	}
 
 	b, err := OpenBackends(ctx, cfg, logger, postgres.WithCompleteReads(auditReadWait)) // a short read would look like the end of the log
@@ -84,7 +102,7 @@ func runHistory(ctx context.Context, cfg Config, logger *slog.Logger, args []str
 		}
 		return nil
 	}
-	if *all {
+	if h.all {
 		err = audit.EachInLog(ctx, l, each)
 	} else {
 		err = audit.EachInStream(ctx, l, stream, 0, each)
@@ -95,45 +113,27 @@ func runHistory(ctx context.Context, cfg Config, logger *slog.Logger, args []str
 	if err := flush(); err != nil {
 		return fmt.Errorf("history: write: %w", err)
 	}
-	if !*all && read == 0 {
+	if !h.all && read == 0 {
 		return fmt.Errorf("history: customer %s has no events (stream %s)", positional[0], stream)
 	}
 	return nil
 }
 
 // createdBetween returns a filter keeping records created in [since, until];
-// an empty bound is open.
+// an empty bound is open. Bounds that exclude everything are refused.
 func createdBetween(since, until string) (func(eventlog.Record) bool, error) {
-	var from, to time.Time
-	var err error
-	if since != "" {
-		if from, err = time.Parse(time.RFC3339, since); err != nil {
-			return nil, fmt.Errorf("history: --since: %w", err)
-		}
+	from, err := parseTimeFlag("history: --since", since, false)
+	if err != nil {
+		return nil, err
 	}
-	if until != "" {
-		if to, err = time.Parse(time.RFC3339, until); err != nil {
-			return nil, fmt.Errorf("history: --until: %w", err)
-		}
+	to, err := parseTimeFlag("history: --until", until, true)
+	if err != nil {
+		return nil, err
+	}
+	if since != "" && until != "" && from.After(to) {
+		return nil, usageError(fmt.Sprintf("history: --since %s is after --until %s", since, until))
 	}
 	return func(r eventlog.Record) bool {
 		return (since == "" || !r.Created.Before(from)) && (until == "" || !r.Created.After(to))
 	}, nil
-}
-
-// parseInterspersed parses fs's flags wherever they stand among the
-// positional arguments (ledger history cus_123 --format csv), which the flag
-// package alone stops at, and returns the positional ones.
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var positional []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return positional, nil
-		}
-		positional = append(positional, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
 }

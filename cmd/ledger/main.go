@@ -6,8 +6,12 @@
 //	ledger verify                 re-prove the event log's hash chains and stored signatures
 //	ledger projections status|rebuild|diff
 //	ledger history                export a customer's events (or --all) as JSON Lines or CSV
+//	ledger version                this binary's module version and VCS revision
 //
-// Configuration comes from the environment (DESIGN §6); see the README.
+// The command line is built with cobra: each command is one newXxxCmd in its
+// own file, registered in newRootCmd. Configuration comes from the
+// environment (DESIGN §6) and is read only when a command runs, so --help
+// works whatever the environment holds; see the README.
 package main
 
 import (
@@ -19,67 +23,126 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/spf13/cobra"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
-	var usage usageError
-	switch {
-	case errors.As(err, &usage):
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "ledger:", err)
-		fmt.Fprint(os.Stderr, usageText)
-		os.Exit(2)
-	case err != nil:
-		fmt.Fprintln(os.Stderr, "ledger:", err)
-		os.Exit(1)
 	}
+	os.Exit(exitCode(err))
 }
 
-const usageText = `usage: ledger <command> [flags]
+// Exit codes: 0 ok, 1 the command ran and found a problem (problemError),
+// 2 bad usage or the command could not run.
+const (
+	exitOK      = 0
+	exitProblem = 1
+	exitFailed  = 2
+)
 
-commands:
-  serve      run the webhook endpoint, the read API and the projections
-  migrate    create the database if missing and apply the schema migrations
-  verify     [--customer cus_… [--account acct_…]]
-             recompute every hash chain and payload digest of the event log and, with
-             STRIPE_WEBHOOK_SECRET set, re-verify every stored Stripe signature; exits 1 on a mismatch
-  projections status | rebuild [billing] [--wait] | diff [billing] [--format text|json]
-             where each projection stands; rebuild it blue/green from the whole log; or show,
-             without swapping, what a rebuild with this binary's logic would change
-  history    cus_… [--account acct_…] | --all   [--format jsonl|csv] [--since RFC3339] [--until RFC3339]
-             export a customer's events (--all: every event) to stdout, payloads byte for byte
-`
-
+// usageError is a command line the ledger refuses before running anything.
 type usageError string
 
 func (e usageError) Error() string { return string(e) }
 
-// run dispatches a command line; tests call it as main does.
-func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return usageError("no command given")
+// problemError is a command that ran to the end and found something wrong
+// (a diff with changes, a tampered log): exit 1.
+type problemError struct{ error }
+
+func (e problemError) Unwrap() error { return e.error }
+
+func exitCode(err error) int {
+	var problem problemError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &problem):
+		return exitProblem
 	}
-	cfg, err := LoadConfig(getenv)
+	return exitFailed
+}
+
+// cli is what every command shares: the process's environment and output,
+// and the configuration, read on first use.
+type cli struct {
+	getenv         func(string) string
+	stdout, stderr io.Writer
+	started        bool // a command's RunE began: later errors are not usage errors
+}
+
+// setup reads the configuration and builds the logger for a command that
+// is about to run.
+func (c *cli) setup() (Config, *slog.Logger, error) {
+	cfg, err := LoadConfig(c.getenv)
 	if err != nil {
-		return err
+		return Config{}, nil, err
 	}
-	logger := slog.New(slog.NewJSONHandler(stderr, nil))
-	switch args[0] {
-	case "serve":
-		return runServe(ctx, cfg, logger, args[1:])
-	case "migrate":
-		return runMigrate(ctx, cfg, stdout)
-	case "verify":
-		return runVerify(ctx, cfg, logger, args[1:], stdout, stderr)
-	case "projections":
-		return runProjections(ctx, cfg, logger, args[1:], stdout, stderr)
-	case "history":
-		return runHistory(ctx, cfg, logger, args[1:], stdout, stderr)
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usageText)
-		return nil
+	logger, err := newLogger(c.stderr, c.getenv)
+	if err != nil {
+		return Config{}, nil, err
 	}
-	return usageError(fmt.Sprintf("unknown command %q", args[0]))
+	return cfg, logger, nil
+}
+
+// run executes a command line; tests call it as main does.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	c := &cli{getenv: getenv, stdout: stdout, stderr: stderr}
+	root := newRootCmd(c)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	var usage usageError
+	if err != nil && !c.started && !errors.As(err, &usage) {
+		// cobra's own refusals (unknown command or flag, wrong arguments).
+		err = usageError(err.Error())
+	}
+	return err
+}
+
+func newRootCmd(c *cli) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "ledger",
+		Short: "An audit-grade ledger of Stripe billing events",
+		Long: `ledger stores every verified Stripe webhook event in an append-only, hash-chained
+log and projects it into a read model of customers, subscriptions and invoices.
+
+Configuration comes from the environment (DATABASE_URL, STRIPE_WEBHOOK_SECRET,
+LEDGER_EVENTLOG, LEDGER_ADDR, LEDGER_API_TOKEN, LEDGER_PLANS, LEDGER_LOG_LEVEL,
+LEDGER_LOG_FORMAT); see the README.
+
+Exit codes: 0 ok, 1 the command found a problem (projections diff found changes,
+verify found tampering), 2 bad usage or the command could not run.`,
+		Args:              noArgs,
+		SilenceUsage:      true,
+		SilenceErrors:     true,
+		PersistentPreRunE: func(*cobra.Command, []string) error { c.started = true; return nil },
+		RunE:              func(*cobra.Command, []string) error { return usageError("no command given (see ledger --help)") },
+	}
+	root.SetOut(c.stdout)
+	root.SetErr(c.stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError(err.Error()) })
+	root.AddCommand(
+		newServeCmd(c),
+		newMigrateCmd(c),
+		newVerifyCmd(c),
+		newProjectionsCmd(c),
+		newHistoryCmd(c),
+		newVersionCmd(c),
+	)
+	return root
+}
+
+// noArgs refuses positional arguments, naming the first one.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		if cmd.HasSubCommands() {
+			return usageError(fmt.Sprintf("%s: unknown command %q", cmd.CommandPath(), args[0]))
+		}
+		return usageError(fmt.Sprintf("%s: unexpected argument %q", cmd.CommandPath(), args[0]))
+	}
+	return nil
 }

@@ -1,17 +1,28 @@
 package main
 
 import (
-	"context"
 	"fmt"
-	"io"
+
+	"github.com/spf13/cobra"
 
 	"github.com/stripe-ledger/stripe-ledger/migrations"
 )
 
-func runMigrate(ctx context.Context, cfg Config, stdout io.Writer) error {
-	if err := migrations.Migrate(ctx, cfg.DatabaseURL); err != nil {
-		return err
+func newMigrateCmd(c *cli) *cobra.Command {
+	return &cobra.Command{
+		Use:   "migrate",
+		Short: "Create the database if missing and apply the schema migrations",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, _, err := c.setup()
+			if err != nil {
+				return err
+			}
+			if err := migrations.Migrate(cmd.Context(), cfg.DatabaseURL); err != nil {
+				return err
+			}
+			fmt.Fprintln(c.stdout, "migrations applied")
+			return nil
+		},
 	}
-	fmt.Fprintln(stdout, "migrations applied")
-	return nil
 }

@@ -3,86 +3,155 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"text/tabwriter"
+
+	"github.com/spf13/cobra"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
-// runProjections handles `ledger projections status|rebuild|diff`.
-func runProjections(ctx context.Context, cfg Config, logger *slog.Logger, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return usageError("projections: want status, rebuild or diff")
+// newProjectionsCmd is `ledger projections status|rebuild|diff`.
+func newProjectionsCmd(c *cli) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "projections",
+		Short: "Where each projection stands; rebuild it blue/green; diff a rebuild against the live model",
+		Args:  noArgs,
+		RunE: func(*cobra.Command, []string) error {
+			return usageError("projections: want a subcommand: status, rebuild or diff")
+		},
 	}
-	sub, args := args[0], args[1:]
-	fs := flag.NewFlagSet("projections "+sub, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	wait := fs.Bool("wait", false, "rebuild/diff: wait for a build in progress elsewhere instead of failing")
-	format := fs.String("format", "text", "status/diff output: text or json")
-	if err := fs.Parse(args); err != nil {
-		return usageError(err.Error())
+	cmd.AddCommand(newProjectionsStatusCmd(c), newProjectionsRebuildCmd(c), newProjectionsDiffCmd(c))
+	return cmd
+}
+
+func newProjectionsStatusCmd(c *cli) *cobra.Command {
+	var format string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show each projection's version, position, lag and dead letters",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkFormat(format); err != nil {
+				return err
+			}
+			cfg, logger, err := c.setup()
+			if err != nil {
+				return err
+			}
+			b, err := OpenBackends(cmd.Context(), cfg, logger)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			statuses, err := projections.ReadStatus(cmd.Context(), b.Pool, b.Log)
+			if err != nil {
+				return err
+			}
+			if format == "json" {
+				return writeJSON(c.stdout, statuses)
+			}
+			tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tVERSION\tPOSITION\tHEAD\tLAG\tDEAD LETTERS\tUPDATED")
+			for _, s := range statuses {
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%s\n", s.Name, s.Version, s.Position, s.Head, s.Lag, s.DeadLetters, s.UpdatedAt.UTC().Format("2006-01-02T15:04:05Z"))
+			}
+			return tw.Flush()
+		},
 	}
-	if *format != "text" && *format != "json" {
-		return usageError("projections: --format must be text or json")
+	cmd.Flags().StringVar(&format, "format", "text", "output: text or json")
+	return cmd
+}
+
+func newProjectionsRebuildCmd(c *cli) *cobra.Command {
+	var wait bool
+	cmd := &cobra.Command{
+		Use:   "rebuild [billing]",
+		Short: "Rebuild a projection blue/green from the whole log, then swap it live",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runBuild(cmd.Context(), c, "rebuild", args, wait, "text")
+		},
 	}
-	p := projections.Billing(cfg.Plans)
-	if name := fs.Arg(0); name != "" && name != p.Name {
-		return usageError(fmt.Sprintf("projections: unknown projection %q (known: %s)", name, p.Name))
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait for a build in progress elsewhere instead of failing")
+	return cmd
+}
+
+func newProjectionsDiffCmd(c *cli) *cobra.Command {
+	var wait bool
+	var format string
+	cmd := &cobra.Command{
+		Use:   "diff [billing]",
+		Short: "Show, without swapping, what a rebuild with this binary's logic would change (exit 1 when it would)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runBuild(cmd.Context(), c, "diff", args, wait, format)
+		},
 	}
-	svc, err := OpenBackends(ctx, cfg, logger)
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait for a build in progress elsewhere instead of failing")
+	cmd.Flags().StringVar(&format, "format", "text", "output: text or json")
+	return cmd
+}
+
+// runBuild runs a rebuild or a diff of the projection args names (default:
+// billing) with a progress bar on a terminal.
+func runBuild(ctx context.Context, c *cli, sub string, args []string, wait bool, format string) error {
+	if err := checkFormat(format); err != nil {
+		return err
+	}
+	cfg, logger, err := c.setup()
 	if err != nil {
 		return err
 	}
-	defer svc.Close()
-
-	switch sub {
-	case "status":
-		statuses, err := projections.ReadStatus(ctx, svc.Pool, svc.Log)
-		if err != nil {
-			return err
-		}
-		if *format == "json" {
-			return writeJSON(stdout, statuses)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tVERSION\tPOSITION\tHEAD\tLAG\tDEAD LETTERS\tUPDATED")
-		for _, s := range statuses {
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%s\n", s.Name, s.Version, s.Position, s.Head, s.Lag, s.DeadLetters, s.UpdatedAt.UTC().Format("2006-01-02T15:04:05Z"))
-		}
-		return tw.Flush()
-	case "rebuild", "diff":
-		total, err := svc.Log.CountAfter(ctx, eventlog.Start)
-		if err != nil {
-			return err
-		}
-		progress, finish := progressBar(stderr, sub+" "+p.Name, total)
-		opts := projections.Options{Logger: logger, Wait: *wait}
-		if progress != nil {
-			opts.Progress = func(pr projections.Progress) { progress(pr.Done) }
-		}
-		if sub == "rebuild" {
-			err = projections.Rebuild(ctx, svc.Pool, svc.Log, p, opts)
-			finish()
-			if err == nil {
-				fmt.Fprintf(stdout, "projection %s version %d rebuilt and live\n", p.Name, p.Version)
-			}
-			return err
-		}
-		report, err := projections.Diff(ctx, svc.Pool, svc.Log, p, opts)
-		finish()
-		if err != nil {
-			return err
-		}
-		if *format == "json" {
-			return writeJSON(stdout, report)
-		}
-		return report.WriteText(stdout)
+	p := projections.Billing(cfg.Plans)
+	if len(args) == 1 && args[0] != p.Name {
+		return usageError(fmt.Sprintf("projections %s: unknown projection %q (known: %s)", sub, args[0], p.Name))
 	}
-	return usageError(fmt.Sprintf("projections: unknown subcommand %q", sub))
+	b, err := OpenBackends(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	total, err := b.Log.CountAfter(ctx, eventlog.Start)
+	if err != nil {
+		return err
+	}
+	progress, finish := progressBar(c.stderr, sub+" "+p.Name, total)
+	opts := projections.Options{Logger: logger, Wait: wait}
+	if progress != nil {
+		opts.Progress = func(pr projections.Progress) { progress(pr.Done) }
+	}
+	if sub == "rebuild" {
+		err = projections.Rebuild(ctx, b.Pool, b.Log, p, opts)
+		finish()
+		if err == nil {
+			fmt.Fprintf(c.stdout, "projection %s version %d rebuilt and live\n", p.Name, p.Version)
+		}
+		return err
+	}
+	report, err := projections.Diff(ctx, b.Pool, b.Log, p, opts)
+	finish()
+	if err != nil {
+		return err
+	}
+	if format == "json" {
+		err = writeJSON(c.stdout, report)
+	} else {
+		err = report.WriteText(c.stdout)
+	}
+	if err == nil && !report.Empty() {
+		err = problemError{fmt.Errorf("projections diff: a rebuild would change %d customer(s)", len(report.Customers))}
+	}
+	return err
+}
+
+func checkFormat(format string) error {
+	if format != "text" && format != "json" {
+		return usageError(fmt.Sprintf("--format must be text or json, not %q", format))
+	}
+	return nil
 }
 
 func writeJSON(w io.Writer, v any) error {

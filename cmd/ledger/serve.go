@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -15,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
 
 	"github.com/stripe-ledger/stripe-ledger/api"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
@@ -35,16 +35,32 @@ const (
 	minPoolConns = 16
 )
 
-func runServe(ctx context.Context, cfg Config, logger *slog.Logger, args []string) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	migrate := fs.Bool("migrate", false, "apply pending migrations before serving")
-	if err := fs.Parse(args); err != nil {
-		return usageError(err.Error())
+func newServeCmd(c *cli) *cobra.Command {
+	var migrate bool
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the webhook endpoint, the read API and the projections",
+		Long: `Run the webhook endpoint (POST /stripe/webhook), the read API (/v1, needs
+LEDGER_API_TOKEN), health and metrics, and the projection runner, on LEDGER_ADDR.
+Stops gracefully on SIGINT or SIGTERM.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, logger, err := c.setup()
+			if err != nil {
+				return err
+			}
+			return runServe(cmd.Context(), cfg, logger, migrate)
+		},
 	}
+	cmd.Flags().BoolVar(&migrate, "migrate", false, "create the database if missing and apply pending migrations before serving")
+	return cmd
+}
+
+func runServe(ctx context.Context, cfg Config, logger *slog.Logger, migrate bool) error {
 	if len(cfg.WebhookSecrets) == 0 {
 		return errors.New("STRIPE_WEBHOOK_SECRET is not set: refusing to accept unverifiable webhooks")
 	}
-	if *migrate {
+	if migrate {
 		if err := migrations.Migrate(ctx, cfg.DatabaseURL); err != nil {
 			return err
 		}

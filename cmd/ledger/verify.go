@@ -2,14 +2,13 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
@@ -17,30 +16,43 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 )
 
+func newVerifyCmd(c *cli) *cobra.Command {
+	var customer, account string
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Re-prove the event log's hash chains, payload digests and stored signatures",
+		Long: `Recompute every hash chain and payload digest of the event log (or of one
+customer's stream) and, with STRIPE_WEBHOOK_SECRET set, re-verify every stored
+Stripe signature. Exits 1 when a record was altered, removed or reordered.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runVerify(cmd.Context(), c, customer, account)
+		},
+	}
+	cmd.Flags().StringVar(&customer, "customer", "", "verify only this customer's stream (cus_…); default: the whole log")
+	cmd.Flags().StringVar(&account, "account", "", "the Connect account (acct_…) of --customer")
+	return cmd
+}
+
 // runVerify recomputes every hash chain and payload digest of the log (or of
 // one customer's stream) and, with STRIPE_WEBHOOK_SECRET set, re-verifies
 // every stored Stripe signature. It fails when anything does not match.
-func runVerify(ctx context.Context, cfg Config, logger *slog.Logger, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	customer := fs.String("customer", "", "verify only this customer's stream (cus_…); default: the whole log")
-	account := fs.String("account", "", "the Connect account (acct_…) of --customer")
-	if err := fs.Parse(args); err != nil {
-		return usageError(err.Error())
-	}
-	if fs.NArg() > 0 {
-		return usageError(fmt.Sprintf("verify: unexpected argument %q", fs.Arg(0)))
-	}
+func runVerify(ctx context.Context, c *cli, customer, account string) error {
+	stdout, stderr := c.stdout, c.stderr
 	var streams []string
 	switch {
-	case *customer != "":
-		stream, err := audit.CustomerStream(*customer, *account)
+	case customer != "":
+		stream, err := audit.CustomerStream(customer, account)
 		if err != nil {
 			return usageError(err.Error())
 		}
 		streams = []string{stream}
-	case *account != "":
+	case account != "":
 		return usageError("verify: --account needs --customer")
+	}
+	cfg, logger, err := c.setup()
+	if err != nil {
+		return err
 	}
 	b, err := OpenBackends(ctx, cfg, logger, postgres.WithCompleteReads(auditReadWait)) // a short read would look like the end of the log
 	if err != nil {
@@ -77,7 +89,7 @@ func runVerify(ctx context.Context, cfg Config, logger *slog.Logger, args []stri
 		fmt.Fprintf(stdout, "… and %d more problem(s) not listed\n", more)
 	}
 	if !report.OK() {
-		return fmt.Errorf("verification failed: %d problem(s)", report.ProblemCount)
+		return problemError{fmt.Errorf("verification failed: %d problem(s)", report.ProblemCount)}
 	}
 	fmt.Fprintln(stdout, "OK: no record was altered, removed or reordered")
 	return nil
