@@ -75,10 +75,8 @@ func TestVerifyCommand(t *testing.T) {
 		customer = c
 	}
 	victim := db.events[customer][1]
-	if _, err := db.pool.Exec(context.Background(),
-		`UPDATE events SET payload = overlay(payload PLACING '\x21'::bytea FROM 5 FOR 1) WHERE event_id = $1`, victim.ID); err != nil {
-		t.Fatal(err)
-	}
+	pgtest.AsSuperuser(t, db.pool,
+		`UPDATE events SET payload = overlay(payload PLACING '\x21'::bytea FROM 5 FOR 1) WHERE event_id = $1`, victim.ID)
 	for _, args := range [][]string{{"verify"}, {"verify", "--customer", customer}} {
 		out, err = db.ledger(withSecret, args...)
 		if err == nil || !strings.Contains(err.Error(), "verification failed") {

@@ -114,9 +114,7 @@ func TestVerifyFindsTampering(t *testing.T) {
 					Payload: target.Payload, Secret: "whsec_attacker", Timestamp: time.Now(),
 				}).Header)
 			}
-			if _, err := pool.Exec(ctx, tc.tamper, args...); err != nil {
-				t.Fatal(err)
-			}
+			pgtest.AsSuperuser(t, pool, tc.tamper, args...)
 			blamed := streams[1][tc.blame]
 			for _, scope := range [][]string{nil, {target.Stream}} {
 				report, err := audit.Verify(ctx, l, scope, []string{secret}, nil)

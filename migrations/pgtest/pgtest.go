@@ -73,6 +73,25 @@ func NewPool(tb testing.TB) (*pgxpool.Pool, string) {
 	return pool, url
 }
 
+// AsSuperuser runs sql in one transaction with triggers off
+// (session_replication_role = replica), as a superuser who wants to get past
+// the append-only triggers would: tests simulate tampering with it. The
+// server's role must be a superuser (the default postgres is).
+func AsSuperuser(tb testing.TB, pool *pgxpool.Pool, sql string, args ...any) {
+	tb.Helper()
+	ctx := context.Background()
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SET LOCAL session_replication_role = replica"); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, sql, args...)
+		return err
+	})
+	if err != nil {
+		tb.Fatalf("pgtest: as superuser: %s: %v", sql, err)
+	}
+}
+
 // Main runs a package's tests and then drops the template database. Use it as
 //
 //	func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
