@@ -22,6 +22,5 @@ USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/ledger"]
 # --migrate creates the database if missing and applies pending migrations
-# before serving; with separate owner and service roles, run `ledger migrate`
-# as the owner instead and serve without it (docs/operations.md).
+# before serving (docs/operations.md: roles, and migrations that alter events).
 CMD ["serve", "--migrate"]
