@@ -1,6 +1,7 @@
 package api
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -30,18 +31,18 @@ type webhookResponse struct {
 func (s *Server) handleWebhook(c echo.Context) error {
 	payload, err := io.ReadAll(io.LimitReader(c.Request().Body, MaxWebhookBody+1))
 	if err != nil {
-		return s.reject(domain.Errorf(domain.EINVALID, "read request body: %v", err), "rejected")
+		return s.reject(c, nil, domain.Errorf(domain.EINVALID, "read request body: %v", err), "rejected")
 	}
 	if len(payload) > MaxWebhookBody {
-		return s.reject(domain.Errorf(domain.ETOOLARGE, "request body is over %d bytes", MaxWebhookBody), "too_large")
+		return s.reject(c, nil, domain.Errorf(domain.ETOOLARGE, "request body is over %d bytes", MaxWebhookBody), "too_large")
 	}
 	header := c.Request().Header.Get("Stripe-Signature")
 	if err := audit.VerifySignature(payload, header, s.cfg.WebhookSecrets, signatureTolerance); err != nil {
-		return s.reject(signatureError(err), "rejected")
+		return s.reject(c, payload, signatureError(err), "rejected")
 	}
 	env, err := domain.ParseEnvelope(payload)
 	if err != nil {
-		return s.reject(err, "rejected")
+		return s.reject(c, payload, err, "rejected")
 	}
 
 	stream := env.Stream()
@@ -59,8 +60,7 @@ func (s *Server) handleWebhook(c echo.Context) error {
 	s.metrics.appendSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		if errors.Is(err, eventlog.ErrUnavailable) {
-			s.cfg.Logger.Warn("event log unavailable", "event_id", env.ID, "err", err)
-			return s.reject(domain.Errorf(domain.EUNAVAILABLE, "the event log is unavailable; retry later"), "unavailable")
+			return s.reject(c, payload, domain.Errorf(domain.EUNAVAILABLE, "the event log is unavailable; retry later"), "unavailable", "err", err)
 		}
 		s.metrics.webhooks.WithLabelValues("failed").Inc()
 		return err // logged and answered 500 by handleError; Stripe retries
@@ -74,8 +74,24 @@ func (s *Server) handleWebhook(c echo.Context) error {
 	return c.JSON(http.StatusOK, webhookResponse{Received: true, Duplicate: res.Duplicate})
 }
 
-func (s *Server) reject(err error, outcome string) error {
+// reject counts a refused delivery and logs it at WARN, so that a
+// misconfigured Stripe endpoint (wrong secret, clock skew) shows in the logs.
+// The log line carries the reason, the event id the body claims when it has
+// one, and the peer; never the secret or the signature header.
+func (s *Server) reject(c echo.Context, payload []byte, err error, outcome string, extra ...any) error {
 	s.metrics.webhooks.WithLabelValues(outcome).Inc()
+	r := c.Request()
+	attrs := append([]any{"outcome", outcome, "reason", domain.ErrorMessage(err), "remote_addr", r.RemoteAddr}, extra...)
+	if fwd := r.Header.Get("X-Forwarded-For"); fwd != "" {
+		attrs = append(attrs, "forwarded_for", fwd)
+	}
+	var claimed struct {
+		ID string `json:"id"`
+	}
+	if json.Unmarshal(payload, &claimed) == nil && claimed.ID != "" {
+		attrs = append(attrs, "event_id", claimed.ID) // unverified unless the signature checked
+	}
+	s.cfg.Logger.Warn("webhook rejected", attrs...)
 	return err
 }
 

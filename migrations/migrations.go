@@ -84,3 +84,44 @@ func CreateDatabase(ctx context.Context, databaseURL string) error {
 	}
 	return nil
 }
+
+// ErrNotMigrated reports a database that is missing, or whose schema is
+// behind the migrations this binary embeds.
+var ErrNotMigrated = errors.New("run `ledger migrate` (or `ledger serve --migrate`) first")
+
+// Check reports, without changing anything, whether the database named in
+// databaseURL exists and has every embedded migration applied. It fails
+// with an error wrapping ErrNotMigrated when it does not, and with another
+// error when the server cannot be asked. A schema newer than this binary
+// passes: during a rolling upgrade the new binary migrates first.
+func Check(ctx context.Context, databaseURL string) error {
+	cfg, err := pgx.ParseConfig(databaseURL)
+	if err != nil {
+		return fmt.Errorf("parse DATABASE_URL: %w", err)
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "3D000" { // invalid_catalog_name
+		return fmt.Errorf("database %q does not exist: %w", cfg.Database, ErrNotMigrated)
+	}
+	if err != nil {
+		return fmt.Errorf("connect to database %q: %w", cfg.Database, err)
+	}
+	defer conn.Close(ctx)
+	var version int
+	err = conn.QueryRow(ctx, `SELECT COALESCE((SELECT version FROM `+versionTable+`), 0)`).Scan(&version)
+	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table: never migrated
+		version, err = 0, nil
+	}
+	if err != nil {
+		return fmt.Errorf("read schema version of database %q: %w", cfg.Database, err)
+	}
+	names, err := fs.Glob(files, "*.sql")
+	if err != nil {
+		return err
+	}
+	if version < len(names) {
+		return fmt.Errorf("database %q has %d of the %d migrations this binary needs: %w", cfg.Database, version, len(names), ErrNotMigrated)
+	}
+	return nil
+}

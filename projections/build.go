@@ -75,7 +75,7 @@ func (b *builder) build(ctx context.Context, fill bool) error {
 	}
 	pos := eventlog.Start
 	if fill {
-		b.logger.InfoContext(ctx, "building projection beside the live one", "projection", b.p.Name, "version", b.p.Version, "schema", schema)
+		b.logger.InfoContext(ctx, "building projection beside the live one", "version", b.p.Version, "schema", schema)
 		if pos, err = b.catchUp(ctx, schema, eventlog.Start, nil); err != nil {
 			return err
 		}
@@ -88,7 +88,7 @@ func (b *builder) build(ctx context.Context, fill bool) error {
 	if err != nil {
 		return err
 	}
-	b.logger.InfoContext(ctx, "projection swapped in", "projection", b.p.Name, "version", b.p.Version, "schema", schema, "old_schema", old)
+	b.logger.InfoContext(ctx, "projection swapped in", "version", b.p.Version, "schema", schema, "old_schema", old)
 	if old != "" {
 		if err := b.dropSchema(ctx, old); err != nil {
 			// Harmless: the next build drops every unreferenced schema.

@@ -138,7 +138,7 @@ func (l *sessionLock) watch(logger *slog.Logger) {
 			return
 		case <-t.C:
 			if err := l.conn.Ping(l.ctx); err != nil && l.ctx.Err() == nil {
-				logger.Warn("projection lock connection lost; stopping", "projection", l.name, "err", err)
+				logger.Warn("projection lock connection lost; stopping", "err", err) // logger names the projection
 				l.cancel()
 				return
 			}

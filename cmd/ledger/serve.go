@@ -60,10 +60,12 @@ func runServe(ctx context.Context, cfg Config, logger *slog.Logger, migrate bool
 	if len(cfg.WebhookSecrets) == 0 {
 		return errors.New("STRIPE_WEBHOOK_SECRET is not set: refusing to accept unverifiable webhooks")
 	}
+	migrateOrCheck := migrations.Check // a missing or stale schema would answer 500 on every webhook
 	if migrate {
-		if err := migrations.Migrate(ctx, cfg.DatabaseURL); err != nil {
-			return err
-		}
+		migrateOrCheck = migrations.Migrate
+	}
+	if err := migrateOrCheck(ctx, cfg.DatabaseURL); err != nil {
+		return err
 	}
 	svc, err := OpenService(ctx, cfg, logger)
 	if err != nil {
@@ -73,6 +75,9 @@ func runServe(ctx context.Context, cfg Config, logger *slog.Logger, migrate bool
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	if cfg.APIToken == "" {
+		logger.Warn("LEDGER_API_TOKEN is not set: the read API (/v1) answers 503 until it is")
 	}
 	logger.Info("serving", "addr", ln.Addr().String(), "eventlog", svc.Backend)
 	return svc.Serve(ctx, ln)
