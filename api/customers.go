@@ -25,7 +25,7 @@ type customerJSON struct {
 	Plan          string             `json:"plan"`
 	Entitled      bool               `json:"entitled"`
 	AccessUntil   *time.Time         `json:"access_until"`
-	UpdatedAt     time.Time          `json:"updated_at"`
+	UpdatedAt     time.Time          `json:"updated_at,omitzero"` // zero in a state before the customer's first event
 	Subscriptions []subscriptionJSON `json:"subscriptions"`
 }
 

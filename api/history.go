@@ -128,6 +128,11 @@ func (s *Server) handleEventsCSV(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	for _, param := range []string{"after", "limit"} {
+		if c.QueryParams().Has(param) {
+			return domain.Errorf(domain.EINVALID, "events.csv exports the whole stream and takes no ?%s= (page with /events?after=&limit=)", param)
+		}
+	}
 	res := c.Response()
 	w := audit.NewCSVWriter(res)
 	err = audit.EachInStream(c.Request().Context(), s.cfg.Log, stream, 0, func(batch []eventlog.Record) error {

@@ -36,10 +36,10 @@ type Config struct {
 
 // ProjectionLag is one projection's progress as /readyz reports it.
 type ProjectionLag struct {
-	Name     string `json:"name"`
-	Position string `json:"position"`
-	Head     string `json:"head"`
-	Lag      int64  `json:"lag"`
+	Name     string            `json:"name"`
+	Position eventlog.Position `json:"position"` // "commit/prepare", as everywhere
+	Head     eventlog.Position `json:"head"`
+	Lag      int64             `json:"lag"`
 }
 
 // Server is the HTTP server. Create it with New; it is an http.Handler.
@@ -78,12 +78,14 @@ func New(cfg Config) (*Server, error) {
 	e.GET("/readyz", s.handleReadyz)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{})))
 
-	v1 := e.Group("/v1", s.requireToken)
-	v1.GET("/customers/:id", s.handleCustomer)
-	v1.GET("/subscriptions/:id", s.handleSubscription)
-	v1.GET("/customers/:id/events", s.handleEvents)
-	v1.GET("/customers/:id/events.csv", s.handleEventsCSV)
-	v1.GET("/customers/:id/state", s.handleState)
+	// The token guards each route rather than the group: a group middleware
+	// makes Echo route every method under /v1, so a POST would not be a 405.
+	v1 := e.Group("/v1")
+	v1.GET("/customers/:id", s.handleCustomer, s.requireToken)
+	v1.GET("/subscriptions/:id", s.handleSubscription, s.requireToken)
+	v1.GET("/customers/:id/events", s.handleEvents, s.requireToken)
+	v1.GET("/customers/:id/events.csv", s.handleEventsCSV, s.requireToken)
+	v1.GET("/customers/:id/state", s.handleState, s.requireToken)
 	return s, nil
 }
 
@@ -108,11 +110,16 @@ var statuses = []struct {
 	{domain.EINVALID, http.StatusBadRequest},
 	{domain.EUNAUTHORIZED, http.StatusUnauthorized},
 	{domain.ENOTFOUND, http.StatusNotFound},
+	{codeMethodNotAllowed, http.StatusMethodNotAllowed},
 	{domain.ECONFLICT, http.StatusConflict},
 	{domain.ETOOLARGE, http.StatusRequestEntityTooLarge},
 	{domain.EUNAVAILABLE, http.StatusServiceUnavailable},
 	{domain.ENOTCONFIGURED, http.StatusServiceUnavailable},
 }
+
+// codeMethodNotAllowed is the error code of a known route asked with a
+// method it does not answer; the only code that is HTTP's alone.
+const codeMethodNotAllowed = "method_not_allowed"
 
 // statusOf is the HTTP status of an error code; 500 for EINTERNAL and unknown codes.
 func statusOf(code string) int {
@@ -167,8 +174,9 @@ func (s *Server) requireToken(next echo.HandlerFunc) echo.HandlerFunc {
 		if s.cfg.APIToken == "" {
 			return domain.Errorf(domain.ENOTCONFIGURED, "the read API is disabled: set LEDGER_API_TOKEN to enable it")
 		}
-		got, ok := strings.CutPrefix(c.Request().Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.APIToken)) != 1 {
+		scheme, got, _ := strings.Cut(c.Request().Header.Get("Authorization"), " ")
+		got = strings.TrimLeft(got, " ")
+		if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.APIToken)) != 1 {
 			return domain.Errorf(domain.EUNAUTHORIZED, "missing or wrong bearer token")
 		}
 		return next(c)

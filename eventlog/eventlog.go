@@ -13,6 +13,8 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -68,8 +70,23 @@ func (p Position) Less(q Position) bool {
 	return p.Prepare < q.Prepare
 }
 
-// String renders p as "commit/prepare".
+// String renders p as "commit/prepare", its one text form (MarshalText).
 func (p Position) String() string { return fmt.Sprintf("%d/%d", p.Commit, p.Prepare) }
+
+// MarshalText renders p as String does, so JSON and logs show "7/3".
+func (p Position) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// UnmarshalText parses the "commit/prepare" form of MarshalText.
+func (p *Position) UnmarshalText(text []byte) error {
+	commit, prepare, ok := strings.Cut(string(text), "/")
+	c, err1 := strconv.ParseUint(commit, 10, 64)
+	q, err2 := strconv.ParseUint(prepare, 10, 64)
+	if !ok || err1 != nil || err2 != nil {
+		return fmt.Errorf("position %q is not commit/prepare", text)
+	}
+	*p = Position{Commit: c, Prepare: q}
+	return nil
+}
 
 // Handler receives consecutive batches of records from Subscribe. Returning an
 // error stops the subscription with that error.

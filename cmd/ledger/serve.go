@@ -182,7 +182,7 @@ func (s *Service) projectionLags(ctx context.Context) ([]api.ProjectionLag, erro
 	}
 	lags := make([]api.ProjectionLag, len(statuses))
 	for i, st := range statuses {
-		lags[i] = api.ProjectionLag{Name: st.Name, Position: st.Position.String(), Head: st.Head.String(), Lag: st.Lag}
+		lags[i] = api.ProjectionLag{Name: st.Name, Position: st.Position, Head: st.Head, Lag: st.Lag}
 	}
 	return lags, nil
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -166,19 +164,9 @@ func (s *subscription) wait(ctx context.Context, conn *pgx.Conn, timeout time.Du
 		case err != nil:
 			return fmt.Errorf("subscribe: wait for notification: %w", classify(err))
 		}
-		if pos, ok := parsePosition(n.Payload); !ok || s.pos.Less(pos) {
+		var pos eventlog.Position
+		if err := pos.UnmarshalText([]byte(n.Payload)); err != nil || s.pos.Less(pos) {
 			return nil
 		}
 	}
-}
-
-// parsePosition parses a notification's payload, "tx/global_position".
-func parsePosition(payload string) (eventlog.Position, bool) {
-	commit, prepare, ok := strings.Cut(payload, "/")
-	if !ok {
-		return eventlog.Position{}, false
-	}
-	c, err1 := strconv.ParseUint(commit, 10, 64)
-	p, err2 := strconv.ParseUint(prepare, 10, 64)
-	return eventlog.Position{Commit: c, Prepare: p}, err1 == nil && err2 == nil
 }
