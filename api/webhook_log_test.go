@@ -7,35 +7,14 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stripe-ledger/stripe-ledger/api"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
+	"github.com/stripe-ledger/stripe-ledger/internal/logtest"
 	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
 )
-
-// syncBuffer is a bytes.Buffer safe for the server's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// take returns what was written since the last take.
-func (b *syncBuffer) take() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	s := b.buf.String()
-	b.buf.Reset()
-	return s
-}
 
 // TestRejectedWebhookLogsOneWarning: each refused delivery is logged as one
 // WARN line with its reason, the event id the body names (when it has one)
@@ -43,7 +22,7 @@ func (b *syncBuffer) take() string {
 func TestRejectedWebhookLogsOneWarning(t *testing.T) {
 	t.Parallel()
 	pool, _ := pgtest.NewPool(t)
-	var logs syncBuffer
+	var logs logtest.Buffer
 	logger := slog.New(slog.NewJSONHandler(&logs, nil))
 	srv, err := api.New(api.Config{Log: postgres.New(pool, logger), DB: pool, WebhookSecrets: []string{secret, oldSecret}, Logger: logger})
 	if err != nil {
@@ -70,7 +49,7 @@ func TestRejectedWebhookLogsOneWarning(t *testing.T) {
 		if status < 400 {
 			t.Fatalf("%s: answered %d", tc.name, status)
 		}
-		out := logs.take()
+		out := logs.Take()
 		var lines []map[string]any
 		for sc := bufio.NewScanner(strings.NewReader(out)); sc.Scan(); {
 			var line map[string]any

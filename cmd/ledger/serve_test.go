@@ -5,12 +5,12 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/stripe-ledger/stripe-ledger/internal/logtest"
 	"github.com/stripe-ledger/stripe-ledger/migrations"
 	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
 )
@@ -47,7 +47,7 @@ func TestServeRefusesMissingOrUnmigratedDatabase(t *testing.T) {
 // text logs, and stops it once it serves.
 func TestServeWarnsWhenReadAPIDisabled(t *testing.T) {
 	t.Parallel()
-	var logs lockedBuffer
+	var logs logtest.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -72,22 +72,4 @@ func TestServeWarnsWhenReadAPIDisabled(t *testing.T) {
 	if !strings.Contains(logs.String(), `level=WARN msg="LEDGER_API_TOKEN is not set`) {
 		t.Errorf("no warning that /v1 is disabled:\n%s", logs.String())
 	}
-}
-
-// lockedBuffer is a bytes.Buffer safe for a running command's goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
