@@ -76,7 +76,7 @@ var objectNames = [...]string{
 // Events of other types are stored and streamed like any other, but carry no
 // facts; callers count them rather than fail.
 func Handles(eventType string) bool {
-	_, ok := eventKinds[eventType]
+	_, ok := kindOf(eventType)
 	return ok
 }
 
@@ -86,7 +86,7 @@ func Handles(eventType string) bool {
 // error. A handled event whose data.object cannot be read fails with an
 // EINVALID *Error naming the event and the field.
 func Decode(env Envelope, payload []byte, plans Plans) ([]Fact, error) {
-	kind, ok := eventKinds[env.Type]
+	kind, ok := kindOf(env.Type)
 	if !ok {
 		return nil, nil
 	}
@@ -136,6 +136,7 @@ func Decode(env Envelope, payload []byte, plans Plans) ([]Fact, error) {
 	if err != nil {
 		return nil, err
 	}
+	observedFact(env, payload, &fact)
 	return []Fact{fact}, nil
 }
 

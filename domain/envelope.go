@@ -19,6 +19,19 @@ type Envelope struct {
 	ObjectType string // data.object.object, e.g. "subscription"
 	ObjectID   string // data.object.id
 	CustomerID string // the customer the event is about, empty when it names none
+
+	// Thin events (Stripe's event notifications, "object": "v2.core.event",
+	// or a v1 event sent thin) carry no data.object, only what to fetch.
+	Thin          bool
+	SnapshotEvent string    // the full v1 event to fetch (/v1/events/<id>), when given
+	Related       ObjectRef // the object the event is about, when given
+}
+
+// ObjectRef is a thin event's related_object.
+type ObjectRef struct {
+	ID   string `json:"id"`
+	Type string `json:"type"`
+	URL  string `json:"url"` // the API path to fetch it, e.g. /v1/subscriptions/sub_…
 }
 
 type rawEnvelope struct {
@@ -26,11 +39,37 @@ type rawEnvelope struct {
 	Object     string `json:"object"`
 	Type       string `json:"type"`
 	APIVersion string `json:"api_version"`
-	Created    int64  `json:"created"`
-	Account    string `json:"account"`
+	Created    eventTime `json:"created"`
+	Account    string    `json:"account"`
 	Data       *struct {
 		Object json.RawMessage `json:"object"`
 	} `json:"data"`
+
+	Context       string     `json:"context"` // thin events: the Connect account
+	SnapshotEvent string     `json:"snapshot_event"`
+	RelatedObject *ObjectRef `json:"related_object"`
+}
+
+// eventTime is an event's created: Unix seconds in v1 events, an RFC 3339
+// string in v2 (thin) events. Anything else reads as 0 (none).
+type eventTime int64
+
+func (t *eventTime) UnmarshalJSON(data []byte) error {
+	*t = 0
+	if len(data) > 0 && data[0] == '"' {
+		var s string
+		if json.Unmarshal(data, &s) == nil {
+			if at, err := time.Parse(time.RFC3339Nano, s); err == nil {
+				*t = eventTime(at.Unix())
+			}
+		}
+		return nil
+	}
+	var sec int64
+	if json.Unmarshal(data, &sec) == nil {
+		*t = eventTime(sec)
+	}
+	return nil
 }
 
 // rawObject is what every data.object carries; Decode's structs embed it.
@@ -40,7 +79,7 @@ type rawObject struct {
 	Customer expandable `json:"customer"`
 }
 
-// ParseEnvelope decodes the envelope of a Stripe event. It fails, with an
+// ParseEnvelope decodes the envelope of a Stripe event, thin or not. It fails, with an
 // EINVALID *Error saying what is wrong, only when the payload is not JSON or
 // has no event id: whatever else is missing or odd (no type, no created, no
 // data.object), a verified event is still stored (DESIGN §2: none is ever
@@ -60,7 +99,7 @@ func ParseEnvelope(payload []byte) (Envelope, error) {
 	}
 	var created time.Time
 	if raw.Created > 0 {
-		created = time.Unix(raw.Created, 0).UTC()
+		created = time.Unix(int64(raw.Created), 0).UTC()
 	}
 	env := Envelope{
 		ID:         raw.ID,
@@ -74,6 +113,19 @@ func ParseEnvelope(payload []byte) (Envelope, error) {
 	}
 	if obj.Object == "customer" {
 		env.CustomerID = obj.ID
+	}
+	if raw.Object == "v2.core.event" || (raw.Data == nil && (raw.SnapshotEvent != "" || raw.RelatedObject != nil)) {
+		env.Thin, env.SnapshotEvent = true, raw.SnapshotEvent
+		if env.Account == "" {
+			env.Account = raw.Context
+		}
+		if raw.RelatedObject != nil {
+			env.Related = *raw.RelatedObject
+			env.ObjectType, env.ObjectID = raw.RelatedObject.Type, raw.RelatedObject.ID
+			if env.ObjectType == "customer" {
+				env.CustomerID = env.ObjectID
+			}
+		}
 	}
 	return env, nil
 }

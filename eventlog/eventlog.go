@@ -27,7 +27,30 @@ type Event struct {
 	Created    time.Time // Stripe's event time (one-second resolution)
 	Account    string    // Connect account, empty for the platform's own events
 	Payload    []byte    // the raw request body, byte for byte
-	Signature  string    // the Stripe-Signature header as received
+	Signature  string    // the Stripe-Signature header as received; empty when the event was fetched from Stripe's API
+	Source     Source    // how the ledger got it; empty means SourceWebhook
+}
+
+// Source is a record's provenance (DESIGN §10): how the ledger came to hold
+// it. Only a webhook delivery, or a thin event's notification, carries a
+// Stripe-Signature; what the ledger fetched from Stripe's API has none, by
+// design, and its source says so.
+type Source string
+
+// Sources.
+const (
+	SourceWebhook   Source = "webhook"   // delivered to POST /stripe/webhook, signature verified
+	SourceBackfill  Source = "backfill"  // listed from /v1/events by ledger backfill
+	SourceReconcile Source = "reconcile" // an object observed by ledger reconcile (ledger.observed.*)
+	SourceThin      Source = "thin"      // a thin event's notification (signed), or what was fetched for it
+)
+
+// OrWebhook is s, or SourceWebhook when s is empty: what a backend stores.
+func (s Source) OrWebhook() Source {
+	if s == "" {
+		return SourceWebhook
+	}
+	return s
 }
 
 // Record is an Event as stored, with the attributes the log assigned.

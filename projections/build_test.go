@@ -29,7 +29,7 @@ func TestVersionChange(t *testing.T) {
 	v1 := Billing(testPlans(t))
 	plans := maps.Clone(v1.Plans)
 	plans["price_basic_monthly"] = "starter" // known by its lookup key "basic" in version 1
-	v2 := Projection{Name: v1.Name, Version: 2, Plans: plans}
+	v2 := Projection{Name: v1.Name, Version: BillingVersion + 1, Plans: plans}
 	ds := lifecycles(20, 40)
 	split := len(ds) * 2 / 3
 	appendAll(t, log, ds[:split])
@@ -248,7 +248,7 @@ func TestBuildInterrupted(t *testing.T) {
 	t.Parallel()
 	pool, log := newLog(t)
 	v1 := Billing(testPlans(t))
-	v2 := Projection{Name: v1.Name, Version: 2, Plans: v1.Plans}
+	v2 := Projection{Name: v1.Name, Version: BillingVersion + 1, Plans: v1.Plans}
 	appendAll(t, log, lifecycles(22, 20))
 	stop := startRunner(t, newRunner(t, pool, log, v1))
 	live := waitCaughtUp(t, pool, log, v1)
@@ -309,7 +309,7 @@ func TestRebuildNeverDowngrades(t *testing.T) {
 	t.Parallel()
 	pool, log := newLog(t)
 	v1 := Billing(testPlans(t))
-	v2 := Projection{Name: v1.Name, Version: 2, Plans: v1.Plans}
+	v2 := Projection{Name: v1.Name, Version: BillingVersion + 1, Plans: v1.Plans}
 	ctx := context.Background()
 	if err := Rebuild(ctx, pool, log, v2, Options{Logger: testLogger(t)}); err != nil {
 		t.Fatal(err)
@@ -319,7 +319,7 @@ func TestRebuildNeverDowngrades(t *testing.T) {
 		t.Fatalf("rebuild of version 1 over a live version 2: err = %v, want a refusal", err)
 	}
 	cp, _, err := loadCheckpoint(ctx, pool, v1.Name, "")
-	if err != nil || cp.Version != 2 {
-		t.Fatalf("live version after the refused rebuild = %d (%v), want 2", cp.Version, err)
+	if err != nil || cp.Version != v2.Version {
+		t.Fatalf("live version after the refused rebuild = %d (%v), want %d", cp.Version, err, v2.Version)
 	}
 }

@@ -94,7 +94,7 @@ func TestRebuildUnderTraffic(t *testing.T) {
 	v1Plans, _ := domain.ParsePlans(domaintest.Plans)
 	v2Plans := maps.Clone(v1Plans)
 	v2Plans["price_basic_monthly"] = "starter" // version 1 names it by its lookup key, "basic"
-	v2 := projections.Projection{Name: "billing", Version: 2, Plans: v2Plans}
+	v2 := projections.Projection{Name: "billing", Version: projections.BillingVersion + 1, Plans: v2Plans}
 	pool, err := pgxpool.New(ctx, url)
 	if err != nil {
 		t.Fatal(err)

@@ -78,6 +78,7 @@ type Entry struct {
 	Created       time.Time `json:"created"`
 	ReceivedAt    time.Time `json:"received_at"`
 	StreamVersion int64     `json:"stream_version"`
+	Source        string    `json:"source"` // provenance: webhook, backfill, reconcile or thin
 	PayloadSHA256 string    `json:"payload_sha256"`
 	PrevHash      string    `json:"prev_hash"`
 	Hash          string    `json:"hash"`
@@ -94,6 +95,7 @@ func NewEntry(r eventlog.Record) Entry {
 		Created:       r.Created.UTC(),
 		ReceivedAt:    r.ReceivedAt.UTC(),
 		StreamVersion: r.StreamVersion,
+		Source:        string(r.Source.OrWebhook()),
 		PayloadSHA256: hex.EncodeToString(r.PayloadSHA256),
 		PrevHash:      hex.EncodeToString(r.PrevHash),
 		Hash:          hex.EncodeToString(r.Hash),
@@ -162,7 +164,7 @@ func (w *JSONLWriter) Write(r eventlog.Record) error {
 
 // CSVHeader is the first row CSVWriter writes.
 var CSVHeader = []string{"event_id", "stream", "type", "api_version", "created", "received_at",
-	"stream_version", "payload_sha256", "prev_hash", "hash", "payload"}
+	"stream_version", "source", "payload_sha256", "prev_hash", "hash", "payload"}
 
 // CSVWriter writes records as CSV (RFC 4180), one row per record under
 // CSVHeader; the payload is the last column, as text.
@@ -185,7 +187,7 @@ func (w *CSVWriter) Write(r eventlog.Record) error {
 	e := NewEntry(r)
 	err := w.w.Write([]string{e.EventID, e.Stream, e.Type, e.APIVersion,
 		e.Created.Format(time.RFC3339Nano), e.ReceivedAt.Format(time.RFC3339Nano),
-		strconv.FormatInt(e.StreamVersion, 10), e.PayloadSHA256, e.PrevHash, e.Hash, string(r.Payload)})
+		strconv.FormatInt(e.StreamVersion, 10), e.Source, e.PayloadSHA256, e.PrevHash, e.Hash, string(r.Payload)})
 	if err != nil {
 		return fmt.Errorf("write event %s: %w", r.ID, err)
 	}

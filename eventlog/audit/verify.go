@@ -26,6 +26,7 @@ type Report struct {
 	Streams          int64     // streams with at least one record
 	Events           int64     // records checked
 	SignaturesTested bool      // whether stored signatures were checked against webhook secrets
+	UnsignedByDesign int64     // records fetched from Stripe's API, which no Stripe-Signature covers (see Verify)
 	ProblemCount     int64     // every problem found
 	Problems         []Problem // the first MaxProblems of them, in the order found
 }
@@ -56,6 +57,10 @@ func (p Problem) String() string {
 //   - hash must be ChainHash(prev_hash, payload_sha256);
 //   - with secrets, the stored Stripe-Signature must match the stored payload
 //     under one of them (the timestamp's age is ignored: it was checked on receipt).
+//     A record whose provenance says the ledger fetched it from Stripe's API
+//     (backfill, reconcile, or the snapshot fetched for a thin event) has no
+//     signature by design: it is counted in UnsignedByDesign, not a problem.
+//     A webhook delivery or a thin event's notification without one is.
 //
 // Each link is checked against the stored neighbour, so one edit is reported
 // where it was made instead of at every later record. Deleting a stream's last
@@ -143,7 +148,11 @@ func (v *verifier) check(r eventlog.Record) {
 	if want := eventlog.ChainHash(r.PrevHash, r.PayloadSHA256); !bytes.Equal(r.Hash, want) {
 		fail("hash %x is not sha256(prev_hash || payload_sha256) = %x", r.Hash, want)
 	}
-	checkMetadata(r, fail)
+	env, envOK := checkMetadata(r, fail)
+	if r.Signature == "" && envOK && unsignedByDesign(r.Source, env) {
+		v.report.UnsignedByDesign++
+		return
+	}
 	if len(v.secrets) > 0 {
 		if err := verifySignature(r, v.secrets); err != nil {
 			fail("%v", err)
@@ -151,15 +160,29 @@ func (v *verifier) check(r eventlog.Record) {
 	}
 }
 
+// unsignedByDesign reports whether a record of this provenance was fetched
+// from Stripe's API rather than delivered, so no Stripe-Signature covers it.
+// A thin event's notification is delivered (and signed); what the ledger
+// fetched for it is not.
+func unsignedByDesign(source eventlog.Source, env domain.Envelope) bool {
+	switch source {
+	case eventlog.SourceBackfill, eventlog.SourceReconcile:
+		return true
+	case eventlog.SourceThin:
+		return !env.Thin
+	}
+	return false
+}
+
 // checkMetadata compares the record's columns with what its payload says:
 // the projections and the point-in-time view trust them (type, created,
 // account), so an edit of a column is tampering as much as an edit of the
 // payload.
-func checkMetadata(r eventlog.Record, fail func(format string, args ...any)) {
+func checkMetadata(r eventlog.Record, fail func(format string, args ...any)) (domain.Envelope, bool) {
 	env, err := domain.ParseEnvelope(r.Payload)
 	if err != nil {
 		fail("the payload is not a Stripe event: %v", err)
-		return
+		return env, false
 	}
 	for _, c := range []struct{ column, stored, payload string }{
 		{"event_id", r.ID, env.ID},
@@ -175,6 +198,7 @@ func checkMetadata(r eventlog.Record, fail func(format string, args ...any)) {
 	if !r.Created.Equal(env.Created) {
 		fail("created is %s but the payload says %s", r.Created.UTC().Format(time.RFC3339), env.Created.Format(time.RFC3339))
 	}
+	return env, true
 }
 
 // verifySignature checks the stored Stripe-Signature against the stored

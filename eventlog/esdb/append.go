@@ -26,6 +26,7 @@ type Metadata struct {
 	Created       time.Time `json:"created"`
 	Account       string    `json:"account,omitempty"`
 	Signature     string    `json:"signature"`
+	Source        string    `json:"source,omitempty"` // eventlog.Source; absent before provenance was recorded: webhook
 	ReceivedAt    time.Time `json:"received_at"`
 	PayloadSHA256 string    `json:"payload_sha256"`
 	PrevHash      string    `json:"prev_hash"`
@@ -207,6 +208,7 @@ func (l *Log) appendChained(ctx context.Context, e eventlog.Event, id uuid.UUID)
 			Created:       e.Created.UTC(),
 			Account:       e.Account,
 			Signature:     e.Signature,
+			Source:        string(e.Source.OrWebhook()),
 			ReceivedAt:    time.Now().UTC(),
 			PayloadSHA256: hex.EncodeToString(payloadSHA[:]),
 			PrevHash:      hex.EncodeToString(prevHash),

@@ -221,6 +221,7 @@ func (l *Log) record(ev *esdb.RecordedEvent) (eventlog.Record, error) {
 			Account:    md.Account,
 			Payload:    ev.Data,
 			Signature:  md.Signature,
+			Source:     eventlog.Source(md.Source).OrWebhook(),
 		},
 		StreamVersion: int64(ev.EventNumber),
 		Position:      position(ev.Position),

@@ -45,6 +45,7 @@ func Run(t *testing.T, newLog func(t *testing.T) eventlog.Log) {
 		{"SubscribeWhileAppending", testSubscribeWhileAppending},
 		{"SubscribeHandlerError", testSubscribeHandlerError},
 		{"SubscribeCancelled", testSubscribeCancelled},
+		{"Provenance", testProvenance},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -83,6 +84,26 @@ func testAppendThenReadStream(t *testing.T, l eventlog.Log) {
 				t.Errorf("ReceivedAt %v, want about %v", r.ReceivedAt, before)
 			}
 		})
+	}
+}
+
+// Every source is stored and read back; an event without one is a webhook
+// delivery; an unsigned event is stored as such.
+func testProvenance(t *testing.T, l eventlog.Log) {
+	stream := NewStream("provenance")
+	for _, src := range []eventlog.Source{"", eventlog.SourceWebhook, eventlog.SourceBackfill, eventlog.SourceReconcile, eventlog.SourceThin} {
+		e := NewEvent(stream)
+		e.Source = src
+		if src == eventlog.SourceBackfill || src == eventlog.SourceReconcile {
+			e.Signature = ""
+		}
+		mustAppend(t, l, e)
+		recs := readStream(t, l, stream)
+		checkEvent(t, recs[len(recs)-1].Event, e)
+	}
+	recs, err := l.ReadAll(t.Context(), eventlog.Start, 10)
+	if err != nil || len(recs) != 5 || recs[2].Source != eventlog.SourceBackfill {
+		t.Fatalf("ReadAll: %d records, %v; want 5, the third from backfill", len(recs), err)
 	}
 }
 
@@ -539,6 +560,7 @@ func checkEvent(t *testing.T, got, want eventlog.Event) {
 		{"Account", got.Account, want.Account},
 		{"Payload", string(got.Payload), string(want.Payload)},
 		{"Signature", got.Signature, want.Signature},
+		{"Source", got.Source, want.Source.OrWebhook()},
 	} {
 		if f.got != f.want {
 			t.Errorf("event %s: stored %s %q, appended %q", want.ID, f.name, f.got, f.want)

@@ -145,7 +145,7 @@ var _ eventlog.Log = (*Log)(nil)
 // ledger_append takes is released only when that transaction commits, and
 // ledger_append is the transaction's first write, as it requires.
 const appendSQL = `SELECT duplicate, stream_version, tx, global_position
-  FROM ledger_append($1, $2, $3, $4, $5, $6, $7, $8)`
+  FROM ledger_append($1, $2, $3, $4, $5, $6, $7, $8, $9)`
 
 // Append implements eventlog.Log. It returns once the row is committed, which
 // with synchronous_commit on (the default) means flushed to the WAL.
@@ -155,7 +155,7 @@ func (l *Log) Append(ctx context.Context, e eventlog.Event) (eventlog.AppendResu
 	}
 	var res eventlog.AppendResult
 	err := l.pool.QueryRow(ctx, appendSQL, e.ID, e.Stream, e.Type, e.APIVersion, e.Created,
-		e.Account, e.Payload, e.Signature).Scan(&res.Duplicate, &res.StreamVersion, &res.Position.Commit, &res.Position.Prepare)
+		e.Account, e.Payload, e.Signature, string(e.Source.OrWebhook())).Scan(&res.Duplicate, &res.StreamVersion, &res.Position.Commit, &res.Position.Prepare)
 	if err != nil {
 		return eventlog.AppendResult{}, fmt.Errorf("append %s to %s: %w", e.ID, e.Stream, classify(err))
 	}
@@ -205,7 +205,7 @@ func (l *Log) notify(ctx context.Context) {
 }
 
 const recordColumns = `tx, global_position, event_id, stream, stream_version, type, api_version,
-       created, received_at, account, payload, signature, payload_sha256, prev_hash, hash`
+       created, received_at, account, payload, signature, source, payload_sha256, prev_hash, hash`
 
 const readStreamSQL = `SELECT ` + recordColumns + `
   FROM events WHERE stream = $1 AND stream_version >= $2
@@ -348,7 +348,7 @@ func queryRecords(ctx context.Context, q querier, sql string, args ...any) ([]ev
 func scanRecord(row pgx.CollectableRow) (eventlog.Record, error) {
 	var r eventlog.Record
 	err := row.Scan(&r.Position.Commit, &r.Position.Prepare, &r.ID, &r.Stream, &r.StreamVersion, &r.Type, &r.APIVersion,
-		&r.Created, &r.ReceivedAt, &r.Account, &r.Payload, &r.Signature,
+		&r.Created, &r.ReceivedAt, &r.Account, &r.Payload, &r.Signature, &r.Source,
 		&r.PayloadSHA256, &r.PrevHash, &r.Hash)
 	r.Created, r.ReceivedAt = r.Created.UTC(), r.ReceivedAt.UTC()
 	return r, err
