@@ -32,16 +32,10 @@ var observedKinds = map[string]objectKind{
 	ObservedInvoice:      invoiceObject,
 }
 
-// ObservedType is the observed-snapshot event type for a Stripe object
-// ("customer", "subscription", "invoice"), "" for objects the ledger does not
-// observe.
-func ObservedType(object string) string {
-	t := "ledger.observed." + object
-	if _, ok := observedKinds[t]; !ok {
-		return ""
-	}
-	return t
-}
+// ObservedType is the observed-snapshot event type for a Stripe object type
+// ("subscription": ledger.observed.subscription). Snapshots of any object
+// can be stored; Decode folds customers, subscriptions and invoices.
+func ObservedType(object string) string { return "ledger.observed." + object }
 
 // kindOf is the object kind Decode reads for an event type.
 func kindOf(eventType string) (objectKind, bool) {
@@ -66,13 +60,10 @@ type Observation struct {
 // storing the same observation twice is a duplicate.
 func ObservedEvent(o Observation) ([]byte, Envelope, error) {
 	var head rawObject
-	if err := json.Unmarshal(o.Object, &head); err != nil || head.ID == "" {
-		return nil, Envelope{}, Errorf(EINVALID, "observed object is not a Stripe object with an id")
+	if err := json.Unmarshal(o.Object, &head); err != nil || head.ID == "" || head.Object == "" {
+		return nil, Envelope{}, Errorf(EINVALID, "observed object is not a Stripe object with an id and a type")
 	}
 	typ := ObservedType(head.Object)
-	if typ == "" {
-		return nil, Envelope{}, Errorf(EINVALID, "objects of type %q are not observed", head.Object)
-	}
 	created := o.FetchedAt.UTC().Truncate(time.Second)
 	sum := sha256.New()
 	fmt.Fprintf(sum, "%s\x00%s\x00%d\x00%s\x00", typ, o.Account, o.FetchedAt.UnixNano(), o.Source)

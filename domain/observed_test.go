@@ -64,8 +64,16 @@ func TestObservedDeletedCustomer(t *testing.T) {
 	if err != nil || len(facts) != 1 || facts[0].Customer == nil || !facts[0].Customer.Deleted {
 		t.Fatalf("facts %+v, %v: want a deleted customer", facts, err)
 	}
-	if _, _, err := domain.ObservedEvent(domain.Observation{Object: json.RawMessage(`{"id":"ch_1","object":"charge"}`)}); err == nil {
-		t.Fatal("a charge was accepted as an observed object")
+	// Any object can be kept; only customers, subscriptions and invoices fold.
+	charge, env, err := domain.ObservedEvent(domain.Observation{Object: json.RawMessage(`{"id":"ch_1","object":"charge","customer":"cus_1"}`)})
+	if err != nil || env.Type != "ledger.observed.charge" || domain.Handles(env.Type) {
+		t.Fatalf("observed charge: %+v, %v", env, err)
+	}
+	if facts, err := domain.Facts(charge, nil); err != nil || len(facts) != 0 {
+		t.Fatalf("an observed charge gave facts %+v, %v", facts, err)
+	}
+	if _, _, err := domain.ObservedEvent(domain.Observation{Object: json.RawMessage(`{"object":"charge"}`)}); err == nil {
+		t.Fatal("an object without an id was accepted")
 	}
 }
 
