@@ -35,10 +35,10 @@ type ObjectRef struct {
 }
 
 type rawEnvelope struct {
-	ID         string `json:"id"`
-	Object     string `json:"object"`
-	Type       string `json:"type"`
-	APIVersion string `json:"api_version"`
+	ID         string    `json:"id"`
+	Object     string    `json:"object"`
+	Type       string    `json:"type"`
+	APIVersion string    `json:"api_version"`
 	Created    eventTime `json:"created"`
 	Account    string    `json:"account"`
 	Data       *struct {
