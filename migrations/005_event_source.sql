@@ -67,5 +67,5 @@ $$;
 -- Not reversible: dropping the column would erase the provenance of records
 -- the log promises never to alter.
 DO $$ BEGIN
-    RAISE EXCEPTION 'migration 004 (events.source) cannot be reverted: it would erase the records'' provenance';
+    RAISE EXCEPTION 'migration 005 (events.source) cannot be reverted: it would erase the records'' provenance';
 END $$;
