@@ -1,9 +1,11 @@
 // Package postgres implements eventlog.Log on PostgreSQL (DESIGN §2).
 //
 // Records live in the events table of migrations/001_event_log.sql. Appends go
-// through the ledger_append function, which serialises the appends of one
-// stream under a transaction-scoped advisory lock; appends to different
-// streams commit concurrently.
+// through the ledger_append and ledger_append_batch functions (005 and 006),
+// which serialise the appends of one stream under a transaction-scoped
+// advisory lock; appends to different streams commit concurrently.
+// Concurrent Appends are grouped into one ledger_append_batch call, one
+// transaction and one WAL flush (group commit, see Append).
 //
 // The global order is (tx, global_position): the appending transaction's id,
 // then a sequence number, exposed as eventlog.Position{Commit: tx, Prepare:
@@ -66,6 +68,19 @@ type Log struct {
 	settleTimeout time.Duration
 	completeReads bool // a settle that times out is an error, not a shorter answer
 
+	// Group commit (append.go): Append hands its event to one of committers
+	// goroutines, started by the first append and stopped by Close, which
+	// store what is waiting in batches of up to maxBatch events and
+	// maxBatchBytes of payload.
+	committers    int
+	maxBatch      int
+	maxBatchBytes int
+	appends       chan *appendRequest
+	commitOnce    sync.Once
+	committing    sync.WaitGroup
+	closing       chan struct{}
+	closeOnce     sync.Once
+
 	// The notifier: Append records the latest position it committed and wakes
 	// one goroutine, started by the first append and stopped by Close, which
 	// sends NOTIFYs one at a time, so a burst of appends costs few of them.
@@ -125,6 +140,20 @@ func WithCompleteReads(d time.Duration) Option {
 	}
 }
 
+// WithGroupCommit sets how many append batches may commit at once (one
+// connection each; default 8) and the most events one batch holds (default
+// 128). A batch size of 1 turns grouping off.
+func WithGroupCommit(committers, maxBatch int) Option {
+	return func(l *Log) {
+		if committers > 0 {
+			l.committers = committers
+		}
+		if maxBatch > 0 {
+			l.maxBatch = maxBatch
+		}
+	}
+}
+
 // New returns a Log on pool, a database migrated with the ledger's
 // migrations. A nil logger discards the log's messages.
 func New(pool *pgxpool.Pool, logger *slog.Logger, opts ...Option) *Log {
@@ -132,7 +161,8 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, opts ...Option) *Log {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	l := &Log{pool: pool, logger: logger, batchSize: 1000, pollInterval: 5 * time.Second, settleTimeout: time.Second,
-		wake: make(chan struct{}, 1)}
+		committers: defaultCommitters, maxBatch: defaultMaxBatch, maxBatchBytes: defaultMaxBatchBytes,
+		appends: make(chan *appendRequest), closing: make(chan struct{}), wake: make(chan struct{}, 1)}
 	for _, opt := range opts {
 		opt(l)
 	}
@@ -140,30 +170,6 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, opts ...Option) *Log {
 }
 
 var _ eventlog.Log = (*Log)(nil)
-
-// appendSQL is one statement, hence one implicit transaction: the stream lock
-// ledger_append takes is released only when that transaction commits, and
-// ledger_append is the transaction's first write, as it requires.
-const appendSQL = `SELECT duplicate, stream_version, tx, global_position
-  FROM ledger_append($1, $2, $3, $4, $5, $6, $7, $8, $9)`
-
-// Append implements eventlog.Log. It returns once the row is committed, which
-// with synchronous_commit on (the default) means flushed to the WAL.
-func (l *Log) Append(ctx context.Context, e eventlog.Event) (eventlog.AppendResult, error) {
-	if e.ID == "" || e.Stream == "" {
-		return eventlog.AppendResult{}, fmt.Errorf("append %q to stream %q: event id and stream are required", e.ID, e.Stream)
-	}
-	var res eventlog.AppendResult
-	err := l.pool.QueryRow(ctx, appendSQL, e.ID, e.Stream, e.Type, e.APIVersion, e.Created,
-		e.Account, e.Payload, e.Signature, string(e.Source.OrWebhook())).Scan(&res.Duplicate, &res.StreamVersion, &res.Position.Commit, &res.Position.Prepare)
-	if err != nil {
-		return eventlog.AppendResult{}, fmt.Errorf("append %s to %s: %w", e.ID, e.Stream, classify(err))
-	}
-	if !res.Duplicate {
-		l.announce(res.Position)
-	}
-	return res, nil
-}
 
 // announce wakes subscribers (of every process) to a committed append at pos.
 func (l *Log) announce(pos eventlog.Position) {
@@ -201,8 +207,18 @@ func (l *Log) notify(ctx context.Context) {
 		if _, err := l.pool.Exec(ctx, "SELECT pg_notify('ledger_events', $1)", payload); err != nil && ctx.Err() == nil {
 			l.logger.Warn("notify subscribers of new events; they will poll", "err", err)
 		}
+		// A NOTIFY costs the database about what an append does; subscribers
+		// read at most every minCatchUpInterval anyway.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(minNotifyInterval):
+		}
 	}
 }
+
+// minNotifyInterval is the least time between two NOTIFYs of one Log.
+const minNotifyInterval = minCatchUpInterval / 2
 
 const recordColumns = `tx, global_position, event_id, stream, stream_version, type, api_version,
        created, received_at, account, payload, signature, source, payload_sha256, prev_hash, hash`
@@ -317,10 +333,13 @@ func (l *Log) settle(ctx context.Context) (uint64, error) {
 	return horizon, nil // at the deadline: what is safe to read
 }
 
-// Close implements eventlog.Log: it stops the notifier. Subscribe's
-// connection belongs to the Subscribe call, and the pool is the caller's to
-// close.
+// Close implements eventlog.Log: it refuses further appends, waits for the
+// batches being stored, and stops the notifier. Subscribe's connection
+// belongs to the Subscribe call, and the pool is the caller's to close.
 func (l *Log) Close() {
+	l.closeOnce.Do(func() { close(l.closing) })
+	l.commitOnce.Do(func() {}) // no committer starts after Close
+	l.committing.Wait()
 	l.notifyOnce.Do(func() {}) // no notifier starts after Close
 	if l.stopNotifier != nil {
 		l.stopNotifier()

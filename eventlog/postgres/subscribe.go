@@ -92,7 +92,18 @@ func (s *subscription) follow(ctx context.Context) error {
 	}
 	s.listened = true
 	heldBackDelay := minHeldBackDelay
+	var last time.Time
 	for {
+		// Under a stream of commits, each read takes what a few of them
+		// wrote, instead of paying a horizon and a handler call for each.
+		if wait := time.Until(last.Add(minCatchUpInterval)); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(wait):
+			}
+		}
+		last = time.Now()
 		heldBack, err := s.catchUp(ctx, conn)
 		if err != nil {
 			return err
@@ -110,6 +121,11 @@ func (s *subscription) follow(ctx context.Context) error {
 	}
 }
 
+// minCatchUpInterval is the least time between the starts of two reads of
+// one subscription after it has caught up: the most a live record waits for
+// the commits that follow it.
+const minCatchUpInterval = 10 * time.Millisecond
+
 // Polling while committed records are held back: from minHeldBackDelay,
 // doubling up to maxHeldBackDelay (and never beyond the poll interval).
 const (
@@ -118,9 +134,13 @@ const (
 )
 
 // horizonSQL takes the horizon and reports whether a record committed by then
-// lies at or beyond it, held back.
-const horizonSQL = `SELECT h.h, EXISTS (SELECT 1 FROM events WHERE tx >= h.h)
-  FROM (SELECT ledger_horizon() AS h) h`
+// lies at or beyond it, held back. It compares with the largest tx, which the
+// index gives at once: an EXISTS (tx >= horizon) was planned, once the
+// statement was cached, as a scan of the whole table calling
+// ledger_horizon() for every row (usually no row qualifies). OFFSET 0 keeps
+// the horizon one call.
+const horizonSQL = `SELECT h.h, coalesce((SELECT tx FROM events ORDER BY tx DESC LIMIT 1) >= h.h, false)
+  FROM (SELECT ledger_horizon() AS h OFFSET 0) h`
 
 // catchUp hands h every record after s.pos below the horizon, batch by
 // batch. heldBack reports whether records committed when it took the horizon

@@ -1,0 +1,226 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+)
+
+// Group commit defaults: committers is how many batches may be in flight at
+// once (one connection each), maxBatch and maxBatchBytes bound one batch.
+// Measured on the 2-core development machine under load (bench/loadgen,
+// BenchmarkAppend): 2 or 4 committers batched more but ingested less than 8,
+// whose database backends got the CPU share that independent appends had.
+// With 8, appends are grouped once more than 8 are waiting.
+const (
+	defaultCommitters    = 8
+	defaultMaxBatch      = 128
+	defaultMaxBatchBytes = 8 << 20
+)
+
+// errClosed answers appends made after Close.
+var errClosed = errors.New("event log closed")
+
+// appendRequest is one Append waiting for the batch it joined to commit.
+type appendRequest struct {
+	ctx  context.Context
+	e    eventlog.Event
+	done chan appendAnswer // buffered: the committer never waits for the caller
+}
+
+type appendAnswer struct {
+	res eventlog.AppendResult
+	err error
+}
+
+// appendSQL and appendBatchSQL are one statement each, hence one implicit
+// transaction: the stream locks the functions take are released only when
+// that transaction commits, and each is its transaction's first write, as
+// they require. A lone event goes through ledger_append, which costs the
+// database less than a batch of one.
+const (
+	appendSQL = `SELECT duplicate, stream_version, tx, global_position
+  FROM ledger_append($1, $2, $3, $4, $5, $6, $7, $8, $9)`
+	appendBatchSQL = `SELECT ord, duplicate, stream_version, tx, global_position
+  FROM ledger_append_batch($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::bytea[], $8::text[], $9::text[])`
+)
+
+// Append implements eventlog.Log. It returns once the row is committed, which
+// with synchronous_commit on (the default) means flushed to the WAL.
+//
+// Concurrent appends are grouped: the event joins whatever other appends are
+// waiting when a committer is free (with every committer busy), and the group is stored in one
+// transaction (ledger_append_batch), so that they share one WAL flush. Each
+// is answered once that transaction has committed; when it fails for want of
+// the database, every append in it fails with ErrUnavailable and none is
+// stored. Any other failure (an event the database refuses) is retried one
+// event at a time, so that it fails that event alone.
+func (l *Log) Append(ctx context.Context, e eventlog.Event) (eventlog.AppendResult, error) {
+	if e.ID == "" || e.Stream == "" {
+		return eventlog.AppendResult{}, fmt.Errorf("append %q to stream %q: event id and stream are required", e.ID, e.Stream)
+	}
+	if err := ctx.Err(); err != nil {
+		return eventlog.AppendResult{}, fmt.Errorf("append %s to %s: %w", e.ID, e.Stream, classify(err))
+	}
+	l.startCommitters()
+	req := &appendRequest{ctx: ctx, e: e, done: make(chan appendAnswer, 1)}
+	select {
+	case l.appends <- req:
+	case <-l.closing:
+		return eventlog.AppendResult{}, fmt.Errorf("append %s to %s: %w", e.ID, e.Stream, errClosed)
+	case <-ctx.Done():
+		return eventlog.AppendResult{}, fmt.Errorf("append %s to %s: %w", e.ID, e.Stream, classify(ctx.Err()))
+	}
+	select {
+	case a := <-req.done:
+		return a.res, a.err
+	case <-ctx.Done():
+		// The batch may still commit it: a retry is then answered as a duplicate.
+		return eventlog.AppendResult{}, fmt.Errorf("append %s to %s: %w", e.ID, e.Stream, classify(ctx.Err()))
+	}
+}
+
+// startCommitters starts the committer goroutines on the first append; Close stops them.
+func (l *Log) startCommitters() {
+	l.commitOnce.Do(func() {
+		for range l.committers {
+			l.committing.Go(l.commit)
+		}
+	})
+}
+
+// commit takes the waiting appends, a batch at a time, and stores them,
+// until Close.
+func (l *Log) commit() {
+	for {
+		var first *appendRequest
+		select {
+		case first = <-l.appends:
+		case <-l.closing:
+			return
+		}
+		l.store(l.gather(first))
+	}
+}
+
+// gather returns first and the appends waiting behind it, within the batch limits.
+func (l *Log) gather(first *appendRequest) []*appendRequest {
+	batch, size := []*appendRequest{first}, len(first.e.Payload)
+	for len(batch) < l.maxBatch && size < l.maxBatchBytes {
+		select {
+		case req := <-l.appends:
+			batch, size = append(batch, req), size+len(req.e.Payload)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// store appends batch in one transaction and answers each request. A batch
+// the database refuses for another reason than unavailability is stored one
+// event at a time instead, so that only the offending event fails.
+func (l *Log) store(batch []*appendRequest) {
+	live := batch[:0]
+	for _, req := range batch {
+		if err := req.ctx.Err(); err != nil {
+			req.done <- appendAnswer{err: fmt.Errorf("append %s to %s: %w", req.e.ID, req.e.Stream, classify(err))}
+			continue
+		}
+		live = append(live, req)
+	}
+	if len(live) == 0 {
+		return
+	}
+	results, err := l.appendBatch(live)
+	if err != nil && !unavailable(err) && len(live) > 1 {
+		for _, req := range live {
+			l.store([]*appendRequest{req})
+		}
+		return
+	}
+	var latest eventlog.Position
+	for i, req := range live {
+		if err != nil {
+			req.done <- appendAnswer{err: fmt.Errorf("append %s to %s: %w", req.e.ID, req.e.Stream, classify(err))}
+			continue
+		}
+		req.done <- appendAnswer{res: results[i]}
+		if !results[i].Duplicate && latest.Less(results[i].Position) {
+			latest = results[i].Position
+		}
+	}
+	if latest != eventlog.Start {
+		l.announce(latest)
+	}
+}
+
+// appendBatch runs ledger_append (one event) or ledger_append_batch on batch. Its context ends when every
+// request in the batch has given up waiting.
+func (l *Log) appendBatch(batch []*appendRequest) ([]eventlog.AppendResult, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	waiting := make(chan struct{}, len(batch))
+	for _, req := range batch {
+		stop := context.AfterFunc(req.ctx, func() {
+			waiting <- struct{}{}
+			if len(waiting) == len(batch) {
+				cancel()
+			}
+		})
+		defer stop()
+	}
+
+	if len(batch) == 1 {
+		e := batch[0].e
+		var res eventlog.AppendResult
+		err := l.pool.QueryRow(ctx, appendSQL, e.ID, e.Stream, e.Type, e.APIVersion, e.Created, e.Account, e.Payload, e.Signature,
+			string(e.Source.OrWebhook())).
+			Scan(&res.Duplicate, &res.StreamVersion, &res.Position.Commit, &res.Position.Prepare)
+		return []eventlog.AppendResult{res}, err
+	}
+	n := len(batch)
+	var (
+		ids, streams, types, apiVersions = make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		accounts, signatures, sources    = make([]string, n), make([]string, n), make([]string, n)
+		created                          = make([]time.Time, n)
+		payloads                         = make([][]byte, n)
+	)
+	for i, req := range batch {
+		e := req.e
+		ids[i], streams[i], types[i], apiVersions[i] = e.ID, e.Stream, e.Type, e.APIVersion
+		accounts[i], signatures[i], created[i], payloads[i] = e.Account, e.Signature, e.Created, e.Payload
+		sources[i] = string(e.Source.OrWebhook())
+	}
+	rows, err := l.pool.Query(ctx, appendBatchSQL, ids, streams, types, apiVersions, created, accounts, payloads, signatures, sources)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	results := make([]eventlog.AppendResult, n)
+	seen := 0
+	for rows.Next() {
+		var (
+			ord int64
+			res eventlog.AppendResult
+		)
+		if err := rows.Scan(&ord, &res.Duplicate, &res.StreamVersion, &res.Position.Commit, &res.Position.Prepare); err != nil {
+			return nil, err
+		}
+		if ord < 1 || ord > int64(n) {
+			return nil, fmt.Errorf("ledger_append_batch answered for event %d of %d", ord, n)
+		}
+		results[ord-1] = res
+		seen++
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if seen != n {
+		return nil, fmt.Errorf("ledger_append_batch answered for %d of %d events", seen, n)
+	}
+	return results, nil
+}

@@ -1,0 +1,287 @@
+package postgres_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/eventlogtest"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
+	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+)
+
+// groupFixture is a Log with a single committer that is kept busy with one
+// append waiting for a stream lock, so that the appends made meanwhile queue
+// up and are stored together, as one batch, once release lets it go on.
+type groupFixture struct {
+	log     *postgres.Log
+	pool    *pgxpool.Pool // of the log, application_name ledger-group
+	admin   *pgxpool.Pool
+	release func()
+}
+
+func newGroupFixture(t *testing.T) *groupFixture {
+	t.Helper()
+	admin, url := pgtest.NewPool(t)
+	pool := newPool(t, url, "ledger-group", nil)
+	f := &groupFixture{admin: admin, pool: pool, log: postgres.New(pool, testLogger(t), postgres.WithGroupCommit(1, 0))}
+	t.Cleanup(f.log.Close)
+	held := holdStream(t, admin)
+	blocked := make(chan error, 1)
+	go func() {
+		_, err := f.log.Append(context.Background(), eventlogtest.NewEvent(held.stream))
+		blocked <- err
+	}()
+	f.waitForLockWaiters(t, 1)
+	f.release = func() {
+		held.commit(t)
+		if err := <-blocked; err != nil {
+			t.Errorf("the blocking append: %v", err)
+		}
+	}
+	return f
+}
+
+// heldStream is an open transaction holding the append lock of stream.
+type heldStream struct {
+	stream string
+	tx     pgx.Tx
+}
+
+func holdStream(t *testing.T, pool *pgxpool.Pool) heldStream {
+	t.Helper()
+	tx, err := pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	h := heldStream{stream: eventlogtest.NewStream("held"), tx: tx}
+	appendInTx(t, tx, eventlogtest.NewEvent(h.stream))
+	return h
+}
+
+func (h heldStream) commit(t *testing.T) {
+	t.Helper()
+	if err := h.tx.Commit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitForLockWaiters waits until n of the log's connections wait for a stream lock.
+func (f *groupFixture) waitForLockWaiters(t *testing.T, n int) {
+	t.Helper()
+	waitUntil(t, "appends wait for a stream lock", func() bool {
+		var waiting int
+		err := f.admin.QueryRow(t.Context(), `SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+			WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = 'ledger-group'`).Scan(&waiting)
+		return err == nil && waiting == n
+	})
+}
+
+type answer struct {
+	res eventlog.AppendResult
+	err error
+}
+
+// appendQueued appends events concurrently while the committer is busy and
+// returns, once release has let it go on, each event's answer.
+func (f *groupFixture) appendQueued(t *testing.T, events []eventlog.Event, whileQueued func()) []answer {
+	t.Helper()
+	answers := make([]answer, len(events))
+	var wg sync.WaitGroup
+	for i, e := range events {
+		wg.Go(func() {
+			res, err := f.log.Append(t.Context(), e)
+			answers[i] = answer{res, err}
+		})
+	}
+	// Appends queue behind the busy committer within microseconds; the
+	// assertions on shared transaction ids catch one that did not.
+	time.Sleep(200 * time.Millisecond)
+	f.release()
+	if whileQueued != nil {
+		whileQueued()
+	}
+	wg.Wait()
+	return answers
+}
+
+// TestGroupCommitMixedBatch: one batch that mixes a redelivery of a stored
+// event, the same new event twice, several new events of one stream that
+// already has records and new events of many streams stores exactly the new
+// ones, in one transaction, with dense versions and intact hash chains, and
+// answers each delivery as what it was.
+func TestGroupCommitMixedBatch(t *testing.T) {
+	t.Parallel()
+	f := newGroupFixture(t)
+	ctx := t.Context()
+	busy := eventlogtest.NewStream("busy")
+	stored := eventlogtest.NewEvent(busy)
+	other := postgres.New(f.admin, nil)
+	defer other.Close()
+	if _, err := other.Append(ctx, stored); err != nil {
+		t.Fatal(err)
+	}
+	twice := eventlogtest.NewEvent(eventlogtest.NewStream("twice"))
+	events := []eventlog.Event{stored, twice, twice}
+	for range 4 {
+		events = append(events, eventlogtest.NewEvent(busy))
+	}
+	for range 5 {
+		events = append(events, eventlogtest.NewEvent(eventlogtest.NewStream("many")))
+	}
+
+	answers := f.appendQueued(t, events, nil)
+
+	var newTx uint64
+	dups := map[string]int{}
+	for i, a := range answers {
+		if a.err != nil {
+			t.Fatalf("append %d (%s): %v", i, events[i].ID, a.err)
+		}
+		if a.res.Duplicate {
+			dups[events[i].ID]++
+			continue
+		}
+		if newTx == 0 {
+			newTx = a.res.Position.Commit
+		}
+		if a.res.Position.Commit != newTx {
+			t.Errorf("append %d committed in transaction %d, want every new event in the batch's %d", i, a.res.Position.Commit, newTx)
+		}
+	}
+	if dups[stored.ID] != 1 || dups[twice.ID] != 1 || len(dups) != 2 {
+		t.Errorf("duplicates answered %v, want the stored event and the second copy of %s", dups, twice.ID)
+	}
+	if answers[1].res.Position != answers[2].res.Position || answers[1].res.StreamVersion != answers[2].res.StreamVersion {
+		t.Errorf("the two copies of %s answered %+v and %+v, want the same stored record", twice.ID, answers[1].res, answers[2].res)
+	}
+
+	recs, err := f.log.ReadStream(ctx, busy, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantBusy := []string{stored.ID}
+	for _, e := range events[3:7] {
+		wantBusy = append(wantBusy, e.ID)
+	}
+	if got := eventlogtest.IDs(recs); !sameSet(got, wantBusy) {
+		t.Errorf("stream %s holds %v, want %v", busy, got, wantBusy)
+	}
+	checkChain(t, recs)
+	for _, e := range append([]eventlog.Event{twice}, events[7:]...) {
+		recs, err := f.log.ReadStream(ctx, e.Stream, 0, 10)
+		if err != nil || len(recs) != 1 || recs[0].ID != e.ID || recs[0].StreamVersion != 0 || !bytes.Equal(recs[0].Payload, e.Payload) {
+			t.Errorf("stream %s holds %v (%v), want %s alone at version 0", e.Stream, eventlogtest.IDs(recs), err, e.ID)
+		}
+	}
+	var total int
+	if err := f.admin.QueryRow(ctx, `SELECT count(*) FROM events`).Scan(&total); err != nil {
+		t.Fatal(err)
+	}
+	// stored, the held stream's two (the open transaction's and the blocking append), and the 10 new ones.
+	if total != 13 {
+		t.Errorf("the log holds %d records, want 13", total)
+	}
+}
+
+// TestGroupCommitConnectionLost: when the connection of a batch is lost
+// before it commits, every append in it fails with ErrUnavailable (the
+// webhook's 503, so that Stripe retries) and none of them is stored.
+func TestGroupCommitConnectionLost(t *testing.T) {
+	t.Parallel()
+	f := newGroupFixture(t)
+	ctx := t.Context()
+	// The batch waits for this stream's lock, so that it is in flight when its connection goes.
+	held := holdStream(t, f.admin)
+	events := []eventlog.Event{eventlogtest.NewEvent(held.stream)}
+	for range 5 {
+		events = append(events, eventlogtest.NewEvent(eventlogtest.NewStream("lost")))
+	}
+
+	answers := f.appendQueued(t, events, func() {
+		f.waitForLockWaiters(t, 1)
+		terminate(t, f.admin, "ledger-group")
+	})
+
+	ids := make([]string, len(events))
+	for i, a := range answers {
+		ids[i] = events[i].ID
+		if !errors.Is(a.err, eventlog.ErrUnavailable) {
+			t.Errorf("append %d = %+v, %v; want an error wrapping ErrUnavailable", i, a.res, a.err)
+		}
+	}
+	held.commit(t)
+	var stored int
+	if err := f.admin.QueryRow(ctx, `SELECT count(*) FROM events WHERE event_id = ANY($1)`, ids).Scan(&stored); err != nil {
+		t.Fatal(err)
+	}
+	if stored != 0 {
+		t.Errorf("%d events of the failed batch are stored, want none", stored)
+	}
+	// The deliveries Stripe retries are stored afresh (through another pool:
+	// this one may still hand out a connection the server ended).
+	retry := postgres.New(f.admin, nil)
+	defer retry.Close()
+	for _, e := range events {
+		if res, err := retry.Append(ctx, e); err != nil || res.Duplicate {
+			t.Errorf("retry of %s = %+v, %v; want a fresh append", e.ID, res, err)
+		}
+	}
+}
+
+// TestGroupCommitRefusedEvent: an event the database refuses (here a NUL in
+// a text column) fails alone; the others of its batch are stored.
+func TestGroupCommitRefusedEvent(t *testing.T) {
+	t.Parallel()
+	f := newGroupFixture(t)
+	bad := eventlogtest.NewEvent(eventlogtest.NewStream("refused"))
+	bad.Type = "invoice.\x00paid"
+	events := []eventlog.Event{bad}
+	for range 4 {
+		events = append(events, eventlogtest.NewEvent(eventlogtest.NewStream("fine")))
+	}
+
+	answers := f.appendQueued(t, events, nil)
+
+	if answers[0].err == nil || errors.Is(answers[0].err, eventlog.ErrUnavailable) {
+		t.Errorf("append of the refused event = %+v, %v; want an error that is not ErrUnavailable", answers[0].res, answers[0].err)
+	}
+	for i, a := range answers[1:] {
+		e := events[i+1]
+		if a.err != nil || a.res.Duplicate {
+			t.Errorf("append of %s = %+v, %v; want it stored", e.ID, a.res, a.err)
+			continue
+		}
+		if recs, err := f.log.ReadStream(t.Context(), e.Stream, 0, 10); err != nil || len(recs) != 1 {
+			t.Errorf("stream %s holds %v, %v; want %s", e.Stream, eventlogtest.IDs(recs), err, e.ID)
+		}
+	}
+}
+
+// checkChain checks that recs are versions 0,1,2… of one hash chain.
+func checkChain(t *testing.T, recs []eventlog.Record) {
+	t.Helper()
+	prev := eventlog.GenesisHash
+	for i, r := range recs {
+		if r.StreamVersion != int64(i) || !bytes.Equal(r.PrevHash, prev) || !bytes.Equal(r.Hash, eventlog.ChainHash(prev, r.PayloadSHA256)) {
+			t.Errorf("record %d (%s): version %d, chain broken or versions not dense", i, r.ID, r.StreamVersion)
+		}
+		prev = r.Hash
+	}
+}
+
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
+}
