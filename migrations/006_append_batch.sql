@@ -108,16 +108,5 @@ END
 $$;
 
 ---- create above / drop below ----
-CREATE OR REPLACE FUNCTION ledger_horizon() RETURNS xid8
-LANGUAGE sql STABLE AS $$
-    WITH s AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::numeric AS xmax)
-    SELECT (s.xmax - coalesce(max(b.behind), 0))::text::xid8
-      FROM s LEFT JOIN LATERAL (
-           SELECT mod(mod(s.xmax, 4294967296) - a.backend_xid::text::numeric + 4294967296, 4294967296) AS behind
-             FROM pg_stat_get_activity(NULL) a
-            WHERE a.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
-              AND a.backend_xid IS NOT NULL
-           ) b ON b.behind <= 2147483648
-     GROUP BY s.xmax
-$$;
+-- ledger_horizon keeps its PL/pgSQL form: it means the same.
 DROP FUNCTION ledger_append_batch;

@@ -138,6 +138,7 @@ func TestGroupCommitMixedBatch(t *testing.T) {
 	for range 5 {
 		events = append(events, eventlogtest.NewEvent(eventlogtest.NewStream("many")))
 	}
+	events[8].Source = eventlog.SourceBackfill // provenance goes through the batch too
 
 	answers := f.appendQueued(t, events, nil)
 
@@ -179,8 +180,9 @@ func TestGroupCommitMixedBatch(t *testing.T) {
 	checkChain(t, recs)
 	for _, e := range append([]eventlog.Event{twice}, events[7:]...) {
 		recs, err := f.log.ReadStream(ctx, e.Stream, 0, 10)
-		if err != nil || len(recs) != 1 || recs[0].ID != e.ID || recs[0].StreamVersion != 0 || !bytes.Equal(recs[0].Payload, e.Payload) {
-			t.Errorf("stream %s holds %v (%v), want %s alone at version 0", e.Stream, eventlogtest.IDs(recs), err, e.ID)
+		if err != nil || len(recs) != 1 || recs[0].ID != e.ID || recs[0].StreamVersion != 0 || !bytes.Equal(recs[0].Payload, e.Payload) ||
+			recs[0].Source != e.Source.OrWebhook() {
+			t.Errorf("stream %s holds %v (%v), want %s alone at version 0, from %s", e.Stream, eventlogtest.IDs(recs), err, e.ID, e.Source.OrWebhook())
 		}
 	}
 	var total int
