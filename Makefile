@@ -31,5 +31,9 @@ test-esdb:
 lint:
 	$(GO) run $(STATICCHECK) ./...
 
+# Go benchmarks, then ingest through a served ledger against PostgreSQL's raw
+# INSERT rate in the same run (bench/loadgen; BENCH_DELIVERIES at concurrency 8).
+BENCH_DELIVERIES ?= 10000
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./...
+	bench/ingest.sh $(BENCH_DELIVERIES)
