@@ -2,6 +2,7 @@ package api
 
 import (
 	"cmp"
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -233,6 +234,10 @@ func (s *Server) handleState(c echo.Context) error {
 	// Folded batch by batch: memory is the customer's state, not its history.
 	st := &domain.CustomerState{Customer: domain.Customer{ID: customerID}}
 	st.Derive()
+	plans, err := s.statePlans(c.Request().Context())
+	if err != nil {
+		return readError("the live plan mapping", err)
+	}
 	total, folded, undecodable := 0, 0, 0
 	err = audit.EachInStream(c.Request().Context(), s.cfg.Log, stream, 0, func(batch []eventlog.Record) error {
 		for _, r := range batch {
@@ -245,7 +250,7 @@ func (s *Server) handleState(c echo.Context) error {
 				continue
 			}
 			folded++
-			facts, err := domain.Facts(r.Payload, s.cfg.Plans)
+			facts, err := domain.Facts(r.Payload, plans)
 			if err != nil {
 				undecodable++ // the projections skip such events too (dead letters)
 				continue
@@ -268,6 +273,19 @@ func (s *Server) handleState(c echo.Context) error {
 		s.cfg.Logger.Warn("state: events that do not decode were skipped", "stream", stream, "events", undecodable)
 	}
 	return c.JSON(http.StatusOK, newStateBody(st, at.UTC(), clock, folded))
+}
+
+// statePlans is the plan mapping state folds use: the live read model's,
+// else the configured one.
+func (s *Server) statePlans(ctx context.Context) (domain.Plans, error) {
+	if s.cfg.LivePlans == nil {
+		return s.cfg.Plans, nil
+	}
+	plans, ok, err := s.cfg.LivePlans(ctx)
+	if err != nil || !ok {
+		return s.cfg.Plans, err
+	}
+	return plans, nil
 }
 
 func newStateBody(st *domain.CustomerState, at time.Time, clock string, events int) stateBody {

@@ -27,9 +27,12 @@ type Config struct {
 	DB             *pgxpool.Pool // the read model (and, with the default backend, the log)
 	WebhookSecrets []string      // STRIPE_WEBHOOK_SECRET, every secret accepted during rotation
 	APIToken       string        // LEDGER_API_TOKEN; empty disables /v1 with a 503
-	Plans          domain.Plans  // LEDGER_PLANS, for folding events into state (GET /v1/customers/{id}/state)
-	Logger         *slog.Logger
-	Registry       *prometheus.Registry // metrics are registered here and served at /metrics
+	Plans          domain.Plans  // LEDGER_PLANS, for folding events into state (GET /v1/customers/{id}/state) when LivePlans has none
+	// LivePlans returns the plan mapping the live read model was folded with,
+	// which state folds use so that they agree with it; nil, or ok false: Plans.
+	LivePlans func(ctx context.Context) (plans domain.Plans, ok bool, err error)
+	Logger    *slog.Logger
+	Registry  *prometheus.Registry // metrics are registered here and served at /metrics
 	// Projections reports each projection's progress for /readyz; nil reports none.
 	Projections func(ctx context.Context) ([]ProjectionLag, error)
 }

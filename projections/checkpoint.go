@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
@@ -21,19 +22,20 @@ type checkpoint struct {
 	Version  int
 	Schema   string
 	Position eventlog.Position
+	Plans    pgtype.Text // the canonical plan mapping it was folded with; not Valid: not recorded
 }
 
 // errCheckpointMoved reports that the checkpoint is no longer where the
 // caller left it: another runner advanced it, or a rebuild swapped schemas.
 var errCheckpointMoved = errors.New("checkpoint moved: another runner or a rebuild got there first")
 
-const selectCheckpointSQL = `SELECT version, schema_name, position, prepare FROM projection_checkpoints WHERE name = $1`
+const selectCheckpointSQL = `SELECT version, schema_name, position, prepare, plans FROM projection_checkpoints WHERE name = $1`
 
 // loadCheckpoint reads name's checkpoint; ok is false when it has none.
 // suffix is appended to the query (FOR UPDATE, FOR SHARE).
 func loadCheckpoint(ctx context.Context, q pgxQuerier, name, suffix string) (cp checkpoint, ok bool, err error) {
 	var commit, prepare int64
-	err = q.QueryRow(ctx, selectCheckpointSQL+suffix, name).Scan(&cp.Version, &cp.Schema, &commit, &prepare)
+	err = q.QueryRow(ctx, selectCheckpointSQL+suffix, name).Scan(&cp.Version, &cp.Schema, &commit, &prepare, &cp.Plans)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return checkpoint{}, false, nil
 	}

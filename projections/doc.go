@@ -73,6 +73,5 @@
 // locks, the transaction and a read of the log. Give the pool room for that
 // besides the API: pool_max_conns of 10 or more.
 //
-// Changing LEDGER_PLANS changes the plan every subscription maps to: bump the
-// version or run Rebuild.
+// The plan mapping (LEDGER_PLANS) is part of a version's identity: see plans.go.
 package projections

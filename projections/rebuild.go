@@ -65,5 +65,15 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log, p Projec
 		return err
 	}
 	defer l.Release()
+	// Under the build lock nobody else swaps, so the mapping checked here is
+	// the one replaced. Another mapping for the live version would be rebuilt
+	// back by the Runners of servers configured with the live one: refuse it.
+	cp, ok, err := loadCheckpoint(l.Context(), pool, p.Name, "")
+	if err != nil {
+		return err
+	}
+	if ok && cp.Version == p.Version && cp.Plans.Valid && !cp.foldedWith(p) {
+		return plansChanged(cp, p)
+	}
 	return b.build(l.Context(), true)
 }

@@ -94,7 +94,11 @@ func (r *Runner) runLocked(ctx context.Context) error {
 			// An older binary (a rolling deploy) must not undo a newer version.
 			return fmt.Errorf("live version %d of %s is newer than this binary's %d: not running it", cp.Version, r.p.Name, r.p.Version)
 		}
-		if !ok || cp.Version != r.p.Version {
+		if !ok || cp.Version != r.p.Version || !cp.foldedWith(r.p) {
+			if ok && cp.Version == r.p.Version && cp.Plans.Valid {
+				r.logger.WarnContext(ctx, "LEDGER_PLANS differs from the live read model's: rebuilding blue/green",
+					"live_plans", cp.Plans.String, "plans", canonicalPlans(r.p.Plans))
+			}
 			if err := r.buildVersion(ctx); err != nil {
 				return err
 			}
@@ -123,7 +127,7 @@ func (r *Runner) buildVersion(ctx context.Context) error {
 	defer l.Release()
 	ctx = l.Context()
 	cp, ok, err := loadCheckpoint(ctx, r.pool, r.p.Name, "")
-	if err != nil || (ok && cp.Version == r.p.Version) {
+	if err != nil || (ok && cp.Version == r.p.Version && cp.foldedWith(r.p)) {
 		return err // or a build that held the lock made it live
 	}
 	b := &builder{pool: r.pool, log: r.log, p: r.p, logger: r.logger, metrics: r.metrics, batchSize: r.batchSize,

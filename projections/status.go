@@ -21,11 +21,12 @@ type Status struct {
 	Lag         int64             `json:"lag"`      // events after Position
 	DeadLetters int64             `json:"dead_letters"`
 	UpdatedAt   time.Time         `json:"updated_at"` // when the checkpoint last moved
+	Plans       *string           `json:"plans"`      // the LEDGER_PLANS it was folded with, canonical; null: not recorded
 }
 
 // ReadStatus reports every projection that has a live version, by name.
 func ReadStatus(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log) ([]Status, error) {
-	rows, err := pool.Query(ctx, `SELECT c.name, c.version, c.schema_name, c.position, c.prepare, c.updated_at,
+	rows, err := pool.Query(ctx, `SELECT c.name, c.version, c.schema_name, c.position, c.prepare, c.updated_at, c.plans,
        (SELECT count(*) FROM projection_dead_letters d WHERE d.schema_name = c.schema_name)
   FROM projection_checkpoints c ORDER BY c.name`)
 	if err != nil {
@@ -36,7 +37,7 @@ func ReadStatus(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log) ([]St
 			s               Status
 			commit, prepare int64
 		)
-		err := row.Scan(&s.Name, &s.Version, &s.Schema, &commit, &prepare, &s.UpdatedAt, &s.DeadLetters)
+		err := row.Scan(&s.Name, &s.Version, &s.Schema, &commit, &prepare, &s.UpdatedAt, &s.Plans, &s.DeadLetters)
 		s.Position = eventlog.Position{Commit: uint64(commit), Prepare: uint64(prepare)}
 		return s, err
 	})

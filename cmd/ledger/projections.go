@@ -54,9 +54,13 @@ func newProjectionsStatusCmd(c *cli) *cobra.Command {
 				return writeJSON(c.stdout, statuses)
 			}
 			tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tVERSION\tPOSITION\tHEAD\tLAG\tDEAD LETTERS\tUPDATED")
+			fmt.Fprintln(tw, "NAME\tVERSION\tPOSITION\tHEAD\tLAG\tDEAD LETTERS\tUPDATED\tPLANS")
 			for _, s := range statuses {
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%s\n", s.Name, s.Version, s.Position, s.Head, s.Lag, s.DeadLetters, s.UpdatedAt.UTC().Format("2006-01-02T15:04:05Z"))
+				plans := "(not recorded)"
+				if s.Plans != nil {
+					plans = *s.Plans
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%s\t%s\n", s.Name, s.Version, s.Position, s.Head, s.Lag, s.DeadLetters, s.UpdatedAt.UTC().Format("2006-01-02T15:04:05Z"), plans)
 			}
 			return tw.Flush()
 		},

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stripe-ledger/stripe-ledger/api"
+	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
@@ -155,7 +156,8 @@ func OpenService(ctx context.Context, cfg Config, logger *slog.Logger) (*Service
 	svc := &Service{Backends: b, logger: logger}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	svc.runner, err = projections.NewRunner(b.Pool, b.Log, projections.Billing(cfg.Plans), logger, reg)
+	billing := projections.Billing(cfg.Plans)
+	svc.runner, err = projections.NewRunner(b.Pool, b.Log, billing, logger, reg)
 	if err == nil {
 		svc.api, err = api.New(api.Config{
 			Log:            b.Log,
@@ -163,9 +165,12 @@ func OpenService(ctx context.Context, cfg Config, logger *slog.Logger) (*Service
 			WebhookSecrets: cfg.WebhookSecrets,
 			APIToken:       cfg.APIToken,
 			Plans:          cfg.Plans,
-			Logger:         logger,
-			Registry:       reg,
-			Projections:    svc.projectionLags,
+			LivePlans: func(ctx context.Context) (domain.Plans, bool, error) {
+				return projections.LivePlans(ctx, b.Pool, billing.Name)
+			},
+			Logger:      logger,
+			Registry:    reg,
+			Projections: svc.projectionLags,
 		})
 	}
 	if err != nil {
