@@ -2,7 +2,9 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"strings"
+	"time"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
 )
@@ -14,7 +16,8 @@ type Config struct {
 	EventLog       string // "postgres" or an esdb:// or esdb+discover:// connection string
 	Addr           string
 	APIToken       string
-	Plans          domain.Plans // LEDGER_PLANS
+	Plans          domain.Plans  // LEDGER_PLANS
+	SealInterval   time.Duration // LEDGER_SEAL_INTERVAL: how often serve seals the log; 0: never
 }
 
 // DefaultDatabaseURL is used when DATABASE_URL is unset.
@@ -40,6 +43,9 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		return Config{}, errors.New(domain.ErrorMessage(err)) // the message names LEDGER_PLANS
 	}
 	cfg.Plans = plans
+	if cfg.SealInterval, err = time.ParseDuration(orDefault(getenv("LEDGER_SEAL_INTERVAL"), "1m")); err != nil || cfg.SealInterval < 0 {
+		return Config{}, fmt.Errorf("LEDGER_SEAL_INTERVAL must be a duration such as 1m or 30s (0 turns sealing off), not %q", getenv("LEDGER_SEAL_INTERVAL"))
+	}
 	if cfg.EventLog != "postgres" && !strings.HasPrefix(cfg.EventLog, "esdb://") &&
 		!strings.HasPrefix(cfg.EventLog, "esdb+discover://") {
 		return Config{}, errors.New(`LEDGER_EVENTLOG must be "postgres" or an esdb:// or esdb+discover:// connection string`)

@@ -84,10 +84,7 @@ func TestHistoryAllRoundTripsPayloads(t *testing.T) {
 func TestHistoryOfOneCustomer(t *testing.T) {
 	t.Parallel()
 	db := newAuditDB(t, 2, 5)
-	var customer string
-	for c := range db.events {
-		customer = c
-	}
+	customer := db.anyCustomer()
 	events := db.events[customer]
 
 	out, err := db.ledger(nil, "history", customer)

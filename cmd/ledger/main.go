@@ -3,7 +3,8 @@
 //
 //	ledger serve                  the webhook endpoint, read API and projections
 //	ledger migrate                create the database if missing and apply migrations
-//	ledger verify                 re-prove the event log's hash chains and stored signatures
+//	ledger verify                 re-prove the event log's hash chains, seals and stored signatures
+//	ledger seal                   seal the event log now and print the seal's hash
 //	ledger projections status|rebuild|diff
 //	ledger history                export a customer's events (or --all) as JSON Lines or CSV
 //	ledger version                this binary's module version and VCS revision
@@ -111,8 +112,8 @@ func newRootCmd(c *cli) *cobra.Command {
 log and projects it into a read model of customers, subscriptions and invoices.
 
 Configuration comes from the environment (DATABASE_URL, STRIPE_WEBHOOK_SECRET,
-LEDGER_EVENTLOG, LEDGER_ADDR, LEDGER_API_TOKEN, LEDGER_PLANS, LEDGER_LOG_LEVEL,
-LEDGER_LOG_FORMAT); see the README.
+LEDGER_EVENTLOG, LEDGER_ADDR, LEDGER_API_TOKEN, LEDGER_PLANS, LEDGER_SEAL_INTERVAL,
+LEDGER_LOG_LEVEL, LEDGER_LOG_FORMAT); see the README.
 
 Exit codes: 0 ok, 1 the command found a problem (projections diff found changes,
 verify found tampering), 2 bad usage or the command could not run.`,
@@ -129,6 +130,7 @@ verify found tampering), 2 bad usage or the command could not run.`,
 		newServeCmd(c),
 		newMigrateCmd(c),
 		newVerifyCmd(c),
+		newSealCmd(c),
 		newProjectionsCmd(c),
 		newHistoryCmd(c),
 		newVersionCmd(c),

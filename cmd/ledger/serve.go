@@ -21,6 +21,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/seal"
 	"github.com/stripe-ledger/stripe-ledger/migrations"
 	"github.com/stripe-ledger/stripe-ledger/projections"
 )
@@ -141,9 +142,11 @@ func (b *Backends) Close() {
 // runner, wired together. End-to-end tests build it the same way.
 type Service struct {
 	*Backends
-	logger *slog.Logger
-	api    *api.Server
-	runner *projections.Runner
+	logger    *slog.Logger
+	api       *api.Server
+	runner    *projections.Runner
+	sealer    *seal.Sealer // nil when LEDGER_SEAL_INTERVAL is 0
+	sealEvery time.Duration
 }
 
 // OpenService opens the backends and builds the server and the projection
@@ -153,7 +156,10 @@ func OpenService(ctx context.Context, cfg Config, logger *slog.Logger) (*Service
 	if err != nil {
 		return nil, err
 	}
-	svc := &Service{Backends: b, logger: logger}
+	svc := &Service{Backends: b, logger: logger, sealEvery: cfg.SealInterval}
+	if cfg.SealInterval > 0 {
+		svc.sealer = seal.NewSealer(b.Pool, b.Log)
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	billing := projections.Billing(cfg.Plans)
@@ -195,7 +201,7 @@ func (s *Service) projectionLags(ctx context.Context) ([]api.ProjectionLag, erro
 // Serve answers HTTP on ln and runs the projections until ctx is done, then
 // shuts down gracefully: in-flight requests finish (each append is one
 // transaction, so nothing is left half-written), new ones are refused, and
-// the runner stops between batches.
+// the runner stops between batches, the sealer between seals.
 func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 	runCtx, stopRunner := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -206,6 +212,9 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 			s.logger.Error("projection runner stopped", "err", err)
 		}
 	}()
+	if s.sealer != nil {
+		wg.Go(func() { s.sealer.Run(runCtx, s.sealEvery, s.logger) })
+	}
 	defer wg.Wait()
 	defer stopRunner()
 

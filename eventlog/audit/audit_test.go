@@ -58,7 +58,7 @@ func TestVerifyUntouchedLog(t *testing.T) {
 	t.Parallel()
 	l, _, streams := seed(t)
 	var calls []int64
-	report, err := audit.Verify(context.Background(), l, nil, []string{"whsec_old", secret}, func(done int64) { calls = append(calls, done) })
+	report, err := audit.Verify(context.Background(), l, audit.Options{Secrets: []string{"whsec_old", secret}, Progress: func(done int64) { calls = append(calls, done) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +68,7 @@ func TestVerifyUntouchedLog(t *testing.T) {
 	if len(calls) == 0 || calls[len(calls)-1] != 15 {
 		t.Errorf("progress calls = %v, want the last to be 15", calls)
 	}
-	report, err = audit.Verify(context.Background(), l, []string{streams[1][0].Stream}, nil, nil)
+	report, err = audit.Verify(context.Background(), l, audit.Options{Streams: []string{streams[1][0].Stream}})
 	if err != nil || !report.OK() || report.Streams != 1 || report.Events != 5 || report.SignaturesTested {
 		t.Fatalf("one stream, no secrets: %+v, %v", report, err)
 	}
@@ -117,7 +117,7 @@ func TestVerifyFindsTampering(t *testing.T) {
 			pgtest.AsSuperuser(t, pool, tc.tamper, args...)
 			blamed := streams[1][tc.blame]
 			for _, scope := range [][]string{nil, {target.Stream}} {
-				report, err := audit.Verify(ctx, l, scope, []string{secret}, nil)
+				report, err := audit.Verify(ctx, l, audit.Options{Streams: scope, Secrets: []string{secret}})
 				if err != nil {
 					t.Fatal(err)
 				}

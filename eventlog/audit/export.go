@@ -82,6 +82,7 @@ type Entry struct {
 	PayloadSHA256 string    `json:"payload_sha256"`
 	PrevHash      string    `json:"prev_hash"`
 	Hash          string    `json:"hash"`
+	Signature     string    `json:"signature"` // the Stripe-Signature header as received: exports verify offline
 }
 
 // NewEntry returns r's metadata.
@@ -99,6 +100,7 @@ func NewEntry(r eventlog.Record) Entry {
 		PayloadSHA256: hex.EncodeToString(r.PayloadSHA256),
 		PrevHash:      hex.EncodeToString(r.PrevHash),
 		Hash:          hex.EncodeToString(r.Hash),
+		Signature:     r.Signature,
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
@@ -27,6 +29,7 @@ type Report struct {
 	Events           int64     // records checked
 	SignaturesTested bool      // whether stored signatures were checked against webhook secrets
 	UnsignedByDesign int64     // records fetched from Stripe's API, which no Stripe-Signature covers (see Verify)
+	Anchored         int64     // streams an export holds from a later version than 0 (VerifyJSONL)
 	ProblemCount     int64     // every problem found
 	Problems         []Problem // the first MaxProblems of them, in the order found
 }
@@ -34,71 +37,95 @@ type Report struct {
 // OK reports whether nothing was wrong.
 func (r Report) OK() bool { return r.ProblemCount == 0 }
 
-// Problem is one thing wrong with one stored record.
+// Problem is one thing wrong with one stored record, or with a stream as a
+// seal recorded it (EventID empty, Seal set), or with the seals themselves
+// (Stream empty too).
 type Problem struct {
-	EventID       string
-	Stream        string
-	StreamVersion int64
-	Position      eventlog.Position
-	What          string
+	EventID       string            `json:"event_id,omitempty"`
+	Stream        string            `json:"stream,omitempty"`
+	StreamVersion int64             `json:"stream_version"`
+	Position      eventlog.Position `json:"-"`
+	Seal          int64             `json:"seal,omitempty"`
+	What          string            `json:"what"`
 }
 
 func (p Problem) String() string {
-	return fmt.Sprintf("event %s (stream %s, version %d, position %s): %s",
-		p.EventID, p.Stream, p.StreamVersion, p.Position, p.What)
+	switch {
+	case p.EventID != "":
+		return fmt.Sprintf("event %s (stream %s, version %d, position %s): %s",
+			p.EventID, p.Stream, p.StreamVersion, p.Position, p.What)
+	case p.Stream != "":
+		return fmt.Sprintf("stream %s: %s", p.Stream, p.What)
+	}
+	return p.What
 }
 
-// Verify re-checks the records of the given streams, or of the whole log when
-// streams is empty, and reports every record that is not what the log wrote:
+// Options says what Verify checks besides the chains and digests.
+type Options struct {
+	// Streams limits the check to these streams; empty: the whole log.
+	Streams []string
+	// Secrets are the webhook secrets stored signatures are checked against; none: not checked.
+	Secrets []string
+	// Sealed holds the stream heads the seals recorded (seal.Check): the
+	// log must still hold each of them.
+	Sealed map[string][]SealedHead
+	// Progress, when not nil, is called after every batch with the number of records checked so far.
+	Progress func(done int64)
+}
+
+// SealedHead is a stream head (version and hash) that seal Seal recorded.
+type SealedHead struct {
+	Seal    int64
+	Version int64
+	Hash    [sha256.Size]byte
+}
+
+// Verify re-checks the records of opts.Streams, or of the whole log, and
+// reports every record that is not what the log wrote:
 //
 //   - versions must be dense from 0 (a gap means records were deleted);
 //   - payload_sha256 must be sha256 of the stored payload;
 //   - prev_hash must be the previous record's hash (GenesisHash for version 0);
 //   - hash must be ChainHash(prev_hash, payload_sha256);
+//   - the metadata columns must say what the payload says;
 //   - with secrets, the stored Stripe-Signature must match the stored payload
 //     under one of them (the timestamp's age is ignored: it was checked on receipt).
 //     A record whose provenance says the ledger fetched it from Stripe's API
 //     (backfill, reconcile, or the snapshot fetched for a thin event) has no
 //     signature by design: it is counted in UnsignedByDesign, not a problem.
-//     A webhook delivery or a thin event's notification without one is.
+//     A webhook delivery or a thin event's notification without one is;
+//   - every head a seal recorded must still be there with the sealed hash,
+//     which catches a removed tail, a removed stream, and a stream truncated
+//     and re-appended with a valid chain.
 //
 // Each link is checked against the stored neighbour, so one edit is reported
-// where it was made instead of at every later record. Deleting a stream's last
-// records leaves a shorter valid chain: compare the stream head (see Head)
-// with one recorded earlier to catch that.
+// where it was made instead of at every later record.
 //
 // The whole log is read in global order, keeping each stream's last version
-// and hash in memory: O(streams), not O(events). progress, when not nil, is
-// called after every batch with the number of records checked so far. An
-// error is returned only when the log cannot be read.
-func Verify(ctx context.Context, l eventlog.Log, streams []string, secrets []string, progress func(done int64)) (Report, error) {
-	v := &verifier{secrets: secrets, heads: map[string]link{}, report: Report{SignaturesTested: len(secrets) > 0}}
-	check := func(batch []eventlog.Record) {
+// and hash in memory: O(streams + sealed heads), not O(events). An error is
+// returned only when the log cannot be read.
+func Verify(ctx context.Context, l eventlog.Log, opts Options) (Report, error) {
+	v := NewVerifier(opts.Secrets, opts.Sealed)
+	check := func(batch []eventlog.Record) error {
 		for _, r := range batch {
-			v.check(r)
+			v.Check(r)
 		}
-		if progress != nil {
-			progress(v.report.Events)
+		if opts.Progress != nil {
+			opts.Progress(v.report.Events)
 		}
+		return nil
 	}
-	if len(streams) == 0 {
-		if err := EachInLog(ctx, l, func(batch []eventlog.Record) error {
-			check(batch)
-			return nil
-		}); err != nil {
+	if len(opts.Streams) == 0 {
+		if err := EachInLog(ctx, l, check); err != nil {
 			return v.report, err
 		}
 	}
-	for _, stream := range streams {
-		if err := EachInStream(ctx, l, stream, 0, func(batch []eventlog.Record) error {
-			check(batch)
-			return nil
-		}); err != nil {
+	for _, stream := range opts.Streams {
+		if err := EachInStream(ctx, l, stream, 0, check); err != nil {
 			return v.report, err
 		}
 	}
-	v.report.Streams = int64(len(v.heads))
-	return v.report, nil
+	return v.Finish(opts.Streams), nil
 }
 
 // link is what the next record of a stream must continue from.
@@ -107,19 +134,68 @@ type link struct {
 	hash    []byte
 }
 
-type verifier struct {
+// Verifier checks records handed to it in global order (or stream by
+// stream); Verify and the offline check of an export (VerifyJSONL) share it.
+type Verifier struct {
 	secrets []string
 	heads   map[string]link
+	sealed  map[string][]SealedHead // what remains to be met, per stream
 	report  Report
 }
 
-func (v *verifier) check(r eventlog.Record) {
+// NewVerifier returns a Verifier that checks signatures under secrets (none:
+// not checked) and expects the sealed heads.
+func NewVerifier(secrets []string, sealed map[string][]SealedHead) *Verifier {
+	v := &Verifier{secrets: secrets, heads: map[string]link{}, sealed: map[string][]SealedHead{},
+		report: Report{SignaturesTested: len(secrets) > 0}}
+	for stream, heads := range sealed {
+		v.sealed[stream] = slices.Clone(heads)
+	}
+	return v
+}
+
+// Finish reports what the Verifier found, after checking that every sealed
+// head of streams (of every stream, when streams is empty) was met.
+func (v *Verifier) Finish(streams []string) Report {
+	if len(streams) == 0 {
+		streams = slices.Sorted(maps.Keys(v.sealed))
+	}
+	for _, stream := range streams {
+		heads := v.sealed[stream]
+		if len(heads) == 0 {
+			continue
+		}
+		sh := heads[0]
+		last, seen := v.heads[stream]
+		p := Problem{Stream: stream, StreamVersion: sh.Version, Seal: sh.Seal}
+		switch {
+		case !seen:
+			p.What = fmt.Sprintf("seal %d recorded the stream at version %d (hash %x), but the log holds no record of it: the stream was removed",
+				sh.Seal, sh.Version, sh.Hash)
+		case last.version < sh.Version:
+			p.What = fmt.Sprintf("seal %d recorded the stream at version %d (hash %x), but it ends at version %d: its tail was removed",
+				sh.Seal, sh.Version, sh.Hash, last.version)
+		default:
+			p.What = fmt.Sprintf("seal %d recorded version %d (hash %x), which the log no longer holds: records were removed",
+				sh.Seal, sh.Version, sh.Hash)
+		}
+		v.report.add(p)
+	}
+	v.report.Streams = int64(len(v.heads))
+	return v.report
+}
+
+func (r *Report) add(p Problem) {
+	if r.ProblemCount++; r.ProblemCount <= MaxProblems {
+		r.Problems = append(r.Problems, p)
+	}
+}
+
+// Check checks one record against its stream's previous one.
+func (v *Verifier) Check(r eventlog.Record) {
 	v.report.Events++
 	fail := func(format string, args ...any) {
-		if v.report.ProblemCount++; v.report.ProblemCount > MaxProblems {
-			return
-		}
-		v.report.Problems = append(v.report.Problems, Problem{
+		v.report.add(Problem{
 			EventID: r.ID, Stream: r.Stream, StreamVersion: r.StreamVersion, Position: r.Position,
 			What: fmt.Sprintf(format, args...),
 		})
@@ -148,6 +224,7 @@ func (v *verifier) check(r eventlog.Record) {
 	if want := eventlog.ChainHash(r.PrevHash, r.PayloadSHA256); !bytes.Equal(r.Hash, want) {
 		fail("hash %x is not sha256(prev_hash || payload_sha256) = %x", r.Hash, want)
 	}
+	v.checkSealed(r, fail)
 	env, envOK := checkMetadata(r, fail)
 	if r.Signature == "" && envOK && unsignedByDesign(r.Source, env) {
 		v.report.UnsignedByDesign++
@@ -172,6 +249,26 @@ func unsignedByDesign(source eventlog.Source, env domain.Envelope) bool {
 		return !env.Thin
 	}
 	return false
+}
+
+// checkSealed compares r with the heads sealed at its version, and drops
+// the sealed heads it has passed (Finish reports those never met).
+func (v *Verifier) checkSealed(r eventlog.Record, fail func(format string, args ...any)) {
+	heads := v.sealed[r.Stream]
+	for len(heads) > 0 && heads[0].Version <= r.StreamVersion {
+		switch sh := heads[0]; {
+		case sh.Version < r.StreamVersion:
+			fail("version %d, which seal %d recorded (hash %x), is missing", sh.Version, sh.Seal, sh.Hash)
+		case !bytes.Equal(sh.Hash[:], r.Hash):
+			fail("hash %x is not the hash %x seal %d recorded for this version: the stream was rewritten", r.Hash, sh.Hash, sh.Seal)
+		}
+		heads = heads[1:]
+	}
+	if len(heads) == 0 {
+		delete(v.sealed, r.Stream)
+	} else {
+		v.sealed[r.Stream] = heads
+	}
 }
 
 // checkMetadata compares the record's columns with what its payload says:

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/stripe-ledger/stripe-ledger/eventlog/seal"
+)
+
+func newSealCmd(c *cli) *cobra.Command {
+	return &cobra.Command{
+		Use:   "seal",
+		Short: "Seal the event log now and print the new seal's id and hash",
+		Long: `Write a seal: the head (version, hash) of every stream that grew since the
+previous seal, chained to it by hash. Prints "seal <id> <hash>"; write the hash
+down outside the database, and ledger verify --seal <hash> later proves that
+nothing the seal covers was removed or rewritten since. When nothing was
+appended since the last seal, prints that one instead. ledger serve seals every
+LEDGER_SEAL_INTERVAL by itself.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runSeal(cmd.Context(), c) },
+	}
+}
+
+func runSeal(ctx context.Context, c *cli) error {
+	cfg, logger, err := c.setup()
+	if err != nil {
+		return err
+	}
+	b, err := OpenBackends(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	sl, ok, err := seal.NewSealer(b.Pool, b.Log).Seal(ctx, true)
+	if err != nil {
+		return err
+	}
+	if ok {
+		fmt.Fprintf(c.stdout, "%s (%d stream head(s) up to position %s)\n", sl, len(sl.Heads), sl.Position)
+		return nil
+	}
+	chain, err := seal.Check(ctx, b.Pool, "")
+	if err != nil {
+		return err
+	}
+	if chain.Seals == 0 {
+		fmt.Fprintln(c.stdout, "the log is empty: nothing to seal")
+		return nil
+	}
+	fmt.Fprintf(c.stdout, "seal %d %s (the log has not grown since)\n", chain.Latest.ID, hex.EncodeToString(chain.Latest.Hash))
+	return nil
+}
