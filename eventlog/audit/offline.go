@@ -52,7 +52,7 @@ func parseJSONLLine(line []byte) (eventlog.Record, error) {
 	}
 	r := eventlog.Record{
 		Event: eventlog.Event{ID: l.EventID, Stream: l.Stream, Type: l.Type, APIVersion: l.APIVersion,
-			Created: l.Created, Account: l.Account, Signature: l.Signature},
+			Created: l.Created, Account: l.Account, Signature: l.Signature, Source: eventlog.Source(l.Source)},
 		StreamVersion: l.StreamVersion,
 		ReceivedAt:    l.ReceivedAt,
 	}
