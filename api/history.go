@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"math"
 	"net/http"
 	"slices"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
+	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
 // The auditor's routes read a customer's stream straight from the event log,
@@ -40,50 +40,55 @@ type streamHead struct {
 // which is written by hand so that payloads stay byte for byte.
 type pageTrailer struct {
 	HasMore bool       `json:"has_more"`
-	Next    string     `json:"next"` // the last event's stream_version, for ?after=; empty on the last page
-	Head    streamHead `json:"head"` // the stream's last record when the page was read
+	Next    string     `json:"next"`    // the last event's position, for ?after=; empty on the last page
+	Head    streamHead `json:"head"`    // the customer stream's last record when the page was read
+	Streams []string   `json:"streams"` // the streams merged: the customer's, then its linked objects' (DESIGN §8)
 }
 
-// handleEvents answers one page of a customer's stream in version order.
-// The cursor is a stream version: versions are dense and never change, so
-// paging is stable while events are being appended.
+// handleEvents answers one page of a customer's history: its stream merged
+// with its linked objects' streams, in global order, each event naming its
+// stream. The cursor is a log position ("commit/prepare"): positions never
+// change and new records come after every stored one, so paging is stable
+// while events are appended.
 func (s *Server) handleEvents(c echo.Context) error {
-	stream, err := customerStream(c)
+	streams, err := s.historyStreams(c)
 	if err != nil {
 		return err
 	}
-	from, limit, err := parsePage(c)
+	after, limit, err := parsePage(c)
 	if err != nil {
 		return err
 	}
 	ctx := c.Request().Context()
-	recs, err := s.cfg.Log.ReadStream(ctx, stream, from, limit+1)
+	own := streams[0]
+	recs, err := audit.ReadStreams(ctx, s.cfg.Log, streams, after, limit+1)
 	if err != nil {
-		return readError("events of "+stream, err)
+		return readError("events of "+own, err)
 	}
-	var page pageTrailer
-	var head eventlog.Record
-	switch {
-	case len(recs) > limit:
+	page := pageTrailer{Streams: streams}
+	if len(recs) > limit {
 		page.HasMore = true
-		head, err = audit.Head(ctx, s.cfg.Log, stream, recs[limit])
 		recs = recs[:limit]
-		page.Next = strconv.FormatInt(recs[limit-1].StreamVersion, 10)
-	case len(recs) > 0:
-		head = recs[len(recs)-1]
-	default: // past the end of the stream, or no such stream
-		var first []eventlog.Record
-		first, err = s.cfg.Log.ReadStream(ctx, stream, 0, 1)
-		switch {
-		case err != nil:
-		case len(first) == 0:
-			return customerNotFound(c)
-		default:
-			head, err = audit.Head(ctx, s.cfg.Log, stream, first[0])
+		page.Next = recs[limit-1].Position.String()
+	}
+	// The head of the customer's own stream, found from its last record here when there is one.
+	var known []eventlog.Record
+	for i := len(recs) - 1; i >= 0 && known == nil; i-- {
+		if recs[i].Stream == own {
+			known = recs[i : i+1]
 		}
 	}
+	if known == nil {
+		if known, err = s.cfg.Log.ReadStream(ctx, own, 0, 1); err != nil {
+			return readError("events of "+own, err)
+		}
+		if len(known) == 0 {
+			return customerNotFound(c)
+		}
+	}
+	head, err := audit.Head(ctx, s.cfg.Log, own, known[0])
 	if err != nil {
-		return readError("events of "+stream, err)
+		return readError("events of "+own, err)
 	}
 	page.Head = streamHead{StreamVersion: head.StreamVersion, Hash: hex.EncodeToString(head.Hash)}
 
@@ -104,39 +109,51 @@ func (s *Server) handleEvents(c echo.Context) error {
 	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, body)
 }
 
-// parsePage reads ?after= (a cursor: the last stream version seen) and ?limit=.
-func parsePage(c echo.Context) (from int64, limit int, err error) {
+// parsePage reads ?after= (a cursor: a previous page's next) and ?limit=.
+func parsePage(c echo.Context) (after eventlog.Position, limit int, err error) {
 	limit = defaultPageSize
 	if v := c.QueryParam("limit"); v != "" {
 		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > maxPageSize {
-			return 0, 0, domain.Errorf(domain.EINVALID, "limit must be an integer from 1 to %d", maxPageSize)
+			return after, 0, domain.Errorf(domain.EINVALID, "limit must be an integer from 1 to %d", maxPageSize)
 		}
 	}
 	if v := c.QueryParam("after"); v != "" {
-		after, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || after < 0 || after == math.MaxInt64 {
-			return 0, 0, domain.Errorf(domain.EINVALID, "after %q is not a cursor from a previous page's next", v)
+		if err := after.UnmarshalText([]byte(v)); err != nil {
+			return after, 0, domain.Errorf(domain.EINVALID, "after %q is not a cursor from a previous page's next", v)
 		}
-		from = after + 1
 	}
-	return from, limit, nil
+	return after, limit, nil
 }
 
-// handleEventsCSV streams a customer's whole stream as CSV, a batch at a
+// historyStreams are the streams of the customer the request names: its own
+// first, then its linked objects'.
+func (s *Server) historyStreams(c echo.Context) ([]string, error) {
+	account := strings.TrimSpace(c.QueryParam("account"))
+	if _, err := audit.CustomerStream(c.Param("id"), account); err != nil {
+		return nil, err
+	}
+	streams, err := projections.CustomerStreams(c.Request().Context(), s.cfg.DB, c.Param("id"), account)
+	if err != nil {
+		return nil, readError("streams of customer "+c.Param("id"), err)
+	}
+	return streams, nil
+}
+
+// handleEventsCSV streams a customer's whole history as CSV, a batch at a
 // time, in constant memory.
 func (s *Server) handleEventsCSV(c echo.Context) error {
-	stream, err := customerStream(c)
+	for _, param := range []string{"after", "limit"} {
+		if c.QueryParams().Has(param) {
+			return domain.Errorf(domain.EINVALID, "events.csv exports the whole history and takes no ?%s= (page with /events?after=&limit=)", param)
+		}
+	}
+	streams, err := s.historyStreams(c)
 	if err != nil {
 		return err
 	}
-	for _, param := range []string{"after", "limit"} {
-		if c.QueryParams().Has(param) {
-			return domain.Errorf(domain.EINVALID, "events.csv exports the whole stream and takes no ?%s= (page with /events?after=&limit=)", param)
-		}
-	}
 	res := c.Response()
 	w := audit.NewCSVWriter(res)
-	err = audit.EachInStream(c.Request().Context(), s.cfg.Log, stream, 0, func(batch []eventlog.Record) error {
+	err = audit.EachInStreams(c.Request().Context(), s.cfg.Log, streams, eventlog.Start, audit.BatchSize, func(batch []eventlog.Record) error {
 		if !res.Committed {
 			res.Header().Set(echo.HeaderContentType, "text/csv; charset=utf-8")
 			res.Header().Set(echo.HeaderContentDisposition, fmt.Sprintf("attachment; filename=%q", c.Param("id")+"-events.csv"))
@@ -157,10 +174,10 @@ func (s *Server) handleEventsCSV(c echo.Context) error {
 	case err != nil && res.Committed:
 		// Too late for an error response: cut the connection so that the
 		// client sees a failed download rather than a complete-looking file.
-		s.cfg.Logger.Error("events CSV aborted", "stream", stream, "err", err)
+		s.cfg.Logger.Error("events CSV aborted", "stream", streams[0], "err", err)
 		panic(http.ErrAbortHandler)
 	case err != nil:
-		return readError("events of "+stream, err)
+		return readError("events of "+streams[0], err)
 	case !res.Committed:
 		return customerNotFound(c)
 	}
@@ -174,14 +191,26 @@ const (
 )
 
 // stateBody is a customer's state as of an instant: the customer shape of
-// DESIGN §5 (as GET /v1/customers/{id} answers it) plus invoices and charges.
+// DESIGN §5 (as GET /v1/customers/{id} answers it) plus invoices, charges
+// and disputes.
 type stateBody struct {
 	customerJSON
 	Invoices []invoiceBody `json:"invoices"`
 	Charges  []chargeBody  `json:"charges"`
+	Disputes []disputeBody `json:"disputes"`
 	AsOf     time.Time     `json:"as_of"`
 	Clock    string        `json:"clock"`
-	Events   int           `json:"events"` // the stream's events at or before as_of, folded
+	Events   int           `json:"events"` // the history's events at or before as_of, folded
+}
+
+type disputeBody struct {
+	DisputeID   string `json:"dispute_id"`
+	CustomerID  string `json:"customer_id"`
+	ChargeID    string `json:"charge_id"`
+	Status      string `json:"status"`
+	Currency    string `json:"currency"`
+	Amount      int64  `json:"amount"`
+	LastEventID string `json:"last_event_id"`
 }
 
 type invoiceBody struct {
@@ -219,10 +248,11 @@ type chargeBody struct {
 // answers what the ledger believed at that instant.
 func (s *Server) handleState(c echo.Context) error {
 	customerID := c.Param("id")
-	stream, err := customerStream(c)
+	streams, err := s.historyStreams(c)
 	if err != nil {
 		return err
 	}
+	stream := streams[0]
 	at, err := time.Parse(time.RFC3339, c.QueryParam("at"))
 	if err != nil {
 		return domain.Errorf(domain.EINVALID, "at must be an RFC 3339 time, such as 2024-03-01T00:00:00Z")
@@ -239,7 +269,7 @@ func (s *Server) handleState(c echo.Context) error {
 		return readError("the live plan mapping", err)
 	}
 	total, folded, undecodable := 0, 0, 0
-	err = audit.EachInStream(c.Request().Context(), s.cfg.Log, stream, 0, func(batch []eventlog.Record) error {
+	err = audit.EachInStreams(c.Request().Context(), s.cfg.Log, streams, eventlog.Start, audit.BatchSize, func(batch []eventlog.Record) error {
 		for _, r := range batch {
 			total++
 			t := r.Created
@@ -256,6 +286,11 @@ func (s *Server) handleState(c echo.Context) error {
 				continue
 			}
 			for _, f := range facts {
+				if f.CustomerID == "" && f.Dispute != nil && r.Stream != stream {
+					// A linked object's stream: the dispute is the customer's (DESIGN §8).
+					d := *f.Dispute
+					d.CustomerID, f.CustomerID, f.Dispute = customerID, customerID, &d
+				}
 				if f.CustomerID == customerID {
 					st.Apply(f)
 				}
@@ -295,7 +330,7 @@ func newStateBody(st *domain.CustomerState, at time.Time, clock string, events i
 			Plan: st.Plan, Entitled: st.Entitled, AccessUntil: st.AccessUntil, UpdatedAt: st.UpdatedAt,
 			Subscriptions: []subscriptionJSON{},
 		},
-		AsOf: at, Clock: clock, Events: events, Invoices: []invoiceBody{}, Charges: []chargeBody{},
+		AsOf: at, Clock: clock, Events: events, Invoices: []invoiceBody{}, Charges: []chargeBody{}, Disputes: []disputeBody{},
 	}
 	for _, sub := range st.Subscriptions {
 		b.Subscriptions = append(b.Subscriptions, subscriptionJSON{
@@ -327,6 +362,13 @@ func newStateBody(st *domain.CustomerState, at time.Time, clock string, events i
 			AmountRefunded: ch.AmountRefunded, Refunded: ch.Refunded, LastEventID: ch.LastEventID,
 		})
 	}
+	for _, id := range sortedKeys(st.Disputes) {
+		d := st.Disputes[id]
+		b.Disputes = append(b.Disputes, disputeBody{
+			DisputeID: d.ID, CustomerID: d.CustomerID, ChargeID: d.ChargeID, Status: d.Status,
+			Currency: d.Currency, Amount: d.Amount, LastEventID: d.LastEventID,
+		})
+	}
 	return b
 }
 
@@ -344,11 +386,6 @@ func latestFirst(a, b *time.Time) int {
 }
 
 func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
-
-// customerStream is the stream the request's {id} and ?account= name.
-func customerStream(c echo.Context) (string, error) {
-	return audit.CustomerStream(c.Param("id"), strings.TrimSpace(c.QueryParam("account")))
-}
 
 func customerNotFound(c echo.Context) error {
 	return domain.Errorf(domain.ENOTFOUND, "customer %s has no events", c.Param("id"))

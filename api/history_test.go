@@ -113,7 +113,7 @@ func TestEventsPagesUnderConcurrentAppends(t *testing.T) {
 		case page.Next != "":
 			t.Fatalf("last page has next %q, want empty", page.Next)
 		case len(page.Events) > 0:
-			cursor = fmt.Sprint(page.Events[len(page.Events)-1].StreamVersion) // follow the stream from its end
+			cursor = page.Events[len(page.Events)-1].Position.String() // follow the history from its end
 		}
 		if finished && !page.HasMore {
 			break
@@ -160,7 +160,7 @@ func TestEventsPageShapeAndErrors(t *testing.T) {
 		t.Fatalf("first page: %d %s", status, body)
 	}
 	e := page.Events[0]
-	if len(page.Events) != 2 || !page.HasMore || page.Next != "1" || page.Head.StreamVersion != 2 ||
+	if len(page.Events) != 2 || !page.HasMore || page.Next != page.Events[1].Position.String() || page.Head.StreamVersion != 2 ||
 		e.EventID != appended[0].ID || e.Type != "invoice.paid" || e.APIVersion != "2023-10-16" ||
 		!e.Created.Equal(appended[0].Created) || e.ReceivedAt.IsZero() || len(e.PayloadSHA256) != 64 ||
 		e.PrevHash != hex.EncodeToString(eventlog.GenesisHash) {
@@ -169,11 +169,11 @@ func TestEventsPageShapeAndErrors(t *testing.T) {
 	if !bytes.Contains(body, appended[0].Payload) {
 		t.Errorf("payload not verbatim: the stored bytes %q are not in %s", appended[0].Payload, body)
 	}
-	if status, body = getV1(t, env, "/v1/customers/cus_shape/events?after=1"); status != 200 ||
+	if status, body = getV1(t, env, "/v1/customers/cus_shape/events?after="+page.Next); status != 200 ||
 		json.Unmarshal(body, &page) != nil || len(page.Events) != 1 || page.HasMore || page.Next != "" {
 		t.Errorf("last page: %d %s", status, body)
 	}
-	if status, body = getV1(t, env, "/v1/customers/cus_shape/events?after=50"); status != 200 ||
+	if status, body = getV1(t, env, "/v1/customers/cus_shape/events?after="+page.Events[0].Position.String()); status != 200 ||
 		json.Unmarshal(body, &page) != nil || len(page.Events) != 0 || page.Head.StreamVersion != 2 {
 		t.Errorf("past the end: %d %s", status, body)
 	}
@@ -195,6 +195,7 @@ func TestEventsPageShapeAndErrors(t *testing.T) {
 		{"/v1/customers/cus_shape/events?limit=1001", 400, domain.EINVALID},
 		{"/v1/customers/cus_shape/events?limit=ten", 400, domain.EINVALID},
 		{"/v1/customers/cus_shape/events?after=-1", 400, domain.EINVALID},
+		{"/v1/customers/cus_shape/events?after=1", 400, domain.EINVALID}, // a stream version: the cursor is a log position
 		{"/v1/customers/cus_shape/events?after=abc", 400, domain.EINVALID},
 		{"/v1/customers/cus_shape/events?account=acct%2F..", 400, domain.EINVALID},
 		{"/v1/customers/cus%20shape/events", 400, domain.EINVALID},

@@ -297,20 +297,30 @@ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING`,
 // viewsSQL re-creates the readmodel views on schema. The views are dropped
 // in one statement, which locks them all before the first is replaced.
 func viewsSQL(schema string) string {
-	views := make([]string, len(tables))
+	var views []string
 	var sql strings.Builder
-	for i, t := range tables {
-		views[i] = "readmodel." + t.tableName()
-		fmt.Fprintf(&sql, "CREATE VIEW readmodel.%s AS SELECT * FROM %s.%s;\n", t.tableName(), ident(schema), t.tableName())
+	for _, name := range viewedTables() {
+		views = append(views, "readmodel."+name)
+		fmt.Fprintf(&sql, "CREATE VIEW readmodel.%s AS SELECT * FROM %s.%s;\n", name, ident(schema), name)
 	}
 	return "DROP VIEW IF EXISTS " + strings.Join(views, ", ") + ";\n" + sql.String()
 }
 
+// viewedTables are the tables of a build, each seen by readers through a
+// view: the customer tables and the links.
+func viewedTables() []string {
+	var names []string
+	for _, t := range tables {
+		names = append(names, t.tableName())
+	}
+	return append(names, linkTables...)
+}
+
 // tableList lists the read model tables of schema, comma-separated.
 func tableList(schema string) string {
-	names := make([]string, len(tables))
-	for i, t := range tables {
-		names[i] = ident(schema) + "." + t.tableName()
+	var names []string
+	for _, name := range viewedTables() {
+		names = append(names, ident(schema)+"."+name)
 	}
 	return strings.Join(names, ", ")
 }

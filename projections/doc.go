@@ -25,8 +25,9 @@
 //
 //   - Types domain.Handles rejects are skipped and counted in
 //     ledger_projection_events_total{outcome="unhandled_type"}; never an error.
-//   - Facts that name no customer (a dispute whose charge is not expanded) have
-//     no state to fold into: skipped, counted as outcome="no_customer".
+//   - Facts that name no customer have no state to fold into: skipped,
+//     counted as outcome="no_customer"; except disputes, which wait for
+//     their charge's link (links.go) and are then folded into its customer.
 //   - An event whose envelope or data.object cannot be decoded is a dead
 //     letter: it is recorded in projection_dead_letters (event, position,
 //     type, error) in the same transaction as its batch, counted as

@@ -20,7 +20,7 @@ import (
 // BillingVersion is the version of the billing projection's logic. Bump it
 // with every change that alters what the read model holds for the same events
 // (decoding, folding, readmodel.sql): the next Runner to start rebuilds.
-const BillingVersion = 2
+const BillingVersion = 3
 
 // Projection is a read model folded from the event log: its name (the key of
 // projection_checkpoints), the version of its logic, and the plan mapping it
@@ -63,6 +63,9 @@ func ident(name string) string { return pgx.Identifier{name}.Sanitize() }
 // folded into the read model.
 type batch struct {
 	facts       map[string][]domain.Fact // by customer id
+	links       []objectLink             // see links.go
+	streamLinks []streamLink
+	pending     []pendingDispute // dispute facts that name no customer
 	deadLetters []deadLetter
 	outcomes    map[string]int // events by outcome label, for the metric
 	events      int
@@ -98,6 +101,7 @@ func (p Projection) decode(recs []eventlog.Record) *batch {
 }
 
 func (p Projection) decodeRecord(b *batch, rec eventlog.Record) (outcome string) {
+	b.decodeLinks(rec)
 	if !domain.Handles(rec.Type) {
 		return outcomeUnhandledType
 	}
@@ -112,8 +116,12 @@ func (p Projection) decodeRecord(b *batch, rec eventlog.Record) (outcome string)
 	}
 	outcome = outcomeNoCustomer
 	for _, f := range facts {
-		if f.CustomerID != "" {
+		switch {
+		case f.CustomerID != "":
 			b.facts[f.CustomerID] = append(b.facts[f.CustomerID], f)
+			outcome = outcomeApplied
+		case f.Dispute != nil: // folded into its customer once its charge is linked (links.go)
+			b.pending = append(b.pending, pendingDispute{account: rec.Account, fact: f})
 			outcome = outcomeApplied
 		}
 	}
@@ -149,6 +157,9 @@ func (b *batch) merge(d *batch) {
 	for outcome, n := range d.outcomes {
 		b.outcomes[outcome] += n
 	}
+	b.links = append(b.links, d.links...)
+	b.streamLinks = append(b.streamLinks, d.streamLinks...)
+	b.pending = append(b.pending, d.pending...)
 	b.deadLetters = append(b.deadLetters, d.deadLetters...)
 	b.events += d.events
 	b.last = d.last

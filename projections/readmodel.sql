@@ -81,3 +81,34 @@ CREATE TABLE {{schema}}.disputes (
     last_event_created timestamptz NOT NULL
 );
 CREATE INDEX ON {{schema}}.disputes (customer_id);
+
+-- Links (DESIGN §8; projections/links.go): object -> customer from the
+-- events that name both; object -> stream for the streams of events that
+-- name no customer; dispute snapshots waiting for their charge's link.
+CREATE TABLE {{schema}}.links (
+    account     text NOT NULL,
+    object_id   text NOT NULL,
+    customer_id text NOT NULL,
+    PRIMARY KEY (account, object_id)
+);
+CREATE INDEX ON {{schema}}.links (account, customer_id);
+
+CREATE TABLE {{schema}}.stream_links (
+    account   text NOT NULL,
+    object_id text NOT NULL,
+    stream    text NOT NULL,
+    PRIMARY KEY (account, object_id, stream)
+);
+
+CREATE TABLE {{schema}}.pending_disputes (
+    account            text        NOT NULL,
+    event_id           text        NOT NULL,
+    charge_id          text        NOT NULL,
+    dispute_id         text        NOT NULL,
+    status             text        NOT NULL,
+    currency           text        NOT NULL,
+    amount             bigint      NOT NULL,
+    last_event_created timestamptz NOT NULL,
+    PRIMARY KEY (account, event_id)
+);
+CREATE INDEX ON {{schema}}.pending_disputes (account, charge_id);

@@ -188,10 +188,14 @@ var (
 	}
 )
 
-// fold applies b to the read model in schema, within tx: it loads the
+// fold applies b to the read model in schema, within tx: it records b's
+// links (which may resolve disputes to their customers), loads the
 // stored state of every customer b names, applies b's facts to it in memory,
 // writes back the rows that changed and records b's dead letters.
 func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch) error {
+	if err := link(ctx, tx, schema, b); err != nil {
+		return err
+	}
 	ids := b.customers()
 	states, err := loadStates(ctx, tx, schema, ids)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
+	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
 func newHistoryCmd(c *cli) *cobra.Command {
@@ -17,7 +18,8 @@ func newHistoryCmd(c *cli) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "history (cus_… [--account acct_…] | --all)",
 		Short: "Export a customer's events (or --all: every event) as JSON Lines or CSV",
-		Long: `Export one customer's stream, or with --all every event of the log in global
+		Long: `Export one customer's history (its stream merged, in log order, with the
+streams of its disputes and refunds), or with --all every event of the log in global
 order, to stdout as JSON Lines or CSV, payloads byte for byte.
 --since and --until take an RFC 3339 time or a plain date (2026-11-01); a
 plain --until date includes that whole day (UTC).`,
@@ -105,7 +107,11 @@ func runHistory(ctx context.Context, c *cli, h historyFlags, positional []string
 	if h.all {
 		err = audit.EachInLog(ctx, l, each)
 	} else {
-		err = audit.EachInStream(ctx, l, stream, 0, each)
+		// The customer's stream merged with its linked objects' (DESIGN §8).
+		var streams []string
+		if streams, err = projections.CustomerStreams(ctx, b.Pool, positional[0], h.account); err == nil {
+			err = audit.EachInStreams(ctx, l, streams, eventlog.Start, audit.BatchSize, each)
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("history: %w", err)

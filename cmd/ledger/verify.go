@@ -19,6 +19,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/seal"
+	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
 func newVerifyCmd(c *cli) *cobra.Command {
@@ -27,7 +28,7 @@ func newVerifyCmd(c *cli) *cobra.Command {
 		Use:   "verify",
 		Short: "Re-prove the event log against its hash chains, seals and stored signatures",
 		Long: `Recompute every hash chain and payload digest of the event log (or of one
-customer's stream), check the seal chain and that every stream head a seal
+customer's history: its stream and its linked objects'), check the seal chain and that every stream head a seal
 recorded is still there, and, with STRIPE_WEBHOOK_SECRET set, re-verify every
 stored Stripe signature. --seal HASH also requires that seal (written down
 elsewhere) to be in the chain. --file verifies an export of ledger history
@@ -105,7 +106,7 @@ func runVerify(ctx context.Context, c *cli, f verifyFlags) error {
 	if f.file != "" {
 		res, err = verifyFile(f.file, cfg.WebhookSecrets)
 	} else {
-		res, err = verifyDatabase(ctx, c, cfg, logger, streams, f.seal)
+		res, err = verifyDatabase(ctx, c, cfg, logger, streams != nil, f)
 	}
 	if err != nil {
 		return err
@@ -137,12 +138,19 @@ func verifyFile(path string, secrets []string) (verifyResult, error) {
 	return newVerifyResult(path, report), nil
 }
 
-func verifyDatabase(ctx context.Context, c *cli, cfg Config, logger *slog.Logger, streams []string, expect string) (verifyResult, error) {
+func verifyDatabase(ctx context.Context, c *cli, cfg Config, logger *slog.Logger, oneCustomer bool, f verifyFlags) (verifyResult, error) {
+	expect := f.seal
 	b, err := OpenBackends(ctx, cfg, logger, postgres.WithCompleteReads(auditReadWait)) // a short read would look like the end of the log
 	if err != nil {
 		return verifyResult{}, err
 	}
 	defer b.Close()
+	var streams []string
+	if oneCustomer { // its stream and its linked objects' (DESIGN §8)
+		if streams, err = projections.CustomerStreams(ctx, b.Pool, f.customer, f.account); err != nil {
+			return verifyResult{}, fmt.Errorf("verify: %w", err)
+		}
+	}
 	// The seals first: whatever they cover was readable when they were written.
 	chain, err := seal.Check(ctx, b.Pool, expect)
 	if err != nil {

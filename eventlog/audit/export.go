@@ -70,19 +70,20 @@ func Head(ctx context.Context, l eventlog.Log, stream string, known eventlog.Rec
 // Entry is a record's metadata as the exports show it: hashes in hex, times
 // in RFC 3339 UTC.
 type Entry struct {
-	EventID       string    `json:"event_id"`
-	Stream        string    `json:"stream"`
-	Account       string    `json:"account,omitempty"`
-	Type          string    `json:"type"`
-	APIVersion    string    `json:"api_version"`
-	Created       time.Time `json:"created"`
-	ReceivedAt    time.Time `json:"received_at"`
-	StreamVersion int64     `json:"stream_version"`
-	Source        string    `json:"source"` // provenance: webhook, backfill, reconcile or thin
-	PayloadSHA256 string    `json:"payload_sha256"`
-	PrevHash      string    `json:"prev_hash"`
-	Hash          string    `json:"hash"`
-	Signature     string    `json:"signature"` // the Stripe-Signature header as received: exports verify offline
+	EventID       string            `json:"event_id"`
+	Stream        string            `json:"stream"`
+	Account       string            `json:"account,omitempty"`
+	Type          string            `json:"type"`
+	APIVersion    string            `json:"api_version"`
+	Created       time.Time         `json:"created"`
+	ReceivedAt    time.Time         `json:"received_at"`
+	StreamVersion int64             `json:"stream_version"`
+	Position      eventlog.Position `json:"position"` // in the log's global order: a history's order and its page cursor
+	Source        string            `json:"source"`   // provenance: webhook, backfill, reconcile or thin
+	PayloadSHA256 string            `json:"payload_sha256"`
+	PrevHash      string            `json:"prev_hash"`
+	Hash          string            `json:"hash"`
+	Signature     string            `json:"signature"` // the Stripe-Signature header as received: exports verify offline
 }
 
 // NewEntry returns r's metadata.
@@ -96,6 +97,7 @@ func NewEntry(r eventlog.Record) Entry {
 		Created:       r.Created.UTC(),
 		ReceivedAt:    r.ReceivedAt.UTC(),
 		StreamVersion: r.StreamVersion,
+		Position:      r.Position,
 		Source:        string(r.Source.OrWebhook()),
 		PayloadSHA256: hex.EncodeToString(r.PayloadSHA256),
 		PrevHash:      hex.EncodeToString(r.PrevHash),

@@ -54,6 +54,7 @@ func parseJSONLLine(line []byte) (eventlog.Record, error) {
 		Event: eventlog.Event{ID: l.EventID, Stream: l.Stream, Type: l.Type, APIVersion: l.APIVersion,
 			Created: l.Created, Account: l.Account, Signature: l.Signature, Source: eventlog.Source(l.Source)},
 		StreamVersion: l.StreamVersion,
+		Position:      l.Position,
 		ReceivedAt:    l.ReceivedAt,
 	}
 	switch {
