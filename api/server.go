@@ -35,6 +35,10 @@ type Config struct {
 	Registry  *prometheus.Registry // metrics are registered here and served at /metrics
 	// Projections reports each projection's progress for /readyz; nil reports none.
 	Projections func(ctx context.Context) ([]ProjectionLag, error)
+	// Stored, when set, is told of each newly stored webhook event after it
+	// is durable (serve wakes the thin-event fetcher and the reconciler); it
+	// must not block.
+	Stored func(env domain.Envelope)
 }
 
 // ProjectionLag is one projection's progress as /readyz reports it.

@@ -13,6 +13,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
+	"github.com/stripe-ledger/stripe-ledger/internal/stripesync"
 )
 
 // MaxWebhookBody is the largest webhook body accepted (DESIGN §5).
@@ -46,6 +47,10 @@ func (s *Server) handleWebhook(c echo.Context) error {
 	}
 
 	stream := env.Stream()
+	source := eventlog.SourceWebhook
+	if env.Thin {
+		source = eventlog.SourceThin
+	}
 	start := time.Now()
 	res, err := s.cfg.Log.Append(c.Request().Context(), eventlog.Event{
 		ID:         env.ID,
@@ -56,6 +61,7 @@ func (s *Server) handleWebhook(c echo.Context) error {
 		Account:    env.Account,
 		Payload:    payload,
 		Signature:  header,
+		Source:     source,
 	})
 	s.metrics.appendSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
@@ -65,12 +71,22 @@ func (s *Server) handleWebhook(c echo.Context) error {
 		s.metrics.webhooks.WithLabelValues("failed").Inc()
 		return err // logged and answered 500 by handleError; Stripe retries
 	}
+	if env.Thin {
+		// Owed before the 200 (a redelivery queues it again); the fetch itself
+		// happens later, so nothing here waits on Stripe.
+		if err := stripesync.EnqueueThin(c.Request().Context(), s.cfg.DB, env); err != nil {
+			return s.reject(c, payload, domain.Errorf(domain.EUNAVAILABLE, "could not queue the thin event's fetch; retry later"), "unavailable", "err", err)
+		}
+	}
 	outcome := "stored"
 	if res.Duplicate {
 		outcome = "duplicate"
 	}
 	s.metrics.webhooks.WithLabelValues(outcome).Inc()
-	s.cfg.Logger.Info("webhook", "event_id", env.ID, "type", env.Type, "stream", stream, "outcome", outcome)
+	s.cfg.Logger.Info("webhook", "event_id", env.ID, "type", env.Type, "stream", stream, "source", string(source), "outcome", outcome)
+	if s.cfg.Stored != nil && !res.Duplicate {
+		s.cfg.Stored(env)
+	}
 	return c.JSON(http.StatusOK, webhookResponse{Received: true, Duplicate: res.Duplicate})
 }
 

@@ -18,6 +18,10 @@ type Config struct {
 	APIToken       string
 	Plans          domain.Plans  // LEDGER_PLANS
 	SealInterval   time.Duration // LEDGER_SEAL_INTERVAL: how often serve seals the log; 0: never
+
+	StripeAPIKey      string        // STRIPE_API_KEY: backfill, reconcile, thin-event fetches; never logged
+	StripeAPIBase     string        // STRIPE_API_BASE: Stripe's API by default; tests point it at stripe-mock or a fake
+	ReconcileInterval time.Duration // LEDGER_RECONCILE_INTERVAL: serve reconciles this often; 0 (default) never
 }
 
 // DefaultDatabaseURL is used when DATABASE_URL is unset.
@@ -32,6 +36,16 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		EventLog:    orDefault(getenv("LEDGER_EVENTLOG"), "postgres"),
 		Addr:        orDefault(getenv("LEDGER_ADDR"), ":8080"),
 		APIToken:    getenv("LEDGER_API_TOKEN"),
+
+		StripeAPIKey:  getenv("STRIPE_API_KEY"),
+		StripeAPIBase: getenv("STRIPE_API_BASE"),
+	}
+	if v := getenv("LEDGER_RECONCILE_INTERVAL"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return Config{}, fmt.Errorf("LEDGER_RECONCILE_INTERVAL %q is not a duration such as 6h (0 or unset: off)", v)
+		}
+		cfg.ReconcileInterval = d
 	}
 	for _, s := range strings.Split(getenv("STRIPE_WEBHOOK_SECRET"), ",") {
 		if s = strings.TrimSpace(s); s != "" {

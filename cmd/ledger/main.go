@@ -7,6 +7,8 @@
 //	ledger seal                   seal the event log now and print the seal's hash
 //	ledger projections status|rebuild|diff
 //	ledger history                export a customer's events (or --all) as JSON Lines or CSV
+//	ledger backfill               append the events Stripe's Events API holds that the log does not
+//	ledger reconcile              compare the read model with Stripe's objects and repair the drift
 //	ledger version                this binary's module version and VCS revision
 //
 // The command line is built with cobra: each command is one newXxxCmd in its
@@ -113,10 +115,11 @@ log and projects it into a read model of customers, subscriptions and invoices.
 
 Configuration comes from the environment (DATABASE_URL, STRIPE_WEBHOOK_SECRET,
 LEDGER_EVENTLOG, LEDGER_ADDR, LEDGER_API_TOKEN, LEDGER_PLANS, LEDGER_SEAL_INTERVAL,
-LEDGER_LOG_LEVEL, LEDGER_LOG_FORMAT); see the README.
+LEDGER_LOG_LEVEL, LEDGER_LOG_FORMAT, STRIPE_API_KEY, STRIPE_API_BASE,
+LEDGER_RECONCILE_INTERVAL); see the README.
 
 Exit codes: 0 ok, 1 the command found a problem (projections diff found changes,
-verify found tampering), 2 bad usage or the command could not run.`,
+verify found tampering, reconcile found drift), 2 bad usage or the command could not run.`,
 		Args:              noArgs,
 		SilenceUsage:      true,
 		SilenceErrors:     true,
@@ -133,6 +136,8 @@ verify found tampering), 2 bad usage or the command could not run.`,
 		newSealCmd(c),
 		newProjectionsCmd(c),
 		newHistoryCmd(c),
+		newBackfillCmd(c),
+		newReconcileCmd(c),
 		newVersionCmd(c),
 	)
 	return root

@@ -22,6 +22,8 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/seal"
+	"github.com/stripe-ledger/stripe-ledger/internal/stripeapi"
+	"github.com/stripe-ledger/stripe-ledger/internal/stripesync"
 	"github.com/stripe-ledger/stripe-ledger/migrations"
 	"github.com/stripe-ledger/stripe-ledger/projections"
 )
@@ -147,6 +149,14 @@ type Service struct {
 	runner    *projections.Runner
 	sealer    *seal.Sealer // nil when LEDGER_SEAL_INTERVAL is 0
 	sealEvery time.Duration
+
+	// Stripe's API: the thin-event fetcher (with a key) and the reconciler
+	// (with a key and LEDGER_RECONCILE_INTERVAL, or when Stripe reports an
+	// event-generation failure resolved).
+	sync              *stripesync.Syncer
+	reconcileInterval time.Duration
+	thinArrived       chan struct{}
+	reconcileNow      chan struct{}
 }
 
 // OpenService opens the backends and builds the server and the projection
@@ -156,14 +166,21 @@ func OpenService(ctx context.Context, cfg Config, logger *slog.Logger) (*Service
 	if err != nil {
 		return nil, err
 	}
-	svc := &Service{Backends: b, logger: logger, sealEvery: cfg.SealInterval}
+	svc := &Service{Backends: b, logger: logger, sealEvery: cfg.SealInterval, reconcileInterval: cfg.ReconcileInterval,
+		thinArrived: make(chan struct{}, 1), reconcileNow: make(chan struct{}, 1)}
 	if cfg.SealInterval > 0 {
 		svc.sealer = seal.NewSealer(b.Pool, b.Log)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	billing := projections.Billing(cfg.Plans)
-	svc.runner, err = projections.NewRunner(b.Pool, b.Log, billing, logger, reg)
+	svc.sync, err = newSyncer(cfg, b, logger)
+	if err == nil {
+		err = stripesync.RegisterThinMetrics(reg, b.Pool)
+	}
+	if err == nil {
+		svc.runner, err = projections.NewRunner(b.Pool, b.Log, billing, logger, reg)
+	}
 	if err == nil {
 		svc.api, err = api.New(api.Config{
 			Log:            b.Log,
@@ -177,6 +194,7 @@ func OpenService(ctx context.Context, cfg Config, logger *slog.Logger) (*Service
 			Logger:      logger,
 			Registry:    reg,
 			Projections: svc.projectionLags,
+			Stored:      svc.stored,
 		})
 	}
 	if err != nil {
@@ -185,6 +203,53 @@ func OpenService(ctx context.Context, cfg Config, logger *slog.Logger) (*Service
 	}
 	return svc, nil
 }
+
+// newSyncer is the Stripe API side of the ledger; its API client is nil
+// without STRIPE_API_KEY.
+func newSyncer(cfg Config, b *Backends, logger *slog.Logger) (*stripesync.Syncer, error) {
+	s := &stripesync.Syncer{Log: b.Log, DB: b.Pool, Plans: cfg.Plans, Logger: logger}
+	if cfg.StripeAPIKey != "" {
+		client, err := stripeapi.New(stripeapi.Config{Key: cfg.StripeAPIKey, Base: cfg.StripeAPIBase, Logger: logger})
+		if err != nil {
+			return nil, err
+		}
+		s.API = client
+	}
+	return s, nil
+}
+
+// stored wakes the Stripe API side for a newly stored webhook event.
+func (s *Service) stored(env domain.Envelope) {
+	wake := func(c chan struct{}) {
+		select {
+		case c <- struct{}{}:
+		default: // a wake-up is already pending
+		}
+	}
+	if env.Thin {
+		wake(s.thinArrived)
+	}
+	if env.Type == stripesync.EventGenerationFailureResolved {
+		s.logger.Warn("Stripe reports it failed to generate some events; reconciling", "event_id", env.ID)
+		wake(s.reconcileNow)
+	}
+}
+
+// runStripeSync runs the thin-event fetcher and the reconciler until ctx is
+// done; without STRIPE_API_KEY it only says what it cannot do.
+func (s *Service) runStripeSync(ctx context.Context, wg *sync.WaitGroup) {
+	if s.sync.API == nil {
+		s.logger.Warn("STRIPE_API_KEY is not set: thin events are stored and counted (ledger_thin_events_pending) " +
+			"but not fetched, and no reconcile runs; ledger backfill fetches them once a key is set")
+		return
+	}
+	wg.Go(func() { s.sync.RunThinFetcher(ctx, thinFetchInterval, s.thinArrived) })
+	wg.Go(func() { s.sync.RunReconciler(ctx, s.reconcileInterval, s.reconcileNow) })
+}
+
+// thinFetchInterval is how often serve looks for thin events still to fetch
+// (a new one wakes the fetcher at once; this catches the rest).
+const thinFetchInterval = 30 * time.Second
 
 func (s *Service) projectionLags(ctx context.Context) ([]api.ProjectionLag, error) {
 	statuses, err := projections.ReadStatus(ctx, s.Pool, s.Log)
@@ -215,6 +280,7 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 	if s.sealer != nil {
 		wg.Go(func() { s.sealer.Run(runCtx, s.sealEvery, s.logger) })
 	}
+	s.runStripeSync(runCtx, &wg)
 	defer wg.Wait()
 	defer stopRunner()
 

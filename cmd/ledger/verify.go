@@ -227,19 +227,10 @@ func writeVerifyText(w io.Writer, res verifyResult, secrets int) {
 // unknown), and a func that ends the drawing. When stderr is not a terminal,
 // the callback is nil and nothing is drawn.
 func progressBar(stderr io.Writer, description string, total int64) (progress func(done int64), finish func()) {
-	f, ok := stderr.(*os.File)
-	if !ok || !term.IsTerminal(int(f.Fd())) {
+	bar := newProgressBar(stderr, description, total)
+	if bar == nil {
 		return nil, func() {}
 	}
-	bar := progressbar.NewOptions64(total,
-		progressbar.OptionSetWriter(f),
-		progressbar.OptionSetDescription(description),
-		progressbar.OptionSetItsString("events"),
-		progressbar.OptionShowCount(),
-		progressbar.OptionShowIts(),
-		progressbar.OptionThrottle(100*time.Millisecond),
-		progressbar.OptionClearOnFinish(),
-	)
 	return func(done int64) {
 			if total >= 0 && done > bar.GetMax64() { // events appended since the count
 				bar.ChangeMax64(done)
@@ -248,4 +239,37 @@ func progressBar(stderr io.Writer, description string, total int64) (progress fu
 		}, func() {
 			_ = bar.Finish()
 		}
+}
+
+// estimatedProgressBar is progressBar for work whose total is estimated as
+// it goes (a backfill learns how far back each page of Stripe's reaches, not
+// how many events remain): each call passes the latest estimate.
+func estimatedProgressBar(stderr io.Writer, description string) (progress func(done, estimate int64), finish func()) {
+	bar := newProgressBar(stderr, description, 1)
+	if bar == nil {
+		return nil, func() {}
+	}
+	return func(done, estimate int64) {
+			bar.ChangeMax64(max(done, estimate, 1))
+			_ = bar.Set64(done)
+		}, func() {
+			_ = bar.Finish()
+		}
+}
+
+// newProgressBar is a bar of events on stderr, nil when stderr is not a terminal.
+func newProgressBar(stderr io.Writer, description string, total int64) *progressbar.ProgressBar {
+	f, ok := stderr.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return nil
+	}
+	return progressbar.NewOptions64(total,
+		progressbar.OptionSetWriter(f),
+		progressbar.OptionSetDescription(description),
+		progressbar.OptionSetItsString("events"),
+		progressbar.OptionShowCount(),
+		progressbar.OptionShowIts(),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionClearOnFinish(),
+	)
 }
