@@ -60,6 +60,7 @@ type verifyResult struct {
 	Streams          int64           `json:"streams"`
 	Events           int64           `json:"events"`
 	SignaturesTested bool            `json:"signatures_tested"`
+	UnsignedByDesign int64           `json:"unsigned_by_design"` // fetched from Stripe's API (provenance backfill, reconcile, thin)
 	Anchored         int64           `json:"streams_starting_mid_export,omitempty"`
 	Seals            *sealSummary    `json:"seals,omitempty"`
 	ProblemCount     int64           `json:"problem_count"`
@@ -184,13 +185,17 @@ func verifyDatabase(ctx context.Context, c *cli, cfg Config, logger *slog.Logger
 
 func newVerifyResult(source string, r audit.Report) verifyResult {
 	return verifyResult{Source: source, OK: r.OK(), Streams: r.Streams, Events: r.Events, SignaturesTested: r.SignaturesTested,
-		Anchored: r.Anchored, ProblemCount: r.ProblemCount, Problems: append([]audit.Problem{}, r.Problems...)}
+		UnsignedByDesign: r.UnsignedByDesign, Anchored: r.Anchored, ProblemCount: r.ProblemCount, Problems: append([]audit.Problem{}, r.Problems...)}
 }
 
 func writeVerifyText(w io.Writer, res verifyResult, secrets int) {
 	fmt.Fprintf(w, "checked %d stream(s), %d event(s) in %s: hash chains and payload digests recomputed\n", res.Streams, res.Events, res.Source)
 	if res.Anchored > 0 {
 		fmt.Fprintf(w, "%d stream(s) start after version 0 in the export: checked from their first line on\n", res.Anchored)
+	}
+	if res.UnsignedByDesign > 0 {
+		fmt.Fprintf(w, "%d record(s) fetched from Stripe's API (provenance backfill, reconcile or thin) carry no Stripe-Signature, by design\n",
+			res.UnsignedByDesign)
 	}
 	if res.SignaturesTested {
 		fmt.Fprintf(w, "Stripe signatures re-verified against %d webhook secret(s), timestamps ignored\n", secrets)

@@ -78,49 +78,57 @@ func (s *Syncer) Backfill(ctx context.Context, opts BackfillOptions) (BackfillSu
 	if len(types) > 0 {
 		q["types[]"] = types
 	}
-	pages := make(chan stripeapi.Page, 2) // the next pages are fetched while this one is appended
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
+	// The next pages are fetched while this one is appended. A failed list
+	// request ends the listing; the pages fetched before it are still stored
+	// and saved, so that a rerun resumes after them.
+	pages := make(chan stripeapi.Page, 2)
+	listCtx, stopListing := context.WithCancel(ctx)
+	defer stopListing()
+	var listErr error
+	go func() {
 		defer close(pages)
 		cursor := run.cursor
 		for {
 			if cursor != "" {
 				q.Set("starting_after", cursor)
 			}
-			page, err := s.API.ListPage(gctx, "/v1/events", q, "")
+			page, err := s.API.ListPage(listCtx, "/v1/events", q, "")
 			if err != nil {
-				return fmt.Errorf("backfill: list events: %w", err)
+				listErr = fmt.Errorf("backfill: list events: %w", err)
+				return
 			}
 			select {
 			case pages <- page:
-			case <-gctx.Done():
-				return gctx.Err()
+			case <-listCtx.Done():
+				return
 			}
 			if !page.HasMore || len(page.Data) == 0 {
-				return nil
+				return
 			}
 			if cursor, err = stripeapi.ItemID(page.Data[len(page.Data)-1]); err != nil {
-				return fmt.Errorf("backfill: %w", err)
+				listErr = fmt.Errorf("backfill: %w", err)
+				return
 			}
 		}
-	})
-	g.Go(func() error {
-		for page := range pages {
-			if err := s.appendPage(gctx, page, opts.Workers, &sum); err != nil {
-				return err
-			}
-			if err := s.saveRun(gctx, sum, page); err != nil {
-				return err
-			}
-			if opts.Progress != nil {
-				opts.Progress(BackfillProgress{Seen: sum.Seen, Appended: sum.Appended, AlreadyStored: sum.AlreadyStored,
-					Covered: s.covered(sum.From, page)})
-			}
+	}()
+	for page := range pages {
+		err := s.appendPage(ctx, page, opts.Workers, &sum)
+		if err == nil {
+			err = s.saveRun(ctx, sum, page)
 		}
-		return nil
-	})
-	if err := g.Wait(); err != nil {
-		return sum, err
+		if err != nil {
+			stopListing()
+			for range pages { // let the lister end
+			}
+			return sum, err
+		}
+		if opts.Progress != nil {
+			opts.Progress(BackfillProgress{Seen: sum.Seen, Appended: sum.Appended, AlreadyStored: sum.AlreadyStored,
+				Covered: s.covered(sum.From, page)})
+		}
+	}
+	if listErr != nil { // read after the lister closed pages
+		return sum, listErr
 	}
 	if err := s.finishRun(ctx, sum.Run); err != nil {
 		return sum, err

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
@@ -106,10 +107,13 @@ func (s *Syncer) Reconcile(ctx context.Context, opts ReconcileOptions) (Reconcil
 // customer, but retrieving one answers {"deleted": true}.
 func (s *Syncer) reconcileGoneCustomers(ctx context.Context, opts ReconcileOptions, listed map[string]bool, rep *ReconcileReport) error {
 	rows, err := s.DB.Query(ctx, `SELECT customer_id FROM readmodel.customers WHERE NOT deleted ORDER BY customer_id`)
-	if err != nil {
-		return fmt.Errorf("read the ledger's customers: %w", err)
+	var ids []string
+	if err == nil {
+		ids, err = pgx.CollectRows(rows, pgx.RowTo[string])
 	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if noReadModel(err) {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("read the ledger's customers: %w", err)
 	}
@@ -191,9 +195,16 @@ func diff(fields []field) []Drift {
 	return out
 }
 
+// noReadModel reports an error of a read model not built yet (no
+// projection has run): it holds nothing.
+func noReadModel(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "42P01" // undefined_table
+}
+
 // missing is the drift of an object the read model does not hold.
 func missing(err error) ([]Drift, error) {
-	if errors.Is(err, pgx.ErrNoRows) {
+	if errors.Is(err, pgx.ErrNoRows) || noReadModel(err) {
 		return []Drift{{Field: "exists", Ledger: "false", Stripe: "true"}}, nil
 	}
 	return nil, fmt.Errorf("read the read model: %w", err)
@@ -205,7 +216,7 @@ func (s *Syncer) customerDrift(ctx context.Context, c *domain.Customer) ([]Drift
 	err := s.DB.QueryRow(ctx, `SELECT email, name, deleted FROM readmodel.customers WHERE customer_id = $1`, c.ID).
 		Scan(&email, &name, &deleted)
 	if err != nil {
-		if c.Deleted && errors.Is(err, pgx.ErrNoRows) {
+		if c.Deleted && (errors.Is(err, pgx.ErrNoRows) || noReadModel(err)) {
 			return nil, nil // deleted before the ledger ever heard of it
 		}
 		return missing(err)

@@ -13,7 +13,7 @@ const EventGenerationFailureResolved = "v2.core.health.event_generation_failure.
 
 // reconcileLockClass is the first key of the advisory lock that keeps
 // scheduled reconciles to one replica at a time ('LREC').
-const reconcileLockClass = 0x4c524543
+const reconcileLockClass int32 = 0x4c524543
 
 // RunReconciler reconciles the platform account every interval (never
 // when interval is 0) and once each time trigger receives, until ctx is

@@ -39,10 +39,12 @@ type object struct {
 	raw         json.RawMessage
 }
 
-// Fault is an injected failure: the next Count requests (whose path has
-// the prefix Path, every path when empty) are answered Status with Header.
+// Fault is an injected failure: after After requests (whose path has the
+// prefix Path, every path when empty) are answered normally, the next Count
+// are answered Status with Header.
 type Fault struct {
 	Path   string
+	After  int
 	Count  int
 	Status int
 	Header http.Header
@@ -131,6 +133,10 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	for i := range a.faults {
 		if f := &a.faults[i]; f.Count > 0 && strings.HasPrefix(r.URL.Path, f.Path) {
+			if f.After > 0 {
+				f.After--
+				break
+			}
 			f.Count--
 			for k, v := range f.Header {
 				w.Header()[k] = v
