@@ -222,7 +222,7 @@ func TestReconcileRepairsAMissedCancellation(t *testing.T) {
 
 	out, _, code = ledgerCmd(t, getenv, "reconcile", "--format", "json")
 	var rep struct {
-		Drift []struct{ Object, ID, Field, Ledger, Stripe string }
+		Drift    []struct{ Object, ID, Field, Ledger, Stripe string }
 		Appended int
 	}
 	if err := json.Unmarshal([]byte(out), &rep); err != nil || code != exitProblem || rep.Appended != 1 {
