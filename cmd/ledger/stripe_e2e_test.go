@@ -360,10 +360,17 @@ func TestThinEventWithoutKeyFetchedLater(t *testing.T) {
 	if v := pendingGauge(t, base); v != "0" {
 		t.Fatalf("ledger_thin_events_pending %s after the backfill, want 0", v)
 	}
+	requireSubscriptionStatus(t, base, "sub_missed", "active")
+}
+
+// requireSubscriptionStatus waits for the projection, then requires the
+// subscription's status in the read API.
+func requireSubscriptionStatus(t *testing.T, base, id, want string) {
+	t.Helper()
 	waitCaughtUp(t, base)
 	var sub struct{ Status string }
-	if status := getV1(t, base+"/v1/subscriptions/sub_missed", &sub); status != http.StatusOK || sub.Status != "active" {
-		t.Fatalf("subscription after the fetch: %d %+v", status, sub)
+	if status := getV1(t, base+"/v1/subscriptions/"+id, &sub); status != http.StatusOK || sub.Status != want {
+		t.Fatalf("subscription %s: %d %+v, want status %s", id, status, sub, want)
 	}
 }
 
@@ -380,11 +387,7 @@ func TestEventGenerationFailureTriggersReconcile(t *testing.T) {
 	waitFor(t, "the reconcile's observed snapshots", func() bool {
 		return countRows(t, url, `SELECT count(*) FROM events WHERE source = 'reconcile'`) == 2
 	})
-	waitCaughtUp(t, base)
-	var sub struct{ Status string }
-	if status := getV1(t, base+"/v1/subscriptions/sub_missed", &sub); status != http.StatusOK || sub.Status != "active" {
-		t.Fatalf("subscription after the triggered reconcile: %d %+v", status, sub)
-	}
+	requireSubscriptionStatus(t, base, "sub_missed", "active")
 }
 
 // Against stripe-mock (Stripe's OpenAPI spec, which rejects parameters it
