@@ -15,7 +15,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
 	"github.com/stripe-ledger/stripe-ledger/internal/stripeapi/stripefake"
 	"github.com/stripe-ledger/stripe-ledger/internal/stripeapi/stripemock"
@@ -91,7 +90,7 @@ func TestBackfillFillsAnEmptyLedger(t *testing.T) {
 
 	base := startService(t, getenv)
 	waitCaughtUp(t, base)
-	requireReadModel(t, base, payloads, mustPlans(t))
+	requireReadModel(t, base, payloads, mustPlans(t, domaintest.Plans))
 
 	again := deliveries[len(deliveries)/2]
 	status, body := postWebhook(t, base, again.Payload)
@@ -111,15 +110,6 @@ func TestBackfillFillsAnEmptyLedger(t *testing.T) {
 	if want := fmt.Sprintf("%d seen, 0 appended, %d already stored", len(deliveries), len(deliveries)); code != 0 || !strings.Contains(out, want) {
 		t.Fatalf("second backfill exit %d: %s; want %q", code, out, want)
 	}
-}
-
-func mustPlans(t *testing.T) domain.Plans {
-	t.Helper()
-	plans, err := domain.ParsePlans(domaintest.Plans)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return plans
 }
 
 func fakeEvents(api *stripefake.API, n int) {
