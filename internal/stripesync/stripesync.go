@@ -6,7 +6,7 @@
 // webhook delivery, with its provenance (eventlog.Source) and without a
 // Stripe-Signature, so a rebuild stays a pure function of the log. The
 // bookkeeping (thin events awaiting a fetch, backfill cursors) lives in the
-// PostgreSQL tables of migrations/008_stripe_sync.sql, whatever the log's
+// PostgreSQL tables of migrations/009_stripe_sync.sql, whatever the log's
 // backend.
 package stripesync
 
