@@ -4,13 +4,9 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"net/http/httptest"
 	"os"
-	"strconv"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -19,6 +15,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
+	"github.com/stripe-ledger/stripe-ledger/internal/tcpproxy"
 	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
 )
 
@@ -29,13 +26,13 @@ type testEnv struct {
 	url   string
 	pool  *pgxpool.Pool // direct, for assertions
 	log   eventlog.Log
-	proxy *tcpProxy // non-nil when the server reaches the database through a proxy
+	proxy *tcpproxy.Proxy // non-nil when the server reaches the database through a proxy
 }
 
 func newTestEnv(tb testing.TB) *testEnv {
 	tb.Helper()
 	pool, _ := pgtest.NewPool(tb)
-	return startServer(tb, pool, pool, nil)
+	return startServer(tb, pool, pool, nil, nil)
 }
 
 // newTestEnvBehindProxy routes the server's database traffic through a TCP
@@ -43,35 +40,33 @@ func newTestEnv(tb testing.TB) *testEnv {
 func newTestEnvBehindProxy(tb testing.TB) *testEnv {
 	tb.Helper()
 	direct, url := pgtest.NewPool(tb)
-	cfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	proxy := startProxy(tb, net.JoinHostPort(cfg.ConnConfig.Host, strconv.Itoa(int(cfg.ConnConfig.Port))))
-	host, port, _ := net.SplitHostPort(proxy.addr)
-	portNum, _ := strconv.ParseUint(port, 10, 16)
-	cfg.ConnConfig.Host, cfg.ConnConfig.Port = host, uint16(portNum)
-	cfg.ConnConfig.ConnectTimeout = 2 * time.Second
-	viaProxy, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(viaProxy.Close)
-	return startServer(tb, direct, viaProxy, proxy)
+	proxy, viaProxy := tcpproxy.Pool(tb, url, 0)
+	return startServer(tb, direct, viaProxy, proxy, nil)
 }
 
-func startServer(tb testing.TB, direct, serverPool *pgxpool.Pool, proxy *tcpProxy) *testEnv {
+// newTestEnvWith is newTestEnv with a configuration changed by configure.
+func newTestEnvWith(tb testing.TB, configure func(*api.Config)) *testEnv {
+	tb.Helper()
+	pool, _ := pgtest.NewPool(tb)
+	return startServer(tb, pool, pool, nil, configure)
+}
+
+func startServer(tb testing.TB, direct, serverPool *pgxpool.Pool, proxy *tcpproxy.Proxy, configure func(*api.Config)) *testEnv {
 	tb.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	log := postgres.New(serverPool, logger)
-	srv, err := api.New(api.Config{
+	cfg := api.Config{
 		Log:            log,
 		DB:             serverPool,
 		WebhookSecrets: []string{secret, oldSecret},
 		APIToken:       apiToken,
 		Plans:          testPlans,
 		Logger:         logger,
-	})
+	}
+	if configure != nil {
+		configure(&cfg)
+	}
+	srv, err := api.New(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -99,69 +94,4 @@ func (e *testEnv) count(tb testing.TB) int64 {
 		tb.Fatal(err)
 	}
 	return n
-}
-
-// tcpProxy forwards connections to a target; Down closes the listener and
-// every open connection, Up listens again on the same address.
-type tcpProxy struct {
-	addr, target string
-	mu           sync.Mutex
-	ln           net.Listener
-	conns        map[net.Conn]struct{}
-}
-
-func startProxy(tb testing.TB, target string) *tcpProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	p := &tcpProxy{addr: ln.Addr().String(), target: target, conns: map[net.Conn]struct{}{}}
-	p.serve(ln)
-	tb.Cleanup(p.Down)
-	return p
-}
-
-func (p *tcpProxy) serve(ln net.Listener) {
-	p.mu.Lock()
-	p.ln = ln
-	p.mu.Unlock()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", p.target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns[c], p.conns[up] = struct{}{}, struct{}{}
-			p.mu.Unlock()
-			go func() { _, _ = io.Copy(up, c); up.Close() }()
-			go func() { _, _ = io.Copy(c, up); c.Close() }()
-		}
-	}()
-}
-
-func (p *tcpProxy) Down() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ln != nil {
-		p.ln.Close()
-		p.ln = nil
-	}
-	for c := range p.conns {
-		c.Close()
-	}
-	clear(p.conns)
-}
-
-func (p *tcpProxy) Up(tb testing.TB) {
-	ln, err := net.Listen("tcp", p.addr)
-	if err != nil {
-		tb.Fatalf("proxy up: %v", err)
-	}
-	p.serve(ln)
 }

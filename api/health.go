@@ -18,13 +18,15 @@ func (s *Server) handleHealthz(c echo.Context) error {
 type readiness struct {
 	Status      string          `json:"status"` // ok | degraded
 	Database    string          `json:"database"`
+	DeadLetters int64           `json:"dead_letters"` // over every projection
 	Projections []ProjectionLag `json:"projections"`
 }
 
 // handleReadyz answers 200 when the database is reachable (projection lag is
 // reported, not judged: a rebuilding projection is not a reason to stop
 // taking webhooks) and 503 "degraded" when it is not. Status is "degraded"
-// with a 200 when the projections' progress cannot be read.
+// with a 200 when the projections' progress cannot be read or a projection
+// has dead letters (events it could not apply: an operator must look).
 func (s *Server) handleReadyz(c echo.Context) error {
 	ctx, cancel := context.WithTimeout(c.Request().Context(), readyTimeout)
 	defer cancel()
@@ -43,6 +45,12 @@ func (s *Server) handleReadyz(c echo.Context) error {
 			r.Status = "degraded"
 		}
 		r.Projections = append(r.Projections, lags...)
+		for _, l := range lags {
+			r.DeadLetters += l.DeadLetters
+		}
+		if r.DeadLetters > 0 {
+			r.Status = "degraded"
+		}
 	}
 	return c.JSON(http.StatusOK, r)
 }

@@ -7,21 +7,26 @@ import (
 type metrics struct {
 	webhooks      *prometheus.CounterVec // by outcome
 	appendSeconds prometheus.Histogram
+	inflight      prometheus.Gauge // webhook requests being served
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ledger_webhook_deliveries_total",
-			Help: "Stripe webhook deliveries by outcome (stored, duplicate, rejected, too_large, unavailable, failed).",
+			Help: "Stripe webhook deliveries by outcome (stored, duplicate, rejected, too_large, unavailable, overloaded, failed).",
 		}, []string{"outcome"}),
 		appendSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ledger_event_append_seconds",
 			Help:    "Time to append a verified event to the event log.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ledger_webhook_inflight",
+			Help: "Webhook requests being served now, slow senders included (capped by LEDGER_WEBHOOK_MAX_INFLIGHT).",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.webhooks, m.appendSeconds} {
+	for _, c := range []prometheus.Collector{m.webhooks, m.appendSeconds, m.inflight} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

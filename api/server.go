@@ -5,6 +5,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"errors"
@@ -33,6 +34,9 @@ type Config struct {
 	LivePlans func(ctx context.Context) (plans domain.Plans, ok bool, err error)
 	Logger    *slog.Logger
 	Registry  *prometheus.Registry // metrics are registered here and served at /metrics
+	// MaxInflightWebhooks caps the webhook requests served at once; beyond
+	// it the webhook answers 503. 0: DefaultMaxInflightWebhooks.
+	MaxInflightWebhooks int
 	// Projections reports each projection's progress for /readyz; nil reports none.
 	Projections func(ctx context.Context) ([]ProjectionLag, error)
 	// Stored, when set, is told of each newly stored webhook event after it
@@ -47,6 +51,9 @@ type ProjectionLag struct {
 	Position eventlog.Position `json:"position"` // "commit/prepare", as everywhere
 	Head     eventlog.Position `json:"head"`
 	Lag      int64             `json:"lag"`
+	// DeadLetters counts the events the live version could not apply; any
+	// makes /readyz "degraded" (still 200: webhooks are still taken).
+	DeadLetters int64 `json:"dead_letters"`
 }
 
 // Server is the HTTP server. Create it with New; it is an http.Handler.
@@ -80,7 +87,7 @@ func New(cfg Config) (*Server, error) {
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.handleError
 
-	e.POST("/stripe/webhook", s.handleWebhook)
+	e.POST("/stripe/webhook", s.handleWebhook, s.limitInflight(cmp.Or(cfg.MaxInflightWebhooks, DefaultMaxInflightWebhooks)))
 	e.GET("/healthz", s.handleHealthz)
 	e.GET("/readyz", s.handleReadyz)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{})))
@@ -88,11 +95,11 @@ func New(cfg Config) (*Server, error) {
 	// The token guards each route rather than the group: a group middleware
 	// makes Echo route every method under /v1, so a POST would not be a 405.
 	v1 := e.Group("/v1")
-	v1.GET("/customers/:id", s.handleCustomer, s.requireToken)
-	v1.GET("/subscriptions/:id", s.handleSubscription, s.requireToken)
-	v1.GET("/customers/:id/events", s.handleEvents, s.requireToken)
-	v1.GET("/customers/:id/events.csv", s.handleEventsCSV, s.requireToken)
-	v1.GET("/customers/:id/state", s.handleState, s.requireToken)
+	v1.GET("/customers/:id", s.handleCustomer, s.requireToken, validateIDs)
+	v1.GET("/subscriptions/:id", s.handleSubscription, s.requireToken, validateIDs)
+	v1.GET("/customers/:id/events", s.handleEvents, s.requireToken, validateIDs)
+	v1.GET("/customers/:id/events.csv", s.handleEventsCSV, s.requireToken, validateIDs)
+	v1.GET("/customers/:id/state", s.handleState, s.requireToken, validateIDs)
 	return s, nil
 }
 

@@ -43,7 +43,7 @@ func (s *Server) handleWebhook(c echo.Context) error {
 	}
 	env, err := domain.ParseEnvelope(payload)
 	if err != nil {
-		return s.reject(c, payload, err, "rejected")
+		return s.reject(c, payload, err, "rejected") // the reason names the field, never its value
 	}
 
 	stream := env.Stream()

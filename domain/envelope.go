@@ -79,12 +79,15 @@ type rawObject struct {
 	Customer expandable `json:"customer"`
 }
 
-// ParseEnvelope decodes the envelope of a Stripe event, thin or not. It fails, with an
-// EINVALID *Error saying what is wrong, only when the payload is not JSON or
-// has no event id: whatever else is missing or odd (no type, no created, no
-// data.object), a verified event is still stored (DESIGN §2: none is ever
-// dropped), filed under object-unknown-<event id>, and left to the
-// projections to dead-letter. A missing created is the zero time.
+// ParseEnvelope decodes the envelope of a Stripe event, thin or not. It
+// fails, with an EINVALID *Error saying what is wrong, when the payload is
+// not JSON, has no event id, or carries an envelope field no Stripe event
+// has (see Envelope.validate: an id that is not a Stripe id, a type or
+// api_version that is not printable ASCII, a created outside 2000-2099).
+// Whatever is merely missing (no type, no created, no data.object), a
+// verified event is still stored (DESIGN §2: none is ever dropped), filed
+// under object-unknown-<event id>, and left to the projections to
+// dead-letter. A missing created is the zero time.
 func ParseEnvelope(payload []byte) (Envelope, error) {
 	var raw rawEnvelope
 	if err := json.Unmarshal(payload, &raw); err != nil {
@@ -126,6 +129,9 @@ func ParseEnvelope(payload []byte) (Envelope, error) {
 				env.CustomerID = env.ObjectID
 			}
 		}
+	}
+	if err := env.validate(int64(raw.Created)); err != nil {
+		return Envelope{}, err
 	}
 	return env, nil
 }

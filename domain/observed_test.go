@@ -65,7 +65,8 @@ func TestObservedDeletedCustomer(t *testing.T) {
 		t.Fatalf("facts %+v, %v: want a deleted customer", facts, err)
 	}
 	// Any object can be kept; only customers, subscriptions and invoices fold.
-	charge, env, err := domain.ObservedEvent(domain.Observation{Object: json.RawMessage(`{"id":"ch_1","object":"charge","customer":"cus_1"}`)})
+	charge, env, err := domain.ObservedEvent(domain.Observation{Object: json.RawMessage(`{"id":"ch_1","object":"charge","customer":"cus_1"}`),
+		FetchedAt: time.Unix(1700000000, 0)})
 	if err != nil || env.Type != "ledger.observed.charge" || domain.Handles(env.Type) {
 		t.Fatalf("observed charge: %+v, %v", env, err)
 	}

@@ -188,7 +188,7 @@ func (b *builder) catchUp(ctx context.Context, schema string, from eventlog.Posi
 	pos, done := from, int64(0)
 	g.Go(func() error {
 		for bt := range batches {
-			err := pgx.BeginFunc(gctx, b.pool, func(tx pgx.Tx) error { return fold(gctx, tx, b.p, schema, bt) })
+			bt, err := foldBatch(gctx, b.pool, b.logger, b.p, schema, bt, nil)
 			if err != nil {
 				return err
 			}

@@ -28,16 +28,22 @@
 //   - Facts that name no customer have no state to fold into: skipped,
 //     counted as outcome="no_customer"; except disputes, which wait for
 //     their charge's link (links.go) and are then folded into its customer.
-//   - An event whose envelope or data.object cannot be decoded is a dead
-//     letter: it is recorded in projection_dead_letters (event, position,
-//     type, error) in the same transaction as its batch, counted as
-//     outcome="dead_letter", and skipped. Skip-and-record rather than stop,
+//   - An event whose envelope or data.object cannot be decoded, or whose
+//     values domain.DecodeStorable refuses (an id over 255 bytes, a time
+//     outside 1970-9999), is a dead letter: it is recorded in
+//     projection_dead_letters (event, position, stream, type, error) in the
+//     same transaction as its batch, counted as outcome="dead_letter",
+//     logged at ERROR, and skipped. Skip-and-record rather than stop,
 //     because one malformed event must not freeze entitlements for every
-//     other customer. Dead letters belong to the schema that met them; after a
-//     fix, an operator re-drives them by rebuilding (Rebuild, or a new
-//     version), and they go away with the schema they were recorded for.
-//   - Database errors are not dead letters: the batch rolls back and the
-//     Runner retries with back-off from the stored checkpoint.
+//     other customer. Dead letters belong to the schema that met them; after
+//     a fix, an operator re-drives them with Retry or by rebuilding, and they
+//     go away with the schema they were recorded for.
+//   - When PostgreSQL refuses a batch's values (isDataError: SQLSTATE
+//     classes 21, 22, 23, 54), the batch is folded again in a new
+//     transaction, bisected under savepoints, and only the events that fail
+//     alone are dead letters (poison.go). Every other error (connection,
+//     serialization, deadlock, shutdown) rolls the batch back and the Runner
+//     retries with a short back-off from the stored checkpoint.
 //
 // # One runner, one build
 //

@@ -65,7 +65,8 @@ type batch struct {
 	facts       map[string][]domain.Fact // by customer id
 	links       []objectLink             // see links.go
 	streamLinks []streamLink
-	pending     []pendingDispute // dispute facts that name no customer
+	pending     []pendingDispute  // dispute facts that name no customer
+	recs        []eventlog.Record // what it was decoded from, to bisect it (poison.go)
 	deadLetters []deadLetter
 	outcomes    map[string]int // events by outcome label, for the metric
 	events      int
@@ -74,10 +75,12 @@ type batch struct {
 
 // deadLetter is an event the projection could not apply.
 type deadLetter struct {
-	eventID   string
-	eventType string
-	position  eventlog.Position
-	err       string
+	eventID       string
+	eventType     string
+	position      eventlog.Position
+	stream        string
+	streamVersion int64
+	err           string
 }
 
 // Outcomes of an event, the label of ledger_projection_events_total.
@@ -90,7 +93,7 @@ const (
 
 // decode turns recs into facts by customer. It does no I/O.
 func (p Projection) decode(recs []eventlog.Record) *batch {
-	b := &batch{facts: map[string][]domain.Fact{}, outcomes: map[string]int{}, events: len(recs)}
+	b := &batch{facts: map[string][]domain.Fact{}, recs: recs, outcomes: map[string]int{}, events: len(recs)}
 	if len(recs) > 0 {
 		b.last = recs[len(recs)-1].Position
 	}
@@ -109,9 +112,9 @@ func (p Projection) decodeRecord(b *batch, rec eventlog.Record) (outcome string)
 	// parsing it again would double the cost of decoding (rebuilds are
 	// bound by JSON decoding).
 	env := domain.Envelope{ID: rec.ID, Type: rec.Type, APIVersion: rec.APIVersion, Created: rec.Created, Account: rec.Account}
-	facts, err := domain.Decode(env, rec.Payload, p.Plans)
+	facts, err := domain.DecodeStorable(env, rec.Payload, p.Plans)
 	if err != nil {
-		b.deadLetters = append(b.deadLetters, deadLetter{eventID: rec.ID, eventType: rec.Type, position: rec.Position, err: err.Error()})
+		b.deadLetters = append(b.deadLetters, newDeadLetter(rec, err))
 		return outcomeDeadLetter
 	}
 	outcome = outcomeNoCustomer
@@ -160,6 +163,7 @@ func (b *batch) merge(d *batch) {
 	b.links = append(b.links, d.links...)
 	b.streamLinks = append(b.streamLinks, d.streamLinks...)
 	b.pending = append(b.pending, d.pending...)
+	b.recs = append(b.recs[:len(b.recs):len(b.recs)], d.recs...)
 	b.deadLetters = append(b.deadLetters, d.deadLetters...)
 	b.events += d.events
 	b.last = d.last

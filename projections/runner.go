@@ -25,8 +25,8 @@ type Runner struct {
 
 	lockRetry  time.Duration // how often a replica without the lock tries again
 	minBackoff time.Duration // first wait after an error, doubled up to maxBackoff
-	maxBackoff time.Duration
-	batchSize  int // of builds; live batches are the log's
+	maxBackoff time.Duration // short: the runner resumes this soon after the database returns
+	batchSize  int           // of builds; live batches are the log's
 }
 
 // NewRunner returns a Runner of p that reads log and writes the read model
@@ -40,9 +40,14 @@ func NewRunner(pool *pgxpool.Pool, log eventlog.Log, p Projection, logger *slog.
 	if err != nil {
 		return nil, err
 	}
+	if reg != nil {
+		if err := reg.Register(newDeadLetterGauge(pool)); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
+			return nil, fmt.Errorf("register dead-letter gauge: %w", err)
+		}
+	}
 	return &Runner{
 		pool: pool, log: log, p: p, logger: logger.With("projection", p.Name), metrics: m,
-		lockRetry: 3 * time.Second, minBackoff: time.Second, maxBackoff: 30 * time.Second, batchSize: buildBatchSize,
+		lockRetry: 3 * time.Second, minBackoff: time.Second, maxBackoff: 2 * time.Second, batchSize: buildBatchSize,
 	}, nil
 }
 
@@ -140,11 +145,8 @@ func (r *Runner) buildVersion(ctx context.Context) error {
 func (r *Runner) apply(cp *checkpoint) eventlog.Handler {
 	return func(ctx context.Context, recs []eventlog.Record) error {
 		b := r.p.decode(recs)
-		err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-			if err := advance(ctx, tx, r.p.Name, *cp, b.last); err != nil {
-				return err
-			}
-			return fold(ctx, tx, r.p, cp.Schema, b)
+		b, err := foldBatch(ctx, r.pool, r.logger, r.p, cp.Schema, b, func(tx pgx.Tx) error {
+			return advance(ctx, tx, r.p.Name, *cp, b.last)
 		})
 		if err != nil {
 			return err

@@ -290,14 +290,16 @@ func queueDeadLetters(b *pgx.Batch, p Projection, schema string, letters []deadL
 		return
 	}
 	var (
-		ids, types, errs  []string
-		commits, prepares []int64
+		ids, types, errs, streams   []string
+		commits, prepares, versions []int64
 	)
 	for _, l := range letters {
 		ids, types, errs = append(ids, l.eventID), append(types, l.eventType), append(errs, l.err)
 		commits, prepares = append(commits, int64(l.position.Commit)), append(prepares, int64(l.position.Prepare))
+		streams, versions = append(streams, l.stream), append(versions, l.streamVersion)
 	}
-	b.Queue(`INSERT INTO projection_dead_letters (projection, version, schema_name, event_id, position, prepare, event_type, error)
-SELECT $1, $2, $3, * FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::text[], $8::text[])
-ON CONFLICT (schema_name, event_id) DO NOTHING`, p.Name, p.Version, schema, ids, commits, prepares, types, errs)
+	b.Queue(`INSERT INTO projection_dead_letters
+       (projection, version, schema_name, event_id, position, prepare, event_type, error, stream, stream_version)
+SELECT $1, $2, $3, * FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bigint[])
+ON CONFLICT (schema_name, event_id) DO NOTHING`, p.Name, p.Version, schema, ids, commits, prepares, types, errs, streams, versions)
 }

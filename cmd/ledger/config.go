@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -22,7 +23,19 @@ type Config struct {
 	StripeAPIKey      string        // STRIPE_API_KEY: backfill, reconcile, thin-event fetches; never logged
 	StripeAPIBase     string        // STRIPE_API_BASE: Stripe's API by default; tests point it at stripe-mock or a fake
 	ReconcileInterval time.Duration // LEDGER_RECONCILE_INTERVAL: serve reconciles this often; 0 (default) never
+
+	// The HTTP server's limits against slow and idle clients.
+	HTTPReadTimeout     time.Duration // LEDGER_HTTP_READ_TIMEOUT: a whole request, body included
+	HTTPIdleTimeout     time.Duration // LEDGER_HTTP_IDLE_TIMEOUT: a keep-alive connection between requests
+	MaxInflightWebhooks int           // LEDGER_WEBHOOK_MAX_INFLIGHT: beyond it the webhook answers 503
 }
+
+// Defaults of the HTTP limits. A Stripe delivery is at most 1 MiB and sent
+// at once: 15 s is ample for it and cuts a trickling body well within 30 s.
+const (
+	DefaultHTTPReadTimeout = 15 * time.Second
+	DefaultHTTPIdleTimeout = 120 * time.Second
+)
 
 // DefaultDatabaseURL is used when DATABASE_URL is unset.
 const DefaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/ledger?sslmode=disable"
@@ -52,6 +65,18 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			cfg.WebhookSecrets = append(cfg.WebhookSecrets, s)
 		}
 	}
+	var err error
+	if cfg.HTTPReadTimeout, err = envDuration(getenv, "LEDGER_HTTP_READ_TIMEOUT", DefaultHTTPReadTimeout); err != nil {
+		return Config{}, err
+	}
+	if cfg.HTTPIdleTimeout, err = envDuration(getenv, "LEDGER_HTTP_IDLE_TIMEOUT", DefaultHTTPIdleTimeout); err != nil {
+		return Config{}, err
+	}
+	if v := getenv("LEDGER_WEBHOOK_MAX_INFLIGHT"); v != "" {
+		if cfg.MaxInflightWebhooks, err = strconv.Atoi(v); err != nil || cfg.MaxInflightWebhooks < 1 {
+			return Config{}, fmt.Errorf("LEDGER_WEBHOOK_MAX_INFLIGHT must be a positive integer, got %q", v)
+		}
+	}
 	plans, err := domain.ParsePlans(getenv("LEDGER_PLANS"))
 	if err != nil {
 		return Config{}, errors.New(domain.ErrorMessage(err)) // the message names LEDGER_PLANS
@@ -65,6 +90,19 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		return Config{}, errors.New(`LEDGER_EVENTLOG must be "postgres" or an esdb:// or esdb+discover:// connection string`)
 	}
 	return cfg, nil
+}
+
+// envDuration reads the positive duration in the variable name, def when unset.
+func envDuration(getenv func(string) string, name string, def time.Duration) (time.Duration, error) {
+	v := getenv(name)
+	if v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%s must be a positive duration such as 15s, got %q", name, v)
+	}
+	return d, nil
 }
 
 func orDefault(v, def string) string {

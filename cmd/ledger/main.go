@@ -92,6 +92,17 @@ func (c *cli) setup() (Config, *slog.Logger, error) {
 	return cfg, logger, nil
 }
 
+// backends is setup, then OpenBackends: what most commands start with.
+// The caller closes the backends.
+func (c *cli) backends(ctx context.Context) (*Backends, Config, *slog.Logger, error) {
+	cfg, logger, err := c.setup()
+	if err != nil {
+		return nil, Config{}, nil, err
+	}
+	b, err := OpenBackends(ctx, cfg, logger)
+	return b, cfg, logger, err
+}
+
 // run executes a command line; tests call it as main does.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	c := &cli{getenv: getenv, stdout: stdout, stderr: stderr}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -13,60 +12,35 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
-// newProjectionsCmd is `ledger projections status|rebuild|diff`.
+// newProjectionsCmd is `ledger projections status|rebuild|diff|dead-letters|retry`.
 func newProjectionsCmd(c *cli) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "projections",
 		Short: "Where each projection stands; rebuild it blue/green; diff a rebuild against the live model",
 		Args:  noArgs,
 		RunE: func(*cobra.Command, []string) error {
-			return usageError("projections: want a subcommand: status, rebuild or diff")
+			return usageError("projections: want a subcommand: status, rebuild, diff, dead-letters or retry")
 		},
 	}
-	cmd.AddCommand(newProjectionsStatusCmd(c), newProjectionsRebuildCmd(c), newProjectionsDiffCmd(c))
+	cmd.AddCommand(newProjectionsStatusCmd(c), newProjectionsRebuildCmd(c), newProjectionsDiffCmd(c),
+		newProjectionsDeadLettersCmd(c), newProjectionsRetryCmd(c))
 	return cmd
 }
 
 func newProjectionsStatusCmd(c *cli) *cobra.Command {
-	var format string
-	cmd := &cobra.Command{
-		Use:   "status",
-		Short: "Show each projection's version, position, lag and dead letters",
-		Args:  noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkFormat(format); err != nil {
-				return err
-			}
-			cfg, logger, err := c.setup()
-			if err != nil {
-				return err
-			}
-			b, err := OpenBackends(cmd.Context(), cfg, logger)
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			statuses, err := projections.ReadStatus(cmd.Context(), b.Pool, b.Log)
-			if err != nil {
-				return err
-			}
-			if format == "json" {
-				return writeJSON(c.stdout, statuses)
-			}
-			tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tVERSION\tPOSITION\tHEAD\tLAG\tDEAD LETTERS\tUPDATED\tPLANS")
-			for _, s := range statuses {
-				plans := "(not recorded)"
-				if s.Plans != nil {
-					plans = *s.Plans
-				}
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%s\t%s\n", s.Name, s.Version, s.Position, s.Head, s.Lag, s.DeadLetters, s.UpdatedAt.UTC().Format("2006-01-02T15:04:05Z"), plans)
-			}
-			return tw.Flush()
+	return newListCmd(c, "status", "Show each projection's version, position, lag and dead letters",
+		"NAME\tVERSION\tPOSITION\tHEAD\tLAG\tDEAD LETTERS\tUPDATED\tPLANS",
+		func(ctx context.Context, b *Backends) ([]projections.Status, error) {
+			return projections.ReadStatus(ctx, b.Pool, b.Log)
 		},
-	}
-	cmd.Flags().StringVar(&format, "format", "text", "output: text or json")
-	return cmd
+		func(s projections.Status) string {
+			plans := "(not recorded)"
+			if s.Plans != nil {
+				plans = *s.Plans
+			}
+			return fmt.Sprintf("%s\t%d\t%s\t%s\t%d\t%d\t%s\t%s", s.Name, s.Version, s.Position, s.Head, s.Lag, s.DeadLetters,
+				s.UpdatedAt.UTC().Format("2006-01-02T15:04:05Z"), plans)
+		})
 }
 
 func newProjectionsRebuildCmd(c *cli) *cobra.Command {

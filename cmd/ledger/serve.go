@@ -145,6 +145,7 @@ func (b *Backends) Close() {
 type Service struct {
 	*Backends
 	logger    *slog.Logger
+	cfg       Config
 	api       *api.Server
 	runner    *projections.Runner
 	sealer    *seal.Sealer // nil when LEDGER_SEAL_INTERVAL is 0
@@ -166,7 +167,7 @@ func OpenService(ctx context.Context, cfg Config, logger *slog.Logger) (*Service
 	if err != nil {
 		return nil, err
 	}
-	svc := &Service{Backends: b, logger: logger, sealEvery: cfg.SealInterval, reconcileInterval: cfg.ReconcileInterval,
+	svc := &Service{Backends: b, logger: logger, cfg: cfg, sealEvery: cfg.SealInterval, reconcileInterval: cfg.ReconcileInterval,
 		thinArrived: make(chan struct{}, 1), reconcileNow: make(chan struct{}, 1)}
 	if cfg.SealInterval > 0 {
 		svc.sealer = seal.NewSealer(b.Pool, b.Log)
@@ -195,6 +196,8 @@ func OpenService(ctx context.Context, cfg Config, logger *slog.Logger) (*Service
 			Registry:    reg,
 			Projections: svc.projectionLags,
 			Stored:      svc.stored,
+
+			MaxInflightWebhooks: cfg.MaxInflightWebhooks,
 		})
 	}
 	if err != nil {
@@ -258,7 +261,7 @@ func (s *Service) projectionLags(ctx context.Context) ([]api.ProjectionLag, erro
 	}
 	lags := make([]api.ProjectionLag, len(statuses))
 	for i, st := range statuses {
-		lags[i] = api.ProjectionLag{Name: st.Name, Position: st.Position, Head: st.Head, Lag: st.Lag}
+		lags[i] = api.ProjectionLag{Name: st.Name, Position: st.Position, Head: st.Head, Lag: st.Lag, DeadLetters: st.DeadLetters}
 	}
 	return lags, nil
 }
@@ -284,7 +287,8 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 	defer wg.Wait()
 	defer stopRunner()
 
-	srv := &http.Server{Handler: s.api, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: s.api, ReadHeaderTimeout: min(10*time.Second, s.cfg.HTTPReadTimeout),
+		ReadTimeout: s.cfg.HTTPReadTimeout, IdleTimeout: s.cfg.HTTPIdleTimeout}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
