@@ -7,6 +7,7 @@
 //	ledger seal                   seal the event log now and print the seal's hash
 //	ledger projections status|rebuild|diff
 //	ledger history                export a customer's events (or --all) as JSON Lines or CSV
+//	ledger events                 the Stripe event types the ledger decodes (to enable on the endpoint)
 //	ledger version                this binary's module version and VCS revision
 //
 // The command line is built with cobra: each command is one newXxxCmd in its
@@ -133,6 +134,7 @@ verify found tampering), 2 bad usage or the command could not run.`,
 		newSealCmd(c),
 		newProjectionsCmd(c),
 		newHistoryCmd(c),
+		newEventsCmd(c),
 		newVersionCmd(c),
 	)
 	return root

@@ -62,7 +62,18 @@ func newProjectionsStatusCmd(c *cli) *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%s\t%s\n", s.Name, s.Version, s.Position, s.Head, s.Lag, s.DeadLetters, s.UpdatedAt.UTC().Format("2006-01-02T15:04:05Z"), plans)
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			for _, s := range statuses {
+				for _, v := range s.APIVersions {
+					if !v.Tested {
+						fmt.Fprintf(c.stdout, "%s: events of API version %q, which the decoder was not tested with, decoded by shape (first: %s)\n",
+							s.Name, v.Version, v.FirstEventID)
+					}
+				}
+			}
+			return nil
 		},
 	}
 	cmd.Flags().StringVar(&format, "format", "text", "output: text or json")
