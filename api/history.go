@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -128,7 +127,7 @@ func parsePage(c echo.Context) (after eventlog.Position, limit int, err error) {
 // historyStreams are the streams of the customer the request names: its own
 // first, then its linked objects'.
 func (s *Server) historyStreams(c echo.Context) ([]string, error) {
-	account := strings.TrimSpace(c.QueryParam("account"))
+	account := accountParam(c)
 	if _, err := audit.CustomerStream(c.Param("id"), account); err != nil {
 		return nil, err
 	}
@@ -262,7 +261,8 @@ func (s *Server) handleState(c echo.Context) error {
 		return domain.Errorf(domain.EINVALID, "clock must be %q or %q", clockCreated, clockReceivedAt)
 	}
 	// Folded batch by batch: memory is the customer's state, not its history.
-	st := &domain.CustomerState{Customer: domain.Customer{ID: customerID}}
+	key := domain.CustomerKey{Account: accountParam(c), ID: customerID}
+	st := &domain.CustomerState{Account: key.Account, Customer: domain.Customer{Account: key.Account, ID: customerID}}
 	st.Derive()
 	plans, err := s.statePlans(c.Request().Context())
 	if err != nil {
@@ -291,7 +291,7 @@ func (s *Server) handleState(c echo.Context) error {
 					d := *f.Dispute
 					d.CustomerID, f.CustomerID, f.Dispute = customerID, customerID, &d
 				}
-				if f.CustomerID == customerID {
+				if f.Key() == key {
 					st.Apply(f)
 				}
 			}
@@ -326,7 +326,7 @@ func (s *Server) statePlans(ctx context.Context) (domain.Plans, error) {
 func newStateBody(st *domain.CustomerState, at time.Time, clock string, events int) stateBody {
 	b := stateBody{
 		customerJSON: customerJSON{
-			CustomerID: st.Customer.ID, Email: st.Customer.Email, Name: st.Customer.Name, Deleted: st.Customer.Deleted,
+			Account: st.Account, CustomerID: st.Customer.ID, Email: st.Customer.Email, Name: st.Customer.Name, Deleted: st.Customer.Deleted,
 			Plan: st.Plan, Entitled: st.Entitled, AccessUntil: st.AccessUntil, UpdatedAt: st.UpdatedAt,
 			Subscriptions: []subscriptionJSON{},
 		},
@@ -334,10 +334,10 @@ func newStateBody(st *domain.CustomerState, at time.Time, clock string, events i
 	}
 	for _, sub := range st.Subscriptions {
 		b.Subscriptions = append(b.Subscriptions, subscriptionJSON{
-			SubscriptionID: sub.ID, CustomerID: sub.CustomerID, Status: sub.Status, PriceID: sub.PriceID,
+			Account: sub.Account, SubscriptionID: sub.ID, CustomerID: sub.CustomerID, Status: sub.Status, PriceID: sub.PriceID,
 			ProductID: sub.ProductID, Plan: sub.Plan, Quantity: sub.Quantity,
 			CurrentPeriodStart: sub.CurrentPeriodStart, CurrentPeriodEnd: sub.CurrentPeriodEnd,
-			CancelAtPeriodEnd: sub.CancelAtPeriodEnd, CanceledAt: sub.CanceledAt, EndedAt: sub.EndedAt,
+			CancelAtPeriodEnd: sub.CancelAtPeriodEnd, CancelAt: sub.CancelAt, CanceledAt: sub.CanceledAt, EndedAt: sub.EndedAt,
 			TrialEnd: sub.TrialEnd, Deleted: sub.Deleted,
 		})
 	}

@@ -292,7 +292,7 @@ func TestStateAtEveryEventBoundary(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := summarize(states[customer], len(prefix))
+			want := summarize(states[domain.CustomerKey{ID: customer}], len(prefix))
 			status, body := getV1(t, env, fmt.Sprintf("/v1/customers/%s/state?at=%s", customer, at.Format(time.RFC3339)))
 			var got stateResponse
 			if status != 200 || json.Unmarshal(body, &got) != nil {

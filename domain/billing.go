@@ -8,14 +8,17 @@ import (
 // The records below are snapshots: each is what one event said about one
 // Stripe object, stamped with that event's id and created time. A customer's
 // state keeps, per object, the snapshot that compares greatest under the
-// object's key (DESIGN §4), so every field a comparison needs is stored on the
-// record and a state re-loaded from rows folds exactly like one kept in memory.
+// object's key (DESIGN §4; subscriptions: see subscriptions.go), so every
+// field a comparison needs is stored on the record and a state re-loaded from
+// rows folds exactly like one kept in memory. Account is the Connect account
+// the event came from, "" for the platform: (Account, ID) names an object.
 //
 // Optional Stripe timestamps are *time.Time, nil when Stripe sent null or 0;
 // all times are UTC with one-second resolution.
 
 // Customer is a Stripe customer as its customer.* events describe it.
 type Customer struct {
+	Account string
 	ID      string
 	Email   string
 	Name    string
@@ -26,9 +29,11 @@ type Customer struct {
 	LastEventCreated time.Time
 }
 
-// Subscription is a Stripe subscription; price, product, quantity and plan
-// come from its first item.
+// Subscription is a Stripe subscription. Price, product, lookup key,
+// quantity and plan come from its plan item: the first item, in LEDGER_PLANS
+// order, whose price is mapped; else its first item (DESIGN §4).
 type Subscription struct {
+	Account            string
 	ID                 string
 	CustomerID         string
 	Status             string
@@ -40,13 +45,37 @@ type Subscription struct {
 	CurrentPeriodStart *time.Time
 	CurrentPeriodEnd   *time.Time
 	CancelAtPeriodEnd  bool
+	CancelAt           *time.Time
 	CanceledAt         *time.Time
 	EndedAt            *time.Time
 	TrialEnd           *time.Time
-	Deleted            bool // customer.subscription.deleted was seen; terminal
+	LatestInvoiceID    string
+	Items              string // every item's price and quantity, "price_a*1 price_b*2": what a change of items changes
+	Deleted            bool   // customer.subscription.deleted was seen; terminal
+
+	// Previous is what a customer.subscription.updated event's
+	// data.previous_attributes said the changed attributes were before it,
+	// for the attributes of chainAttributes, in their canonical text
+	// (Subscription.attribute); nil for other events.
+	Previous map[string]string `json:",omitempty"`
 
 	LastEventID      string
 	LastEventCreated time.Time
+
+	// Snapshots is what the fold chose this snapshot from; empty on a
+	// snapshot fresh from Decode.
+	Snapshots SubscriptionSnapshots `json:",omitzero"`
+}
+
+// SubscriptionSnapshots are the snapshots of one subscription that decide
+// which one is current, order-independently (DESIGN §4): every snapshot of
+// the latest second seen, and every snapshot of the second before that one,
+// whose winner anchors the change chain of the latest. Once the subscription
+// is deleted, only its deletions count. Each list is sorted by event id and
+// its snapshots carry no Snapshots of their own.
+type SubscriptionSnapshots struct {
+	Latest []Subscription `json:",omitempty"` // empty when the latest second has only the current snapshot
+	Before []Subscription `json:",omitempty"`
 }
 
 // Entitled reports whether the subscription grants access: not deleted and
@@ -64,6 +93,7 @@ func (s Subscription) Entitled() bool {
 
 // Invoice is a Stripe invoice.
 type Invoice struct {
+	Account        string
 	ID             string
 	CustomerID     string
 	SubscriptionID string // empty for an invoice outside any subscription
@@ -88,6 +118,7 @@ type Invoice struct {
 
 // Charge is a Stripe charge as charge.refunded describes it.
 type Charge struct {
+	Account        string
 	ID             string
 	CustomerID     string
 	InvoiceID      string // absent from API 2025-03-31 and later payloads
@@ -102,6 +133,7 @@ type Charge struct {
 
 // Dispute is a Stripe dispute on a charge.
 type Dispute struct {
+	Account    string
 	ID         string
 	CustomerID string // Stripe's disputes name only the charge: empty unless the charge was expanded
 	ChargeID   string
@@ -131,16 +163,6 @@ func compareCustomers(a, b Customer) int {
 	return cmp.Or(
 		compareBools(a.Deleted, b.Deleted),
 		a.LastEventCreated.Compare(b.LastEventCreated),
-		cmp.Compare(a.LastEventID, b.LastEventID),
-	)
-}
-
-func compareSubscriptions(a, b Subscription) int {
-	return cmp.Or(
-		compareBools(a.Deleted, b.Deleted),
-		timeOrZero(a.CurrentPeriodEnd).Compare(timeOrZero(b.CurrentPeriodEnd)),
-		a.LastEventCreated.Compare(b.LastEventCreated),
-		cmp.Compare(subscriptionStatusRank[a.Status], subscriptionStatusRank[b.Status]),
 		cmp.Compare(a.LastEventID, b.LastEventID),
 	)
 }

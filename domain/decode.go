@@ -4,6 +4,9 @@ import (
 	"cmp"
 	"encoding/json"
 	"errors"
+	"maps"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -15,6 +18,7 @@ import (
 type Fact struct {
 	EventID    string
 	Created    time.Time
+	Account    string // the Connect account the event came from, "" for the platform
 	CustomerID string // empty when the event names no customer (a guest charge, a dispute); folds skip such facts
 
 	Customer     *Customer
@@ -23,6 +27,9 @@ type Fact struct {
 	Charge       *Charge
 	Dispute      *Dispute
 }
+
+// Key names the customer the fact is about.
+func (f Fact) Key() CustomerKey { return CustomerKey{Account: f.Account, ID: f.CustomerID} }
 
 type objectKind int
 
@@ -47,14 +54,19 @@ var eventKinds = map[string]objectKind{
 	"customer.subscription.resumed":                subscriptionObject,
 	"customer.subscription.trial_will_end":         subscriptionObject,
 	"customer.subscription.pending_update_applied": subscriptionObject,
+	"customer.subscription.pending_update_expired": subscriptionObject,
 
-	"invoice.created":              invoiceObject,
-	"invoice.finalized":            invoiceObject,
-	"invoice.paid":                 invoiceObject,
-	"invoice.payment_succeeded":    invoiceObject,
-	"invoice.payment_failed":       invoiceObject,
-	"invoice.voided":               invoiceObject,
-	"invoice.marked_uncollectible": invoiceObject,
+	"invoice.created":                  invoiceObject,
+	"invoice.updated":                  invoiceObject,
+	"invoice.finalized":                invoiceObject,
+	"invoice.finalization_failed":      invoiceObject,
+	"invoice.paid":                     invoiceObject,
+	"invoice.payment_succeeded":        invoiceObject,
+	"invoice.payment_failed":           invoiceObject,
+	"invoice.payment_action_required":  invoiceObject,
+	"invoice.payment_attempt_required": invoiceObject,
+	"invoice.voided":                   invoiceObject,
+	"invoice.marked_uncollectible":     invoiceObject,
 
 	"checkout.session.completed": checkoutObject,
 	"charge.refunded":            chargeObject,
@@ -71,6 +83,18 @@ var objectNames = [...]string{
 	chargeObject:       "charge",
 	disputeObject:      "dispute",
 }
+
+// TestedAPIVersions are the Stripe API versions whose payload shapes Decode
+// is tested with (domaintest renders lifecycles in each). Events of other
+// versions are still decoded by shape; the projections count them and say so.
+var TestedAPIVersions = []string{"2023-10-16", "2024-06-20", "2025-03-31.basil", "2025-09-30.clover", "2026-03-25.dahlia"}
+
+// TestedAPIVersion reports whether version is one of TestedAPIVersions.
+func TestedAPIVersion(version string) bool { return slices.Contains(TestedAPIVersions, version) }
+
+// HandledTypes are the event types Decode understands, sorted: the ones to
+// enable on a Stripe webhook endpoint (ledger events prints them).
+func HandledTypes() []string { return slices.Sorted(maps.Keys(eventKinds)) }
 
 // Handles reports whether Decode understands events of the given type.
 // Events of other types are stored and streamed like any other, but carry no
@@ -92,7 +116,7 @@ func Decode(env Envelope, payload []byte, plans Plans) ([]Fact, error) {
 	}
 	// Rebuilds are bound by this function: the event type picks the one
 	// struct data.object is read into, so the payload is parsed once.
-	fact := Fact{EventID: env.ID, Created: env.Created}
+	fact := Fact{EventID: env.ID, Created: env.Created, Account: env.Account}
 	var err error
 	switch kind {
 	case customerObject:
@@ -102,10 +126,13 @@ func Decode(env Envelope, payload []byte, plans Plans) ([]Fact, error) {
 			fact.Customer = raw.customer(env)
 		}
 	case subscriptionObject:
-		var raw *rawSubscription
-		if raw, err = readObject[rawSubscription](env, kind, payload); err == nil {
+		var ev *event[rawSubscription]
+		if ev, err = readEvent[rawSubscription](env, kind, payload); err == nil {
+			raw := &ev.Data.Object
 			fact.CustomerID = string(raw.Customer)
-			fact.Subscription, err = raw.subscription(env, plans)
+			if fact.Subscription, err = raw.subscription(env, plans); err == nil {
+				fact.Subscription.Previous, err = previousAttributes(env, ev.Data.PreviousAttributes)
+			}
 		}
 	case invoiceObject:
 		var raw *rawInvoice
@@ -140,10 +167,12 @@ func Decode(env Envelope, payload []byte, plans Plans) ([]Fact, error) {
 	return []Fact{fact}, nil
 }
 
-// event is a Stripe event as Decode reads it: only data.object, into T.
+// event is a Stripe event as Decode reads it: data.object into T, and
+// data.previous_attributes as it came.
 type event[T any] struct {
 	Data struct {
-		Object T `json:"object"`
+		Object             T               `json:"object"`
+		PreviousAttributes json.RawMessage `json:"previous_attributes"`
 	} `json:"data"`
 }
 
@@ -159,11 +188,19 @@ func (o *rawObject) head() *rawObject { return o }
 // fails, or the head is not the object kind wants, it finds what is wrong
 // as a field-by-field read would: the JSON, then the head, then the fields.
 func readObject[T any, PT dataObject[T]](env Envelope, kind objectKind, payload []byte) (PT, error) {
+	ev, err := readEvent[T, PT](env, kind, payload)
+	if err != nil {
+		return nil, err
+	}
+	return PT(&ev.Data.Object), nil
+}
+
+// readEvent is readObject, returning the whole event.
+func readEvent[T any, PT dataObject[T]](env Envelope, kind objectKind, payload []byte) (*event[T], error) {
 	ev := new(event[T])
 	err := json.Unmarshal(payload, ev)
-	obj := PT(&ev.Data.Object)
-	if head := obj.head(); err == nil && head.Object == objectNames[kind] && head.ID != "" {
-		return obj, nil
+	if head := PT(&ev.Data.Object).head(); err == nil && head.Object == objectNames[kind] && head.ID != "" {
+		return ev, nil
 	}
 	if err := checkHead(env, kind, payload); err != nil {
 		return nil, err
@@ -211,6 +248,7 @@ type rawCustomer struct {
 
 func (raw *rawCustomer) customer(env Envelope) *Customer {
 	return &Customer{
+		Account:          env.Account,
 		ID:               raw.ID,
 		Email:            raw.Email,
 		Name:             raw.Name,
@@ -222,16 +260,20 @@ func (raw *rawCustomer) customer(env Envelope) *Customer {
 
 type rawSubscription struct {
 	rawObject
-	Status             string `json:"status"`
-	CancelAtPeriodEnd  bool   `json:"cancel_at_period_end"`
-	CanceledAt         int64  `json:"canceled_at"`
-	EndedAt            int64  `json:"ended_at"`
-	TrialEnd           int64  `json:"trial_end"`
-	CurrentPeriodStart int64  `json:"current_period_start"` // up to 2025-02-24
-	CurrentPeriodEnd   int64  `json:"current_period_end"`   // up to 2025-02-24
-	Items              struct {
-		Data []rawSubscriptionItem `json:"data"`
-	} `json:"items"`
+	Status             string               `json:"status"`
+	CancelAtPeriodEnd  bool                 `json:"cancel_at_period_end"`
+	CancelAt           int64                `json:"cancel_at"`
+	CanceledAt         int64                `json:"canceled_at"`
+	EndedAt            int64                `json:"ended_at"`
+	TrialEnd           int64                `json:"trial_end"`
+	LatestInvoice      expandable           `json:"latest_invoice"`
+	CurrentPeriodStart int64                `json:"current_period_start"` // up to 2025-02-24
+	CurrentPeriodEnd   int64                `json:"current_period_end"`   // up to 2025-02-24
+	Items              rawSubscriptionItems `json:"items"`
+}
+
+type rawSubscriptionItems struct {
+	Data []rawSubscriptionItem `json:"data"`
 }
 
 type rawSubscriptionItem struct {
@@ -247,6 +289,48 @@ type rawPrice struct {
 	Product   expandable `json:"product"`
 }
 
+// period is the subscription's current period: from 2025-03-31 it sits on
+// each item, and the item that ends last gives it.
+func (items *rawSubscriptionItems) period() (start, end int64) {
+	for _, item := range items.Data {
+		if item.CurrentPeriodEnd > end {
+			start, end = item.CurrentPeriodStart, item.CurrentPeriodEnd
+		}
+	}
+	return start, end
+}
+
+// key is Subscription.Items: every item's price id and quantity.
+func (items *rawSubscriptionItems) key() string {
+	var b strings.Builder
+	for i, item := range items.Data {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		if item.Price != nil {
+			b.WriteString(item.Price.ID)
+		}
+		b.WriteByte('*')
+		b.WriteString(strconv.FormatInt(item.Quantity, 10))
+	}
+	return b.String()
+}
+
+// planItem is the item a subscription's plan comes from (DESIGN §4): the
+// first, in LEDGER_PLANS order, whose price is mapped; else the first item.
+func (items *rawSubscriptionItems) planItem(plans Plans) *rawSubscriptionItem {
+	best, bestRank := 0, -1
+	for i, item := range items.Data {
+		if item.Price == nil {
+			continue
+		}
+		if r := plans.rank(item.Price.ID); r >= 0 && (bestRank < 0 || r < bestRank) {
+			best, bestRank = i, r
+		}
+	}
+	return &items.Data[best]
+}
+
 func (raw *rawSubscription) subscription(env Envelope, plans Plans) (*Subscription, error) {
 	switch {
 	case raw.Customer == "":
@@ -254,41 +338,42 @@ func (raw *rawSubscription) subscription(env Envelope, plans Plans) (*Subscripti
 	case raw.Status == "":
 		return nil, decodeError(env, "data.object.status is missing")
 	}
+	for i, item := range raw.Items.Data {
+		if item.Price == nil {
+			return nil, decodeError(env, "data.object.items.data[%d].price is missing", i)
+		}
+	}
 	periodStart, periodEnd := raw.CurrentPeriodStart, raw.CurrentPeriodEnd
 	if periodEnd == 0 {
-		// Newer API versions put the period on each item; take the item that ends last.
-		for _, item := range raw.Items.Data {
-			if item.CurrentPeriodEnd > periodEnd {
-				periodStart, periodEnd = item.CurrentPeriodStart, item.CurrentPeriodEnd
-			}
-		}
+		periodStart, periodEnd = raw.Items.period()
 	}
 	// One allocation for the record and its times.
 	rec := new(struct {
 		sub   Subscription
-		times [5]time.Time
+		times [6]time.Time
 	})
 	times := rec.times[:0]
 	sub := &rec.sub
 	*sub = Subscription{
+		Account:            env.Account,
 		ID:                 raw.ID,
 		CustomerID:         string(raw.Customer),
 		Status:             raw.Status,
 		CancelAtPeriodEnd:  raw.CancelAtPeriodEnd,
 		CurrentPeriodStart: unixTimeIn(&times, periodStart),
 		CurrentPeriodEnd:   unixTimeIn(&times, periodEnd),
+		CancelAt:           unixTimeIn(&times, raw.CancelAt),
 		CanceledAt:         unixTimeIn(&times, raw.CanceledAt),
 		EndedAt:            unixTimeIn(&times, raw.EndedAt),
 		TrialEnd:           unixTimeIn(&times, raw.TrialEnd),
+		LatestInvoiceID:    string(raw.LatestInvoice),
+		Items:              raw.Items.key(),
 		Deleted:            env.Type == "customer.subscription.deleted",
 		LastEventID:        env.ID,
 		LastEventCreated:   env.Created,
 	}
 	if len(raw.Items.Data) > 0 {
-		item := raw.Items.Data[0]
-		if item.Price == nil {
-			return nil, decodeError(env, "data.object.items.data[0].price is missing")
-		}
+		item := raw.Items.planItem(plans)
 		sub.Quantity = item.Quantity
 		sub.PriceID = item.Price.ID
 		sub.LookupKey = item.Price.LookupKey
@@ -296,6 +381,64 @@ func (raw *rawSubscription) subscription(env Envelope, plans Plans) (*Subscripti
 		sub.Plan = plans.Plan(sub.PriceID, sub.LookupKey)
 	}
 	return sub, nil
+}
+
+// previousAttributes reads data.previous_attributes of a subscription event
+// into Subscription.Previous: the chain attributes it names, in the text
+// Subscription.attribute gives them. Items that carry periods (2025-03-31+)
+// also give the previous current period, unless it is named itself.
+func previousAttributes(env Envelope, raw json.RawMessage) (map[string]string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	var prev map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &prev); err != nil {
+		return nil, decodeError(env, "data.previous_attributes: %v", err)
+	}
+	out := map[string]string{}
+	for _, name := range chainAttributes {
+		v, ok := prev[name]
+		if !ok {
+			continue
+		}
+		var err error
+		switch name {
+		case "status":
+			var status string
+			err = json.Unmarshal(v, &status)
+			out[name] = status
+		case "cancel_at_period_end":
+			var b bool
+			err = json.Unmarshal(v, &b)
+			out[name] = strconv.FormatBool(b)
+		case "latest_invoice":
+			out[name] = expandableID(v)
+		case "items":
+			var items rawSubscriptionItems
+			if err = json.Unmarshal(v, &items); err == nil {
+				out[name] = items.key()
+				if start, end := items.period(); end != 0 {
+					if _, named := prev["current_period_end"]; !named {
+						out["current_period_start"], out["current_period_end"] = unixText(unixTime(start)), unixText(unixTime(end))
+					}
+				}
+			}
+		default: // a timestamp or null
+			var sec *int64
+			if err = json.Unmarshal(v, &sec); err == nil && sec != nil {
+				out[name] = unixText(unixTime(*sec))
+			} else if err == nil {
+				out[name] = ""
+			}
+		}
+		if err != nil {
+			return nil, decodeError(env, "data.previous_attributes.%s: %v", name, err)
+		}
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return out, nil
 }
 
 type rawInvoice struct {
@@ -380,6 +523,7 @@ func (raw *rawInvoice) invoice(env Envelope) (*Invoice, error) {
 	times := rec.times[:0]
 	inv := &rec.inv
 	*inv = Invoice{
+		Account:          env.Account,
 		ID:               raw.ID,
 		CustomerID:       string(raw.Customer),
 		SubscriptionID:   subscriptionID,
@@ -411,6 +555,7 @@ type rawCharge struct {
 
 func (raw *rawCharge) charge(env Envelope) *Charge {
 	return &Charge{
+		Account:          env.Account,
 		ID:               raw.ID,
 		CustomerID:       string(raw.Customer),
 		InvoiceID:        string(raw.Invoice),
@@ -436,6 +581,7 @@ func (raw *rawDispute) dispute(env Envelope) (*Dispute, error) {
 		return nil, decodeError(env, "data.object.charge is missing")
 	}
 	return &Dispute{
+		Account:          env.Account,
 		ID:               raw.ID,
 		CustomerID:       raw.Charge.CustomerID,
 		ChargeID:         raw.Charge.ID,
@@ -480,4 +626,13 @@ func unixTimeIn(times *[]time.Time, sec int64) *time.Time {
 	}
 	*times = append(*times, time.Unix(sec, 0).UTC())
 	return &(*times)[len(*times)-1]
+}
+
+// unixTime is a Stripe timestamp as a time, nil for 0.
+func unixTime(sec int64) *time.Time {
+	if sec == 0 {
+		return nil
+	}
+	t := time.Unix(sec, 0).UTC()
+	return &t
 }

@@ -38,7 +38,7 @@ func decode(t *testing.T, payload []byte, plans domain.Plans) ([]domain.Fact, er
 
 func TestDecode(t *testing.T) {
 	t.Parallel()
-	plans := domain.Plans{"price_pro_monthly": "pro"}
+	plans := domain.Plans{{PriceID: "price_pro_monthly", Plan: "pro"}}
 	tests := []struct {
 		file string
 		want domain.Fact
@@ -51,6 +51,8 @@ func TestDecode(t *testing.T) {
 					ID: "sub_1OaLegacy", CustomerID: "cus_Legacy", Status: "active",
 					PriceID: "price_pro_monthly", ProductID: "prod_pro", LookupKey: "pro_monthly", Plan: "pro", Quantity: 3,
 					CurrentPeriodStart: ts(1706745600), CurrentPeriodEnd: ts(1709251200), TrialEnd: ts(1706745600),
+					LatestInvoiceID: "in_1OaLegacy", Items: "price_pro_monthly*3",
+					Previous:    map[string]string{"status": "trialing", "current_period_start": "1704067200", "current_period_end": "1706745600"},
 					LastEventID: "evt_1OaLegacySubUpd", LastEventCreated: at(1706745600),
 				},
 			},
@@ -63,7 +65,8 @@ func TestDecode(t *testing.T) {
 					ID: "sub_1RbBasil", CustomerID: "cus_Basil", Status: "canceled",
 					PriceID: "price_team_yearly", ProductID: "prod_team", Plan: "price_team_yearly", Quantity: 1,
 					CurrentPeriodStart: ts(1743465600), CurrentPeriodEnd: ts(1746057600),
-					CancelAtPeriodEnd: true, CanceledAt: ts(1744675200), EndedAt: ts(1746057600), Deleted: true,
+					CancelAtPeriodEnd: true, CancelAt: ts(1746057600), CanceledAt: ts(1744675200), EndedAt: ts(1746057600),
+					Items: "price_team_yearly*1", Deleted: true,
 					LastEventID: "evt_1RbBasilSubDel", LastEventCreated: at(1746057600),
 				},
 			},
@@ -291,8 +294,8 @@ func TestParsePlans(t *testing.T) {
 		wantErr string
 	}{
 		{in: "", want: domain.Plans{}},
-		{in: "price_abc=pro,price_def=team", want: domain.Plans{"price_abc": "pro", "price_def": "team"}},
-		{in: " price_abc = pro , price_def=team ", want: domain.Plans{"price_abc": "pro", "price_def": "team"}},
+		{in: "price_abc=pro,price_def=team", want: domain.Plans{{PriceID: "price_abc", Plan: "pro"}, {PriceID: "price_def", Plan: "team"}}},
+		{in: " price_abc = pro , price_def=team ", want: domain.Plans{{PriceID: "price_abc", Plan: "pro"}, {PriceID: "price_def", Plan: "team"}}},
 		{in: "price_abc", wantErr: `entry "price_abc"`},
 		{in: "price_abc=pro,", wantErr: `entry ""`},
 		{in: "=pro", wantErr: `entry "=pro"`},
@@ -317,7 +320,7 @@ func TestParsePlans(t *testing.T) {
 
 func TestPlansPlan(t *testing.T) {
 	t.Parallel()
-	plans := domain.Plans{"price_abc": "pro"}
+	plans := domain.Plans{{PriceID: "price_abc", Plan: "pro"}}
 	tests := []struct{ price, lookupKey, want string }{
 		{"price_abc", "pro_monthly", "pro"},
 		{"price_def", "team_monthly", "team_monthly"},

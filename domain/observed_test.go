@@ -37,14 +37,14 @@ func TestObservedSnapshotFoldsLikeAStripeSnapshot(t *testing.T) {
 	}
 
 	// The ledger missed the deletion: its last word was an active snapshot.
-	active := `{"id":"evt_active","object":"event","type":"customer.subscription.updated","api_version":"2023-10-16","created":1700000100,
+	active := `{"id":"evt_active","object":"event","type":"customer.subscription.updated","api_version":"2023-10-16","created":1700000100,"account":"acct_1",
 	 "data":{"object":` + strings.Replace(strings.Replace(canceledSub, `"canceled"`, `"active"`, 1), `"canceled_at":1700000500,"ended_at":1700000500`, `"canceled_at":null,"ended_at":null`, 1) + `}}`
 	for _, order := range [][][]byte{{[]byte(active), payload}, {payload, []byte(active)}} {
 		states, err := domain.Replay(order, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		st := states["cus_obs"]
+		st := states[domain.CustomerKey{Account: "acct_1", ID: "cus_obs"}]
 		sub := st.Subscriptions["sub_obs"]
 		if sub.Status != "canceled" || !sub.Deleted || st.Entitled || sub.LastEventID != env.ID {
 			t.Fatalf("folded %+v entitled=%v, want the observed cancellation to win", sub, st.Entitled)

@@ -15,6 +15,7 @@ import (
 // stored rows folds like the one that was stored, provided every exported
 // field was kept.
 type CustomerState struct {
+	Account       string // the Connect account, "" for the platform
 	Customer      Customer
 	Subscriptions map[string]Subscription
 	Invoices      map[string]Invoice
@@ -40,7 +41,7 @@ func (s *CustomerState) Apply(f Fact) {
 		s.Disputes = map[string]Dispute{}
 	}
 	if s.Customer.ID == "" {
-		s.Customer.ID = f.CustomerID
+		s.Account, s.Customer.Account, s.Customer.ID = f.Account, f.Account, f.CustomerID
 	}
 	if f.Created.After(s.UpdatedAt) {
 		s.UpdatedAt = f.Created
@@ -49,7 +50,7 @@ func (s *CustomerState) Apply(f Fact) {
 	case f.Customer != nil:
 		s.Customer = greater(s.Customer, *f.Customer, compareCustomers)
 	case f.Subscription != nil:
-		keep(s.Subscriptions, f.Subscription.ID, *f.Subscription, compareSubscriptions)
+		s.applySubscription(*f.Subscription)
 	case f.Invoice != nil:
 		old := s.Invoices[f.Invoice.ID]
 		keep(s.Invoices, f.Invoice.ID, *f.Invoice, compareInvoices)
@@ -99,13 +100,25 @@ func (s *CustomerState) Derive() {
 	}
 }
 
+// CustomerKey names a customer: the same cus_ id under two Connect accounts
+// is two customers (DESIGN §4).
+type CustomerKey struct {
+	Account string // "" for the platform
+	ID      string
+}
+
+// Compare orders keys by account, then id.
+func (k CustomerKey) Compare(o CustomerKey) int {
+	return cmp.Or(cmp.Compare(k.Account, o.Account), cmp.Compare(k.ID, o.ID))
+}
+
 // Replay decodes Stripe event payloads (as stored in the log) and folds them
-// into the state of each customer they name, keyed by customer id. Events of
+// into the state of each customer they name, keyed by account and customer id. Events of
 // types Decode does not handle, and facts that name no customer, are skipped.
 // Payloads that cannot be parsed or decoded are left out and their errors
 // returned, joined, next to the state folded from the others.
-func Replay(payloads [][]byte, plans Plans) (map[string]*CustomerState, error) {
-	states := map[string]*CustomerState{}
+func Replay(payloads [][]byte, plans Plans) (map[CustomerKey]*CustomerState, error) {
+	states := map[CustomerKey]*CustomerState{}
 	var errs []error
 	for _, payload := range payloads {
 		facts, err := Facts(payload, plans)
@@ -117,10 +130,10 @@ func Replay(payloads [][]byte, plans Plans) (map[string]*CustomerState, error) {
 			if f.CustomerID == "" {
 				continue
 			}
-			st := states[f.CustomerID]
+			st := states[f.Key()]
 			if st == nil {
 				st = &CustomerState{}
-				states[f.CustomerID] = st
+				states[f.Key()] = st
 			}
 			st.Apply(f)
 		}

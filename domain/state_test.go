@@ -3,8 +3,10 @@ package domain_test
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -229,9 +231,9 @@ func payloads(ds []domaintest.Delivery) [][]byte {
 // name, in batches of at most batch deliveries. With roundTrip, each batch
 // starts from states re-loaded from what the previous one stored (a JSON
 // round trip of every exported field), as a projection's does.
-func fold(t *testing.T, rng *rand.Rand, ds []domaintest.Delivery, facts map[string][]domain.Fact, roundTrip bool) map[string]*domain.CustomerState {
+func fold(t *testing.T, rng *rand.Rand, ds []domaintest.Delivery, facts map[string][]domain.Fact, roundTrip bool) map[domain.CustomerKey]*domain.CustomerState {
 	t.Helper()
-	states := map[string]*domain.CustomerState{}
+	states := map[domain.CustomerKey]*domain.CustomerState{}
 	for len(ds) > 0 {
 		n := min(len(ds), 1+rng.IntN(200))
 		for _, d := range ds[:n] {
@@ -239,21 +241,25 @@ func fold(t *testing.T, rng *rand.Rand, ds []domaintest.Delivery, facts map[stri
 				if f.CustomerID == "" {
 					continue
 				}
-				if states[f.CustomerID] == nil {
-					states[f.CustomerID] = &domain.CustomerState{}
+				if states[f.Key()] == nil {
+					states[f.Key()] = &domain.CustomerState{}
 				}
-				states[f.CustomerID].Apply(f)
+				states[f.Key()].Apply(f)
 			}
 		}
 		ds = ds[n:]
 		if roundTrip {
-			stored, err := json.Marshal(states)
+			stored, err := json.Marshal(slices.Collect(maps.Values(states)))
 			if err != nil {
 				t.Fatal(err)
 			}
-			states = map[string]*domain.CustomerState{}
-			if err := json.Unmarshal(stored, &states); err != nil {
+			var loaded []*domain.CustomerState
+			if err := json.Unmarshal(stored, &loaded); err != nil {
 				t.Fatal(err)
+			}
+			states = map[domain.CustomerKey]*domain.CustomerState{}
+			for _, st := range loaded {
+				states[domain.CustomerKey{Account: st.Account, ID: st.Customer.ID}] = st
 			}
 		}
 	}
@@ -288,7 +294,7 @@ func TestFoldIsOrderIndependent(t *testing.T) {
 
 	for i := range 250 {
 		redelivered := domaintest.Redeliver(rng, deliveries)
-		var got map[string]*domain.CustomerState
+		var got map[domain.CustomerKey]*domain.CustomerState
 		switch {
 		case i%50 == 0:
 			if got, err = domain.Replay(payloads(redelivered), plans); err != nil {
@@ -311,7 +317,7 @@ func TestFoldIsOrderIndependent(t *testing.T) {
 
 // checkLifecycleCoverage guards the property test against a generator that
 // stopped producing the situations it is meant to exercise.
-func checkLifecycleCoverage(t *testing.T, ds []domaintest.Delivery, states map[string]*domain.CustomerState) {
+func checkLifecycleCoverage(t *testing.T, ds []domaintest.Delivery, states map[domain.CustomerKey]*domain.CustomerState) {
 	t.Helper()
 	types := map[string]bool{}
 	for _, d := range ds {

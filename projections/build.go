@@ -192,7 +192,7 @@ func (b *builder) catchUp(ctx context.Context, schema string, from eventlog.Posi
 			if err != nil {
 				return err
 			}
-			b.metrics.observe(b.p.Name, bt)
+			b.metrics.observe(gctx, b.logger, b.p.Name, bt)
 			pos, done = bt.last, done+int64(bt.events)
 			if b.progress != nil {
 				b.progress(Progress{Done: done, Total: max(total, done), Position: pos, Elapsed: time.Since(start)})

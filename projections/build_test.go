@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 )
@@ -27,9 +28,8 @@ func TestVersionChange(t *testing.T) {
 	pool, log := newLog(t)
 	ctx := context.Background()
 	v1 := Billing(testPlans(t))
-	plans := maps.Clone(v1.Plans)
-	plans["price_basic_monthly"] = "starter" // known by its lookup key "basic" in version 1
-	v2 := Projection{Name: v1.Name, Version: BillingVersion + 1, Plans: plans}
+	plans := append(slices.Clone(v1.Plans), domain.PlanPrice{PriceID: "price_basic_monthly", Plan: "starter"}) // known by its lookup key "basic" in v1
+	v2 := Projection{Name: v1.Name, Version: v1.Version + 1, Plans: plans}
 	ds := lifecycles(20, 40)
 	split := len(ds) * 2 / 3
 	appendAll(t, log, ds[:split])
@@ -248,7 +248,7 @@ func TestBuildInterrupted(t *testing.T) {
 	t.Parallel()
 	pool, log := newLog(t)
 	v1 := Billing(testPlans(t))
-	v2 := Projection{Name: v1.Name, Version: BillingVersion + 1, Plans: v1.Plans}
+	v2 := Projection{Name: v1.Name, Version: v1.Version + 1, Plans: v1.Plans}
 	appendAll(t, log, lifecycles(22, 20))
 	stop := startRunner(t, newRunner(t, pool, log, v1))
 	live := waitCaughtUp(t, pool, log, v1)
@@ -309,14 +309,14 @@ func TestRebuildNeverDowngrades(t *testing.T) {
 	t.Parallel()
 	pool, log := newLog(t)
 	v1 := Billing(testPlans(t))
-	v2 := Projection{Name: v1.Name, Version: BillingVersion + 1, Plans: v1.Plans}
+	v2 := Projection{Name: v1.Name, Version: v1.Version + 1, Plans: v1.Plans}
 	ctx := context.Background()
 	if err := Rebuild(ctx, pool, log, v2, Options{Logger: testLogger(t)}); err != nil {
 		t.Fatal(err)
 	}
 	err := Rebuild(ctx, pool, log, v1, Options{Logger: testLogger(t)})
 	if err == nil || !strings.Contains(err.Error(), "newer than this binary's") {
-		t.Fatalf("rebuild of version 1 over a live version 2: err = %v, want a refusal", err)
+		t.Fatalf("rebuild of version %d over a live version %d: err = %v, want a refusal", v1.Version, v2.Version, err)
 	}
 	cp, _, err := loadCheckpoint(ctx, pool, v1.Name, "")
 	if err != nil || cp.Version != v2.Version {

@@ -165,19 +165,19 @@ func checkAgainstReplay(t *testing.T, pool *pgxpool.Pool, schema string, ds []do
 	if err != nil {
 		t.Fatal(err)
 	}
-	rows, err := pool.Query(context.Background(), "SELECT customer_id, plan, entitled, access_until FROM "+ident(schema)+".customers")
+	rows, err := pool.Query(context.Background(), "SELECT account, customer_id, plan, entitled, access_until FROM "+ident(schema)+".customers")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var (
-		id, plan string
-		entitled bool
-		until    *time.Time
-		n        int
+		account, id, plan string
+		entitled          bool
+		until             *time.Time
+		n                 int
 	)
-	_, err = pgx.ForEachRow(rows, []any{&id, &plan, &entitled, &until}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&account, &id, &plan, &entitled, &until}, func() error {
 		n++
-		s := states[id]
+		s := states[domain.CustomerKey{Account: account, ID: id}]
 		switch {
 		case s == nil:
 			t.Errorf("customer %s is in the read model, not in the replay", id)
@@ -197,4 +197,108 @@ func checkAgainstReplay(t *testing.T, pool *pgxpool.Pool, schema string, ds []do
 
 func sameTime(a, b *time.Time) bool {
 	return (a == nil && b == nil) || (a != nil && b != nil && a.Equal(*b))
+}
+
+// TestConvergenceLifecycleClasses folds every lifecycle class of
+// domaintest in every API version into PostgreSQL, in shuffled orders with
+// duplicates and batches applied twice, each batch loading its customers'
+// state from the rows the previous ones wrote, and requires the rows to be
+// the same every time and to hold Stripe's own final state.
+func TestConvergenceLifecycleClasses(t *testing.T) {
+	t.Parallel()
+	pool := fastPool(t)
+	p := Billing(testPlans(t))
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(21, 23))
+	var ds []domaintest.Delivery
+	for _, version := range domaintest.APIVersions {
+		for _, class := range domaintest.Classes {
+			ds = append(ds, domaintest.Life(rng, class, version)...)
+		}
+	}
+	final, err := domaintest.StripeFinal(ds, p.Plans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema := scratch(t, pool, p)
+	var want map[string][]string
+	for i := range 8 {
+		if _, err := pool.Exec(ctx, "TRUNCATE "+tableList(schema)); err != nil {
+			t.Fatal(err)
+		}
+		for _, recs := range chunks(rng, records(t, domaintest.Redeliver(rng, ds)), 60) {
+			b, times := p.decode(recs), 1+rng.IntN(2)
+			for range times {
+				if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return fold(ctx, tx, p, schema, b) }); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		requireFinal(t, pool, schema, final)
+		got := dump(t, pool, schema)
+		if want == nil {
+			want = got
+		} else if d := diffDumps(want, got); d != "" {
+			t.Fatalf("order %d differs from order 0: %s", i, d)
+		}
+	}
+}
+
+// requireFinal fails unless the customers and subscriptions of schema are
+// those of final.
+func requireFinal(t *testing.T, pool *pgxpool.Pool, schema string, final map[domain.CustomerKey]*domain.CustomerState) {
+	t.Helper()
+	ctx := context.Background()
+	var customers, subscriptions int
+	rows, err := pool.Query(ctx, "SELECT account, customer_id, plan, entitled FROM "+ident(schema)+".customers")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		account, id, plan string
+		entitled          bool
+	)
+	_, err = pgx.ForEachRow(rows, []any{&account, &id, &plan, &entitled}, func() error {
+		customers++
+		key := domain.CustomerKey{Account: account, ID: id}
+		if w := final[key]; w == nil || w.Plan != plan || w.Entitled != entitled {
+			t.Errorf("customer %v: plan %s entitled %v; Stripe's final state %+v", key, plan, entitled, w)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err = pool.Query(ctx, "SELECT account, customer_id, subscription_id, status, plan, cancel_at_period_end, canceled_at, current_period_end, last_event_id FROM "+ident(schema)+".subscriptions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		subID, status, lastEvent string
+		cancelAtPeriodEnd        bool
+		canceledAt, periodEnd    *time.Time
+	)
+	_, err = pgx.ForEachRow(rows, []any{&account, &id, &subID, &status, &plan, &cancelAtPeriodEnd, &canceledAt, &periodEnd, &lastEvent}, func() error {
+		subscriptions++
+		var w domain.Subscription
+		if st := final[domain.CustomerKey{Account: account, ID: id}]; st != nil {
+			w = st.Subscriptions[subID]
+		}
+		if w.LastEventID != lastEvent || w.Status != status || w.Plan != plan || w.CancelAtPeriodEnd != cancelAtPeriodEnd ||
+			!sameTime(w.CanceledAt, canceledAt) || !sameTime(w.CurrentPeriodEnd, periodEnd) {
+			t.Errorf("subscription %s of %s/%s: %s %s (event %s, period end %v); Stripe's final: %s %s (event %s, period end %v)",
+				subID, account, id, status, plan, lastEvent, periodEnd, w.Status, w.Plan, w.LastEventID, w.CurrentPeriodEnd)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	finalSubs := 0
+	for _, st := range final {
+		finalSubs += len(st.Subscriptions)
+	}
+	if customers != len(final) || subscriptions != finalSubs {
+		t.Fatalf("%d customers and %d subscriptions; Stripe has %d and %d", customers, subscriptions, len(final), finalSubs)
+	}
 }

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"reflect"
 	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 )
 
@@ -21,11 +23,12 @@ type Report struct {
 	CandidateVersion int               `json:"candidate_version"`
 	Position         eventlog.Position `json:"position"`               // both were folded up to it
 	DeadLetters      int64             `json:"candidate_dead_letters"` // events the candidate could not apply
-	Customers        []CustomerDiff    `json:"customers"`              // by customer id; empty when nothing would change
+	Customers        []CustomerDiff    `json:"customers"`              // by account and customer id; empty when nothing would change
 }
 
 // CustomerDiff is what would change for one customer.
 type CustomerDiff struct {
+	Account    string    `json:"account,omitempty"` // the Connect account, empty for the platform
 	CustomerID string    `json:"customer_id"`
 	Rows       []RowDiff `json:"rows"` // by table, then key
 }
@@ -133,24 +136,27 @@ func Diff(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log, p Projectio
 }
 
 // compare reports the rows of every read model table that differ between
-// the live and candidate schemas.
+// the live and candidate schemas; subscriptions.snapshots, the fold's own
+// bookkeeping, is left out.
 func compare(ctx context.Context, tx pgx.Tx, live, candidate string) (*Report, error) {
-	byCustomer := map[string][]RowDiff{}
+	byCustomer := map[domain.CustomerKey][]RowDiff{}
 	for _, t := range tables {
-		sql := fmt.Sprintf(`SELECT coalesce(l.customer_id, c.customer_id), coalesce(l.%[1]s, c.%[1]s), to_jsonb(l), to_jsonb(c)
-  FROM %[2]s.%[3]s l FULL JOIN %[4]s.%[3]s c ON l.%[1]s = c.%[1]s
- WHERE to_jsonb(l) IS DISTINCT FROM to_jsonb(c)
- ORDER BY 2`, t.keyColumn(), ident(live), t.tableName(), ident(candidate))
+		sql := fmt.Sprintf(`SELECT coalesce(l.account, c.account), coalesce(l.customer_id, c.customer_id), coalesce(l.%[1]s, c.%[1]s),
+       to_jsonb(l) - 'snapshots', to_jsonb(c) - 'snapshots'
+  FROM %[2]s.%[3]s l FULL JOIN %[4]s.%[3]s c ON l.account = c.account AND l.%[1]s = c.%[1]s
+ WHERE to_jsonb(l) - 'snapshots' IS DISTINCT FROM to_jsonb(c) - 'snapshots'
+ ORDER BY 1, 3`, t.keyColumn(), ident(live), t.tableName(), ident(candidate))
 		rows, err := tx.Query(ctx, sql)
 		if err != nil {
 			return nil, fmt.Errorf("compare %s: %w", t.tableName(), err)
 		}
 		var (
-			customerID, key string
-			l, c            map[string]any
+			account, customerID, key string
+			l, c                     map[string]any
 		)
-		_, err = pgx.ForEachRow(rows, []any{&customerID, &key, &l, &c}, func() error {
-			byCustomer[customerID] = append(byCustomer[customerID], rowDiff(t.tableName(), key, l, c))
+		_, err = pgx.ForEachRow(rows, []any{&account, &customerID, &key, &l, &c}, func() error {
+			k := domain.CustomerKey{Account: account, ID: customerID}
+			byCustomer[k] = append(byCustomer[k], rowDiff(t.tableName(), key, l, c))
 			return nil
 		})
 		if err != nil {
@@ -158,8 +164,9 @@ func compare(ctx context.Context, tx pgx.Tx, live, candidate string) (*Report, e
 		}
 	}
 	r := &Report{Customers: []CustomerDiff{}}
-	for _, id := range slices.Sorted(maps.Keys(byCustomer)) {
-		r.Customers = append(r.Customers, CustomerDiff{CustomerID: id, Rows: byCustomer[id]})
+	keys := slices.SortedFunc(maps.Keys(byCustomer), domain.CustomerKey.Compare)
+	for _, k := range keys {
+		r.Customers = append(r.Customers, CustomerDiff{Account: k.Account, CustomerID: k.ID, Rows: byCustomer[k]})
 	}
 	return r, nil
 }
@@ -175,7 +182,7 @@ func rowDiff(table, key string, live, candidate map[string]any) RowDiff {
 		columns := maps.Clone(live)
 		maps.Copy(columns, candidate)
 		for _, col := range slices.Sorted(maps.Keys(columns)) {
-			if l, c := live[col], candidate[col]; l != c {
+			if l, c := live[col], candidate[col]; !reflect.DeepEqual(l, c) {
 				d.Columns = append(d.Columns, ColumnDiff{Column: col, Live: l, Candidate: c})
 			}
 		}
@@ -198,7 +205,11 @@ func (r *Report) WriteText(w io.Writer) error {
 		ew.printf("no changes\n")
 	}
 	for _, c := range r.Customers {
-		ew.printf("customer %s\n", c.CustomerID)
+		if c.Account != "" {
+			ew.printf("customer %s (account %s)\n", c.CustomerID, c.Account)
+		} else {
+			ew.printf("customer %s\n", c.CustomerID)
+		}
 		for _, row := range c.Rows {
 			ew.printf("  %-8s %s %s\n", row.Change, row.Table, row.Key)
 			for _, col := range row.Columns {

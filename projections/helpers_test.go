@@ -86,7 +86,7 @@ func event(t testing.TB, d domaintest.Delivery) eventlog.Event {
 		t.Fatalf("delivery %s: %v", d.EventID, err)
 	}
 	return eventlog.Event{ID: d.EventID, Stream: env.Stream(), Type: d.Type, APIVersion: env.APIVersion,
-		Created: d.Created, Payload: d.Payload, Signature: "t=0,v1=test"}
+		Created: d.Created, Account: env.Account, Payload: d.Payload, Signature: "t=0,v1=test"}
 }
 
 func appendAll(t testing.TB, log eventlog.Log, ds []domaintest.Delivery) {

@@ -102,15 +102,15 @@ ON CONFLICT DO NOTHING`, accounts, events, charges, disputes, statuses, currenci
 		w.Queue(`DELETE FROM `+s+`.pending_disputes p USING `+s+`.links l
  WHERE l.account = p.account AND l.object_id = p.charge_id
    AND (p.account, p.charge_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-RETURNING l.customer_id, p.event_id, p.charge_id, p.dispute_id, p.status, p.currency, p.amount, p.last_event_created`,
+RETURNING l.account, l.customer_id, p.event_id, p.charge_id, p.dispute_id, p.status, p.currency, p.amount, p.last_event_created`,
 			accounts, charges).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				d := &domain.Dispute{}
-				if err := rows.Scan(&d.CustomerID, &d.LastEventID, &d.ChargeID, &d.ID, &d.Status, &d.Currency, &d.Amount, &d.LastEventCreated); err != nil {
+				if err := rows.Scan(&d.Account, &d.CustomerID, &d.LastEventID, &d.ChargeID, &d.ID, &d.Status, &d.Currency, &d.Amount, &d.LastEventCreated); err != nil {
 					return fmt.Errorf("scan pending dispute: %w", err)
 				}
-				b.facts[d.CustomerID] = append(b.facts[d.CustomerID],
-					domain.Fact{EventID: d.LastEventID, Created: d.LastEventCreated, CustomerID: d.CustomerID, Dispute: d})
+				f := domain.Fact{EventID: d.LastEventID, Created: d.LastEventCreated, Account: d.Account, CustomerID: d.CustomerID, Dispute: d}
+				b.facts[f.Key()] = append(b.facts[f.Key()], f)
 			}
 			return rows.Err()
 		})

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -20,14 +19,14 @@ import (
 // change of mapping is a new schema, and a runner folds into a schema only
 // by compare-and-set on it, so no schema ever holds rows of two mappings.
 
-// canonicalPlans renders plans as LEDGER_PLANS text with its entries sorted,
-// so that the same mapping always has the same text.
+// canonicalPlans renders plans as LEDGER_PLANS text without spaces, in
+// LEDGER_PLANS order: the order is part of the mapping (it picks the plan
+// of a subscription with several mapped items, DESIGN §4).
 func canonicalPlans(plans domain.Plans) string {
 	entries := make([]string, 0, len(plans))
-	for price, plan := range plans {
-		entries = append(entries, price+"="+plan)
+	for _, e := range plans {
+		entries = append(entries, e.PriceID+"="+e.Plan)
 	}
-	slices.Sort(entries)
 	return strings.Join(entries, ",")
 }
 

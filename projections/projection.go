@@ -20,7 +20,7 @@ import (
 // BillingVersion is the version of the billing projection's logic. Bump it
 // with every change that alters what the read model holds for the same events
 // (decoding, folding, readmodel.sql): the next Runner to start rebuilds.
-const BillingVersion = 3
+const BillingVersion = 4
 
 // Projection is a read model folded from the event log: its name (the key of
 // projection_checkpoints), the version of its logic, and the plan mapping it
@@ -62,13 +62,14 @@ func ident(name string) string { return pgx.Identifier{name}.Sanitize() }
 // batch is a run of consecutive records decoded into facts, ready to be
 // folded into the read model.
 type batch struct {
-	facts       map[string][]domain.Fact // by customer id
-	links       []objectLink             // see links.go
+	facts       map[domain.CustomerKey][]domain.Fact
+	links       []objectLink // see links.go
 	streamLinks []streamLink
 	pending     []pendingDispute  // dispute facts that name no customer
 	recs        []eventlog.Record // what it was decoded from, to bisect it (poison.go)
 	deadLetters []deadLetter
-	outcomes    map[string]int // events by outcome label, for the metric
+	outcomes    map[string]int         // events by outcome label, for the metric
+	apiVersions map[string]versionSeen // the events of each Stripe API version
 	events      int
 	last        eventlog.Position
 }
@@ -93,12 +94,13 @@ const (
 
 // decode turns recs into facts by customer. It does no I/O.
 func (p Projection) decode(recs []eventlog.Record) *batch {
-	b := &batch{facts: map[string][]domain.Fact{}, recs: recs, outcomes: map[string]int{}, events: len(recs)}
+	b := &batch{facts: map[domain.CustomerKey][]domain.Fact{}, recs: recs, outcomes: map[string]int{}, apiVersions: map[string]versionSeen{}, events: len(recs)}
 	if len(recs) > 0 {
 		b.last = recs[len(recs)-1].Position
 	}
 	for _, rec := range recs {
 		b.outcomes[p.decodeRecord(b, rec)]++
+		b.noteAPIVersion(rec.APIVersion, versionSeen{events: 1, firstEventID: rec.ID})
 	}
 	return b
 }
@@ -121,7 +123,7 @@ func (p Projection) decodeRecord(b *batch, rec eventlog.Record) (outcome string)
 	for _, f := range facts {
 		switch {
 		case f.CustomerID != "":
-			b.facts[f.CustomerID] = append(b.facts[f.CustomerID], f)
+			b.facts[f.Key()] = append(b.facts[f.Key()], f)
 			outcome = outcomeApplied
 		case f.Dispute != nil: // folded into its customer once its charge is linked (links.go)
 			b.pending = append(b.pending, pendingDispute{account: rec.Account, fact: f})
@@ -164,18 +166,37 @@ func (b *batch) merge(d *batch) {
 	b.streamLinks = append(b.streamLinks, d.streamLinks...)
 	b.pending = append(b.pending, d.pending...)
 	b.recs = append(b.recs[:len(b.recs):len(b.recs)], d.recs...)
+	for version, seen := range d.apiVersions {
+		b.noteAPIVersion(version, seen)
+	}
 	b.deadLetters = append(b.deadLetters, d.deadLetters...)
 	b.events += d.events
 	b.last = d.last
 }
 
-// customers are the ids of the customers b names, sorted so that concurrent
-// writers would lock rows in the same order.
-func (b *batch) customers() []string {
-	ids := make([]string, 0, len(b.facts))
-	for id := range b.facts {
-		ids = append(ids, id)
+// versionSeen counts the events of one API version in a batch, and names
+// the least event id among them (which is order independent to store).
+type versionSeen struct {
+	events       int
+	firstEventID string
+}
+
+// noteAPIVersion adds seen to the events b holds of version.
+func (b *batch) noteAPIVersion(version string, seen versionSeen) {
+	if old, ok := b.apiVersions[version]; ok {
+		seen.events += old.events
+		seen.firstEventID = min(seen.firstEventID, old.firstEventID)
 	}
-	slices.Sort(ids)
-	return ids
+	b.apiVersions[version] = seen
+}
+
+// customers are the customers b names, sorted so that concurrent writers
+// would lock rows in the same order.
+func (b *batch) customers() []domain.CustomerKey {
+	keys := make([]domain.CustomerKey, 0, len(b.facts))
+	for k := range b.facts {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, domain.CustomerKey.Compare)
+	return keys
 }

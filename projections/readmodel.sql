@@ -2,10 +2,13 @@
 -- schema ({{schema}} is replaced by the builder). The live version is exposed
 -- to readers through the views of the readmodel schema, which a rebuild
 -- repoints in one transaction. Every *_event_* column is what the convergence
--- rules (DESIGN §4) compare, so a state loaded from these rows folds exactly
--- like one kept in memory.
+-- rules (DESIGN §4) compare, and subscriptions.snapshots holds the snapshots
+-- the current one was chosen from, so a state loaded from these rows folds
+-- exactly like one kept in memory. Every object is keyed by (account, id):
+-- account is the Connect account, '' for the platform (DESIGN §4).
 CREATE TABLE {{schema}}.customers (
-    customer_id        text PRIMARY KEY,
+    account            text        NOT NULL,
+    customer_id        text        NOT NULL,
     email              text        NOT NULL DEFAULT '',
     name               text        NOT NULL DEFAULT '',
     deleted            boolean     NOT NULL DEFAULT false,
@@ -14,11 +17,13 @@ CREATE TABLE {{schema}}.customers (
     access_until       timestamptz,
     updated_at         timestamptz NOT NULL,
     last_event_id      text        NOT NULL DEFAULT '',
-    last_event_created timestamptz
+    last_event_created timestamptz,
+    PRIMARY KEY (account, customer_id)
 );
 
 CREATE TABLE {{schema}}.subscriptions (
-    subscription_id      text PRIMARY KEY,
+    account              text        NOT NULL,
+    subscription_id      text        NOT NULL,
     customer_id          text        NOT NULL,
     status               text        NOT NULL,
     price_id             text        NOT NULL,
@@ -29,17 +34,24 @@ CREATE TABLE {{schema}}.subscriptions (
     current_period_start timestamptz,
     current_period_end   timestamptz,
     cancel_at_period_end boolean     NOT NULL,
+    cancel_at            timestamptz,
     canceled_at          timestamptz,
     ended_at             timestamptz,
     trial_end            timestamptz,
+    latest_invoice_id    text        NOT NULL,
+    items                text        NOT NULL,
     deleted              boolean     NOT NULL,
+    previous_attributes  jsonb,
     last_event_id        text        NOT NULL,
-    last_event_created   timestamptz NOT NULL
+    last_event_created   timestamptz NOT NULL,
+    snapshots            jsonb       NOT NULL,
+    PRIMARY KEY (account, subscription_id)
 );
-CREATE INDEX ON {{schema}}.subscriptions (customer_id);
+CREATE INDEX ON {{schema}}.subscriptions (account, customer_id);
 
 CREATE TABLE {{schema}}.invoices (
-    invoice_id         text PRIMARY KEY,
+    account            text        NOT NULL,
+    invoice_id         text        NOT NULL,
     customer_id        text        NOT NULL,
     subscription_id    text        NOT NULL,
     status             text        NOT NULL,
@@ -53,12 +65,14 @@ CREATE TABLE {{schema}}.invoices (
     paid_period_start  timestamptz,
     paid_period_end    timestamptz,
     last_event_id      text        NOT NULL,
-    last_event_created timestamptz NOT NULL
+    last_event_created timestamptz NOT NULL,
+    PRIMARY KEY (account, invoice_id)
 );
-CREATE INDEX ON {{schema}}.invoices (customer_id);
+CREATE INDEX ON {{schema}}.invoices (account, customer_id);
 
 CREATE TABLE {{schema}}.charges (
-    charge_id          text PRIMARY KEY,
+    account            text        NOT NULL,
+    charge_id          text        NOT NULL,
     customer_id        text        NOT NULL,
     invoice_id         text        NOT NULL,
     currency           text        NOT NULL,
@@ -66,22 +80,32 @@ CREATE TABLE {{schema}}.charges (
     amount_refunded    bigint      NOT NULL,
     refunded           boolean     NOT NULL,
     last_event_id      text        NOT NULL,
-    last_event_created timestamptz NOT NULL
+    last_event_created timestamptz NOT NULL,
+    PRIMARY KEY (account, charge_id)
 );
-CREATE INDEX ON {{schema}}.charges (customer_id);
+CREATE INDEX ON {{schema}}.charges (account, customer_id);
 
 CREATE TABLE {{schema}}.disputes (
-    dispute_id         text PRIMARY KEY,
+    account            text        NOT NULL,
+    dispute_id         text        NOT NULL,
     customer_id        text        NOT NULL,
     charge_id          text        NOT NULL,
     status             text        NOT NULL,
     currency           text        NOT NULL,
     amount             bigint      NOT NULL,
     last_event_id      text        NOT NULL,
-    last_event_created timestamptz NOT NULL
+    last_event_created timestamptz NOT NULL,
+    PRIMARY KEY (account, dispute_id)
 );
-CREATE INDEX ON {{schema}}.disputes (customer_id);
+CREATE INDEX ON {{schema}}.disputes (account, customer_id);
 
+-- The Stripe API versions of the events folded (ledger projections status
+-- lists those the decoder was not tested with), each with its least event id.
+CREATE TABLE {{schema}}.api_versions (
+    api_version    text PRIMARY KEY,
+    tested         boolean NOT NULL,
+    first_event_id text    NOT NULL
+);
 -- Links (DESIGN §8; projections/links.go): object -> customer from the
 -- events that name both; object -> stream for the streams of events that
 -- name no customer; dispute snapshots waiting for their charge's link.

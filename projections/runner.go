@@ -152,7 +152,7 @@ func (r *Runner) apply(cp *checkpoint) eventlog.Handler {
 			return err
 		}
 		cp.Position = b.last
-		r.metrics.observe(r.p.Name, b)
+		r.metrics.observe(ctx, r.logger, r.p.Name, b)
 		return nil
 	}
 }

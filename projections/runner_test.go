@@ -1,8 +1,12 @@
 package projections
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -296,4 +300,59 @@ func counter(t *testing.T, r *Runner, outcome string) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// TestUntestedAPIVersions: events of an API version the decoder was not
+// tested with are decoded by shape, counted by version, logged once and
+// listed by ReadStatus.
+func TestUntestedAPIVersions(t *testing.T) {
+	t.Parallel()
+	pool, log := newLog(t)
+	p := Billing(testPlans(t))
+	const future = "2027-04-01.future"
+	ds := lifecycles(12, 2)
+	for i := range 2 {
+		payload := fmt.Sprintf(`{"id":"evt_future_%d","object":"event","api_version":%q,"created":1800000000,"type":"customer.updated",
+			"data":{"object":{"id":"cus_future","object":"customer","email":"f%d@example.com"}}}`, i, future, i)
+		ds = append(ds, domaintest.Delivery{EventID: fmt.Sprintf("evt_future_%d", i), Type: "customer.updated", CustomerID: "cus_future",
+			Created: time.Unix(1800000000, 0).UTC(), Payload: []byte(payload)})
+	}
+	appendAll(t, log, ds)
+	var logs bytes.Buffer // written by the runner's goroutine, read after it stopped
+	r, err := NewRunner(pool, log, p, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := startRunner(t, r)
+	waitCaughtUp(t, pool, log, p)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	var m dto.Metric
+	if err := r.metrics.apiVersions.WithLabelValues(future, "false").Write(&m); err != nil || m.GetCounter().GetValue() != 2 {
+		t.Errorf("ledger_events_api_version_total{api_version=%q,known=false} = %v (%v), want 2", future, m.GetCounter().GetValue(), err)
+	}
+	if n := strings.Count(logs.String(), future); n != 1 {
+		t.Errorf("the untested version is logged %d times, want once:\n%s", n, logs.String())
+	}
+	statuses, err := ReadStatus(context.Background(), pool, log)
+	if err != nil || len(statuses) != 1 {
+		t.Fatalf("ReadStatus = %v, %v", statuses, err)
+	}
+	var untested []APIVersion
+	tested := 0
+	for _, v := range statuses[0].APIVersions {
+		if v.Tested {
+			tested++
+		} else {
+			untested = append(untested, v)
+		}
+	}
+	if want := []APIVersion{{Version: future, FirstEventID: "evt_future_0"}}; !slices.Equal(untested, want) || tested == 0 {
+		t.Errorf("status lists untested versions %+v and %d tested; want %+v and some tested", untested, tested, want)
+	}
+	var st struct{ Email string }
+	if err := pool.QueryRow(context.Background(), `SELECT email FROM readmodel.customers WHERE customer_id = 'cus_future'`).Scan(&st.Email); err != nil || !strings.HasPrefix(st.Email, "f") {
+		t.Errorf("the untested version's customer: %q, %v; want it decoded by shape", st.Email, err)
+	}
 }

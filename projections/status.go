@@ -2,10 +2,12 @@ package projections
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
@@ -20,8 +22,16 @@ type Status struct {
 	Head        eventlog.Position `json:"head"`     // of the last event in the log
 	Lag         int64             `json:"lag"`      // events after Position
 	DeadLetters int64             `json:"dead_letters"`
-	UpdatedAt   time.Time         `json:"updated_at"` // when the checkpoint last moved
-	Plans       *string           `json:"plans"`      // the LEDGER_PLANS it was folded with, canonical; null: not recorded
+	UpdatedAt   time.Time         `json:"updated_at"`   // when the checkpoint last moved
+	Plans       *string           `json:"plans"`        // the LEDGER_PLANS it was folded with, canonical; null: not recorded
+	APIVersions []APIVersion      `json:"api_versions"` // of the events folded into the live version
+}
+
+// APIVersion is a Stripe API version the projection has seen events of.
+type APIVersion struct {
+	Version      string `json:"api_version"`
+	Tested       bool   `json:"tested"`         // the decoder is tested with it (domain.TestedAPIVersions); else decoded by shape
+	FirstEventID string `json:"first_event_id"` // the least event id of that version: one to look at
 }
 
 // ReadStatus reports every projection that has a live version, by name.
@@ -56,6 +66,26 @@ func ReadStatus(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log) ([]St
 		if statuses[i].Lag, err = log.CountAfter(ctx, statuses[i].Position); err != nil {
 			return nil, err
 		}
+		if statuses[i].APIVersions, err = readAPIVersions(ctx, pool, statuses[i].Schema); err != nil {
+			return nil, err
+		}
 	}
 	return statuses, nil
+}
+
+// readAPIVersions lists the API versions recorded in schema; none for a
+// schema built before versions were recorded.
+func readAPIVersions(ctx context.Context, pool *pgxpool.Pool, schema string) ([]APIVersion, error) {
+	rows, err := pool.Query(ctx, "SELECT api_version, tested, first_event_id FROM "+ident(schema)+".api_versions ORDER BY api_version")
+	if err == nil {
+		var versions []APIVersion
+		versions, err = pgx.CollectRows(rows, pgx.RowToStructByPos[APIVersion])
+		if err == nil {
+			return versions, nil
+		}
+	}
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && pgErr.Code == "42P01" { // undefined_table
+		return []APIVersion{}, nil
+	}
+	return nil, fmt.Errorf("projection status: API versions of %s: %w", schema, err)
 }

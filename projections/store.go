@@ -12,11 +12,12 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/domain"
 )
 
-// table maps the rows of one read-model table to T. Every table has an
-// indexed customer_id column, which loads select on.
+// table maps the rows of one read-model table to T. Every table is keyed by
+// (account, id) and has an indexed (account, customer_id), which loads
+// select on.
 type table[T any] struct {
 	name    string
-	columns []column // the primary key first
+	columns []column // the primary key first: account, then the object's id
 	fields  func(*T) []any
 }
 
@@ -29,40 +30,44 @@ type readModelTable interface {
 }
 
 func (t table[T]) tableName() string { return t.name }
-func (t table[T]) keyColumn() string { return t.columns[0].name }
+func (t table[T]) keyColumn() string { return t.columns[1].name }
 
 // tables are the read model's tables, one view each in the readmodel schema.
 var tables = []readModelTable{customersTable, subscriptionsTable, invoicesTable, chargesTable, disputesTable}
 
-// selectSQL selects the rows of the customers in $1. A join on unnest, not
-// customer_id = ANY($1): a generic plan of the latter may scan the whole
-// table comparing every row with every id.
+// selectSQL selects the rows of the customers whose accounts and ids are in
+// $1 and $2. A join on unnest, not customer_id = ANY($1): a generic plan of
+// the latter may scan the whole table comparing every row with every id.
 func (t table[T]) selectSQL(schema string) string {
 	names := make([]string, len(t.columns))
 	for i, c := range t.columns {
 		names[i] = "t." + c.name
 	}
-	return fmt.Sprintf("SELECT %s FROM unnest($1::text[]) AS c(id) JOIN %s.%s t ON t.customer_id = c.id",
+	return fmt.Sprintf("SELECT %s FROM unnest($1::text[], $2::text[]) AS c(account, id) JOIN %s.%s t ON t.account = c.account AND t.customer_id = c.id",
 		strings.Join(names, ", "), ident(schema), t.name)
 }
 
 // upsertSQL inserts or replaces rows given as one array per column.
 func (t table[T]) upsertSQL(schema string) string {
-	names, arrays, sets := make([]string, len(t.columns)), make([]string, len(t.columns)), make([]string, 0, len(t.columns)-1)
+	names, arrays, sets := make([]string, len(t.columns)), make([]string, len(t.columns)), make([]string, 0, len(t.columns)-2)
 	for i, c := range t.columns {
 		names[i] = c.name
 		arrays[i] = fmt.Sprintf("$%d::%s[]", i+1, c.sqlType)
-		if i > 0 {
+		if i > 1 {
 			sets = append(sets, c.name+" = EXCLUDED."+c.name)
 		}
 	}
-	return fmt.Sprintf("INSERT INTO %s.%s (%s) SELECT * FROM unnest(%s) ON CONFLICT (%s) DO UPDATE SET %s",
-		ident(schema), t.name, strings.Join(names, ", "), strings.Join(arrays, ", "), t.columns[0].name, strings.Join(sets, ", "))
+	return fmt.Sprintf("INSERT INTO %s.%s (%s) SELECT * FROM unnest(%s) ON CONFLICT (account, %s) DO UPDATE SET %s",
+		ident(schema), t.name, strings.Join(names, ", "), strings.Join(arrays, ", "), t.keyColumn(), strings.Join(sets, ", "))
 }
 
 // queueLoad queues the select of the rows of customers, handing each to each.
-func (t table[T]) queueLoad(b *pgx.Batch, schema string, customers []string, each func(T)) {
-	b.Queue(t.selectSQL(schema), customers).Query(func(rows pgx.Rows) error {
+func (t table[T]) queueLoad(b *pgx.Batch, schema string, customers []domain.CustomerKey, each func(T)) {
+	accounts, ids := make([]string, len(customers)), make([]string, len(customers))
+	for i, k := range customers {
+		accounts[i], ids[i] = k.Account, k.ID
+	}
+	b.Queue(t.selectSQL(schema), accounts, ids).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var v T
 			if err := rows.Scan(t.fields(&v)...); err != nil {
@@ -95,6 +100,7 @@ func (t table[T]) queueUpsert(b *pgx.Batch, schema string, rows []T) {
 // customerRow is a row of customers: the customer's snapshot and the
 // entitlement derived for it.
 type customerRow struct {
+	Account          string
 	ID, Email, Name  string
 	Deleted          bool
 	Plan             string
@@ -107,7 +113,7 @@ type customerRow struct {
 
 func newCustomerRow(s *domain.CustomerState) customerRow {
 	r := customerRow{
-		ID: s.Customer.ID, Email: s.Customer.Email, Name: s.Customer.Name, Deleted: s.Customer.Deleted,
+		Account: s.Account, ID: s.Customer.ID, Email: s.Customer.Email, Name: s.Customer.Name, Deleted: s.Customer.Deleted,
 		Plan: s.Plan, Entitled: s.Entitled, AccessUntil: s.AccessUntil, UpdatedAt: s.UpdatedAt,
 		LastEventID: s.Customer.LastEventID,
 	}
@@ -120,8 +126,9 @@ func newCustomerRow(s *domain.CustomerState) customerRow {
 // state is the customer's state as stored, without its objects.
 func (r customerRow) state() *domain.CustomerState {
 	s := &domain.CustomerState{
+		Account: r.Account,
 		Customer: domain.Customer{
-			ID: r.ID, Email: r.Email, Name: r.Name, Deleted: r.Deleted, LastEventID: r.LastEventID,
+			Account: r.Account, ID: r.ID, Email: r.Email, Name: r.Name, Deleted: r.Deleted, LastEventID: r.LastEventID,
 		},
 		Plan: r.Plan, Entitled: r.Entitled, AccessUntil: r.AccessUntil, UpdatedAt: r.UpdatedAt,
 	}
@@ -134,56 +141,57 @@ func (r customerRow) state() *domain.CustomerState {
 var (
 	customersTable = table[customerRow]{
 		name: "customers",
-		columns: []column{{"customer_id", "text"}, {"email", "text"}, {"name", "text"}, {"deleted", "boolean"},
+		columns: []column{{"account", "text"}, {"customer_id", "text"}, {"email", "text"}, {"name", "text"}, {"deleted", "boolean"},
 			{"plan", "text"}, {"entitled", "boolean"}, {"access_until", "timestamptz"}, {"updated_at", "timestamptz"},
 			{"last_event_id", "text"}, {"last_event_created", "timestamptz"}},
 		fields: func(r *customerRow) []any {
-			return []any{&r.ID, &r.Email, &r.Name, &r.Deleted, &r.Plan, &r.Entitled, &r.AccessUntil, &r.UpdatedAt,
+			return []any{&r.Account, &r.ID, &r.Email, &r.Name, &r.Deleted, &r.Plan, &r.Entitled, &r.AccessUntil, &r.UpdatedAt,
 				&r.LastEventID, &r.LastEventCreated}
 		},
 	}
 	subscriptionsTable = table[domain.Subscription]{
 		name: "subscriptions",
-		columns: []column{{"subscription_id", "text"}, {"customer_id", "text"}, {"status", "text"}, {"price_id", "text"},
-			{"product_id", "text"}, {"lookup_key", "text"}, {"plan", "text"}, {"quantity", "bigint"},
+		columns: []column{{"account", "text"}, {"subscription_id", "text"}, {"customer_id", "text"}, {"status", "text"},
+			{"price_id", "text"}, {"product_id", "text"}, {"lookup_key", "text"}, {"plan", "text"}, {"quantity", "bigint"},
 			{"current_period_start", "timestamptz"}, {"current_period_end", "timestamptz"}, {"cancel_at_period_end", "boolean"},
-			{"canceled_at", "timestamptz"}, {"ended_at", "timestamptz"}, {"trial_end", "timestamptz"}, {"deleted", "boolean"},
-			{"last_event_id", "text"}, {"last_event_created", "timestamptz"}},
+			{"cancel_at", "timestamptz"}, {"canceled_at", "timestamptz"}, {"ended_at", "timestamptz"}, {"trial_end", "timestamptz"},
+			{"latest_invoice_id", "text"}, {"items", "text"}, {"deleted", "boolean"}, {"previous_attributes", "jsonb"},
+			{"last_event_id", "text"}, {"last_event_created", "timestamptz"}, {"snapshots", "jsonb"}},
 		fields: func(s *domain.Subscription) []any {
-			return []any{&s.ID, &s.CustomerID, &s.Status, &s.PriceID, &s.ProductID, &s.LookupKey, &s.Plan, &s.Quantity,
-				&s.CurrentPeriodStart, &s.CurrentPeriodEnd, &s.CancelAtPeriodEnd, &s.CanceledAt, &s.EndedAt, &s.TrialEnd,
-				&s.Deleted, &s.LastEventID, &s.LastEventCreated}
+			return []any{&s.Account, &s.ID, &s.CustomerID, &s.Status, &s.PriceID, &s.ProductID, &s.LookupKey, &s.Plan, &s.Quantity,
+				&s.CurrentPeriodStart, &s.CurrentPeriodEnd, &s.CancelAtPeriodEnd, &s.CancelAt, &s.CanceledAt, &s.EndedAt, &s.TrialEnd,
+				&s.LatestInvoiceID, &s.Items, &s.Deleted, &s.Previous, &s.LastEventID, &s.LastEventCreated, &s.Snapshots}
 		},
 	}
 	invoicesTable = table[domain.Invoice]{
 		name: "invoices",
-		columns: []column{{"invoice_id", "text"}, {"customer_id", "text"}, {"subscription_id", "text"}, {"status", "text"},
+		columns: []column{{"account", "text"}, {"invoice_id", "text"}, {"customer_id", "text"}, {"subscription_id", "text"}, {"status", "text"},
 			{"amount_due", "bigint"}, {"amount_paid", "bigint"}, {"currency", "text"}, {"period_start", "timestamptz"},
 			{"period_end", "timestamptz"}, {"paid_at", "timestamptz"}, {"attempt_count", "bigint"},
 			{"paid_period_start", "timestamptz"}, {"paid_period_end", "timestamptz"},
 			{"last_event_id", "text"}, {"last_event_created", "timestamptz"}},
 		fields: func(i *domain.Invoice) []any {
-			return []any{&i.ID, &i.CustomerID, &i.SubscriptionID, &i.Status, &i.AmountDue, &i.AmountPaid, &i.Currency,
+			return []any{&i.Account, &i.ID, &i.CustomerID, &i.SubscriptionID, &i.Status, &i.AmountDue, &i.AmountPaid, &i.Currency,
 				&i.PeriodStart, &i.PeriodEnd, &i.PaidAt, &i.AttemptCount, &i.PaidPeriodStart, &i.PaidPeriodEnd,
 				&i.LastEventID, &i.LastEventCreated}
 		},
 	}
 	chargesTable = table[domain.Charge]{
 		name: "charges",
-		columns: []column{{"charge_id", "text"}, {"customer_id", "text"}, {"invoice_id", "text"}, {"currency", "text"},
+		columns: []column{{"account", "text"}, {"charge_id", "text"}, {"customer_id", "text"}, {"invoice_id", "text"}, {"currency", "text"},
 			{"amount", "bigint"}, {"amount_refunded", "bigint"}, {"refunded", "boolean"},
 			{"last_event_id", "text"}, {"last_event_created", "timestamptz"}},
 		fields: func(c *domain.Charge) []any {
-			return []any{&c.ID, &c.CustomerID, &c.InvoiceID, &c.Currency, &c.Amount, &c.AmountRefunded, &c.Refunded,
+			return []any{&c.Account, &c.ID, &c.CustomerID, &c.InvoiceID, &c.Currency, &c.Amount, &c.AmountRefunded, &c.Refunded,
 				&c.LastEventID, &c.LastEventCreated}
 		},
 	}
 	disputesTable = table[domain.Dispute]{
 		name: "disputes",
-		columns: []column{{"dispute_id", "text"}, {"customer_id", "text"}, {"charge_id", "text"}, {"status", "text"},
+		columns: []column{{"account", "text"}, {"dispute_id", "text"}, {"customer_id", "text"}, {"charge_id", "text"}, {"status", "text"},
 			{"currency", "text"}, {"amount", "bigint"}, {"last_event_id", "text"}, {"last_event_created", "timestamptz"}},
 		fields: func(d *domain.Dispute) []any {
-			return []any{&d.ID, &d.CustomerID, &d.ChargeID, &d.Status, &d.Currency, &d.Amount, &d.LastEventID, &d.LastEventCreated}
+			return []any{&d.Account, &d.ID, &d.CustomerID, &d.ChargeID, &d.Status, &d.Currency, &d.Amount, &d.LastEventID, &d.LastEventCreated}
 		},
 	}
 )
@@ -218,8 +226,7 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 			s.Apply(f)
 		}
 		customers = append(customers, newCustomerRow(s))
-		subscriptions = appendChanged(subscriptions, before.Subscriptions, s.Subscriptions,
-			func(a, b domain.Subscription) bool { return a.LastEventID != b.LastEventID })
+		subscriptions = appendChanged(subscriptions, before.Subscriptions, s.Subscriptions, subscriptionChanged)
 		invoices = appendChanged(invoices, before.Invoices, s.Invoices,
 			func(a, b domain.Invoice) bool {
 				return a.LastEventID != b.LastEventID || a.AttemptCount != b.AttemptCount
@@ -235,6 +242,7 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 	chargesTable.queueUpsert(&w, schema, charges)
 	disputesTable.queueUpsert(&w, schema, disputes)
 	queueDeadLetters(&w, p, schema, b.deadLetters)
+	queueAPIVersions(&w, schema, b.apiVersions)
 	if err := tx.SendBatch(ctx, &w).Close(); err != nil {
 		return fmt.Errorf("write read model %s: %w", schema, err)
 	}
@@ -243,19 +251,26 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 
 // loadStates reads the stored state of customers from schema; customers
 // without rows get an empty state.
-func loadStates(ctx context.Context, tx pgx.Tx, schema string, customers []string) (map[string]*domain.CustomerState, error) {
-	states := make(map[string]*domain.CustomerState, len(customers))
-	for _, id := range customers {
-		states[id] = &domain.CustomerState{}
+func loadStates(ctx context.Context, tx pgx.Tx, schema string, customers []domain.CustomerKey) (map[domain.CustomerKey]*domain.CustomerState, error) {
+	states := make(map[domain.CustomerKey]*domain.CustomerState, len(customers))
+	for _, k := range customers {
+		states[k] = &domain.CustomerState{}
 	}
+	key := func(account, id string) domain.CustomerKey { return domain.CustomerKey{Account: account, ID: id} }
 	var b pgx.Batch
-	customersTable.queueLoad(&b, schema, customers, func(r customerRow) { states[r.ID] = r.state() })
+	customersTable.queueLoad(&b, schema, customers, func(r customerRow) { states[key(r.Account, r.ID)] = r.state() })
 	subscriptionsTable.queueLoad(&b, schema, customers, func(s domain.Subscription) {
-		objects(states[s.CustomerID]).Subscriptions[s.ID] = s
+		objects(states[key(s.Account, s.CustomerID)]).Subscriptions[s.ID] = s
 	})
-	invoicesTable.queueLoad(&b, schema, customers, func(i domain.Invoice) { objects(states[i.CustomerID]).Invoices[i.ID] = i })
-	chargesTable.queueLoad(&b, schema, customers, func(c domain.Charge) { objects(states[c.CustomerID]).Charges[c.ID] = c })
-	disputesTable.queueLoad(&b, schema, customers, func(d domain.Dispute) { objects(states[d.CustomerID]).Disputes[d.ID] = d })
+	invoicesTable.queueLoad(&b, schema, customers, func(i domain.Invoice) {
+		objects(states[key(i.Account, i.CustomerID)]).Invoices[i.ID] = i
+	})
+	chargesTable.queueLoad(&b, schema, customers, func(c domain.Charge) {
+		objects(states[key(c.Account, c.CustomerID)]).Charges[c.ID] = c
+	})
+	disputesTable.queueLoad(&b, schema, customers, func(d domain.Dispute) {
+		objects(states[key(d.Account, d.CustomerID)]).Disputes[d.ID] = d
+	})
 	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
 		return nil, fmt.Errorf("load read model %s: %w", schema, err)
 	}
@@ -274,6 +289,16 @@ func objects(s *domain.CustomerState) *domain.CustomerState {
 	return s
 }
 
+// subscriptionChanged reports whether the row of a subscription must be
+// written: its current snapshot or the snapshots it was chosen from changed
+// (a same-second snapshot that did not win must still be stored). The sets
+// only grow or are replaced by another second's, so lengths and heads tell.
+func subscriptionChanged(a, b domain.Subscription) bool {
+	sa, sb := a.Snapshots, b.Snapshots
+	return a.LastEventID != b.LastEventID || len(sa.Latest) != len(sb.Latest) || len(sa.Before) != len(sb.Before) ||
+		(len(sa.Before) > 0 && sa.Before[0].LastEventID != sb.Before[0].LastEventID)
+}
+
 // appendChanged appends to rows the objects of after that are new or differ
 // from their counterpart in before.
 func appendChanged[T any](rows []T, before, after map[string]T, differ func(a, b T) bool) []T {
@@ -283,6 +308,24 @@ func appendChanged[T any](rows []T, before, after map[string]T, differ func(a, b
 		}
 	}
 	return rows
+}
+
+// queueAPIVersions records the API versions of b's events in schema's
+// api_versions (ledger projections status lists them), each with the least
+// event id seen: idempotent and order independent, like the fold.
+func queueAPIVersions(b *pgx.Batch, schema string, versions map[string]versionSeen) {
+	if len(versions) == 0 {
+		return
+	}
+	var names, ids []string
+	var tested []bool
+	for v, seen := range versions {
+		names, ids, tested = append(names, v), append(ids, seen.firstEventID), append(tested, domain.TestedAPIVersion(v))
+	}
+	b.Queue(fmt.Sprintf(`INSERT INTO %s.api_versions (api_version, tested, first_event_id)
+SELECT * FROM unnest($1::text[], $2::boolean[], $3::text[])
+ON CONFLICT (api_version) DO UPDATE SET first_event_id = least(api_versions.first_event_id, EXCLUDED.first_event_id)`, ident(schema)),
+		names, tested, ids)
 }
 
 func queueDeadLetters(b *pgx.Batch, p Projection, schema string, letters []deadLetter) {

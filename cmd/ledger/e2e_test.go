@@ -141,14 +141,19 @@ func waitCaughtUp(t *testing.T, base string) {
 }
 
 type customerView struct {
+	Account       string     `json:"account"`
 	CustomerID    string     `json:"customer_id"`
 	Plan          string     `json:"plan"`
 	Entitled      bool       `json:"entitled"`
 	AccessUntil   *time.Time `json:"access_until"`
 	Subscriptions []struct {
-		SubscriptionID string `json:"subscription_id"`
-		Status         string `json:"status"`
-		Plan           string `json:"plan"`
+		SubscriptionID    string     `json:"subscription_id"`
+		Status            string     `json:"status"`
+		Plan              string     `json:"plan"`
+		PriceID           string     `json:"price_id"`
+		CancelAtPeriodEnd bool       `json:"cancel_at_period_end"`
+		CanceledAt        *time.Time `json:"canceled_at"`
+		CurrentPeriodEnd  *time.Time `json:"current_period_end"`
 	} `json:"subscriptions"`
 }
 
@@ -181,7 +186,7 @@ func TestEndToEnd(t *testing.T) {
 
 // requireBothKinds fails unless the generated customers include entitled
 // and unentitled ones: a comparison over one kind proves less.
-func requireBothKinds(t *testing.T, want map[string]*domain.CustomerState) {
+func requireBothKinds(t *testing.T, want map[domain.CustomerKey]*domain.CustomerState) {
 	t.Helper()
 	entitled := 0
 	for _, st := range want {
@@ -196,36 +201,47 @@ func requireBothKinds(t *testing.T, want map[string]*domain.CustomerState) {
 
 // requireReadModel checks the read API against the pure fold (domain.Replay)
 // of payloads for every customer, and returns that fold.
-func requireReadModel(t *testing.T, base string, payloads [][]byte, plans domain.Plans) map[string]*domain.CustomerState {
+func requireReadModel(t *testing.T, base string, payloads [][]byte, plans domain.Plans) map[domain.CustomerKey]*domain.CustomerState {
 	t.Helper()
 	want, err := domain.Replay(payloads, plans)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for id, st := range want {
+	requireCustomers(t, base, want)
+	return want
+}
+
+// requireCustomers checks the read API's customers and subscriptions
+// (addressed with ?account= for Connect ones) against want.
+func requireCustomers(t *testing.T, base string, want map[domain.CustomerKey]*domain.CustomerState) {
+	t.Helper()
+	for key, st := range want {
+		query := "?account=" + key.Account
 		var got customerView
-		if status := getV1(t, base+"/v1/customers/"+id, &got); status != http.StatusOK {
-			t.Fatalf("GET customer %s: %d", id, status)
+		if status := getV1(t, base+"/v1/customers/"+key.ID+query, &got); status != http.StatusOK {
+			t.Fatalf("GET customer %v: %d", key, status)
 		}
-		if got.Plan != st.Plan || got.Entitled != st.Entitled || !sameTime(got.AccessUntil, st.AccessUntil) {
-			t.Errorf("customer %s: plan=%s entitled=%v access_until=%v, want %s %v %v",
-				id, got.Plan, got.Entitled, got.AccessUntil, st.Plan, st.Entitled, st.AccessUntil)
+		if got.Account != key.Account || got.Plan != st.Plan || got.Entitled != st.Entitled || !sameTime(got.AccessUntil, st.AccessUntil) {
+			t.Errorf("customer %v: account=%q plan=%s entitled=%v access_until=%v, want %s %v %v",
+				key, got.Account, got.Plan, got.Entitled, got.AccessUntil, st.Plan, st.Entitled, st.AccessUntil)
 		}
 		if len(got.Subscriptions) != len(st.Subscriptions) {
-			t.Errorf("customer %s: %d subscriptions, want %d", id, len(got.Subscriptions), len(st.Subscriptions))
+			t.Errorf("customer %v: %d subscriptions, want %d", key, len(got.Subscriptions), len(st.Subscriptions))
 		}
 		for _, sub := range got.Subscriptions {
 			w := st.Subscriptions[sub.SubscriptionID]
-			if sub.Status != w.Status || sub.Plan != w.Plan {
-				t.Errorf("subscription %s: status=%s plan=%s, want %s %s", sub.SubscriptionID, sub.Status, sub.Plan, w.Status, w.Plan)
+			if sub.Status != w.Status || sub.Plan != w.Plan || sub.PriceID != w.PriceID || sub.CancelAtPeriodEnd != w.CancelAtPeriodEnd ||
+				!sameTime(sub.CanceledAt, w.CanceledAt) || !sameTime(sub.CurrentPeriodEnd, w.CurrentPeriodEnd) {
+				t.Errorf("customer %v: subscription %s: status=%s plan=%s price=%s cancel_at_period_end=%v canceled_at=%v period_end=%v, want %s %s %s %v %v %v",
+					key, sub.SubscriptionID, sub.Status, sub.Plan, sub.PriceID, sub.CancelAtPeriodEnd, sub.CanceledAt, sub.CurrentPeriodEnd,
+					w.Status, w.Plan, w.PriceID, w.CancelAtPeriodEnd, w.CanceledAt, w.CurrentPeriodEnd)
 			}
 			var one struct{ Status string }
-			if status := getV1(t, base+"/v1/subscriptions/"+sub.SubscriptionID, &one); status != http.StatusOK || one.Status != w.Status {
-				t.Errorf("GET subscription %s: %d %q, want 200 %q", sub.SubscriptionID, status, one.Status, w.Status)
+			if status := getV1(t, base+"/v1/subscriptions/"+sub.SubscriptionID+query, &one); status != http.StatusOK || one.Status != w.Status {
+				t.Errorf("GET subscription %s%s: %d %q, want 200 %q", sub.SubscriptionID, query, status, one.Status, w.Status)
 			}
 		}
 	}
-	return want
 }
 
 func sameTime(a, b *time.Time) bool {

@@ -42,7 +42,7 @@ func TestEndToEndESDB(t *testing.T) {
 	node := esdbtest.New(t)
 	var (
 		mu    sync.Mutex
-		views = map[string]map[string]json.RawMessage{} // backend → customer id → GET /v1/customers/{id}
+		views = map[string]map[domain.CustomerKey]json.RawMessage{} // backend → customer id → GET /v1/customers/{id}
 	)
 	t.Run("backends", func(t *testing.T) {
 		for _, b := range []struct{ name, eventLog string }{
@@ -57,13 +57,13 @@ func TestEndToEndESDB(t *testing.T) {
 					deliver(t, base, d.Payload)
 				}
 				waitCaughtUp(t, base)
-				got := map[string]json.RawMessage{}
-				for id := range want {
+				got := map[domain.CustomerKey]json.RawMessage{}
+				for key := range want {
 					var view json.RawMessage
-					if status := getV1(t, base+"/v1/customers/"+id, &view); status != http.StatusOK {
-						t.Fatalf("GET customer %s: %d", id, status)
+					if status := getV1(t, base+"/v1/customers/"+key.ID+"?account="+key.Account, &view); status != http.StatusOK {
+						t.Fatalf("GET customer %v: %d", key, status)
 					}
-					got[id] = view
+					got[key] = view
 				}
 				mu.Lock()
 				views[b.name] = got
@@ -74,13 +74,14 @@ func TestEndToEndESDB(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	for id := range want {
-		if node.StreamLength(esdb.DefaultStreamPrefix+"customer-"+id) == 0 {
-			t.Errorf("the EventStoreDB node holds no events of customer %s", id)
+	for key := range want {
+		stream := domain.Envelope{Account: key.Account, CustomerID: key.ID}.Stream()
+		if node.StreamLength(esdb.DefaultStreamPrefix+stream) == 0 {
+			t.Errorf("the EventStoreDB node holds no events of customer %v", key)
 		}
-		esdbView, pgView := views["esdb"][id], views["postgres"][id]
+		esdbView, pgView := views["esdb"][key], views["postgres"][key]
 		if !bytes.Equal(esdbView, pgView) {
-			t.Errorf("customer %s differs between the backends:\nesdb:     %s\npostgres: %s", id, esdbView, pgView)
+			t.Errorf("customer %v differs between the backends:\nesdb:     %s\npostgres: %s", key, esdbView, pgView)
 		}
 	}
 }

@@ -9,6 +9,7 @@
 //	ledger history                export a customer's events (or --all) as JSON Lines or CSV
 //	ledger backfill               append the events Stripe's Events API holds that the log does not
 //	ledger reconcile              compare the read model with Stripe's objects and repair the drift
+//	ledger events                 the Stripe event types the ledger decodes (to enable on the endpoint)
 //	ledger version                this binary's module version and VCS revision
 //
 // The command line is built with cobra: each command is one newXxxCmd in its
@@ -149,6 +150,7 @@ verify found tampering, reconcile found drift), 2 bad usage or the command could
 		newHistoryCmd(c),
 		newBackfillCmd(c),
 		newReconcileCmd(c),
+		newEventsCmd(c),
 		newVersionCmd(c),
 	)
 	return root

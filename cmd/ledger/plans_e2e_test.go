@@ -42,7 +42,7 @@ func TestPlansChangeRebuildsOrIsRefused(t *testing.T) {
 	}
 
 	rng := rand.New(rand.NewPCG(3, 14))
-	inOrder := domaintest.Lifecycles(rng, 8)
+	inOrder := domaintest.Lifecycles(rng, 12)
 	payloads := make([][]byte, len(inOrder))
 	for i, d := range inOrder {
 		payloads[i] = d.Payload
@@ -137,24 +137,24 @@ func TestPlansChangeRebuildsOrIsRefused(t *testing.T) {
 	ts := httptest.NewServer(svc.api)
 	defer ts.Close()
 	at := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
-	for id, plan := range wantNew {
+	for key, plan := range wantNew {
 		var state struct{ Plan string }
-		if status := getV1(t, ts.URL+"/v1/customers/"+id+"/state?at="+at, &state); status != 200 || state.Plan != plan {
-			t.Errorf("state of %s from a process with the old mapping: %d plan %q, want the live mapping's %q", id, status, state.Plan, plan)
+		if status := getV1(t, ts.URL+"/v1/customers/"+key.ID+"/state?at="+at+"&account="+key.Account, &state); status != 200 || state.Plan != plan {
+			t.Errorf("state of %v from a process with the old mapping: %d plan %q, want the live mapping's %q", key, status, state.Plan, plan)
 		}
 	}
 }
 
 // replayPlans is every customer's plan in the pure fold of payloads with plans.
-func replayPlans(t *testing.T, payloads [][]byte, plans string) map[string]string {
+func replayPlans(t *testing.T, payloads [][]byte, plans string) map[domain.CustomerKey]string {
 	t.Helper()
 	states, err := domain.Replay(payloads, mustPlans(t, plans))
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]string{}
-	for id, st := range states {
-		out[id] = st.Plan
+	out := map[domain.CustomerKey]string{}
+	for key, st := range states {
+		out[key] = st.Plan
 	}
 	return out
 }
@@ -170,25 +170,28 @@ func mustPlans(t *testing.T, s string) domain.Plans {
 
 // readPlans is every customer's plan in the read model, read in one
 // statement: one snapshot.
-func readPlans(t *testing.T, pool *pgxpool.Pool) map[string]string {
-	rows, err := pool.Query(context.Background(), `SELECT customer_id, plan FROM readmodel.customers`)
+func readPlans(t *testing.T, pool *pgxpool.Pool) map[domain.CustomerKey]string {
+	rows, err := pool.Query(context.Background(), `SELECT account, customer_id, plan FROM readmodel.customers`)
 	if err != nil {
 		t.Error(err)
 		return nil
 	}
-	out := map[string]string{}
-	var id, plan string
-	if _, err := pgx.ForEachRow(rows, []any{&id, &plan}, func() error { out[id] = plan; return nil }); err != nil {
+	out := map[domain.CustomerKey]string{}
+	var account, id, plan string
+	if _, err := pgx.ForEachRow(rows, []any{&account, &id, &plan}, func() error {
+		out[domain.CustomerKey{Account: account, ID: id}] = plan
+		return nil
+	}); err != nil {
 		t.Error(err)
 	}
 	return out
 }
 
 // describe lists each customer's plan in got beside both mappings' plans.
-func describe(got, wantOld, wantNew map[string]string) string {
+func describe(got, wantOld, wantNew map[domain.CustomerKey]string) string {
 	var b strings.Builder
-	for id, plan := range got {
-		fmt.Fprintf(&b, "%s=%s (old %s, new %s) ", id, plan, wantOld[id], wantNew[id])
+	for key, plan := range got {
+		fmt.Fprintf(&b, "%v=%s (old %s, new %s) ", key, plan, wantOld[key], wantNew[key])
 	}
 	return b.String()
 }

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -29,7 +31,7 @@ func newProjectionsCmd(c *cli) *cobra.Command {
 
 func newProjectionsStatusCmd(c *cli) *cobra.Command {
 	return newListCmd(c, "status", "Show each projection's version, position, lag and dead letters",
-		"NAME\tVERSION\tPOSITION\tHEAD\tLAG\tDEAD LETTERS\tUPDATED\tPLANS",
+		"NAME\tVERSION\tPOSITION\tHEAD\tLAG\tDEAD LETTERS\tUPDATED\tPLANS\tUNTESTED API VERSIONS",
 		func(ctx context.Context, b *Backends) ([]projections.Status, error) {
 			return projections.ReadStatus(ctx, b.Pool, b.Log)
 		},
@@ -38,8 +40,14 @@ func newProjectionsStatusCmd(c *cli) *cobra.Command {
 			if s.Plans != nil {
 				plans = *s.Plans
 			}
-			return fmt.Sprintf("%s\t%d\t%s\t%s\t%d\t%d\t%s\t%s", s.Name, s.Version, s.Position, s.Head, s.Lag, s.DeadLetters,
-				s.UpdatedAt.UTC().Format("2006-01-02T15:04:05Z"), plans)
+			var untested []string
+			for _, v := range s.APIVersions {
+				if !v.Tested {
+					untested = append(untested, v.Version)
+				}
+			}
+			return fmt.Sprintf("%s\t%d\t%s\t%s\t%d\t%d\t%s\t%s\t%s", s.Name, s.Version, s.Position, s.Head, s.Lag, s.DeadLetters,
+				s.UpdatedAt.UTC().Format("2006-01-02T15:04:05Z"), plans, cmp.Or(strings.Join(untested, ","), "-"))
 		})
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"math/rand/v2"
 	"net/http"
 	"sync"
@@ -48,17 +47,17 @@ func TestRebuildUnderTraffic(t *testing.T) {
 	waitCaughtUp(t, base)
 
 	// What every early customer holds before the rebuild: never less after.
-	before := map[string]int{}
+	before := map[domain.CustomerKey]int{}
 	early, err := domain.Replay(payloads[:split], nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for id := range early {
+	for key := range early {
 		var v customerView
-		if status := getV1(t, base+"/v1/customers/"+id, &v); status != http.StatusOK {
-			t.Fatalf("GET customer %s before the rebuild: %d", id, status)
+		if status := getV1(t, base+"/v1/customers/"+key.ID+"?account="+key.Account, &v); status != http.StatusOK {
+			t.Fatalf("GET customer %v before the rebuild: %d", key, status)
 		}
-		before[id] = len(v.Subscriptions)
+		before[key] = len(v.Subscriptions)
 	}
 
 	trafficCtx, stopTraffic := context.WithCancel(ctx)
@@ -74,16 +73,16 @@ func TestRebuildUnderTraffic(t *testing.T) {
 	reads := 0
 	reading.Go(func() { // and the product keeps reading
 		for trafficCtx.Err() == nil {
-			for id, n := range before {
-				v, status, err := readCustomer(base, id)
+			for key, n := range before {
+				v, status, err := readCustomer(base, key)
 				switch {
 				case trafficCtx.Err() != nil:
 					return
 				case err != nil || status != http.StatusOK:
-					t.Errorf("GET customer %s during the rebuild: %d %v", id, status, err)
+					t.Errorf("GET customer %v during the rebuild: %d %v", key, status, err)
 					return
 				case len(v.Subscriptions) < n:
-					t.Errorf("customer %s has %d subscriptions during the rebuild, had %d: a half-built model", id, len(v.Subscriptions), n)
+					t.Errorf("customer %v has %d subscriptions during the rebuild, had %d: a half-built model", key, len(v.Subscriptions), n)
 					return
 				}
 				reads++
@@ -92,8 +91,7 @@ func TestRebuildUnderTraffic(t *testing.T) {
 	})
 
 	v1Plans, _ := domain.ParsePlans(domaintest.Plans)
-	v2Plans := maps.Clone(v1Plans)
-	v2Plans["price_basic_monthly"] = "starter" // version 1 names it by its lookup key, "basic"
+	v2Plans := append(v1Plans, domain.PlanPrice{PriceID: "price_basic_monthly", Plan: "starter"}) // version 1 names it by its lookup key, "basic"
 	v2 := projections.Projection{Name: "billing", Version: projections.BillingVersion + 1, Plans: v2Plans}
 	pool, err := pgxpool.New(ctx, url)
 	if err != nil {
@@ -146,9 +144,9 @@ func TestRebuildUnderTraffic(t *testing.T) {
 
 // readCustomer is getV1 for goroutines other than the test's: it reports
 // failures instead of stopping the test.
-func readCustomer(base, id string) (customerView, int, error) {
+func readCustomer(base string, key domain.CustomerKey) (customerView, int, error) {
 	var v customerView
-	req, err := http.NewRequest(http.MethodGet, base+"/v1/customers/"+id, nil)
+	req, err := http.NewRequest(http.MethodGet, base+"/v1/customers/"+key.ID+"?account="+key.Account, nil)
 	if err != nil {
 		return v, 0, err
 	}

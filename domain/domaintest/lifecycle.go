@@ -4,35 +4,49 @@
 package domaintest
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"time"
+
+	"github.com/stripe-ledger/stripe-ledger/domain"
 )
 
-// Plans is the LEDGER_PLANS the lifecycles are written against: two prices
-// are mapped, one is known by its lookup_key and one by its id alone.
-const Plans = "price_pro_monthly=pro,price_team_monthly=team"
+// Plans is the LEDGER_PLANS the lifecycles are written against: three prices
+// are mapped (pro first, so a subscription with a team and a pro item is
+// pro), one is known by its lookup_key and one by its id alone.
+const Plans = "price_pro_monthly=pro,price_team_monthly=team,price_team_yearly=team"
 
-// API versions the payloads are rendered in, chosen per event.
-const (
-	APIVersionLegacy = "2023-10-16"
-	APIVersionBasil  = "2025-03-31.basil"
-)
+// APIVersions are the versions the lifecycles are rendered in: every one
+// the decoder is tested with, from the 2023-10-16 shape (stripe-go v76's
+// pin) to the shape of 2025-03-31.basil onwards (periods on items, an
+// invoice's subscription under parent).
+var APIVersions = domain.TestedAPIVersions
+
+// APIVersionBasil is the first version with the newer shapes.
+const APIVersionBasil = "2025-03-31.basil"
+
+// itemPeriods reports whether version has the shape of 2025-03-31.basil and later.
+func itemPeriods(version string) bool { return version >= APIVersionBasil }
 
 // Delivery is one Stripe event as Stripe would POST it.
 type Delivery struct {
 	EventID    string
 	Type       string
+	Account    string // the Connect account, "" for the platform
 	CustomerID string // the customer the event names; empty for disputes
 	Created    time.Time
+	Seq        int    // the order in which Stripe made the changes, same-second ones included
 	Payload    []byte // the full event JSON
 }
 
 type price struct {
 	id, product, lookupKey string
 	amount                 int64
+	yearly                 bool
 }
 
 var prices = []price{
@@ -42,22 +56,38 @@ var prices = []price{
 	{id: "price_legacy_2019", product: "prod_legacy", amount: 1500},
 }
 
+// Prices of the lifecycle classes: a yearly plan and a yearly add-on.
+var (
+	teamYearly  = price{id: "price_team_yearly", product: "prod_team", amount: 99000, yearly: true}
+	seatsYearly = price{id: "price_seats_yearly", product: "prod_seats", lookupKey: "seats", amount: 12000, yearly: true}
+)
+
 // Lifecycles returns the events of the given number of customers, each living
 // through a random but realistic life: sign-up (with a trial, possibly paused
 // at its end, or paid at once, the subscription created incomplete and
 // activated in the same second), monthly renewals paid or failed and then
 // recovered or given up on, plan changes with proration invoices, a second
 // subscription, cancellation at period end or at once, customer deletion,
-// refunds and disputes, and events of types the ledger does not decode.
+// refunds and disputes, and events of types the ledger does not decode; a
+// quarter of the customers live through one of the Classes instead.
 // Every subscription, invoice and charge names its customer; disputes, like
 // Stripe's, name only their charge. The result is in created order (stable
 // for same-second events) and depends only on rng.
 func Lifecycles(rng *rand.Rand, customers int) []Delivery {
 	g := &generator{rng: rng}
 	for range customers {
-		g.customerLife()
+		if g.chance(25) {
+			g.classLife(Classes[g.rng.IntN(len(Classes))])
+		} else {
+			g.customerLife()
+		}
 	}
-	slices.SortStableFunc(g.out, func(a, b Delivery) int { return a.Created.Compare(b.Created) })
+	return g.sorted()
+}
+
+// sorted is the events in created order, same-second ones in Stripe's order.
+func (g *generator) sorted() []Delivery {
+	slices.SortStableFunc(g.out, func(a, b Delivery) int { return cmp.Or(a.Created.Compare(b.Created), cmp.Compare(a.Seq, b.Seq)) })
 	return g.out
 }
 
@@ -79,10 +109,14 @@ func Redeliver(rng *rand.Rand, ds []Delivery) []Delivery {
 const day = 24 * 60 * 60
 
 type generator struct {
-	rng  *rand.Rand
-	out  []Delivery
-	cus  string // the customer being generated
-	last int64  // the latest created time of its events
+	rng     *rand.Rand
+	out     []Delivery
+	version string // of every event; "" picks one per event
+	account string // the Connect account of the customer being generated
+	cus     string // the customer being generated
+	last    int64  // the latest created time of its events
+
+	sent map[string]subscription // the last snapshot sent of each subscription
 }
 
 type subscription struct {
@@ -93,6 +127,27 @@ type subscription struct {
 	created, start, end                       int64
 	trialStart, trialEnd, canceledAt, endedAt int64
 	cancelAtPeriodEnd                         bool
+	latestInvoice                             string
+	addOns                                    []addOn // items after the first, each with its own period
+}
+
+// addOn is a subscription item besides the first.
+type addOn struct {
+	id         string
+	price      price
+	quantity   int64
+	start, end int64
+}
+
+// period is the subscription's current period: the item that ends last.
+func (s *subscription) period() (start, end int64) {
+	start, end = s.start, s.end
+	for _, a := range s.addOns {
+		if a.end > end {
+			start, end = a.start, a.end
+		}
+	}
+	return start, end
 }
 
 type line struct {
@@ -245,6 +300,7 @@ func (g *generator) invoiceLifeWith(s *subscription, reason string, at, periodSt
 		amountDue: amount, periodStart: periodStart, periodEnd: periodEnd,
 		lines: []line{{id: g.newID("il"), amount: amount, start: s.start, end: paidUntil, price: s.price}},
 	}
+	s.latestInvoice = inv.id
 	g.emitInvoice("invoice.created", at, inv)
 	created()
 	// Stripe finalizes the first invoice at once and renewal invoices about an hour later.
@@ -373,19 +429,45 @@ func (g *generator) maybeCheckout(s *subscription, at int64) {
 	})
 }
 
-// emit renders the event in an API version chosen at random and records it.
+// emit renders the event in the generator's API version (or one chosen at
+// random) and records it. previous, when set, renders the object as it was
+// before: the event's data.previous_attributes are the top-level attributes
+// that differ, with their old values, as Stripe sends them on *.updated.
 func (g *generator) emit(typ string, at int64, object func(basil bool) map[string]any) {
-	version := APIVersionLegacy
-	if g.chance(50) {
-		version = APIVersionBasil
+	g.emitChange(typ, at, object, nil)
+}
+
+func (g *generator) emitChange(typ string, at int64, object, previous func(basil bool) map[string]any) {
+	version := g.version
+	if version == "" {
+		version = APIVersions[g.rng.IntN(len(APIVersions))]
 	}
-	id, obj := g.newID("evt"), object(version == APIVersionBasil)
-	payload, err := json.Marshal(map[string]any{
+	id, obj := g.newID("evt"), object(itemPeriods(version))
+	data := map[string]any{"object": obj}
+	if previous != nil {
+		old, changed := previous(itemPeriods(version)), map[string]any{}
+		for k, v := range old {
+			if !reflect.DeepEqual(v, obj[k]) {
+				changed[k] = v
+			}
+		}
+		for k := range obj {
+			if _, ok := old[k]; !ok {
+				changed[k] = nil
+			}
+		}
+		data["previous_attributes"] = changed
+	}
+	event := map[string]any{
 		"id": id, "object": "event", "api_version": version, "created": at, "type": typ,
 		"livemode": false, "pending_webhooks": 1,
 		"request": map[string]any{"id": nil, "idempotency_key": nil},
-		"data":    map[string]any{"object": obj},
-	})
+		"data":    data,
+	}
+	if g.account != "" {
+		event["account"] = g.account
+	}
+	payload, err := json.Marshal(event)
 	if err != nil {
 		panic(err) // maps of plain values always marshal
 	}
@@ -394,7 +476,10 @@ func (g *generator) emit(typ string, at int64, object func(basil bool) map[strin
 	if obj["object"] == "customer" {
 		customerID = g.cus
 	}
-	g.out = append(g.out, Delivery{EventID: id, Type: typ, CustomerID: customerID, Created: time.Unix(at, 0).UTC(), Payload: payload})
+	g.out = append(g.out, Delivery{
+		EventID: id, Type: typ, Account: g.account, CustomerID: customerID, Created: time.Unix(at, 0).UTC(),
+		Seq: len(g.out), Payload: payload,
+	})
 }
 
 func (g *generator) emitCustomer(typ string, at int64, email string) {
@@ -409,42 +494,73 @@ func (g *generator) emitCustomer(typ string, at int64, email string) {
 }
 
 func priceObject(p price) map[string]any {
+	interval := "month"
+	if p.yearly {
+		interval = "year"
+	}
 	return map[string]any{
 		"id": p.id, "object": "price", "active": true, "currency": "usd", "lookup_key": orNull(p.lookupKey),
 		"product": p.product, "type": "recurring", "unit_amount": p.amount, "billing_scheme": "per_unit",
-		"recurring": map[string]any{"interval": "month", "interval_count": 1, "usage_type": "licensed"},
+		"recurring": map[string]any{"interval": interval, "interval_count": 1, "usage_type": "licensed"},
 	}
 }
 
+// emitSubscription sends a snapshot of s; a customer.subscription.updated
+// carries previous_attributes against the snapshot of s sent last.
 func (g *generator) emitSubscription(typ string, at int64, s subscription) {
+	s.addOns = slices.Clone(s.addOns)
+	var previous func(bool) map[string]any
+	if old, ok := g.sent[s.id]; ok && typ == "customer.subscription.updated" {
+		previous = func(basil bool) map[string]any { return g.subscriptionObject(old, basil) }
+	}
+	if g.sent == nil {
+		g.sent = map[string]subscription{}
+	}
+	g.sent[s.id] = s
+	g.emitChange(typ, at, func(basil bool) map[string]any { return g.subscriptionObject(s, basil) }, previous)
+}
+
+// subscriptionObject renders s as the data.object of an event.
+func (g *generator) subscriptionObject(s subscription, basil bool) map[string]any {
 	cus := g.cus
-	g.emit(typ, at, func(basil bool) map[string]any {
-		item := map[string]any{
-			"id": s.itemID, "object": "subscription_item", "created": s.created, "quantity": s.quantity,
-			"subscription": s.id, "price": priceObject(s.price), "metadata": map[string]any{},
-		}
-		obj := map[string]any{
-			"id": s.id, "object": "subscription", "customer": cus, "status": s.status,
-			"cancel_at_period_end": s.cancelAtPeriodEnd, "canceled_at": orNullTime(s.canceledAt),
-			"ended_at": orNullTime(s.endedAt), "trial_start": orNullTime(s.trialStart), "trial_end": orNullTime(s.trialEnd),
-			"created": s.created, "start_date": s.created, "billing_cycle_anchor": s.start,
-			"collection_method": "charge_automatically", "currency": "usd", "livemode": false, "metadata": map[string]any{},
-			"items": map[string]any{
-				"object": "list", "data": []any{item}, "has_more": false, "total_count": 1,
-				"url": "/v1/subscription_items?subscription=" + s.id,
-			},
-		}
-		if s.cancelAtPeriodEnd {
-			obj["cancel_at"] = s.end
+	item := map[string]any{
+		"id": s.itemID, "object": "subscription_item", "created": s.created, "quantity": s.quantity,
+		"subscription": s.id, "price": priceObject(s.price), "metadata": map[string]any{},
+	}
+	items := []any{item}
+	for _, a := range s.addOns {
+		addOn := map[string]any{
+			"id": a.id, "object": "subscription_item", "created": s.created, "quantity": a.quantity,
+			"subscription": s.id, "price": priceObject(a.price), "metadata": map[string]any{},
 		}
 		if basil {
-			item["current_period_start"], item["current_period_end"] = s.start, s.end
-		} else {
-			obj["current_period_start"], obj["current_period_end"] = s.start, s.end
-			obj["quantity"] = s.quantity
+			addOn["current_period_start"], addOn["current_period_end"] = a.start, a.end
 		}
-		return obj
-	})
+		items = append(items, addOn)
+	}
+	obj := map[string]any{
+		"id": s.id, "object": "subscription", "customer": cus, "status": s.status,
+		"cancel_at_period_end": s.cancelAtPeriodEnd, "canceled_at": orNullTime(s.canceledAt),
+		"ended_at": orNullTime(s.endedAt), "trial_start": orNullTime(s.trialStart), "trial_end": orNullTime(s.trialEnd),
+		"created": s.created, "start_date": s.created, "billing_cycle_anchor": s.start,
+		"collection_method": "charge_automatically", "currency": "usd", "livemode": false, "metadata": map[string]any{},
+		"latest_invoice": orNull(s.latestInvoice), "cancel_at": nil,
+		"items": map[string]any{
+			"object": "list", "data": items, "has_more": false, "total_count": len(items),
+			"url": "/v1/subscription_items?subscription=" + s.id,
+		},
+	}
+	start, end := s.period()
+	if s.cancelAtPeriodEnd {
+		obj["cancel_at"] = end
+	}
+	if basil {
+		item["current_period_start"], item["current_period_end"] = s.start, s.end
+	} else {
+		obj["current_period_start"], obj["current_period_end"] = start, end
+		obj["quantity"] = s.quantity
+	}
+	return obj
 }
 
 func (g *generator) emitInvoice(typ string, at int64, inv invoice) {

@@ -106,7 +106,7 @@ func (s *Syncer) Reconcile(ctx context.Context, opts ReconcileOptions) (Reconcil
 // holds as live that Stripe's list left out: Stripe lists no deleted
 // customer, but retrieving one answers {"deleted": true}.
 func (s *Syncer) reconcileGoneCustomers(ctx context.Context, opts ReconcileOptions, listed map[string]bool, rep *ReconcileReport) error {
-	rows, err := s.DB.Query(ctx, `SELECT customer_id FROM readmodel.customers WHERE NOT deleted ORDER BY customer_id`)
+	rows, err := s.DB.Query(ctx, `SELECT customer_id FROM readmodel.customers WHERE account = $1 AND NOT deleted ORDER BY customer_id`, opts.Account)
 	var ids []string
 	if err == nil {
 		ids, err = pgx.CollectRows(rows, pgx.RowTo[string])
@@ -156,11 +156,11 @@ func (s *Syncer) reconcileObject(ctx context.Context, opts ReconcileOptions, obj
 	var drift []Drift
 	switch {
 	case f.Customer != nil:
-		drift, err = s.customerDrift(ctx, f.Customer)
+		drift, err = s.customerDrift(ctx, opts.Account, f.Customer)
 	case f.Subscription != nil:
-		drift, err = s.subscriptionDrift(ctx, f.Subscription)
+		drift, err = s.subscriptionDrift(ctx, opts.Account, f.Subscription)
 	case f.Invoice != nil:
-		drift, err = s.invoiceDrift(ctx, f.Invoice)
+		drift, err = s.invoiceDrift(ctx, opts.Account, f.Invoice)
 	}
 	if err != nil || len(drift) == 0 {
 		return err
@@ -210,10 +210,10 @@ func missing(err error) ([]Drift, error) {
 	return nil, fmt.Errorf("read the read model: %w", err)
 }
 
-func (s *Syncer) customerDrift(ctx context.Context, c *domain.Customer) ([]Drift, error) {
+func (s *Syncer) customerDrift(ctx context.Context, account string, c *domain.Customer) ([]Drift, error) {
 	var email, name string
 	var deleted bool
-	err := s.DB.QueryRow(ctx, `SELECT email, name, deleted FROM readmodel.customers WHERE customer_id = $1`, c.ID).
+	err := s.DB.QueryRow(ctx, `SELECT email, name, deleted FROM readmodel.customers WHERE account = $1 AND customer_id = $2`, account, c.ID).
 		Scan(&email, &name, &deleted)
 	if err != nil {
 		if c.Deleted && (errors.Is(err, pgx.ErrNoRows) || noReadModel(err)) {
@@ -231,11 +231,11 @@ func (s *Syncer) customerDrift(ctx context.Context, c *domain.Customer) ([]Drift
 	}), nil
 }
 
-func (s *Syncer) subscriptionDrift(ctx context.Context, sub *domain.Subscription) ([]Drift, error) {
+func (s *Syncer) subscriptionDrift(ctx context.Context, account string, sub *domain.Subscription) ([]Drift, error) {
 	var l domain.Subscription
 	err := s.DB.QueryRow(ctx, `SELECT status, price_id, product_id, plan, quantity, current_period_start, current_period_end,
        cancel_at_period_end, canceled_at, ended_at, trial_end, deleted
-  FROM readmodel.subscriptions WHERE subscription_id = $1`, sub.ID).
+  FROM readmodel.subscriptions WHERE account = $1 AND subscription_id = $2`, account, sub.ID).
 		Scan(&l.Status, &l.PriceID, &l.ProductID, &l.Plan, &l.Quantity, &l.CurrentPeriodStart, &l.CurrentPeriodEnd,
 			&l.CancelAtPeriodEnd, &l.CanceledAt, &l.EndedAt, &l.TrialEnd, &l.Deleted)
 	if err != nil {
@@ -257,10 +257,10 @@ func (s *Syncer) subscriptionDrift(ctx context.Context, sub *domain.Subscription
 	}), nil
 }
 
-func (s *Syncer) invoiceDrift(ctx context.Context, inv *domain.Invoice) ([]Drift, error) {
+func (s *Syncer) invoiceDrift(ctx context.Context, account string, inv *domain.Invoice) ([]Drift, error) {
 	var l domain.Invoice
 	err := s.DB.QueryRow(ctx, `SELECT subscription_id, status, amount_due, amount_paid, currency, paid_at, attempt_count
-  FROM readmodel.invoices WHERE invoice_id = $1`, inv.ID).
+  FROM readmodel.invoices WHERE account = $1 AND invoice_id = $2`, account, inv.ID).
 		Scan(&l.SubscriptionID, &l.Status, &l.AmountDue, &l.AmountPaid, &l.Currency, &l.PaidAt, &l.AttemptCount)
 	if err != nil {
 		return missing(err)
