@@ -11,7 +11,6 @@ import (
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
-	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb/esdbtest"
 	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
 )
@@ -75,7 +74,7 @@ func TestEndToEndESDB(t *testing.T) {
 		return
 	}
 	for id := range want {
-		if node.StreamLength(esdb.DefaultStreamPrefix+"customer-"+id) == 0 {
+		if node.StreamLengthEndingWith("-customer-"+id) == 0 {
 			t.Errorf("the EventStoreDB node holds no events of customer %s", id)
 		}
 		esdbView, pgView := views["esdb"][id], views["postgres"][id]
