@@ -30,12 +30,16 @@ type webhookResponse struct {
 // handleWebhook verifies a Stripe delivery and appends it to the event log,
 // answering 200 only once the event is durable.
 func (s *Server) handleWebhook(c echo.Context) error {
-	payload, err := io.ReadAll(io.LimitReader(c.Request().Body, MaxWebhookBody+1))
+	limit := MaxWebhookBody
+	if l, ok := s.cfg.Log.(eventlog.PayloadLimiter); ok {
+		limit = min(limit, l.MaxPayload())
+	}
+	payload, err := io.ReadAll(io.LimitReader(c.Request().Body, int64(limit)+1))
 	if err != nil {
 		return s.reject(c, nil, domain.Errorf(domain.EINVALID, "read request body: %v", err), "rejected")
 	}
-	if len(payload) > MaxWebhookBody {
-		return s.reject(c, nil, domain.Errorf(domain.ETOOLARGE, "request body is over %d bytes", MaxWebhookBody), "too_large")
+	if len(payload) > limit {
+		return s.reject(c, nil, domain.Errorf(domain.ETOOLARGE, "request body is over %d bytes", limit), "too_large")
 	}
 	header := c.Request().Header.Get("Stripe-Signature")
 	if err := audit.VerifySignature(payload, header, s.cfg.WebhookSecrets, signatureTolerance); err != nil {
@@ -67,6 +71,9 @@ func (s *Server) handleWebhook(c echo.Context) error {
 	if err != nil {
 		if errors.Is(err, eventlog.ErrUnavailable) {
 			return s.reject(c, payload, domain.Errorf(domain.EUNAVAILABLE, "the event log is unavailable; retry later"), "unavailable", "err", err)
+		}
+		if errors.Is(err, eventlog.ErrTooLarge) {
+			return s.reject(c, payload, domain.Errorf(domain.ETOOLARGE, "the event is too large for the event log"), "too_large", "err", err)
 		}
 		s.metrics.webhooks.WithLabelValues("failed").Inc()
 		return err // logged and answered 500 by handleError; Stripe retries

@@ -151,6 +151,17 @@ type CheckpointSubscriber interface {
 	SubscribeCheckpoints(ctx context.Context, from Position, h Handler, cp func(ctx context.Context, pos Position) error) error
 }
 
+// PayloadLimiter is implemented by logs that cannot store payloads as large
+// as the webhook accepts (DESIGN §5: 1 MiB); the webhook refuses bodies over
+// MaxPayload with 413 before verifying them.
+type PayloadLimiter interface {
+	MaxPayload() int
+}
+
+// ErrTooLarge wraps an Append refused because the event is larger than the
+// log can store; nothing was written. The webhook answers 413 for it.
+var ErrTooLarge = errors.New("event too large for the event log")
+
 // ErrUnavailable wraps failures to reach the log's storage (network, server
 // down, not leader, deadline). The webhook answers 503 for it so that Stripe
 // retries.

@@ -21,7 +21,7 @@ func TestRunnerStoresFilteredCheckpoints(t *testing.T) {
 	t.Parallel()
 	pool := newPool(t, pgtest.NewDatabase(t))
 	srv := esdbtest.New(t)
-	log, err := esdb.Open(srv.URL(), pool, testLogger(t))
+	log, err := esdb.Open(t.Context(), srv.URL(), pool, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +37,7 @@ func TestRunnerStoresFilteredCheckpoints(t *testing.T) {
 		}
 	}()
 	last := waitCaughtUp(t, pool, log, p).Position
-	srv.AppendForeign(t, 100) // several checkpoint windows of foreign events
+	srv.AppendForeign(t, 3300) // more than one checkpoint interval (100 search windows of 32) of foreign events
 
 	deadline := time.Now().Add(waitTimeout)
 	for {
@@ -49,7 +49,7 @@ func TestRunnerStoresFilteredCheckpoints(t *testing.T) {
 			break // moved past the last ledger event, onto a checkpoint
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("checkpoint stayed at %s after 100 foreign events; want it past %s", cp.Position, last)
+			t.Fatalf("checkpoint stayed at %s after 3,300 foreign events; want it past %s", cp.Position, last)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -207,3 +207,17 @@ func TestParseTimeFlag(t *testing.T) {
 		t.Errorf("bad value: err = %v, want a usage error naming the flag", err)
 	}
 }
+
+func TestLoggerWritesDurationsAsStringsAtTheConfiguredLevel(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	logger, err := newLogger(&out, env("LEDGER_LOG_LEVEL", "warn"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger.Info("hidden")
+	logger.Warn("retrying", "retry_in", 1500*time.Millisecond)
+	if got := out.String(); strings.Contains(got, "hidden") || !strings.Contains(got, `"retry_in":"1.5s"`) || strings.Count(got, "\n") != 1 {
+		t.Errorf("log = %q, want one WARN JSON line with retry_in \"1.5s\"", got)
+	}
+}

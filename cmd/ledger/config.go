@@ -15,6 +15,7 @@ type Config struct {
 	DatabaseURL    string
 	WebhookSecrets []string
 	EventLog       string // "postgres" or an esdb:// or esdb+discover:// connection string
+	ESDBPrefix     string // LEDGER_ESDB_STREAM_PREFIX; empty: the one the guard records (see esdb.WithStreamPrefix)
 	Addr           string
 	APIToken       string
 	Plans          domain.Plans  // LEDGER_PLANS
@@ -47,6 +48,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	cfg := Config{
 		DatabaseURL: orDefault(getenv("DATABASE_URL"), DefaultDatabaseURL),
 		EventLog:    orDefault(getenv("LEDGER_EVENTLOG"), "postgres"),
+		ESDBPrefix:  getenv("LEDGER_ESDB_STREAM_PREFIX"),
 		Addr:        orDefault(getenv("LEDGER_ADDR"), ":8080"),
 		APIToken:    getenv("LEDGER_API_TOKEN"),
 
@@ -88,6 +90,9 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	if cfg.EventLog != "postgres" && !strings.HasPrefix(cfg.EventLog, "esdb://") &&
 		!strings.HasPrefix(cfg.EventLog, "esdb+discover://") {
 		return Config{}, errors.New(`LEDGER_EVENTLOG must be "postgres" or an esdb:// or esdb+discover:// connection string`)
+	}
+	if strings.HasPrefix(cfg.ESDBPrefix, "$") {
+		return Config{}, errors.New("LEDGER_ESDB_STREAM_PREFIX must not start with $ (the system streams' prefix)")
 	}
 	return cfg, nil
 }

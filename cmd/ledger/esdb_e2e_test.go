@@ -11,7 +11,6 @@ import (
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
-	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb/esdbtest"
 	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
 )
@@ -76,7 +75,7 @@ func TestEndToEndESDB(t *testing.T) {
 	}
 	for key := range want {
 		stream := domain.Envelope{Account: key.Account, CustomerID: key.ID}.Stream()
-		if node.StreamLength(esdb.DefaultStreamPrefix+stream) == 0 {
+		if node.StreamLengthEndingWith("-"+stream) == 0 {
 			t.Errorf("the EventStoreDB node holds no events of customer %v", key)
 		}
 		esdbView, pgView := views["esdb"][key], views["postgres"][key]

@@ -113,7 +113,7 @@ func OpenBackends(ctx context.Context, cfg Config, logger *slog.Logger, pgOpts .
 		return nil, fmt.Errorf("open database: %w", err)
 	}
 	b := &Backends{Pool: pool}
-	b.Log, b.Backend, err = openLog(cfg, pool, logger, pgOpts...)
+	b.Log, b.Backend, err = openLog(ctx, cfg, pool, logger, pgOpts...)
 	if err != nil {
 		pool.Close()
 		return nil, err
@@ -122,12 +122,13 @@ func OpenBackends(ctx context.Context, cfg Config, logger *slog.Logger, pgOpts .
 }
 
 // openLog opens the event-log backend that LEDGER_EVENTLOG names.
-func openLog(cfg Config, pool *pgxpool.Pool, logger *slog.Logger, pgOpts ...postgres.Option) (eventlog.Log, string, error) {
+func openLog(ctx context.Context, cfg Config, pool *pgxpool.Pool, logger *slog.Logger, pgOpts ...postgres.Option) (eventlog.Log, string, error) {
 	if cfg.EventLog == "postgres" {
 		return postgres.New(pool, logger, pgOpts...), "postgres", nil
 	}
-	// An EventStoreDB log keeps its exact dedup guard in the same PostgreSQL.
-	l, err := esdb.Open(cfg.EventLog, pool, logger)
+	// An EventStoreDB log keeps its exact dedup guard in the same PostgreSQL;
+	// Open refuses an unsupported server or a user that cannot read $all.
+	l, err := esdb.Open(ctx, cfg.EventLog, pool, logger, esdb.WithStreamPrefix(cfg.ESDBPrefix))
 	if err != nil {
 		return nil, "", fmt.Errorf("open EventStoreDB event log: %w", err)
 	}

@@ -11,9 +11,12 @@ import (
 	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"github.com/EventStore/EventStore-Client-Go/v4/protos/shared"
+	"github.com/EventStore/EventStore-Client-Go/v4/protos/streams"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 )
@@ -49,7 +52,12 @@ const (
 	// row; it returns nothing for a committed row.
 	claimSQL = `INSERT INTO esdb_event_ids AS g (event_id, stream, event_uuid) VALUES ($1, $2, $3)
 ON CONFLICT (event_id) DO UPDATE SET attempts = g.attempts + 1 WHERE g.state = 'pending'
-RETURNING g.attempts, g.stream`
+RETURNING g.attempts, g.stream, g.expected_revision`
+
+	// expectSQL moves a pending claim from the revision its appends expected
+	// to a new one; it matches no row when another writer moved it first.
+	expectSQL = `UPDATE esdb_event_ids SET expected_revision = $3
+ WHERE event_id = $1 AND state = 'pending' AND expected_revision IS NOT DISTINCT FROM $2`
 
 	storedSQL = `SELECT stream_revision, commit_position, prepare_position
   FROM esdb_event_ids WHERE event_id = $1 AND state = 'committed'`
@@ -59,6 +67,14 @@ RETURNING g.attempts, g.stream`
        committed_at = clock_timestamp()
  WHERE event_id = $1`
 )
+
+// noStream is the expected revision of an append that creates its stream.
+const noStream = -1
+
+// errClaimMoved means that another writer took the claim over while this
+// one still worked on it: this one lost its guard lock (its database
+// connection ended). The other writer stores the event; the caller retries.
+var errClaimMoved = errors.New("another writer took over the claim of the event id")
 
 // Append implements eventlog.Log with the dedup protocol of the package
 // documentation. It returns once EventStoreDB acknowledged the write.
@@ -84,8 +100,9 @@ func (l *Log) appendGuarded(ctx context.Context, e eventlog.Event) (eventlog.App
 	var (
 		attempts int
 		stream   string
+		expected *int64
 	)
-	err = conn.QueryRow(ctx, claimSQL, e.ID, e.Stream, id).Scan(&attempts, &stream)
+	err = conn.QueryRow(ctx, claimSQL, e.ID, e.Stream, id).Scan(&attempts, &stream, &expected)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return l.stored(ctx, conn, e.ID)
 	}
@@ -99,25 +116,17 @@ func (l *Log) appendGuarded(ctx context.Context, e eventlog.Event) (eventlog.App
 		e.Stream = stream
 	}
 
-	if attempts > 1 {
-		found, err := l.findEvent(ctx, l.streamName(e.Stream), id)
-		if err != nil {
-			return eventlog.AppendResult{}, err
-		}
-		if found != nil {
-			l.logger.Info("esdb event log: recovered an append interrupted after it reached EventStoreDB",
-				"event_id", e.ID, "stream", e.Stream, "revision", found.EventNumber)
-			res := storedAt(found)
-			if err := commit(ctx, conn, e.ID, res); err != nil {
-				return eventlog.AppendResult{}, guardError(err)
-			}
-			return res, nil
-		}
-	}
-
-	res, err := l.appendChained(ctx, e, id)
+	res, err := l.appendExpected(ctx, conn, e, id, expected)
 	if err != nil {
 		return eventlog.AppendResult{}, err
+	}
+	if res.Duplicate {
+		l.logger.Info("esdb event log: found the event stored by an earlier attempt",
+			"event_id", e.ID, "stream", e.Stream, "revision", res.StreamVersion, "attempts", attempts)
+		if err := commit(ctx, conn, e.ID, res); err != nil {
+			return eventlog.AppendResult{}, guardError(err)
+		}
+		return res, nil
 	}
 	if l.afterAppend != nil {
 		if err := l.afterAppend(); err != nil {
@@ -179,9 +188,15 @@ func commit(ctx context.Context, conn *pgxpool.Conn, eventID string, res eventlo
 	return err
 }
 
-// appendChained appends e after the stream's last event, chaining its hash,
-// and retries when another append to the stream won the race.
-func (l *Log) appendChained(ctx context.Context, e eventlog.Event, id uuid.UUID) (eventlog.AppendResult, error) {
+// appendExpected appends e after revision *expected of its stream, the
+// revision the claim recorded (nil: none yet), chaining its hash to the
+// event there. Before each append it looks at the one place the event can
+// be if an earlier attempt stored it, right after that revision: there it
+// reports the event as a Duplicate. When another event holds that place, no
+// earlier attempt can land any more, and the claim moves to the stream's
+// current last revision (recorded before appending). Wrong expected version
+// means another append won the race: look again.
+func (l *Log) appendExpected(ctx context.Context, conn *pgxpool.Conn, e eventlog.Event, id uuid.UUID, expected *int64) (eventlog.AppendResult, error) {
 	stream := l.streamName(e.Stream)
 	payloadSHA := sha256.Sum256(e.Payload)
 	for attempt := 1; ; attempt++ {
@@ -189,58 +204,65 @@ func (l *Log) appendChained(ctx context.Context, e eventlog.Event, id uuid.UUID)
 		if err != nil {
 			return eventlog.AppendResult{}, err
 		}
-		tail, err := l.readStream(ctx, client, stream, esdb.ReadStreamOptions{Direction: esdb.Backwards, From: esdb.End{}}, 1)
-		if err != nil {
-			return eventlog.AppendResult{}, err
-		}
-		prevHash := eventlog.GenesisHash
-		var expected esdb.ExpectedRevision = esdb.NoStream{}
-		if len(tail) == 1 {
-			last, err := l.record(tail[0])
+		var prev *esdb.RecordedEvent // the event at *expected
+		if expected != nil {
+			var next *esdb.RecordedEvent
+			prev, next, err = l.around(ctx, client, stream, *expected)
 			if err != nil {
 				return eventlog.AppendResult{}, err
 			}
-			prevHash, expected = last.Hash, esdb.Revision(tail[0].EventNumber)
+			if next != nil && next.EventID == id {
+				return storedAt(next), nil
+			}
+			if next != nil {
+				if err := l.moveClaim(ctx, conn, e.ID, expected, nil); err != nil {
+					return eventlog.AppendResult{}, err
+				}
+				expected = nil
+			}
 		}
-		md, err := json.Marshal(Metadata{
-			StripeEventID: e.ID,
-			APIVersion:    e.APIVersion,
-			Created:       e.Created.UTC(),
-			Account:       e.Account,
-			Signature:     e.Signature,
-			Source:        string(e.Source.OrWebhook()),
-			ReceivedAt:    time.Now().UTC(),
-			PayloadSHA256: hex.EncodeToString(payloadSHA[:]),
-			PrevHash:      hex.EncodeToString(prevHash),
-			Hash:          hex.EncodeToString(eventlog.ChainHash(prevHash, payloadSHA[:])),
-		})
+		if expected == nil {
+			tail, err := l.readStream(ctx, client, stream, esdb.ReadStreamOptions{Direction: esdb.Backwards, From: esdb.End{}}, 1)
+			if err != nil {
+				return eventlog.AppendResult{}, err
+			}
+			rev := int64(noStream)
+			prev = nil
+			if len(tail) == 1 {
+				prev, rev = tail[0], int64(tail[0].EventNumber)
+			}
+			if err := l.moveClaim(ctx, conn, e.ID, nil, &rev); err != nil {
+				return eventlog.AppendResult{}, err
+			}
+			expected = &rev
+		}
+
+		prevHash := eventlog.GenesisHash
+		var want esdb.ExpectedRevision = esdb.NoStream{}
+		if prev != nil {
+			last, err := l.record(prev)
+			if err != nil {
+				return eventlog.AppendResult{}, err
+			}
+			prevHash, want = last.Hash, esdb.Revision(prev.EventNumber)
+		}
+		data, err := l.eventData(e, id, payloadSHA[:], prevHash)
 		if err != nil {
 			return eventlog.AppendResult{}, err
+		}
+		if n := appendSize(data); n > MaxAppendSize {
+			return eventlog.AppendResult{}, fmt.Errorf("%w: %d bytes with its metadata, over the server's maximum append size of %d",
+				eventlog.ErrTooLarge, n, MaxAppendSize)
 		}
 		// A detached append that lands after Append gave up leaves the id
-		// pending: the next append of it finds the event (step 2).
+		// pending at this expected revision: every later attempt appends
+		// expecting it too, until another event takes the place after it.
 		wr, err := detach(ctx, l, client, func() (*esdb.WriteResult, error) {
-			return client.AppendToStream(ctx, stream, esdb.AppendToStreamOptions{ExpectedRevision: expected}, esdb.EventData{
-				EventID:     id,
-				EventType:   e.Type,
-				ContentType: esdb.ContentTypeBinary,
-				Data:        e.Payload,
-				Metadata:    md,
-			})
+			return client.AppendToStream(leader(ctx), stream, esdb.AppendToStreamOptions{ExpectedRevision: want}, data)
 		}, nil)
 		if hasCode(err, esdb.ErrorCodeWrongExpectedVersion) && attempt < maxAppendAttempts {
-			// Another append won the race. It may have been of this very event, by
-			// a writer that took the id over after this one lost its lock with its
-			// database connection: look before writing again.
-			found, err := l.findEvent(ctx, stream, id)
-			if err != nil {
-				return eventlog.AppendResult{}, err
-			}
-			if found != nil {
-				return storedAt(found), nil
-			}
 			if err := sleep(ctx, time.Duration(rand.Int64N(int64(min(attempt, 20))*int64(time.Millisecond)))); err != nil {
-				return eventlog.AppendResult{}, err
+				return eventlog.AppendResult{}, classify(err) // a deadline is unavailable, like any other
 			}
 			continue
 		}
@@ -254,29 +276,101 @@ func (l *Log) appendChained(ctx context.Context, e eventlog.Event, id uuid.UUID)
 	}
 }
 
-// findEvent looks for the event with id in an EventStoreDB stream, newest
-// first: an interrupted append left it, if at all, near the end.
-func (l *Log) findEvent(ctx context.Context, stream string, id uuid.UUID) (*esdb.RecordedEvent, error) {
-	client, err := l.conn()
+// moveClaim records that the appends of a pending event id now expect
+// revision to (nil: none) instead of from, on the guard connection that
+// holds the id's lock.
+func (l *Log) moveClaim(ctx context.Context, conn *pgxpool.Conn, eventID string, from, to *int64) error {
+	tag, err := conn.Exec(ctx, expectSQL, eventID, from, to)
 	if err != nil {
-		return nil, err
+		return guardError(err)
 	}
-	var from esdb.StreamPosition = esdb.End{}
-	for {
-		page, err := l.readStream(ctx, client, stream, esdb.ReadStreamOptions{Direction: esdb.Backwards, From: from}, uint64(l.pageSize()))
-		if err != nil {
-			return nil, err
-		}
-		for _, ev := range page {
-			if ev.EventID == id {
-				return ev, nil
-			}
-		}
-		if len(page) < l.pageSize() || page[len(page)-1].EventNumber == 0 {
-			return nil, nil
-		}
-		from = esdb.Revision(page[len(page)-1].EventNumber - 1)
+	if tag.RowsAffected() != 1 {
+		return fmt.Errorf("%w: %w", eventlog.ErrUnavailable, errClaimMoved)
 	}
+	return nil
+}
+
+// around reads the event at revision rev of stream (nil for noStream) and
+// the one after it, if any.
+func (l *Log) around(ctx context.Context, client *connection, stream string, rev int64) (at, next *esdb.RecordedEvent, err error) {
+	count := uint64(2)
+	if rev == noStream {
+		count = 1
+	}
+	events, err := l.readStream(ctx, client, stream, esdb.ReadStreamOptions{From: esdb.Revision(uint64(max(rev, 0)))}, count)
+	if err != nil {
+		return nil, nil, err
+	}
+	if rev == noStream {
+		if len(events) == 1 {
+			next = events[0]
+		}
+		return nil, next, nil
+	}
+	if len(events) == 0 || int64(events[0].EventNumber) != rev {
+		return nil, nil, fmt.Errorf("stream %s has no event at revision %d, where the claim of this event id expects it: was the stream deleted or truncated?", stream, rev)
+	}
+	if len(events) == 2 {
+		next = events[1]
+	}
+	return events[0], next, nil
+}
+
+// MaxAppendSize is the largest append KurrentDB 24.10 and 25.x accept by
+// default (their MaxAppendSize setting): the encoded size of the proposed
+// message, payload, metadata and id together.
+const MaxAppendSize = 1 << 20
+
+// metadataReserve is what MaxPayload leaves of MaxAppendSize for the
+// event's metadata (ids, hashes, times, the Stripe-Signature header) and
+// its encoding; a signature header too long for it makes Append refuse the
+// event with eventlog.ErrTooLarge instead.
+const metadataReserve = 16 << 10
+
+// MaxPayload implements eventlog.PayloadLimiter: the webhook refuses bodies
+// the server would refuse to store.
+func (l *Log) MaxPayload() int { return MaxAppendSize - metadataReserve }
+
+var _ eventlog.PayloadLimiter = (*Log)(nil)
+
+// appendSize is the size the server counts against MaxAppendSize for
+// event: its proposed message as EventStore-Client-Go v4 encodes it.
+func appendSize(event esdb.EventData) int {
+	most, least := esdb.UUIDAsInt64(event.EventID)
+	return proto.Size(&streams.AppendReq_ProposedMessage{
+		Id: &shared.UUID{Value: &shared.UUID_Structured_{Structured: &shared.UUID_Structured{
+			MostSignificantBits: most, LeastSignificantBits: least,
+		}}},
+		Metadata:       map[string]string{"type": event.EventType, "content-type": "application/octet-stream"},
+		CustomMetadata: event.Metadata,
+		Data:           event.Data,
+	})
+}
+
+// eventData is the EventStoreDB event of e, chained after prevHash.
+func (l *Log) eventData(e eventlog.Event, id uuid.UUID, payloadSHA, prevHash []byte) (esdb.EventData, error) {
+	md, err := json.Marshal(Metadata{
+		StripeEventID: e.ID,
+		APIVersion:    e.APIVersion,
+		Created:       e.Created.UTC(),
+		Account:       e.Account,
+		Signature:     e.Signature,
+		Source:        string(e.Source.OrWebhook()),
+		ReceivedAt:    time.Now().UTC(),
+		PayloadSHA256: hex.EncodeToString(payloadSHA),
+		PrevHash:      hex.EncodeToString(prevHash),
+		Hash:          hex.EncodeToString(eventlog.ChainHash(prevHash, payloadSHA)),
+	})
+	if err != nil {
+		return esdb.EventData{}, err
+	}
+	return esdb.EventData{
+		EventID:     id,
+		EventType:   e.Type,
+		ContentType: esdb.ContentTypeBinary,
+		Data:        e.Payload,
+		Metadata:    md,
+	}, nil
 }
 
 // storedAt reports an event found already stored.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"google.golang.org/grpc/codes"
@@ -17,8 +18,17 @@ import (
 // could not be reached or could not serve the request now, so that the
 // webhook answers 503 and Stripe retries.
 func classify(err error) error {
-	if unavailable(err) {
+	switch {
+	case unavailable(err):
 		return fmt.Errorf("%w: %w", eventlog.ErrUnavailable, err)
+	case status.Code(err) == codes.InvalidArgument && strings.Contains(err.Error(), "Maximum Append Size"):
+		// A server configured with a smaller MaxAppendSize than the default.
+		return fmt.Errorf("%w: %w", eventlog.ErrTooLarge, err)
+	case hasCode(err, esdb.ErrorCodeStreamDeleted):
+		return fmt.Errorf("%w: %w", ErrStreamDeleted, err)
+	case denied(err):
+		// Access is an operator's fix; until then Stripe retries.
+		return fmt.Errorf("%w: %w: %w", eventlog.ErrUnavailable, errAccessDenied, err)
 	}
 	return err
 }
@@ -29,14 +39,15 @@ func unavailable(err error) bool {
 	}
 	if e, ok := errors.AsType[*esdb.Error](err); ok {
 		switch e.Code() {
-		case esdb.ErrorUnavailable, esdb.ErrorCodeNotLeader, esdb.ErrorCodeDeadlineExceeded, esdb.ErrorCodeConnectionClosed:
+		case esdb.ErrorUnavailable, esdb.ErrorCodeNotLeader, esdb.ErrorCodeDeadlineExceeded, esdb.ErrorCodeConnectionClosed,
+			esdb.ErrorAborted: // a write that timed out before replication, or a forward to the leader that timed out
 			return true
 		}
 	}
 	// Some calls (the Read that starts ReadStream and ReadAll, a dropped
 	// subscription) return the gRPC error without an *esdb.Error around it.
 	switch status.Code(err) {
-	case codes.Unavailable, codes.DeadlineExceeded:
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
 		return true
 	}
 	// A node that goes down while an append is being sent ends the request
@@ -45,6 +56,14 @@ func unavailable(err error) bool {
 	// other outage (and the guard's recovery finds it if it landed).
 	return errors.Is(err, io.EOF)
 }
+
+// ErrStreamDeleted wraps appends and reads refused because the stream was
+// deleted (tombstoned) in EventStoreDB. The ledger never deletes a stream,
+// and KurrentDB cannot bring a tombstoned one back: its records are gone
+// from reads, and new events of its customer are refused (the webhook
+// answers 500, so Stripe keeps retrying) until an operator restores the
+// database from a backup taken before the deletion.
+var ErrStreamDeleted = errors.New("the stream is deleted in EventStoreDB; the ledger refuses to write or read a deleted stream")
 
 // hasCode reports whether err is or wraps an *esdb.Error with code.
 func hasCode(err error, code esdb.ErrorCode) bool {

@@ -5,58 +5,67 @@
 // # Streams, events and positions
 //
 // A ledger stream s (customer-cus_…, object-…, acct_…/customer-…) is stored
-// as the EventStoreDB stream prefix+s, "ledger-" by default, so that one
-// stream-prefix filter selects exactly the ledger's events in $all, whatever
-// else (system streams, other applications) the database holds. Each Stripe
+// as the EventStoreDB stream prefix+s, with a prefix unique to this ledger
+// that its guard database records (see WithStreamPrefix), so that one
+// stream-prefix filter selects the ledger's events in $all, whatever else
+// (system streams, other applications) the database holds; events under the
+// prefix that are not the ledger's are skipped. Each Stripe
 // event is one EventStoreDB event: its id is the UUIDv5 of the Stripe event id
 // (EventID), its type the Stripe type, its data the raw payload bytes with
 // content type application/octet-stream (nothing on the way may treat it as a
 // document and re-encode it), and its metadata the JSON of Metadata: the
-// Stripe id, API version, created, account, signature header, received_at,
-// payload SHA-256 and the per-stream hash chain. A record's StreamVersion is
+// Stripe id, API version, created, account, signature header, provenance,
+// received_at, payload SHA-256 and the per-stream hash chain. A record's StreamVersion is
 // the event's stream revision and its Position the event's $all (commit,
 // prepare) position.
 //
 // The chain stays consistent under concurrent appends to one stream: Append
-// reads the stream's last event, computes the new hash from its hash, and
-// appends with that event's revision as the expected revision (no_stream for
-// a new stream); on wrong-expected-version it reads again and retries.
+// appends after an exact expected revision (no_stream for a new stream),
+// with the new hash computed from the hash of the event at that revision; on
+// wrong-expected-version it looks again.
 //
 // # Exact dedup
 //
-// EventStoreDB's idempotent append only recognises recent retries of the same
-// events to the same stream, from a cache that a restart or a busy node
-// empties. The ledger needs "an event id is stored at most once, ever", so
-// every append goes through the esdb_event_ids table
-// (migrations/003_esdb_event_ids.sql), under a session advisory lock on the
-// event id that serialises appends of the same id across processes:
+// KurrentDB recognises a retried append only when it expects the revision
+// the event was first written after (it then answers success and writes
+// nothing, however long ago the write was); the same event id appended
+// after a later revision, or to another stream, is stored again. The
+// ledger needs "an event id is stored at most once, ever", so every append
+// goes through the esdb_event_ids table (migrations 003, 011 and 012), under a
+// session advisory lock on the event id that serialises appends of the same
+// id across processes:
 //
-//  1. claim: insert the id as pending with attempts = 1, or add one to the
-//     attempts of a pending row; a committed row means the event is stored:
-//     report Duplicate with its stored revision and position.
-//  2. recover: attempts > 1 means an earlier append claimed the id and did not
-//     finish (crashed, timed out, lost its database connection) and may have
-//     reached EventStoreDB. Look for the event's UUID in the stream; if it is
-//     there, mark the row committed and report Duplicate.
-//  3. append the event to EventStoreDB (chain, expected revision, retries).
+//  1. claim: insert the id as pending, or add one to the attempts of a
+//     pending row; a committed row means the event is stored: report
+//     Duplicate with its stored revision and position.
+//  2. expect: a pending row records the revision its appends expect. With
+//     one recorded, read the stream at that revision and the one after it
+//     (two events, never the whole stream): the event there means an earlier
+//     attempt stored it (report Duplicate); no event there means the append
+//     goes after that same revision, so that an earlier attempt still in
+//     flight and this one are one write to the server; another event there
+//     means no earlier attempt can land any more. Without a usable revision,
+//     read the stream's last event and record its revision in the row first.
+//  3. append the event expecting the recorded revision; on
+//     wrong-expected-version go back to 2.
 //  4. mark the row committed with the revision and position.
 //
 // Every step commits on its own, so a crash anywhere leaves either no row
-// (nothing happened), a pending row (the next append of the id checks
-// EventStoreDB before writing) or a committed row: no event is lost or stored
-// twice. The lock dies with its connection, so a crashed writer never blocks
-// the retry. A writer that lost the lock with its database connection while
-// its append was in flight cannot duplicate either: appends carry an exact
-// expected revision, so of two appends of one event after the same revision
-// one fails (or is an idempotent retry), and after every wrong-expected-version
-// Append looks for its event's UUID in the stream before trying again.
+// (nothing happened), a pending row (the next append of the id looks where
+// the crashed one wrote, if it did) or a committed row: no event is lost or
+// stored twice. The lock dies with its connection, so a crashed writer never
+// blocks the retry. A writer whose connection (and lock) ended while its
+// append was in flight cannot duplicate either: its append expects the
+// recorded revision, and it records a new one only through its own
+// connection (step 2), which fails once the connection is gone. An abandoned
+// append (a context that ended, a retired client, see Errors) that lands
+// after Append gave up is recognised the same way.
 //
 // A failure after step 3 (the event is durable but step 4 fails) is logged
 // and the append still succeeds; the pending row is resolved by the next
-// claim of the id. A detached append (see Errors) that lands after Append
-// gave up leaves a pending row too. The guard is the source of truth for
-// "already stored": restoring it from an older backup than the log needs the
-// missing ids re-claimed from $all first.
+// claim of the id. The guard is the source of truth for "already stored":
+// restoring it from an older backup than the log needs the missing ids
+// re-claimed from $all first.
 //
 // Readers must still be idempotent per event id: ReadAll, Subscribe and the
 // projections' checkpoints (DESIGN §2) guard against a replay from an older
@@ -65,25 +74,36 @@
 //
 // # Reading and subscribing
 //
-// ReadAll, Head and CountAfter scan $all and keep the ledger's streams on the
-// client side: EventStore-Client-Go/v4 sends no server-side filter on reads
-// (only subscriptions take one). Subscribe uses SubscribeToAll with the
-// stream-prefix filter. Filtered subscriptions receive checkpoints while they
+// EventStore-Client-Go v4 sends no server-side filter on counted reads of
+// $all, so ReadAll is a filtered SubscribeToAll (the server filters by
+// stream prefix) that stops at limit records or at the server's caught-up
+// message: only the ledger's events cross the network. Head and CountAfter
+// answer from the dedup guard's committed rows, which record every stored
+// event's $all position. Subscribe uses the same filtered subscription.
+// Filtered subscriptions receive checkpoints while they
 // skip foreign events; SubscribeCheckpoints hands them to the caller so its
 // stored position advances past those events too. When the subscription
 // drops (the client never resubscribes by itself), Subscribe resubscribes
 // from the later of the last delivered record and the last checkpoint, and
 // drops anything at or before it, so nothing is lost or delivered twice.
 // Checkpoints are only as good as the server's: older releases could send
-// one past an event not yet delivered (fixed by kurrent-io/KurrentDB#4023 and
-// #4990), so run a release that has both fixes.
+// one at 2^64-1 or past an event not yet delivered (kurrent-io/KurrentDB#4892,
+// #4975), so Open refuses them (SupportedServers), and the subscription
+// still takes a checkpoint only at an event it skipped (see checkpoint).
+// It asks for one checkpoint per 100 search windows.
+//
+// Every call carries requires-leader (see leader), so a follower never
+// answers with a copy that lags.
 //
 // # Errors
 //
 // Client errors are classified with errors.As on *esdb.Error (esdb.FromError
 // misses wrapped errors) and, for the raw gRPC errors some calls return, on
-// the gRPC status: unavailable, not leader, deadline exceeded and a closed
-// connection wrap eventlog.ErrUnavailable (the webhook answers 503); wrong
+// the gRPC status: unavailable, not leader, deadline exceeded, aborted (a
+// write that timed out before it was replicated, or a follower's forward to
+// the leader that timed out: its fate is unknown, and the guard's step 2
+// finds it if it landed) and a closed connection wrap
+// eventlog.ErrUnavailable (the webhook answers 503); wrong
 // expected version is retried inside Append. Failures of the dedup guard's
 // database wrap eventlog.ErrUnavailable as well, and so does a deadline.
 //
@@ -114,12 +134,10 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 )
-
-// DefaultStreamPrefix is the prefix of the EventStoreDB streams that hold the ledger's streams.
-const DefaultStreamPrefix = "ledger-"
 
 // eventIDNamespace is the UUIDv5 namespace of EventID.
 var eventIDNamespace = uuid.MustParse("0f5c8e0a-63d4-4f4e-9d3b-6b1c1d2a8e71")
@@ -145,6 +163,8 @@ type Log struct {
 	client *connection // replaced by reconnect when it closes itself
 	closed bool
 
+	skipped sync.Map // EventStoreDB stream names whose events decode skipped (logged once)
+
 	// afterAppend, when set (by tests), runs between the append to
 	// EventStoreDB and the guard's commit; an error aborts Append there,
 	// as a crash would.
@@ -154,10 +174,12 @@ type Log struct {
 // Option configures a Log.
 type Option func(*Log)
 
-// WithStreamPrefix stores the ledger's streams under prefix instead of
-// DefaultStreamPrefix. Give each log sharing a database its own prefix (tests
-// against one real server do). An empty prefix, which would select every
-// stream, is ignored.
+// WithStreamPrefix stores the ledger's streams under prefix. Without it the
+// Log uses the prefix its guard database records, and on first use records
+// a generated one, stripe-ledger-<12 random hex digits>-, unique to this
+// ledger. A prefix must not start with another application's stream names
+// (nor with $, the system streams'); the Log skips foreign events under it
+// anyway. An empty prefix is ignored.
 func WithStreamPrefix(prefix string) Option {
 	return func(l *Log) {
 		if prefix != "" {
@@ -165,6 +187,9 @@ func WithStreamPrefix(prefix string) Option {
 		}
 	}
 }
+
+// StreamPrefix is the prefix of the EventStoreDB streams that hold the ledger's streams.
+func (l *Log) StreamPrefix() string { return l.prefix }
 
 // WithBatchSize sets the largest batch Subscribe hands its handler and the
 // page size of $all scans (default 500).
@@ -178,9 +203,28 @@ func WithBatchSize(n int) Option {
 
 // Open returns a Log on the EventStoreDB node or cluster of connectionString
 // (esdb://host:2113?tls=false, esdb+discover://…) with its dedup guard in the
-// guard database, migrated with the ledger's migrations. It does not connect
-// yet: the client connects on first use. A nil logger discards messages.
-func Open(connectionString string, guard *pgxpool.Pool, logger *slog.Logger, opts ...Option) (*Log, error) {
+// guard database, migrated with the ledger's migrations. It connects and
+// refuses a server it cannot work with (see checkServer): one older than
+// the releases with the checkpoint fixes, or a user that may not read $all.
+// A nil logger discards messages.
+func Open(ctx context.Context, connectionString string, guard *pgxpool.Pool, logger *slog.Logger, opts ...Option) (*Log, error) {
+	l, err := open(connectionString, guard, logger, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if l.prefix, err = l.streamPrefix(ctx, l.prefix); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("esdb event log: %w", err)
+	}
+	if err := l.checkServer(ctx); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("esdb event log: %w", err)
+	}
+	return l, nil
+}
+
+// open is Open without connecting.
+func open(connectionString string, guard *pgxpool.Pool, logger *slog.Logger, opts ...Option) (*Log, error) {
 	if guard == nil {
 		return nil, errors.New("esdb event log: the dedup guard database is required")
 	}
@@ -198,7 +242,7 @@ func Open(connectionString string, guard *pgxpool.Pool, logger *slog.Logger, opt
 	if err != nil {
 		return nil, fmt.Errorf("esdb event log: %w", err)
 	}
-	l := &Log{config: cfg, guard: guard, logger: logger, prefix: DefaultStreamPrefix, batch: 500, client: client}
+	l := &Log{config: cfg, guard: guard, logger: logger, batch: 500, client: client}
 	for _, opt := range opts {
 		opt(l)
 	}
@@ -354,6 +398,16 @@ func detach[T any](ctx context.Context, l *Log, c *connection, f func() (T, erro
 		close(abandoned)
 		return zero, reason
 	}
+}
+
+// leader marks the calls made with ctx as requiring the cluster's leader: a
+// follower refuses them with not-leader (the client then reconnects to the
+// leader, and the call fails with eventlog.ErrUnavailable to be retried)
+// instead of answering from a copy that may lag. EventStore-Client-Go v4.2.0
+// never sends the header itself: its RequiresLeader options put it in the
+// incoming, not the outgoing, metadata of the call's context.
+func leader(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "requires-leader", "true")
 }
 
 // streamName is the EventStoreDB stream of ledger stream s.

@@ -26,6 +26,23 @@ func TestContract(t *testing.T) {
 	})
 }
 
+// TestContractNoisyServer runs the contract on a double that also holds
+// another application's events, in its own streams and in one under the
+// log's prefix, a tombstoned foreign stream, and sends the bad checkpoints
+// of unpatched servers: the ledger's view of the log is unchanged.
+func TestContractNoisyServer(t *testing.T) {
+	eventlogtest.Run(t, func(t *testing.T) eventlog.Log {
+		srv := esdbtest.New(t)
+		srv.SendBadCheckpoints()
+		l := openLog(t, srv.URL(), esdb.WithBatchSize(16))
+		srv.AppendForeign(t, 50)
+		srv.AppendForeignTo(t, l.StreamPrefix()+"orders-1", 5)
+		srv.AppendForeignTo(t, "ledger-orders-2", 5)
+		srv.Tombstone("ledger-orders-2")
+		return l
+	})
+}
+
 // TestContractESDBServer runs the same contract against the real server at
 // $LEDGER_TEST_ESDB_URL (make test-esdb). Each log gets its own stream prefix,
 // so runs against one server do not see each other's events.
@@ -43,7 +60,7 @@ func TestContractESDBServer(t *testing.T) {
 func openLog(t *testing.T, url string, opts ...esdb.Option) *esdb.Log {
 	t.Helper()
 	pool, _ := pgtest.NewPool(t)
-	l, err := esdb.Open(url, pool, slog.New(slog.DiscardHandler), opts...)
+	l, err := esdb.Open(t.Context(), url, pool, slog.New(slog.DiscardHandler), opts...)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

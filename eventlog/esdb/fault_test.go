@@ -85,7 +85,7 @@ func TestServerDown(t *testing.T) {
 	srv := esdbtest.New(t)
 	logs := &syncBuffer{}
 	pool, _ := pgtest.NewPool(t)
-	l, err := esdb.Open(srv.URL()+"&maxDiscoverAttempts=2&discoveryInterval=10", pool, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	l, err := esdb.Open(t.Context(), srv.URL()+"&maxDiscoverAttempts=2&discoveryInterval=10", pool, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,7 +322,7 @@ func TestCheckpointsSkipForeignEvents(t *testing.T) {
 	l := openLog(t, srv.URL())
 	stream := eventlogtest.NewStream("foreign")
 	appendN(t, l, stream, 1)
-	srv.AppendForeign(t, 100) // three search windows of 32: three checkpoints
+	srv.AppendForeign(t, 9700) // three checkpoint intervals of 100 search windows of 32: three checkpoints
 	appendN(t, l, stream, 1)
 
 	all, err := l.ReadAll(t.Context(), eventlog.Start, 10)
@@ -337,35 +337,13 @@ func TestCheckpointsSkipForeignEvents(t *testing.T) {
 		t.Errorf("Head = %s, %v; want the last ledger record %s", head, err, all[1].Position)
 	}
 
-	var (
-		mu          sync.Mutex
-		checkpoints []eventlog.Position
-		delivered   []eventlog.Record
-	)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() {
-		done <- l.SubscribeCheckpoints(ctx, eventlog.Start,
-			func(_ context.Context, batch []eventlog.Record) error {
-				mu.Lock()
-				defer mu.Unlock()
-				delivered = append(delivered, batch...)
-				return nil
-			},
-			func(_ context.Context, pos eventlog.Position) error {
-				mu.Lock()
-				defer mu.Unlock()
-				checkpoints = append(checkpoints, pos)
-				return nil
-			})
-	}()
+	r := recordCheckpoints(t, l, eventlog.Start)
 	waitUntil(t, "both records and three checkpoints", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(delivered) == 2 && len(checkpoints) == 3
+		delivered, checkpoints := r.counts()
+		return delivered == 2 && checkpoints == 3
 	})
-	cancel()
-	<-done
+	r.stop()
+	checkpoints := r.checkpoints
 	for i, cp := range checkpoints {
 		if !all[0].Position.Less(cp) || !cp.Less(all[1].Position) || (i > 0 && !checkpoints[i-1].Less(cp)) {
 			t.Errorf("checkpoint %d at %s: want increasing, between the ledger records %s and %s",
@@ -380,9 +358,9 @@ func TestCheckpointsSkipForeignEvents(t *testing.T) {
 }
 
 // openGuarded opens a Log on srv with pool as its guard database.
-func openGuarded(t *testing.T, srv *esdbtest.Server, pool *pgxpool.Pool) *esdb.Log {
+func openGuarded(t *testing.T, srv *esdbtest.Server, pool *pgxpool.Pool, opts ...esdb.Option) *esdb.Log {
 	t.Helper()
-	l, err := esdb.Open(srv.URL(), pool, nil)
+	l, err := esdb.Open(t.Context(), srv.URL(), pool, nil, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,12 +10,13 @@ import (
 	"strings"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 )
 
-// CountAfterLimit is where CountAfter stops counting: it scans $all on the
-// client, and a lag that large means "far behind" whatever its exact size.
+// CountAfterLimit is where CountAfter stops counting: a lag that large means
+// "far behind" whatever its exact size.
 const CountAfterLimit = 10_000
 
 // ReadStream implements eventlog.Log.
@@ -51,114 +52,104 @@ func (l *Log) readStreamRecords(ctx context.Context, stream string, fromVersion 
 	return recs, nil
 }
 
-// ReadAll implements eventlog.Log.
+// ReadAll implements eventlog.Log with a filtered $all subscription that
+// it stops at the first of limit records and the server's caught-up
+// message: EventStore-Client-Go v4 sends no filter on counted reads, and the
+// server filters subscriptions itself, so only the ledger's events cross the
+// network.
 func (l *Log) ReadAll(ctx context.Context, from eventlog.Position, limit int) ([]eventlog.Record, error) {
-	var recs []eventlog.Record
 	if limit <= 0 {
-		return recs, nil
+		return []eventlog.Record{}, nil
 	}
-	err := l.scanAll(ctx, from, func(ev *esdb.RecordedEvent) (bool, error) {
-		r, err := l.record(ev)
-		recs = append(recs, r)
-		return len(recs) < limit, err
-	})
+	recs, err := l.readAllFiltered(ctx, from, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read all after %s: %w", from, err)
 	}
 	return recs, nil
 }
 
-// Head implements eventlog.Log: it walks $all backwards to the last ledger event.
-func (l *Log) Head(ctx context.Context) (eventlog.Position, error) {
-	head, err := l.head(ctx)
-	if err != nil {
-		return eventlog.Start, fmt.Errorf("read head: %w", err)
-	}
-	return head, nil
-}
-
-func (l *Log) head(ctx context.Context) (eventlog.Position, error) {
+func (l *Log) readAllFiltered(ctx context.Context, from eventlog.Position, limit int) ([]eventlog.Record, error) {
 	client, err := l.conn()
 	if err != nil {
-		return eventlog.Start, err
+		return nil, err
 	}
-	var from esdb.AllPosition = esdb.End{}
-	for {
-		page, err := l.readAll(ctx, client, esdb.ReadAllOptions{Direction: esdb.Backwards, From: from}, uint64(l.pageSize()))
+	recs, err := detach(ctx, l, client, func() ([]eventlog.Record, error) {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		sub, err := client.SubscribeToAll(leader(ctx), l.subscribeOptions(from))
 		if err != nil {
-			return eventlog.Start, err
+			return nil, err
 		}
-		for _, ev := range page {
-			if l.ours(ev) {
-				return position(ev.Position), nil
+		defer sub.Close()
+		recs := []eventlog.Record{}
+		for len(recs) < limit {
+			ev := sub.Recv()
+			switch {
+			case ev.EventAppeared != nil:
+				rec := ev.EventAppeared.OriginalEvent()
+				if !after(position(rec.Position), from) {
+					continue // a server that resumed at, not after, the position
+				}
+				r, ok, err := l.decode(rec)
+				if err != nil {
+					return nil, err
+				}
+				if ok {
+					recs = append(recs, r)
+				}
+			case ev.CaughtUp != nil:
+				return recs, nil
+			case ev.SubscriptionDropped != nil:
+				return nil, ev.SubscriptionDropped.Error
 			}
 		}
-		if len(page) < l.pageSize() {
-			return eventlog.Start, nil
-		}
-		from = page[len(page)-1].Position
+		return recs, nil
+	}, nil)
+	if err != nil {
+		return nil, classify(err)
 	}
+	return recs, nil
 }
 
-// CountAfter implements eventlog.Log. It counts at most CountAfterLimit records.
+const (
+	headSQL = `SELECT commit_position, prepare_position FROM esdb_event_ids WHERE state = 'committed'
+ ORDER BY commit_position DESC, prepare_position DESC LIMIT 1`
+	countAfterSQL = `SELECT count(*) FROM (SELECT FROM esdb_event_ids WHERE state = 'committed'
+   AND (commit_position, prepare_position) > ($1, $2) LIMIT $3) AS after`
+)
+
+// Head implements eventlog.Log from the dedup guard, which records the $all
+// position of every committed event: the position of the last one. An event
+// whose guard row is still pending (its append succeeded but the guard's
+// commit failed, see the package documentation) is not counted until the
+// next claim of its id resolves it.
+func (l *Log) Head(ctx context.Context) (eventlog.Position, error) {
+	var commitPos, preparePos int64
+	err := l.guard.QueryRow(ctx, headSQL).Scan(&commitPos, &preparePos)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return eventlog.Start, nil
+	}
+	if err != nil {
+		return eventlog.Start, fmt.Errorf("read head: %w", guardError(err))
+	}
+	return eventlog.Position{Commit: uint64(commitPos), Prepare: uint64(preparePos)}, nil
+}
+
+// CountAfter implements eventlog.Log from the dedup guard, like Head. It
+// counts at most CountAfterLimit records.
 func (l *Log) CountAfter(ctx context.Context, from eventlog.Position) (int64, error) {
 	var n int64
-	err := l.scanAll(ctx, from, func(*esdb.RecordedEvent) (bool, error) {
-		n++
-		return n < CountAfterLimit, nil
-	})
-	if err != nil {
-		return 0, fmt.Errorf("count records after %s: %w", from, err)
+	if err := l.guard.QueryRow(ctx, countAfterSQL, int64(from.Commit), int64(from.Prepare), CountAfterLimit).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count records after %s: %w", from, guardError(err))
 	}
 	return n, nil
 }
-
-// scanAll calls fn with each ledger event positioned after from, in $all
-// order, until fn returns false or an error, or $all ends.
-func (l *Log) scanAll(ctx context.Context, from eventlog.Position, fn func(*esdb.RecordedEvent) (bool, error)) error {
-	client, err := l.conn()
-	if err != nil {
-		return err
-	}
-	var at esdb.AllPosition = esdb.Start{}
-	if from != eventlog.Start {
-		at = esdb.Position{Commit: from.Commit, Prepare: from.Prepare}
-	}
-	for {
-		// Forwards from a position includes the event at it; after() drops it.
-		page, err := l.readAll(ctx, client, esdb.ReadAllOptions{From: at}, uint64(l.pageSize()))
-		if err != nil {
-			return err
-		}
-		for _, ev := range page {
-			if !after(position(ev.Position), from) || !l.ours(ev) {
-				continue
-			}
-			more, err := fn(ev)
-			if err != nil || !more {
-				return err
-			}
-		}
-		if len(page) < l.pageSize() {
-			return nil
-		}
-		last := page[len(page)-1].Position
-		at, from = last, position(last)
-	}
-}
-
-// pageSize is the batch size, at least 2 so that a page read from the
-// position of the previous page's last event always moves on.
-func (l *Log) pageSize() int { return max(l.batch, 2) }
 
 // after reports whether a record at p comes after from; every record comes
 // after Start, including one at position 0/0.
 func after(p, from eventlog.Position) bool {
 	return from == eventlog.Start || from.Less(p)
 }
-
-// ours reports whether an event of $all belongs to the ledger's streams.
-func (l *Log) ours(ev *esdb.RecordedEvent) bool { return strings.HasPrefix(ev.StreamID, l.prefix) }
 
 func position(p esdb.Position) eventlog.Position {
 	return eventlog.Position{Commit: p.Commit, Prepare: p.Prepare}
@@ -167,16 +158,11 @@ func position(p esdb.Position) eventlog.Position {
 // readStream reads up to count events of an EventStoreDB stream; a stream
 // that does not exist reads as empty.
 func (l *Log) readStream(ctx context.Context, client *connection, stream string, opts esdb.ReadStreamOptions, count uint64) ([]*esdb.RecordedEvent, error) {
-	events, err := l.read(ctx, client, func() (*esdb.ReadStream, error) { return client.ReadStream(ctx, stream, opts, count) })
+	events, err := l.read(ctx, client, func() (*esdb.ReadStream, error) { return client.ReadStream(leader(ctx), stream, opts, count) })
 	if hasCode(err, esdb.ErrorCodeResourceNotFound) {
 		return nil, nil
 	}
 	return events, err
-}
-
-// readAll reads up to count events of $all.
-func (l *Log) readAll(ctx context.Context, client *connection, opts esdb.ReadAllOptions, count uint64) ([]*esdb.RecordedEvent, error) {
-	return l.read(ctx, client, func() (*esdb.ReadStream, error) { return client.ReadAll(ctx, opts, count) })
 }
 
 // read runs a read and drains it (detached, see detach), classifying its failure.
@@ -203,6 +189,52 @@ func (l *Log) read(ctx context.Context, client *connection, open func() (*esdb.R
 		return nil, classify(err)
 	}
 	return events, nil
+}
+
+// skippedAt reports whether the event of $all at exactly pos exists and is
+// not the ledger's: where a filtered subscription that has delivered every
+// ledger event before pos may checkpoint.
+func (l *Log) skippedAt(ctx context.Context, client *connection, pos eventlog.Position) (bool, error) {
+	events, err := l.read(ctx, client, func() (*esdb.ReadStream, error) {
+		return client.ReadAll(leader(ctx), esdb.ReadAllOptions{From: esdb.Position{Commit: pos.Commit, Prepare: pos.Prepare}}, 1)
+	})
+	if err != nil {
+		return false, err
+	}
+	return len(events) == 1 && position(events[0].Position) == pos && !l.ledgerEvent(events[0]), nil
+}
+
+// ledgerEvent reports whether an event of $all is one the Log wrote: in a
+// stream under its prefix, not a system event, with metadata naming a
+// Stripe event id whose EventID is the event's id.
+func (l *Log) ledgerEvent(ev *esdb.RecordedEvent) bool {
+	var md Metadata
+	return strings.HasPrefix(ev.StreamID, l.prefix) && !strings.HasPrefix(ev.EventType, "$") &&
+		json.Unmarshal(ev.UserMetadata, &md) == nil && md.StripeEventID != "" && EventID(md.StripeEventID) == ev.EventID
+}
+
+// decode decodes an event of $all that the stream-prefix filter selected.
+// ok is false for the events that are not the ledger's (see ledgerEvent),
+// which are skipped (and logged once per stream), never fatal: the
+// $streamDeleted record a tombstone leaves, other system events, and events
+// of another application whose stream names happen to start with the
+// prefix. A ledger event that does not decode is an error.
+func (l *Log) decode(ev *esdb.RecordedEvent) (r eventlog.Record, ok bool, err error) {
+	if !l.ledgerEvent(ev) {
+		_, seen := l.skipped.LoadOrStore(ev.StreamID, true)
+		switch {
+		case seen:
+		case ev.EventType == "$streamDeleted":
+			l.logger.Error("esdb event log: a ledger stream was deleted in EventStoreDB; its events are gone from reads",
+				"stream", ev.StreamID, "position", position(ev.Position))
+		default:
+			l.logger.Warn("esdb event log: skipping events in $all that are not the ledger's (logged once per stream)",
+				"stream", ev.StreamID, "type", ev.EventType, "position", position(ev.Position))
+		}
+		return eventlog.Record{}, false, nil
+	}
+	r, err = l.record(ev)
+	return r, err == nil, err
 }
 
 // record decodes an event the Log wrote.

@@ -3,6 +3,7 @@ package esdb
 import (
 	"context"
 	"errors"
+	"math"
 	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
@@ -13,6 +14,12 @@ import (
 // The projection runner stores the checkpoints of filtered subscriptions
 // through eventlog.CheckpointSubscriber.
 var _ eventlog.CheckpointSubscriber = (*Log)(nil)
+
+// checkpointIntervalMultiplier spaces a filtered subscription's checkpoints
+// to one per 100 search windows (3,200 scanned events with the default
+// window of 32) instead of the client's default of one per window: each
+// checkpoint the projection runner stores is a transaction.
+const checkpointIntervalMultiplier = 100
 
 // Resubscription back-off after a drop: doubled per failed attempt, reset by
 // a subscription that delivered something.
@@ -56,6 +63,19 @@ func (l *Log) SubscribeCheckpoints(ctx context.Context, from eventlog.Position, 
 	}
 }
 
+// subscribeOptions subscribes to the ledger's events in $all after from.
+func (l *Log) subscribeOptions(from eventlog.Position) esdb.SubscribeToAllOptions {
+	opts := esdb.SubscribeToAllOptions{
+		From:               esdb.Start{},
+		Filter:             &esdb.SubscriptionFilter{Type: esdb.StreamFilterType, Prefixes: []string{l.prefix}},
+		CheckpointInterval: checkpointIntervalMultiplier,
+	}
+	if from != eventlog.Start {
+		opts.From = esdb.Position{Commit: from.Commit, Prepare: from.Prepare}
+	}
+	return opts
+}
+
 // stopError ends SubscribeCheckpoints instead of resubscribing.
 type stopError struct{ err error }
 
@@ -75,14 +95,8 @@ func (s *subscription) follow(ctx context.Context) error {
 	if err != nil {
 		return stopError{err}
 	}
-	opts := esdb.SubscribeToAllOptions{
-		From:   esdb.Start{},
-		Filter: &esdb.SubscriptionFilter{Type: esdb.StreamFilterType, Prefixes: []string{s.log.prefix}},
-	}
-	if s.resume != eventlog.Start {
-		opts.From = esdb.Position{Commit: s.resume.Commit, Prepare: s.resume.Prepare}
-	}
-	sub, err := detach(ctx, s.log, client, func() (*esdb.Subscription, error) { return client.SubscribeToAll(ctx, opts) },
+	opts := s.log.subscribeOptions(s.resume)
+	sub, err := detach(ctx, s.log, client, func() (*esdb.Subscription, error) { return client.SubscribeToAll(leader(ctx), opts) },
 		func(sub *esdb.Subscription) { _ = sub.Close() })
 	if err != nil {
 		return classify(err)
@@ -152,9 +166,12 @@ func (s *subscription) follow(ctx context.Context) error {
 			if !after(position(rec.Position), last) {
 				continue // a server that resumed at, not after, our position
 			}
-			r, err := s.log.record(rec)
+			r, ok, err := s.log.decode(rec)
 			if err != nil {
 				return stopError{err}
+			}
+			if !ok {
+				continue
 			}
 			if batch = append(batch, r); len(batch) >= s.log.batch {
 				if err := flush(); err != nil {
@@ -177,9 +194,32 @@ func (s *subscription) follow(ctx context.Context) error {
 	}
 }
 
-// checkpoint moves the resume position forward to pos and reports it.
+// checkpoint moves the resume position forward to pos and reports it. It
+// ignores a checkpoint at or before the resume position (live checkpoints
+// can repeat, kurrent-io/KurrentDB#3697), one at 2^64-1 (#4892), and one
+// that is not the position of an event the subscription skipped: a
+// checkpoint past the end of $all (#4975), read afresh from the leader, or
+// at a ledger event it has not delivered. The last two would make a
+// consumer that stores them skip the events after.
 func (s *subscription) checkpoint(ctx context.Context, pos eventlog.Position) error {
 	if !s.resume.Less(pos) {
+		return nil
+	}
+	if pos.Commit == math.MaxUint64 || pos.Prepare == math.MaxUint64 {
+		s.log.logger.Warn("esdb event log: ignoring an invalid checkpoint from the server", "position", pos)
+		return nil
+	}
+	client, err := s.log.conn()
+	if err != nil {
+		return stopError{err}
+	}
+	skipped, err := s.log.skippedAt(ctx, client, pos)
+	if errors.Is(err, eventlog.ErrUnavailable) {
+		return err // resubscribe
+	}
+	if err != nil || !skipped {
+		s.log.logger.Warn("esdb event log: ignoring a checkpoint that is not at an event the subscription skipped",
+			"position", pos, "err", err)
 		return nil
 	}
 	if s.cp != nil {

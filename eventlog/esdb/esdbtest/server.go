@@ -5,21 +5,32 @@
 // esdb://127.0.0.1:PORT?tls=false exactly as it would to a real server.
 //
 // It models the documented behaviour the ledger relies on: expected-revision
-// checks (any, no_stream, stream_exists, exact), idempotent re-append of the
-// same event ids at the same place in a stream, (commit, prepare) positions
-// in one $all log, stream and $all reads forwards and backwards, stream-name
-// and event-type filters (prefix or regex), catch-up subscriptions with a
-// confirmation, checkpoints every max-search-window × multiplier scanned
-// events, a caught-up message and then live delivery, and the system metadata
-// (type, content-type, created) the client requires on every event.
+// checks (any, no_stream, stream_exists, exact), KurrentDB's idempotency
+// rules (an append of the same event ids expecting the revision they were
+// first written after is a success that writes nothing; the same ids
+// expecting a later revision are new records), the maximum append size
+// (MaxAppendSize, over the proposed messages' encoded size), (commit,
+// prepare) positions in one $all log, stream and $all reads forwards and
+// backwards, stream-name and event-type filters (prefix or regex), catch-up
+// subscriptions with a confirmation, checkpoints every max-search-window ×
+// multiplier scanned events, a caught-up message and then live delivery, the
+// system metadata (type, content-type, created) the client requires on every
+// event, the server version reported through ServerFeatures, tombstoned
+// streams (a $streamDeleted record in $all; appends and reads of the stream
+// fail with the stream-deleted exception), and the not-leader, aborted and
+// access-denied failures.
 //
-// Two deliberate differences from a real server: idempotency is perfect
-// (a real node remembers recent event ids only, in a cache that restarts
-// empty), and Delete, Tombstone and BatchAppend are unimplemented.
+// Deliberate differences from a real server: an append expecting any
+// revision is recognised as a retry from the whole stream (a real node
+// remembers recent event ids only, in a cache that restarts empty), and
+// Delete and BatchAppend are unimplemented.
 //
 // Fault hooks: DropSubscriptions ends every live subscription with an error
 // mid-stream; Stop takes the node down (calls fail with Unavailable) and
-// Start brings it back on the same address with its data intact.
+// Start brings it back on the same address with its data intact; HoldAppend
+// keeps an append in flight until the test lets it land; FailAppends,
+// DenyAll, Tombstone and SendBadCheckpoints inject the server's failures;
+// LeaderlessCalls and EventsSent report what the client asked for.
 package esdbtest
 
 import (
@@ -27,10 +38,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -43,11 +56,19 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
-// Version is the server version the double reports through ServerFeatures.
-const Version = "24.10.0"
+// Version is the server version the double reports through ServerFeatures
+// unless WithVersion sets another.
+const Version = "25.0.1"
+
+// MaxAppendSize is the largest append the double accepts: the sum of the
+// encoded sizes of its proposed messages (data, metadata, id), as KurrentDB's
+// default MaxAppendSize of 1 MiB counts it.
+const MaxAppendSize = 1 << 20
 
 // firstPosition is where the double's $all begins. A real node's log starts
 // with its own system records, so no client event is ever at 0/0 (the
@@ -59,16 +80,27 @@ const defaultSearchWindow = 32
 
 // Server is one in-memory node. Its zero value is not usable; use New.
 type Server struct {
-	addr string
+	addr    string
+	version string
 
-	mu       sync.Mutex
-	grpc     *grpc.Server // nil while stopped
-	all      []*record    // $all, in position order
-	streams  map[string][]*record
-	next     uint64        // position of the next record
-	appended chan struct{} // closed and replaced on every append
-	subs     map[int]context.CancelCauseFunc
-	nextSub  int
+	mu         sync.Mutex
+	grpc       *grpc.Server // nil while stopped
+	all        []*record    // $all, in position order
+	streams    map[string][]*record
+	tombstoned map[string]bool
+	next       uint64        // position of the next record
+	appended   chan struct{} // closed and replaced on every append
+	subs       map[int]context.CancelCauseFunc
+	nextSub    int
+
+	// Fault injection and observation, see the package documentation.
+	holds          map[string]*Hold // stream → the hold its next append meets
+	afterRead      map[string]func()
+	failAppends    []codes.Code
+	denyAll        bool
+	badCheckpoints bool
+	leaderless     int
+	eventsSent     map[string]int // "$all" for reads and subscriptions of $all
 }
 
 type record struct {
@@ -81,22 +113,36 @@ type record struct {
 	data     []byte
 }
 
+// Option configures a Server.
+type Option func(*Server)
+
+// WithVersion makes the double report version (major.minor.patch) through ServerFeatures.
+func WithVersion(version string) Option { return func(s *Server) { s.version = version } }
+
 // errDropped is the cause DropSubscriptions gives the subscriptions it ends.
 var errDropped = errors.New("subscription dropped by the test")
 
 // New starts a node on a free loopback port and stops it when the test ends.
-func New(tb testing.TB) *Server {
+func New(tb testing.TB, opts ...Option) *Server {
 	tb.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatalf("esdbtest: listen: %v", err)
 	}
 	s := &Server{
-		addr:     lis.Addr().String(),
-		streams:  map[string][]*record{},
-		next:     firstPosition,
-		appended: make(chan struct{}),
-		subs:     map[int]context.CancelCauseFunc{},
+		addr:       lis.Addr().String(),
+		version:    Version,
+		streams:    map[string][]*record{},
+		tombstoned: map[string]bool{},
+		next:       firstPosition,
+		appended:   make(chan struct{}),
+		subs:       map[int]context.CancelCauseFunc{},
+		holds:      map[string]*Hold{},
+		afterRead:  map[string]func(){},
+		eventsSent: map[string]int{},
+	}
+	for _, opt := range opts {
+		opt(s)
 	}
 	s.serve(lis)
 	tb.Cleanup(s.Stop)
@@ -138,7 +184,7 @@ func (s *Server) serve(lis net.Listener) {
 		PermitWithoutStream: true,
 	}))
 	streams.RegisterStreamsServer(g, &streamsService{s: s})
-	serverfeatures.RegisterServerFeaturesServer(g, featuresService{})
+	serverfeatures.RegisterServerFeaturesServer(g, featuresService{version: s.version})
 	s.mu.Lock()
 	s.grpc = g
 	s.mu.Unlock()
@@ -172,10 +218,31 @@ func (s *Server) StreamLength(stream string) int {
 	return len(s.streams[stream])
 }
 
+// StreamLengthEndingWith is the number of events stored in the streams whose
+// names end with suffix: a ledger stream under whatever prefix its Log uses.
+func (s *Server) StreamLengthEndingWith(suffix string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for name, events := range s.streams {
+		if strings.HasSuffix(name, suffix) {
+			n += len(events)
+		}
+	}
+	return n
+}
+
 // AppendForeign appends n events of another application (stream
 // "orders-42") through the real client: events in $all that are not the
 // ledger's, which filtered subscriptions skip with checkpoints.
 func (s *Server) AppendForeign(tb testing.TB, n int) {
+	tb.Helper()
+	s.AppendForeignTo(tb, "orders-42", n)
+}
+
+// AppendForeignTo appends n JSON events of another application to stream
+// through the real client, with metadata that is not the ledger's.
+func (s *Server) AppendForeignTo(tb testing.TB, stream string, n int) {
 	tb.Helper()
 	cfg, err := esdb.ParseConnectionString(s.URL())
 	if err != nil {
@@ -187,22 +254,142 @@ func (s *Server) AppendForeign(tb testing.TB, n int) {
 		tb.Fatal(err)
 	}
 	defer client.Close()
-	for range n {
-		if _, err := client.AppendToStream(tb.Context(), "orders-42", esdb.AppendToStreamOptions{},
-			esdb.EventData{EventType: "OrderPlaced", ContentType: esdb.ContentTypeJson, Data: []byte(`{}`)}); err != nil {
-			tb.Fatalf("append a foreign event: %v", err)
+	for n > 0 {
+		batch := make([]esdb.EventData, min(n, 500))
+		for i := range batch {
+			batch[i] = esdb.EventData{EventType: "OrderPlaced", ContentType: esdb.ContentTypeJson,
+				Data: []byte(`{"order":42}`), Metadata: []byte(`{"app":"orders"}`)}
 		}
+		if _, err := client.AppendToStream(tb.Context(), stream, esdb.AppendToStreamOptions{}, batch...); err != nil {
+			tb.Fatalf("append foreign events to %s: %v", stream, err)
+		}
+		n -= len(batch)
 	}
+}
+
+// Hold is an append the double keeps in flight (see HoldAppend).
+type Hold struct {
+	arrived  chan struct{} // closed when the append reaches the hold
+	released chan struct{} // closed by Release
+	landed   chan struct{} // closed once the held append is applied (or refused)
+}
+
+// HoldAppend makes the next append to stream wait, fully received but not
+// yet applied, until Release: an append whose client gave up and that lands
+// later, as a node's does when its write is already in the pipeline.
+func (s *Server) HoldAppend(stream string) *Hold {
+	h := &Hold{arrived: make(chan struct{}), released: make(chan struct{}), landed: make(chan struct{})}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.holds[stream] = h
+	return h
+}
+
+// Arrived is closed once the held append has reached the double.
+func (h *Hold) Arrived() <-chan struct{} { return h.arrived }
+
+// Release lets the held append land, whatever became of its client, and
+// waits until it has been applied (or refused: its expected revision is
+// checked when it lands).
+func (h *Hold) Release() {
+	close(h.released)
+	<-h.landed
+}
+
+// AfterNextRead runs f after the double has sent the events of the next
+// counted read of stream and before it ends the read, so the reader sees
+// f's effects only in its later calls.
+func (s *Server) AfterNextRead(stream string, f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.afterRead[stream] = f
+}
+
+// FailAppends makes the next appends fail with the given gRPC codes, one
+// each, without writing: codes.Aborted is how a node reports a write that
+// timed out before it was replicated, or a forward to the leader that timed
+// out.
+func (s *Server) FailAppends(code ...codes.Code) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failAppends = append(s.failAppends, code...)
+}
+
+// DenyAll makes reads and subscriptions of $all fail with PermissionDenied,
+// as a secure node does for a user outside $admins.
+func (s *Server) DenyAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.denyAll = true
+}
+
+// Tombstone hard-deletes stream: a $streamDeleted record appears in $all,
+// and every later append or read of the stream fails with stream-deleted.
+func (s *Server) Tombstone(stream string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tombstoned[stream] = true
+	s.writeLocked(stream, []*record{{
+		id:       uuid.New(),
+		metadata: map[string]string{"type": "$streamDeleted", "content-type": "application/octet-stream"},
+	}})
+	s.all[len(s.all)-1].revision = math.MaxInt64 // a tombstone's revision
+}
+
+// SendBadCheckpoints makes filtered subscriptions send, each time they have
+// sent what is stored, the checkpoints of unpatched servers: one at
+// (2^64-1, 2^64-1) (KurrentDB #4892) and one at the end of the log they
+// reached, past its last record: where the next record will be written
+// (#4975).
+func (s *Server) SendBadCheckpoints() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.badCheckpoints = true
+}
+
+// LeaderlessCalls is the number of calls that arrived without the
+// requires-leader header, which a follower would have served from its
+// possibly stale copy.
+func (s *Server) LeaderlessCalls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.leaderless
+}
+
+// EventsSent is the number of events the double has sent to clients from
+// stream, by reads and subscriptions ("$all" for those of $all).
+func (s *Server) EventsSent(stream string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.eventsSent[stream]
+}
+
+// leaderCheck counts a call that lacks the requires-leader header.
+func (s *Server) leaderCheck(ctx context.Context) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get("requires-leader"); len(v) == 0 || v[0] != "true" {
+		s.mu.Lock()
+		s.leaderless++
+		s.mu.Unlock()
+	}
+}
+
+// streamDeleted is the error of a call on a tombstoned stream, with the
+// trailers the client turns into ErrorCodeStreamDeleted.
+func streamDeleted(ctx context.Context, stream string) error {
+	_ = grpc.SetTrailer(ctx, metadata.Pairs("exception", "stream-deleted", "stream-name", stream))
+	return status.Errorf(codes.FailedPrecondition, "Event stream '%s' is deleted.", stream)
 }
 
 type featuresService struct {
 	serverfeatures.UnimplementedServerFeaturesServer
+	version string
 }
 
-func (featuresService) GetSupportedMethods(context.Context, *shared.Empty) (*serverfeatures.SupportedMethods, error) {
+func (f featuresService) GetSupportedMethods(context.Context, *shared.Empty) (*serverfeatures.SupportedMethods, error) {
 	const svc = "event_store.client.streams.streams"
 	return &serverfeatures.SupportedMethods{
-		EventStoreServerVersion: Version,
+		EventStoreServerVersion: f.version,
 		Methods: []*serverfeatures.SupportedMethod{
 			{ServiceName: svc, MethodName: "read"},
 			{ServiceName: svc, MethodName: "append"},
@@ -226,7 +413,12 @@ func (svc *streamsService) Append(srv streams.Streams_AppendServer) error {
 	if opts == nil {
 		return status.Error(codes.InvalidArgument, "the first append message must carry options")
 	}
-	var proposed []*record
+	svc.s.leaderCheck(srv.Context())
+	stream := string(opts.GetStreamIdentifier().GetStreamName())
+	var (
+		proposed []*record
+		size     int
+	)
 	for {
 		req, err := srv.Recv()
 		if errors.Is(err, io.EOF) {
@@ -239,13 +431,27 @@ func (svc *streamsService) Append(srv streams.Streams_AppendServer) error {
 		if msg == nil {
 			return status.Error(codes.InvalidArgument, "expected a proposed message")
 		}
+		if size += proto.Size(msg); size > MaxAppendSize {
+			_ = grpc.SetTrailer(srv.Context(), metadata.Pairs("exception", "maximum-append-size-exceeded",
+				"maximum-append-size", strconv.Itoa(MaxAppendSize)))
+			return status.Errorf(codes.InvalidArgument, "Maximum Append Size of %d Exceeded.", MaxAppendSize)
+		}
 		rec, err := proposedRecord(msg)
 		if err != nil {
 			return err
 		}
 		proposed = append(proposed, rec)
 	}
-	resp, err := svc.s.append(string(opts.GetStreamIdentifier().GetStreamName()), opts, proposed)
+	svc.s.mu.Lock()
+	hold := svc.s.holds[stream]
+	delete(svc.s.holds, stream)
+	svc.s.mu.Unlock()
+	if hold != nil {
+		close(hold.arrived)
+		<-hold.released // whatever became of the client: the write is in the pipeline
+		defer close(hold.landed)
+	}
+	resp, err := svc.s.append(srv.Context(), stream, opts, proposed)
 	if err != nil {
 		return err
 	}
@@ -273,12 +479,20 @@ func proposedRecord(msg *streams.AppendReq_ProposedMessage) (*record, error) {
 
 // append checks the expected revision, recognises an idempotent retry, and
 // writes the events at the end of stream and of $all.
-func (s *Server) append(stream string, opts *streams.AppendReq_Options, events []*record) (*streams.AppendResp, error) {
+func (s *Server) append(ctx context.Context, stream string, opts *streams.AppendReq_Options, events []*record) (*streams.AppendResp, error) {
 	if stream == "" {
 		return nil, status.Error(codes.InvalidArgument, "stream name is empty")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if len(s.failAppends) > 0 {
+		code := s.failAppends[0]
+		s.failAppends = s.failAppends[1:]
+		return nil, status.Errorf(code, "append to %s failed by the test", stream)
+	}
+	if s.tombstoned[stream] {
+		return nil, streamDeleted(ctx, stream)
+	}
 	existing := s.streams[stream]
 	current := int64(len(existing)) - 1 // -1: no stream
 
@@ -315,19 +529,26 @@ func (s *Server) append(stream string, opts *streams.AppendReq_Options, events [
 		}
 		return &streams.AppendResp{Result: &streams.AppendResp_Success_{Success: resp}}, nil
 	}
+	s.writeLocked(stream, events)
+	s.streams[stream] = append(s.streams[stream], events...)
+	return success(events[len(events)-1]), nil
+}
+
+// writeLocked places events at the end of $all, numbered as the next
+// revisions of stream, and wakes the subscriptions; the caller holds s.mu
+// and adds them to the stream.
+func (s *Server) writeLocked(stream string, events []*record) {
 	now := strconv.FormatInt(time.Now().UnixNano()/100, 10) // .NET ticks since the Unix epoch
-	for _, e := range events {
+	for i, e := range events {
 		e.stream = stream
-		e.revision = uint64(len(s.streams[stream]))
+		e.revision = uint64(len(s.streams[stream]) + i)
 		e.position = s.next
 		e.metadata["created"] = now
 		s.next += uint64(128 + len(stream) + len(e.data) + len(e.custom)) // records have a size in the log
 		s.all = append(s.all, e)
-		s.streams[stream] = append(s.streams[stream], e)
 	}
 	close(s.appended)
 	s.appended = make(chan struct{})
-	return success(events[len(events)-1]), nil
 }
 
 // indexOfRun is where events' ids occur, consecutively and in order, in
@@ -393,13 +614,36 @@ func (svc *streamsService) Read(req *streams.ReadReq, srv streams.Streams_ReadSe
 		return err
 	}
 	structured := opts.GetUuidOption().GetString_() == nil
-	if opts.GetSubscription() != nil {
-		return svc.s.subscribe(srv, opts, match, structured)
+	svc.s.leaderCheck(srv.Context())
+	name := "$all"
+	if so := opts.GetStream(); so != nil {
+		name = string(so.GetStreamIdentifier().GetStreamName())
 	}
-	for _, r := range svc.s.read(opts, match) {
+	svc.s.mu.Lock()
+	denied, deleted := name == "$all" && svc.s.denyAll, svc.s.tombstoned[name]
+	svc.s.mu.Unlock()
+	switch {
+	case denied:
+		return status.Error(codes.PermissionDenied, "Access denied")
+	case deleted:
+		return streamDeleted(srv.Context(), name)
+	}
+	if opts.GetSubscription() != nil {
+		return svc.s.subscribe(srv, opts, name, match, structured)
+	}
+	events := svc.s.read(opts, match)
+	for _, r := range events {
 		if err := srv.Send(eventResp(r, structured)); err != nil {
 			return err
 		}
+	}
+	svc.s.mu.Lock()
+	svc.s.eventsSent[name] += len(events)
+	after := svc.s.afterRead[name]
+	delete(svc.s.afterRead, name)
+	svc.s.mu.Unlock()
+	if after != nil {
+		after()
 	}
 	if name, ok := svc.s.missingStream(opts); ok {
 		return srv.Send(&streams.ReadResp{Content: &streams.ReadResp_StreamNotFound_{StreamNotFound: &streams.ReadResp_StreamNotFound{
@@ -478,7 +722,7 @@ func (s *Server) firstAtOrAfter(pos uint64) int {
 // subscribe confirms the subscription, then sends the matching events after
 // its starting point (catch-up), a caught-up message, and every new matching
 // event as it is appended (live), with checkpoints when filtered.
-func (s *Server) subscribe(srv streams.Streams_ReadServer, opts *streams.ReadReq_Options, match filter, structured bool) error {
+func (s *Server) subscribe(srv streams.Streams_ReadServer, opts *streams.ReadReq_Options, name string, match filter, structured bool) error {
 	ctx, cancel := context.WithCancelCause(srv.Context())
 	defer cancel(nil)
 	s.mu.Lock()
@@ -488,7 +732,6 @@ func (s *Server) subscribe(srv streams.Streams_ReadServer, opts *streams.ReadReq
 	src := func() []*record { return s.all }
 	var cursor int
 	if so := opts.GetStream(); so != nil {
-		name := string(so.GetStreamIdentifier().GetStreamName())
 		src = func() []*record { return s.streams[name] }
 		switch {
 		case so.GetStart() != nil:
@@ -530,6 +773,7 @@ func (s *Server) subscribe(srv streams.Streams_ReadServer, opts *streams.ReadReq
 		batch := events[cursor:]
 		cursor = len(events)
 		wake := s.appended
+		bad, end := s.badCheckpoints && interval > 0, s.next // the end of the log this batch reaches
 		s.mu.Unlock()
 
 		for _, r := range batch {
@@ -537,11 +781,23 @@ func (s *Server) subscribe(srv streams.Streams_ReadServer, opts *streams.ReadReq
 				if err := srv.Send(eventResp(r, structured)); err != nil {
 					return err
 				}
+				s.mu.Lock()
+				s.eventsSent[name]++
+				s.mu.Unlock()
 			}
 			scanned++
 			if interval > 0 && scanned%interval == 0 {
 				if err := srv.Send(&streams.ReadResp{Content: &streams.ReadResp_Checkpoint_{Checkpoint: &streams.ReadResp_Checkpoint{
 					CommitPosition: r.position, PreparePosition: r.position,
+				}}}); err != nil {
+					return err
+				}
+			}
+		}
+		if bad {
+			for _, p := range []uint64{math.MaxUint64, end} {
+				if err := srv.Send(&streams.ReadResp{Content: &streams.ReadResp_Checkpoint_{Checkpoint: &streams.ReadResp_Checkpoint{
+					CommitPosition: p, PreparePosition: p,
 				}}}); err != nil {
 					return err
 				}
