@@ -28,7 +28,7 @@ const DefaultBackfillWindow = 720 * time.Hour
 type BackfillOptions struct {
 	Since    time.Duration // how far back; DefaultBackfillWindow when 0
 	Types    []string      // event types to ask Stripe for (at most 20); empty: every type
-	Workers  int           // concurrent appends; 16 when 0
+	Workers  int           // concurrent appends; 64 when 0
 	Progress func(BackfillProgress)
 }
 
@@ -144,7 +144,7 @@ func (s *Syncer) Backfill(ctx context.Context, opts BackfillOptions) (BackfillSu
 func (s *Syncer) appendPage(ctx context.Context, page stripeapi.Page, workers int, sum *BackfillSummary) error {
 	var appended, stored atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(cmp.Or(workers, 16))
+	g.SetLimit(cmp.Or(workers, 64))
 	for _, item := range page.Data {
 		g.Go(func() error {
 			env, dup, err := s.store(gctx, item, eventlog.SourceBackfill)
