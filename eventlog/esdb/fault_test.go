@@ -17,6 +17,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb/esdbtest"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/eventlogtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/logtest"
 	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
 )
 
@@ -83,7 +84,7 @@ func TestSubscriptionDroppedMidStream(t *testing.T) {
 func TestServerDown(t *testing.T) {
 	t.Parallel()
 	srv := esdbtest.New(t)
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	pool, _ := pgtest.NewPool(t)
 	l, err := esdb.Open(t.Context(), srv.URL()+"&maxDiscoverAttempts=2&discoveryInterval=10", pool, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
@@ -375,24 +376,6 @@ func appendN(t *testing.T, l eventlog.Log, stream string, n int) {
 			t.Fatalf("Append: %v", err)
 		}
 	}
-}
-
-// syncBuffer is a log destination tests read while the Log writes to it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // waitTimeout bounds every wait of these tests. It is generous: CI runs
