@@ -162,6 +162,7 @@ type Log struct {
 	mu     sync.Mutex
 	client *connection // replaced by reconnect when it closes itself
 	closed bool
+	calls  sync.WaitGroup // detached calls in flight; Close lets them return before closing the client
 
 	skipped sync.Map // EventStoreDB stream names whose events decode skipped (logged once)
 
@@ -270,12 +271,37 @@ func newConnection(cfg *esdb.Configuration) (*connection, error) {
 // still waiting on it.
 func (l *Log) Close() {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.closed {
-		l.closed = true
-		close(l.client.retired)
-		_ = l.client.Close()
+	if l.closed {
+		l.mu.Unlock()
+		return
 	}
+	l.closed = true
+	c := l.client
+	close(c.retired)
+	l.mu.Unlock()
+	// The v4.2.0 client closes a channel that a call may still be sending on:
+	// let the calls in flight return first (a stuck one is not waited for).
+	returned := make(chan struct{})
+	go func() { l.calls.Wait(); close(returned) }()
+	select {
+	case <-returned:
+	case <-time.After(closeWait):
+	}
+	_ = c.Close()
+}
+
+// closeWait bounds how long Close waits for the calls in flight.
+const closeWait = 5 * time.Second
+
+// startCall counts a detached call in flight, unless the Log is closed.
+func (l *Log) startCall() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	l.calls.Add(1)
+	return true
 }
 
 var errClosed = errors.New("esdb event log is closed")
@@ -355,8 +381,13 @@ func detach[T any](ctx context.Context, l *Log, c *connection, f func() (T, erro
 	}
 	done := make(chan result) // unbuffered: a result is either taken or released
 	abandoned := make(chan struct{})
+	if !l.startCall() {
+		var zero T
+		return zero, errClosed
+	}
 	go func() {
 		v, err := f()
+		l.calls.Done()
 		select {
 		case done <- result{v, err}:
 		case <-abandoned:
