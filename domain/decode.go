@@ -110,6 +110,12 @@ func Handles(eventType string) bool {
 // error. A handled event whose data.object cannot be read fails with an
 // EINVALID *Error naming the event and the field.
 func Decode(env Envelope, payload []byte, plans Plans) ([]Fact, error) {
+	return decode(env, payload, plans, nil)
+}
+
+// decode is Decode; when links is not nil, it also sets *links to the
+// links of the charge, invoice or dispute it reads (see DecodeLinks).
+func decode(env Envelope, payload []byte, plans Plans, links *Links) ([]Fact, error) {
 	kind, ok := kindOf(env.Type)
 	if !ok {
 		return nil, nil
@@ -139,6 +145,7 @@ func Decode(env Envelope, payload []byte, plans Plans) ([]Fact, error) {
 		if raw, err = readObject[rawInvoice](env, kind, payload); err == nil {
 			fact.CustomerID = string(raw.Customer)
 			fact.Invoice, err = raw.invoice(env)
+			setLinks(links, &raw.rawObject, &raw.linkFields, raw.Charge)
 		}
 	case checkoutObject:
 		// The session only tells us that its customer exists.
@@ -151,6 +158,7 @@ func Decode(env Envelope, payload []byte, plans Plans) ([]Fact, error) {
 		if raw, err = readObject[rawCharge](env, kind, payload); err == nil {
 			fact.CustomerID = string(raw.Customer)
 			fact.Charge = raw.charge(env)
+			setLinks(links, &raw.rawObject, &raw.linkFields, raw.Charge)
 		}
 	case disputeObject:
 		var raw *rawDispute
@@ -158,6 +166,7 @@ func Decode(env Envelope, payload []byte, plans Plans) ([]Fact, error) {
 			if fact.Dispute, err = raw.dispute(env); err == nil {
 				fact.CustomerID = fact.Dispute.CustomerID
 			}
+			setLinks(links, &raw.rawObject, &raw.linkFields, expandable(raw.Charge.ID))
 		}
 	}
 	if err != nil {
@@ -165,6 +174,13 @@ func Decode(env Envelope, payload []byte, plans Plans) ([]Fact, error) {
 	}
 	observedFact(env, payload, &fact)
 	return []Fact{fact}, nil
+}
+
+// setLinks sets *links, when asked for, to the links of an object decode read.
+func setLinks(links *Links, head *rawObject, f *linkFields, charge expandable) {
+	if links != nil {
+		*links = newLinks(head, f, charge)
+	}
 }
 
 // event is a Stripe event as Decode reads it: data.object into T, and
@@ -443,6 +459,7 @@ func previousAttributes(env Envelope, raw json.RawMessage) (map[string]string, e
 
 type rawInvoice struct {
 	rawObject
+	linkFields              // before basil: its charge and payment intent
 	Subscription expandable `json:"subscription"` // up to 2025-02-24
 	Parent       struct {   // 2025-03-31+
 		SubscriptionDetails struct {
@@ -546,11 +563,11 @@ func (raw *rawInvoice) invoice(env Envelope) (*Invoice, error) {
 
 type rawCharge struct {
 	rawObject
-	Invoice        expandable `json:"invoice"`
-	Currency       string     `json:"currency"`
-	Amount         int64      `json:"amount"`
-	AmountRefunded int64      `json:"amount_refunded"`
-	Refunded       bool       `json:"refunded"`
+	linkFields            // its invoice and payment intent
+	Currency       string `json:"currency"`
+	Amount         int64  `json:"amount"`
+	AmountRefunded int64  `json:"amount_refunded"`
+	Refunded       bool   `json:"refunded"`
 }
 
 func (raw *rawCharge) charge(env Envelope) *Charge {
@@ -570,10 +587,11 @@ func (raw *rawCharge) charge(env Envelope) *Charge {
 
 type rawDispute struct {
 	rawObject
-	Charge   expandableCharge `json:"charge"`
-	Status   string           `json:"status"`
-	Currency string           `json:"currency"`
-	Amount   int64            `json:"amount"`
+	linkFields                  // its payment intent; Charge below hides linkFields.Charge
+	Charge     expandableCharge `json:"charge"`
+	Status     string           `json:"status"`
+	Currency   string           `json:"currency"`
+	Amount     int64            `json:"amount"`
 }
 
 func (raw *rawDispute) dispute(env Envelope) (*Dispute, error) {

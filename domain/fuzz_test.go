@@ -3,6 +3,7 @@ package domain_test
 import (
 	"encoding/json"
 	"maps"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -76,7 +77,8 @@ func FuzzParseEnvelope(f *testing.F) {
 	})
 }
 
-// FuzzDecodeApply: an event that ParseEnvelope accepts either fails
+// FuzzDecodeApply: an event that ParseEnvelope accepts has the same links
+// in DecodeStorableLinks' one pass as in DecodeLinks, and either fails
 // DecodeStorable with EINVALID (a dead letter) or gives facts that fold
 // into a state without NUL or invalid UTF-8, whose JSON renders (every time
 // in range), and that applying each fact again leaves unchanged (a
@@ -92,7 +94,10 @@ func FuzzDecodeApply(f *testing.F) {
 		if err != nil {
 			return
 		}
-		facts, err := domain.DecodeStorable(env, payload, plans)
+		facts, links, err := domain.DecodeStorableLinks(env, payload, plans)
+		if want := linksOf(env, payload); !reflect.DeepEqual(links, want) {
+			t.Fatalf("DecodeStorableLinks read links %+v, DecodeLinks %+v", links, want)
+		}
 		if err != nil {
 			if domain.ErrorCode(err) != domain.EINVALID {
 				t.Fatalf("DecodeStorable error %v is not EINVALID", err)
@@ -120,4 +125,44 @@ func FuzzDecodeApply(f *testing.F) {
 			t.Fatalf("applying the facts again changed the state:\n%+v\n%+v", s, again)
 		}
 	})
+}
+
+// linksOf is what DecodeStorableLinks must return as links.
+func linksOf(env domain.Envelope, payload []byte) domain.Links {
+	if !domain.HasLinks(env.Type) {
+		return domain.Links{}
+	}
+	return domain.DecodeLinks(payload)
+}
+
+// TestDecodeStorableLinks: on every event of domaintest's lifecycles, in
+// every API version they render, the one-pass decode gives DecodeStorable's
+// facts and DecodeLinks' links.
+func TestDecodeStorableLinks(t *testing.T) {
+	t.Parallel()
+	plans, err := domain.ParsePlans(domaintest.Plans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	linked := 0
+	for _, d := range domaintest.Lifecycles(rand.New(rand.NewPCG(9, 9)), 300) {
+		env, err := domain.ParseEnvelope(d.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		facts, links, err := domain.DecodeStorableLinks(env, d.Payload, plans)
+		want, wantErr := domain.Decode(env, d.Payload, plans)
+		if !reflect.DeepEqual(facts, want) || (err == nil) != (wantErr == nil) {
+			t.Fatalf("%s %s: DecodeStorableLinks gave %+v, %v; Decode %+v, %v", d.EventID, d.Type, facts, err, want, wantErr)
+		}
+		if wantLinks := linksOf(env, d.Payload); !reflect.DeepEqual(links, wantLinks) {
+			t.Fatalf("%s %s: links %+v, DecodeLinks %+v", d.EventID, d.Type, links, wantLinks)
+		}
+		if len(links.Objects) > 1 {
+			linked++
+		}
+	}
+	if linked == 0 {
+		t.Fatal("no event in the lifecycles links objects: the test checks nothing")
+	}
 }

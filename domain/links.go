@@ -28,14 +28,19 @@ func HasLinks(eventType string) bool {
 	return false
 }
 
-// rawLinked is the part of a charge, payment intent, invoice, dispute or
-// refund that links it to other objects.
-type rawLinked struct {
-	rawObject
+// linkFields are the fields of a charge, payment intent, invoice, dispute
+// or refund that link it to other objects. Decode's structs for those
+// objects embed them, so that one pass over the payload reads both.
+type linkFields struct {
 	Charge        expandable `json:"charge"`
 	PaymentIntent expandable `json:"payment_intent"`
 	Invoice       expandable `json:"invoice"`
 	LatestCharge  expandable `json:"latest_charge"`
+}
+
+type rawLinked struct {
+	rawObject
+	linkFields
 }
 
 // DecodeLinks reads the links of an event whose type HasLinks. An event
@@ -45,13 +50,19 @@ func DecodeLinks(payload []byte) Links {
 	if json.Unmarshal(payload, &ev) != nil {
 		return Links{}
 	}
-	obj := ev.Data.Object
-	if obj.ID == "" {
+	obj := &ev.Data.Object
+	return newLinks(&obj.rawObject, &obj.linkFields, obj.Charge)
+}
+
+// newLinks are the links of the object whose head and link fields are given;
+// charge is its charge's id (a dispute reads its own charge field).
+func newLinks(head *rawObject, f *linkFields, charge expandable) Links {
+	if head.ID == "" {
 		return Links{}
 	}
-	l := Links{CustomerID: string(obj.Customer), Objects: []string{obj.ID}}
-	for _, id := range []expandable{obj.Charge, obj.PaymentIntent, obj.Invoice, obj.LatestCharge} {
-		if id != "" && string(id) != obj.ID {
+	l := Links{CustomerID: string(head.Customer), Objects: []string{head.ID}}
+	for _, id := range [...]expandable{charge, f.PaymentIntent, f.Invoice, f.LatestCharge} {
+		if id != "" && string(id) != head.ID {
 			l.Objects = append(l.Objects, string(id))
 		}
 	}

@@ -140,16 +140,36 @@ var keyFields = map[string]bool{
 // or a time before 1970 or after 9999, fails with an EINVALID *Error naming
 // the event and the field, for the projection to dead-letter.
 func DecodeStorable(env Envelope, payload []byte, plans Plans) ([]Fact, error) {
-	facts, err := Decode(env, payload, plans)
+	facts, _, err := DecodeStorableLinks(env, payload, plans)
+	return facts, err
+}
+
+// DecodeStorableLinks is DecodeStorable that also returns the event's links
+// (DecodeLinks), read in the same pass over the payload when Decode handles
+// its type: a projection needs both, and rebuilds are bound by JSON
+// decoding. The links are returned even when decoding fails (an event that
+// cannot be applied may still link objects), and are empty for an event
+// whose type does not HasLinks.
+func DecodeStorableLinks(env Envelope, payload []byte, plans Plans) ([]Fact, Links, error) {
+	var links Links
+	hasLinks := HasLinks(env.Type)
+	linksTo := &links
+	if !hasLinks {
+		linksTo = nil
+	}
+	facts, err := decode(env, payload, plans, linksTo)
+	if hasLinks && (err != nil || !Handles(env.Type)) {
+		links = DecodeLinks(payload) // not read by decode
+	}
 	if err != nil {
-		return nil, err
+		return nil, links, err
 	}
 	for i := range facts {
 		if msg := makeStorable(reflect.ValueOf(&facts[i]).Elem(), "fact"); msg != "" {
-			return nil, decodeError(Envelope{ID: StorableText(env.ID), Type: StorableText(env.Type)}, "%s", msg)
+			return nil, links, decodeError(Envelope{ID: StorableText(env.ID), Type: StorableText(env.Type)}, "%s", msg)
 		}
 	}
-	return facts, nil
+	return facts, links, nil
 }
 
 // StorableText is s without NUL bytes and invalid UTF-8, which PostgreSQL's

@@ -48,12 +48,8 @@ type pendingDispute struct {
 // not compare them; what they change (disputes, histories) it does.
 var linkTables = []string{"links", "stream_links", "pending_disputes"}
 
-// decodeLinks records what rec says about which objects belong together.
-func (b *batch) decodeLinks(rec eventlog.Record) {
-	if !domain.HasLinks(rec.Type) {
-		return
-	}
-	l := domain.DecodeLinks(rec.Payload)
+// addLinks records what rec says about which objects belong together.
+func (b *batch) addLinks(rec eventlog.Record, l domain.Links) {
 	for _, obj := range l.Objects {
 		if l.CustomerID != "" {
 			b.links = append(b.links, objectLink{account: rec.Account, object: obj, customer: l.CustomerID})

@@ -106,15 +106,15 @@ func (p Projection) decode(recs []eventlog.Record) *batch {
 }
 
 func (p Projection) decodeRecord(b *batch, rec eventlog.Record) (outcome string) {
-	b.decodeLinks(rec)
+	// The log parsed and stored the envelope when it took the event in;
+	// parsing it again would double the cost of decoding (rebuilds are
+	// bound by JSON decoding), and so would reading the links apart.
+	env := domain.Envelope{ID: rec.ID, Type: rec.Type, APIVersion: rec.APIVersion, Created: rec.Created, Account: rec.Account}
+	facts, links, err := domain.DecodeStorableLinks(env, rec.Payload, p.Plans)
+	b.addLinks(rec, links)
 	if !domain.Handles(rec.Type) {
 		return outcomeUnhandledType
 	}
-	// The log parsed and stored the envelope when it took the event in;
-	// parsing it again would double the cost of decoding (rebuilds are
-	// bound by JSON decoding).
-	env := domain.Envelope{ID: rec.ID, Type: rec.Type, APIVersion: rec.APIVersion, Created: rec.Created, Account: rec.Account}
-	facts, err := domain.DecodeStorable(env, rec.Payload, p.Plans)
 	if err != nil {
 		b.deadLetters = append(b.deadLetters, newDeadLetter(rec, err))
 		return outcomeDeadLetter
