@@ -260,47 +260,21 @@ func (s *Server) handleState(c echo.Context) error {
 	if clock != clockCreated && clock != clockReceivedAt {
 		return domain.Errorf(domain.EINVALID, "clock must be %q or %q", clockCreated, clockReceivedAt)
 	}
-	// Folded batch by batch: memory is the customer's state, not its history.
 	key := domain.CustomerKey{Account: accountParam(c), ID: customerID}
-	st := &domain.CustomerState{Account: key.Account, Customer: domain.Customer{Account: key.Account, ID: customerID}}
-	st.Derive()
 	plans, err := s.statePlans(c.Request().Context())
 	if err != nil {
 		return readError("the live plan mapping", err)
 	}
-	total, folded, undecodable := 0, 0, 0
-	err = audit.EachInStreams(c.Request().Context(), s.cfg.Log, streams, eventlog.Start, audit.BatchSize, func(batch []eventlog.Record) error {
-		for _, r := range batch {
-			total++
-			t := r.Created
-			if clock == clockReceivedAt {
-				t = r.ReceivedAt
-			}
-			if t.After(at) {
-				continue
-			}
-			folded++
-			facts, err := domain.Facts(r.Payload, plans)
-			if err != nil {
-				undecodable++ // the projections skip such events too (dead letters)
-				continue
-			}
-			for _, f := range facts {
-				if f.CustomerID == "" && f.Dispute != nil && r.Stream != stream {
-					// A linked object's stream: the dispute is the customer's (DESIGN §8).
-					d := *f.Dispute
-					d.CustomerID, f.CustomerID, f.Dispute = customerID, customerID, &d
-				}
-				if f.Key() == key {
-					st.Apply(f)
-				}
-			}
+	res, err := audit.FoldState(c.Request().Context(), s.cfg.Log, streams, key, plans, func(r eventlog.Record) bool {
+		if clock == clockReceivedAt {
+			return !r.ReceivedAt.After(at)
 		}
-		return nil
+		return !r.Created.After(at)
 	})
 	if err != nil {
 		return readError("events of "+stream, err)
 	}
+	st, total, folded, undecodable := res.State, res.Total, res.Folded, res.Undecodable
 	if total == 0 {
 		return customerNotFound(c)
 	}

@@ -152,11 +152,6 @@ func verifyDatabase(ctx context.Context, c *cli, cfg Config, logger *slog.Logger
 			return verifyResult{}, fmt.Errorf("verify: %w", err)
 		}
 	}
-	// The seals first: whatever they cover was readable when they were written.
-	chain, err := seal.Check(ctx, b.Pool, expect)
-	if err != nil {
-		return verifyResult{}, fmt.Errorf("verify: %w", err)
-	}
 	total := int64(-1) // one stream: its length is unknown, count instead
 	if streams == nil {
 		if n, err := b.Log.CountAfter(ctx, eventlog.Start); err == nil {
@@ -164,8 +159,20 @@ func verifyDatabase(ctx context.Context, c *cli, cfg Config, logger *slog.Logger
 		}
 	}
 	progress, finish := progressBar(c.stderr, "verifying", total)
-	report, err := audit.Verify(ctx, b.Log, audit.Options{Streams: streams, Secrets: cfg.WebhookSecrets, Sealed: chain.Sealed, Progress: progress})
-	finish()
+	defer finish()
+	return verifyLog(ctx, b, streams, cfg.WebhookSecrets, expect, progress)
+}
+
+// verifyLog checks the seal chain (and that expect, when given, is in it),
+// then the records of streams (nil: the whole log) with audit.Verify
+// against the seals' stream heads.
+func verifyLog(ctx context.Context, b *Backends, streams, secrets []string, expect string, progress func(int64)) (verifyResult, error) {
+	// The seals first: whatever they cover was readable when they were written.
+	chain, err := seal.Check(ctx, b.Pool, expect)
+	if err != nil {
+		return verifyResult{}, fmt.Errorf("verify: %w", err)
+	}
+	report, err := audit.Verify(ctx, b.Log, audit.Options{Streams: streams, Secrets: secrets, Sealed: chain.Sealed, Progress: progress})
 	if err != nil {
 		return verifyResult{}, fmt.Errorf("verify: %w", err)
 	}

@@ -5,6 +5,9 @@ import (
 	"time"
 
 	"github.com/stripe/stripe-go/v76/webhook"
+
+	"github.com/stripe-ledger/stripe-ledger/domain"
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
 )
 
 // Errors of VerifySignature.
@@ -40,4 +43,32 @@ func VerifySignature(payload []byte, header string, secrets []string, tolerance 
 		return nil
 	}
 	return ErrSignatureMismatch
+}
+
+// Signature statuses of one stored record (SignatureStatus).
+const (
+	SignatureValid      = "valid"              // the stored Stripe-Signature matches the stored payload
+	SignatureByDesign   = "unsigned-by-design" // fetched from Stripe's API: no signature covers it
+	SignatureMissing    = "missing"            // delivered, yet no signature is stored
+	SignatureInvalid    = "invalid"            // malformed, or matches under none of the secrets
+	SignatureNotChecked = "not-checked"        // signed, but no webhook secret was given to check it
+)
+
+// SignatureStatus says what one record's stored signature proves, as
+// Verify judges it: fetched records are unsigned by design, delivered ones
+// must carry a signature that matches under one of secrets.
+func SignatureStatus(r eventlog.Record, secrets []string) string {
+	if r.Signature == "" {
+		if env, err := domain.ParseEnvelope(r.Payload); err == nil && unsignedByDesign(r.Source, env) {
+			return SignatureByDesign
+		}
+		return SignatureMissing
+	}
+	if len(secrets) == 0 {
+		return SignatureNotChecked
+	}
+	if VerifySignature(r.Payload, r.Signature, secrets, 0) != nil {
+		return SignatureInvalid
+	}
+	return SignatureValid
 }

@@ -1,0 +1,51 @@
+package audit
+
+import (
+	"context"
+
+	"github.com/stripe-ledger/stripe-ledger/domain"
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+)
+
+// Folded is a customer's state folded from its history, with what was read.
+type Folded struct {
+	State       *domain.CustomerState
+	Total       int // records in the history
+	Folded      int // records include kept
+	Undecodable int // of those, records that do not decode (the projections dead-letter them)
+}
+
+// FoldState folds the records of a customer's history (streams: its own
+// first, then its linked objects', DESIGN §8) that include keeps, in log
+// order, with domain's fold, batch by batch: memory is the customer's state,
+// not its history. A dispute met in a linked stream is the customer's.
+func FoldState(ctx context.Context, l eventlog.Log, streams []string, key domain.CustomerKey, plans domain.Plans, include func(eventlog.Record) bool) (Folded, error) {
+	st := &domain.CustomerState{Account: key.Account, Customer: domain.Customer{Account: key.Account, ID: key.ID}}
+	st.Derive()
+	res := Folded{State: st}
+	err := EachInStreams(ctx, l, streams, eventlog.Start, BatchSize, func(batch []eventlog.Record) error {
+		for _, r := range batch {
+			res.Total++
+			if !include(r) {
+				continue
+			}
+			res.Folded++
+			facts, err := domain.Facts(r.Payload, plans)
+			if err != nil {
+				res.Undecodable++
+				continue
+			}
+			for _, f := range facts {
+				if f.CustomerID == "" && f.Dispute != nil && r.Stream != streams[0] {
+					d := *f.Dispute
+					d.CustomerID, f.CustomerID, f.Dispute = key.ID, key.ID, &d
+				}
+				if f.Key() == key {
+					st.Apply(f)
+				}
+			}
+		}
+		return nil
+	})
+	return res, err
+}
