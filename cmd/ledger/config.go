@@ -20,6 +20,9 @@ type Config struct {
 	APIToken       string
 	Plans          domain.Plans  // LEDGER_PLANS
 	SealInterval   time.Duration // LEDGER_SEAL_INTERVAL: how often serve seals the log; 0: never
+	// ConsoleSecureCookie (LEDGER_CONSOLE_SECURE_COOKIE=true) marks the
+	// console's cookies Secure even over plain HTTP, for TLS ended at a proxy.
+	ConsoleSecureCookie bool
 
 	StripeAPIKey      string        // STRIPE_API_KEY: backfill, reconcile, thin-event fetches; never logged
 	StripeAPIBase     string        // STRIPE_API_BASE: Stripe's API by default; tests point it at stripe-mock or a fake
@@ -90,6 +93,11 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	if cfg.EventLog != "postgres" && !strings.HasPrefix(cfg.EventLog, "esdb://") &&
 		!strings.HasPrefix(cfg.EventLog, "esdb+discover://") {
 		return Config{}, errors.New(`LEDGER_EVENTLOG must be "postgres" or an esdb:// or esdb+discover:// connection string`)
+	}
+	if v := getenv("LEDGER_CONSOLE_SECURE_COOKIE"); v != "" {
+		if cfg.ConsoleSecureCookie, err = strconv.ParseBool(v); err != nil {
+			return Config{}, fmt.Errorf("LEDGER_CONSOLE_SECURE_COOKIE must be true or false, not %q", v)
+		}
 	}
 	if strings.HasPrefix(cfg.ESDBPrefix, "$") {
 		return Config{}, errors.New("LEDGER_ESDB_STREAM_PREFIX must not start with $ (the system streams' prefix)")

@@ -148,6 +148,7 @@ type Service struct {
 	logger    *slog.Logger
 	cfg       Config
 	api       *api.Server
+	handler   http.Handler // the API, and the console under /console/
 	runner    *projections.Runner
 	sealer    *seal.Sealer // nil when LEDGER_SEAL_INTERVAL is 0
 	sealEvery time.Duration
@@ -200,6 +201,12 @@ func OpenService(ctx context.Context, cfg Config, logger *slog.Logger) (*Service
 
 			MaxInflightWebhooks: cfg.MaxInflightWebhooks,
 		})
+	}
+	if err == nil {
+		var c http.Handler
+		if c, err = newConsole(svc, billing); err == nil {
+			svc.handler = routeConsole(svc.api, c)
+		}
 	}
 	if err != nil {
 		b.Close()
@@ -288,7 +295,7 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 	defer wg.Wait()
 	defer stopRunner()
 
-	srv := &http.Server{Handler: s.api, ReadHeaderTimeout: min(10*time.Second, s.cfg.HTTPReadTimeout),
+	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: min(10*time.Second, s.cfg.HTTPReadTimeout),
 		ReadTimeout: s.cfg.HTTPReadTimeout, IdleTimeout: s.cfg.HTTPIdleTimeout}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

@@ -1,0 +1,204 @@
+// Package console is the ledger's browser console under /console/ (DESIGN
+// §11): server-rendered html/template pages for auditors (find a customer, its
+// state and whole timeline, one event and what it changed, the state at an
+// instant, verify, export) and engineers (projections, dead letters and their
+// retry, a rebuild's diff). Assets are embedded; nothing is loaded from
+// elsewhere. It reads the event log itself (eventlog/audit) and gets the rest
+// through the small interfaces below, which cmd/ledger implements.
+package console
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"html/template"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
+	"github.com/stripe-ledger/stripe-ledger/projections"
+)
+
+// Prefix is where the console is mounted.
+const Prefix = "/console"
+
+// ReadModel is what the console reads from the live read model.
+type ReadModel interface {
+	// FindCustomers finds customers by id or email, at most limit.
+	FindCustomers(ctx context.Context, query string, limit int) ([]projections.CustomerMatch, error)
+	// CustomerStreams are the streams of a customer's history: its own first, then its linked objects' (DESIGN §8).
+	CustomerStreams(ctx context.Context, account, customerID string) ([]string, error)
+}
+
+// Auditor folds and verifies a customer's history.
+type Auditor interface {
+	// StateAt folds the history's events created at or before at.
+	StateAt(ctx context.Context, account, customerID string, streams []string, at time.Time) (audit.Folded, error)
+	// VerifyCustomer checks the customer's history: chains, digests, signatures and seals.
+	VerifyCustomer(ctx context.Context, account, customerID string) (Verification, error)
+}
+
+// Verification is what VerifyCustomer found.
+type Verification struct {
+	OK               bool
+	Streams, Events  int64
+	SignaturesTested bool
+	UnsignedByDesign int64
+	Seals            int64
+	ProblemCount     int64
+	Problems         []string // the first ones
+}
+
+// Engineer is the projections side: status, dead letters, retry and diff.
+type Engineer interface {
+	Status(ctx context.Context) ([]projections.Status, error)
+	DeadLetters(ctx context.Context) ([]projections.DeadLetter, error)
+	// Retry applies the dead letters of eventIDs again (none: all).
+	Retry(ctx context.Context, eventIDs ...string) (projections.RetryResult, error)
+	// Diff builds the projection into a scratch schema and compares it with the live version.
+	Diff(ctx context.Context) (*projections.Report, error)
+}
+
+// Config holds the console's dependencies; Log, ReadModel, Auditor and Engineer are required.
+type Config struct {
+	Token          string // LEDGER_API_TOKEN: what login takes; empty: the console says it is disabled
+	SecureCookie   bool   // set Secure on the cookies even over plain HTTP (behind a TLS proxy)
+	WebhookSecrets []string
+	Log            eventlog.Log
+	ReadModel      ReadModel
+	Auditor        Auditor
+	Engineer       Engineer
+	Logger         *slog.Logger
+	// SessionTTL is how long a login lasts; 0: DefaultSessionTTL.
+	SessionTTL time.Duration
+	// LoginDelay is how long a wrong token waits before the form comes back; 0: DefaultLoginDelay.
+	LoginDelay time.Duration
+	// Now is the clock; nil: time.Now.
+	Now func() time.Time
+}
+
+// Defaults of Config.
+const (
+	DefaultSessionTTL = 12 * time.Hour
+	DefaultLoginDelay = time.Second
+)
+
+//go:embed templates/*.html
+var templateFS embed.FS
+
+//go:embed static
+var staticFS embed.FS
+
+// Console is the console's HTTP handler; create it with New.
+type Console struct {
+	cfg   Config
+	echo  *echo.Echo
+	pages map[string]*template.Template
+	keys  sessionKeys
+}
+
+// New builds the console and its routes, all under Prefix.
+func New(cfg Config) (*Console, error) {
+	if cfg.Log == nil || cfg.ReadModel == nil || cfg.Auditor == nil || cfg.Engineer == nil {
+		return nil, errors.New("console: Log, ReadModel, Auditor and Engineer are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.SessionTTL <= 0 {
+		cfg.SessionTTL = DefaultSessionTTL
+	}
+	if cfg.LoginDelay <= 0 {
+		cfg.LoginDelay = DefaultLoginDelay
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	pages, err := parsePages()
+	if err != nil {
+		return nil, err
+	}
+	c := &Console{cfg: cfg, echo: echo.New(), pages: pages, keys: newSessionKeys(cfg.Token)}
+	e := c.echo
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = c.handleError
+	e.Use(securityHeaders)
+
+	static, err := fs.Sub(staticFS, "static")
+	if err != nil {
+		return nil, err
+	}
+	e.GET(Prefix+"/static/*", echo.WrapHandler(http.StripPrefix(Prefix+"/static/", http.FileServer(http.FS(static)))))
+	e.GET(Prefix, func(ec echo.Context) error { return ec.Redirect(http.StatusMovedPermanently, Prefix+"/") })
+	e.GET(Prefix+"/login", c.handleLoginForm)
+	e.POST(Prefix+"/login", c.handleLogin)
+
+	g := e.Group(Prefix, c.requireSession)
+	g.POST("/logout", c.handleLogout)
+	g.GET("/", c.handleFind)
+	g.GET("/customers/:id", c.handleCustomer)
+	g.GET("/customers/:id/events/:event_id", c.handleEvent)
+	g.GET("/customers/:id/state", c.handleState)
+	g.POST("/customers/:id/verify", c.handleVerify)
+	g.GET("/customers/:id/events.csv", c.handleExport)
+	g.GET("/customers/:id/events.jsonl", c.handleExport)
+	g.GET("/projections", c.handleProjections)
+	g.POST("/projections/retry", c.handleRetry)
+	g.POST("/projections/diff", c.handleDiff)
+	return c, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) { c.echo.ServeHTTP(w, r) }
+
+// contentSecurityPolicy allows only the console's own scripts, styles and
+// forms: no inline script runs, whatever a payload holds.
+const contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+	"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+
+func securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(ec echo.Context) error {
+		h := ec.Response().Header()
+		h.Set("Content-Security-Policy", contentSecurityPolicy)
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("Cache-Control", "no-store")
+		return next(ec)
+	}
+}
+
+// pageError is an error shown as a page with its status.
+type pageError struct {
+	status  int
+	message string
+}
+
+func (e *pageError) Error() string { return e.message }
+
+func (c *Console) handleError(err error, ec echo.Context) {
+	if ec.Response().Committed {
+		return
+	}
+	status, message := http.StatusInternalServerError, "Something went wrong; the ledger's log says what."
+	var pe *pageError
+	var he *echo.HTTPError
+	switch {
+	case errors.As(err, &pe):
+		status, message = pe.status, pe.message
+	case errors.As(err, &he):
+		status, message = he.Code, http.StatusText(he.Code)
+	case errors.Is(err, eventlog.ErrUnavailable):
+		status, message = http.StatusServiceUnavailable, "The database is unavailable; retry later."
+	default:
+		c.cfg.Logger.Error("console request failed", "method", ec.Request().Method, "path", ec.Path(), "err", err)
+	}
+	if err := c.render(ec, status, "error", map[string]any{"Title": http.StatusText(status), "Message": message}); err != nil {
+		c.cfg.Logger.Warn("write console error page", "err", err)
+	}
+}

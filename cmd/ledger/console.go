@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/stripe-ledger/stripe-ledger/api/console"
+	"github.com/stripe-ledger/stripe-ledger/domain"
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
+	"github.com/stripe-ledger/stripe-ledger/projections"
+)
+
+// consoleBackend gives the console (api/console) the read model, the
+// audit folds and checks, and the billing projection's operations.
+type consoleBackend struct {
+	svc     *Service
+	billing projections.Projection
+}
+
+func (b consoleBackend) FindCustomers(ctx context.Context, query string, limit int) ([]projections.CustomerMatch, error) {
+	return projections.FindCustomers(ctx, b.svc.Pool, query, limit)
+}
+
+func (b consoleBackend) CustomerStreams(ctx context.Context, account, customerID string) ([]string, error) {
+	return projections.CustomerStreams(ctx, b.svc.Pool, customerID, account)
+}
+
+// StateAt folds with the plan mapping the live read model was folded with
+// (else LEDGER_PLANS), as GET /v1/customers/{id}/state does.
+func (b consoleBackend) StateAt(ctx context.Context, account, customerID string, streams []string, at time.Time) (audit.Folded, error) {
+	plans, ok, err := projections.LivePlans(ctx, b.svc.Pool, b.billing.Name)
+	if err != nil {
+		return audit.Folded{}, err
+	}
+	if !ok {
+		plans = b.svc.cfg.Plans
+	}
+	return audit.FoldState(ctx, b.svc.Log, streams, domain.CustomerKey{Account: account, ID: customerID}, plans,
+		func(r eventlog.Record) bool { return !r.Created.After(at) })
+}
+
+// VerifyCustomer is ledger verify --customer.
+func (b consoleBackend) VerifyCustomer(ctx context.Context, account, customerID string) (console.Verification, error) {
+	streams, err := projections.CustomerStreams(ctx, b.svc.Pool, customerID, account)
+	if err != nil {
+		return console.Verification{}, err
+	}
+	res, err := verifyLog(ctx, b.svc.Backends, streams, b.svc.cfg.WebhookSecrets, "", nil)
+	if err != nil {
+		return console.Verification{}, err
+	}
+	v := console.Verification{OK: res.OK, Streams: res.Streams, Events: res.Events, SignaturesTested: res.SignaturesTested,
+		UnsignedByDesign: res.UnsignedByDesign, ProblemCount: res.ProblemCount}
+	if res.Seals != nil {
+		v.Seals = res.Seals.Count
+	}
+	for _, p := range res.Problems {
+		v.Problems = append(v.Problems, p.String())
+	}
+	return v, nil
+}
+
+func (b consoleBackend) Status(ctx context.Context) ([]projections.Status, error) {
+	return projections.ReadStatus(ctx, b.svc.Pool, b.svc.Log)
+}
+
+func (b consoleBackend) DeadLetters(ctx context.Context) ([]projections.DeadLetter, error) {
+	return projections.ReadDeadLetters(ctx, b.svc.Pool)
+}
+
+func (b consoleBackend) Retry(ctx context.Context, eventIDs ...string) (projections.RetryResult, error) {
+	return projections.Retry(ctx, b.svc.Pool, b.svc.Log, b.billing, b.svc.logger, eventIDs...)
+}
+
+func (b consoleBackend) Diff(ctx context.Context) (*projections.Report, error) {
+	return projections.Diff(ctx, b.svc.Pool, b.svc.Log, b.billing, projections.Options{Logger: b.svc.logger})
+}
+
+// newConsole builds the console on the service's backends.
+func newConsole(svc *Service, billing projections.Projection) (*console.Console, error) {
+	b := consoleBackend{svc: svc, billing: billing}
+	return console.New(console.Config{
+		Token: svc.cfg.APIToken, SecureCookie: svc.cfg.ConsoleSecureCookie, WebhookSecrets: svc.cfg.WebhookSecrets,
+		Log: svc.Log, ReadModel: b, Auditor: b, Engineer: b, Logger: svc.logger,
+	})
+}
+
+// routeConsole sends /console and everything under it to the console, the
+// rest to the API.
+func routeConsole(apiHandler, consoleHandler http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == console.Prefix || strings.HasPrefix(r.URL.Path, console.Prefix+"/") {
+			consoleHandler.ServeHTTP(w, r)
+			return
+		}
+		apiHandler.ServeHTTP(w, r)
+	})
+}
