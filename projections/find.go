@@ -8,6 +8,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/stripe-ledger/stripe-ledger/domain"
 )
 
 // CustomerMatch is a customer of the live read model found by FindCustomers.
@@ -48,4 +51,24 @@ func FindCustomers(ctx context.Context, q interface {
 		return nil, fmt.Errorf("find customers %q: %w", query, err)
 	}
 	return found, nil
+}
+
+// LoadCustomer reads a customer's state from the live read model (the
+// readmodel views) in one read-only snapshot: the customer, its
+// subscriptions, invoices, charges and disputes. found is false when the
+// read model has no row for the customer (or no live version yet).
+func LoadCustomer(ctx context.Context, pool *pgxpool.Pool, key domain.CustomerKey) (st *domain.CustomerState, found bool, err error) {
+	err = pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		states, err := loadStates(ctx, tx, "readmodel", []domain.CustomerKey{key})
+		st = states[key]
+		return err
+	})
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table: no live version yet
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("customer %s: %w", key.ID, err)
+	}
+	return st, st.Customer.ID != "", nil
 }

@@ -13,7 +13,6 @@ import (
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
-	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
 // Timeline page sizes.
@@ -103,25 +102,13 @@ func (c *Console) handleCustomer(ec echo.Context) error {
 	if total == 0 {
 		return &pageError{http.StatusNotFound, fmt.Sprintf("Customer %s has no events in the ledger.", ref.ID)}
 	}
-	var current projections.CustomerMatch
-	found, err := c.cfg.ReadModel.FindCustomers(ctx, ref.ID, 50)
+	current, inReadModel, err := c.cfg.ReadModel.Customer(ctx, ref.Account, ref.ID)
 	if err != nil {
 		return err
-	}
-	inReadModel := false
-	for _, m := range found {
-		if m.Account == ref.Account && m.CustomerID == ref.ID {
-			current, inReadModel = m, true
-		}
 	}
 	now := c.cfg.Now().UTC()
-	state, err := c.cfg.Auditor.StateAt(ctx, ref.Account, ref.ID, ref.Streams, now)
-	if err != nil {
-		return err
-	}
 	data := map[string]any{
-		"Title": "Customer " + ref.ID, "Ref": ref, "Current": current, "InReadModel": inReadModel,
-		"State": state.State, "Timeline": page, "Total": total, "Limit": limit,
+		"Title": "Customer " + ref.ID, "Ref": ref, "State": current, "InReadModel": inReadModel, "Timeline": page, "Total": total, "Limit": limit,
 		"AtInput": now.Format("2006-01-02T15:04:05"),
 	}
 	if older != nil {

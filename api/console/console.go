@@ -19,6 +19,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
 	"github.com/stripe-ledger/stripe-ledger/projections"
@@ -31,6 +32,8 @@ const Prefix = "/console"
 type ReadModel interface {
 	// FindCustomers finds customers by id or email, at most limit.
 	FindCustomers(ctx context.Context, query string, limit int) ([]projections.CustomerMatch, error)
+	// Customer reads a customer's current state; found is false when the read model has no such customer.
+	Customer(ctx context.Context, account, customerID string) (st *domain.CustomerState, found bool, err error)
 	// CustomerStreams are the streams of a customer's history: its own first, then its linked objects' (DESIGN §8).
 	CustomerStreams(ctx context.Context, account, customerID string) ([]string, error)
 }

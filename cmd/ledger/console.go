@@ -24,6 +24,10 @@ func (b consoleBackend) FindCustomers(ctx context.Context, query string, limit i
 	return projections.FindCustomers(ctx, b.svc.Pool, query, limit)
 }
 
+func (b consoleBackend) Customer(ctx context.Context, account, customerID string) (*domain.CustomerState, bool, error) {
+	return projections.LoadCustomer(ctx, b.svc.Pool, domain.CustomerKey{Account: account, ID: customerID})
+}
+
 func (b consoleBackend) CustomerStreams(ctx context.Context, account, customerID string) ([]string, error) {
 	return projections.CustomerStreams(ctx, b.svc.Pool, customerID, account)
 }

@@ -77,12 +77,12 @@ func consoleScenario(t *testing.T, base, tag string, extra int) string {
 
 // browser is an HTTP client with a cookie jar that does not follow redirects.
 type browser struct {
-	t    *testing.T
+	t    testing.TB
 	base string
 	c    *http.Client
 }
 
-func newBrowser(t *testing.T, base string) *browser {
+func newBrowser(t testing.TB, base string) *browser {
 	jar, _ := cookiejar.New(nil)
 	return &browser{t: t, base: base, c: &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error {
 		return http.ErrUseLastResponse
@@ -110,7 +110,7 @@ func (b *browser) do(method, path string, form url.Values) (*http.Response, stri
 
 var csrfInput = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
 
-func csrfOf(t *testing.T, page string) string {
+func csrfOf(t testing.TB, page string) string {
 	t.Helper()
 	m := csrfInput.FindStringSubmatch(page)
 	if m == nil {

@@ -35,7 +35,7 @@ func startService(t *testing.T, getenv func(string) string) string {
 
 // serveService is startService that also returns its graceful shutdown (the
 // SIGTERM path of `ledger serve`), which the test may call before it ends.
-func serveService(t *testing.T, getenv func(string) string) (base string, shutdown func() error) {
+func serveService(t testing.TB, getenv func(string) string) (base string, shutdown func() error) {
 	t.Helper()
 	cfg, err := LoadConfig(getenv)
 	if err != nil {
@@ -120,7 +120,7 @@ func getV1(t *testing.T, url string, out any) int {
 }
 
 // waitCaughtUp polls /readyz until every projection has no lag.
-func waitCaughtUp(t *testing.T, base string) {
+func waitCaughtUp(t testing.TB, base string) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
