@@ -10,7 +10,7 @@ import (
 
 	"github.com/stripe-ledger/stripe-ledger/api"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 )
 
 func getJSON(t *testing.T, url, token string) (int, map[string]any) {

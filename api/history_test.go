@@ -16,10 +16,10 @@ import (
 	"time"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
-	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
-	"github.com/stripe-ledger/stripe-ledger/eventlog/eventlogtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/eventlogtest"
 )
 
 // getV1 GETs path with the API token and returns the status and the raw body.
@@ -248,7 +248,7 @@ func TestEventsCSVStreamsEveryEvent(t *testing.T) {
 // TestStateAtEveryEventBoundary delivers generated customer lifecycles in a
 // shuffled order, with re-deliveries, and checks, at every instant one of a
 // customer's events was created (and one second before the first), that
-// state?at= is the fold, by domain.Replay as the projections do, of exactly
+// state?at= is the fold, by domaintest.Replay as the projections do, of exactly
 // the customer's events created up to that instant.
 func TestStateAtEveryEventBoundary(t *testing.T) {
 	t.Parallel()
@@ -288,7 +288,7 @@ func TestStateAtEveryEventBoundary(t *testing.T) {
 					prefix = append(prefix, d.Payload)
 				}
 			}
-			states, err := domain.Replay(prefix, testPlans)
+			states, err := domaintest.Replay(prefix, testPlans)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -13,8 +13,8 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/api"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb"
-	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb/esdbtest"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/esdbtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 )
 
 // TestWebhookBodyLimitOnESDB: on the EventStoreDB backend the webhook takes

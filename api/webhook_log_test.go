@@ -13,7 +13,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/api"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 	"github.com/stripe-ledger/stripe-ledger/internal/logtest"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 )
 
 // TestRejectedWebhookLogsOneWarning: each refused delivery is logged as one

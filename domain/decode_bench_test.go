@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
-	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
 )
 
 // BenchmarkDecode decodes domaintest's lifecycle events, in their realistic

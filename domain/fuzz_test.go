@@ -13,7 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
-	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
 )
 
 // The fuzz targets run for a few seconds each in `make test` (Makefile);

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
-	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
 )
 
 // decodeAll decodes every delivery, by event id.

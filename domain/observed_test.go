@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
+	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
 )
 
 const canceledSub = `{"id":"sub_obs","object":"subscription","customer":"cus_obs","status":"canceled",
@@ -40,7 +41,7 @@ func TestObservedSnapshotFoldsLikeAStripeSnapshot(t *testing.T) {
 	active := `{"id":"evt_active","object":"event","type":"customer.subscription.updated","api_version":"2023-10-16","created":1700000100,"account":"acct_1",
 	 "data":{"object":` + strings.Replace(strings.Replace(canceledSub, `"canceled"`, `"active"`, 1), `"canceled_at":1700000500,"ended_at":1700000500`, `"canceled_at":null,"ended_at":null`, 1) + `}}`
 	for _, order := range [][][]byte{{[]byte(active), payload}, {payload, []byte(active)}} {
-		states, err := domain.Replay(order, nil)
+		states, err := domaintest.Replay(order, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -2,7 +2,6 @@ package domain
 
 import (
 	"cmp"
-	"errors"
 	"time"
 )
 
@@ -110,35 +109,6 @@ type CustomerKey struct {
 // Compare orders keys by account, then id.
 func (k CustomerKey) Compare(o CustomerKey) int {
 	return cmp.Or(cmp.Compare(k.Account, o.Account), cmp.Compare(k.ID, o.ID))
-}
-
-// Replay decodes Stripe event payloads (as stored in the log) and folds them
-// into the state of each customer they name, keyed by account and customer id. Events of
-// types Decode does not handle, and facts that name no customer, are skipped.
-// Payloads that cannot be parsed or decoded are left out and their errors
-// returned, joined, next to the state folded from the others.
-func Replay(payloads [][]byte, plans Plans) (map[CustomerKey]*CustomerState, error) {
-	states := map[CustomerKey]*CustomerState{}
-	var errs []error
-	for _, payload := range payloads {
-		facts, err := Facts(payload, plans)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		for _, f := range facts {
-			if f.CustomerID == "" {
-				continue
-			}
-			st := states[f.Key()]
-			if st == nil {
-				st = &CustomerState{}
-				states[f.Key()] = st
-			}
-			st.Apply(f)
-		}
-	}
-	return states, errors.Join(errs...)
 }
 
 // Facts parses and decodes one stored Stripe event payload (ParseEnvelope,

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
-	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
 )
 
 func dump(t *testing.T, v any) string {
@@ -297,7 +297,7 @@ func TestFoldIsOrderIndependent(t *testing.T) {
 		var got map[domain.CustomerKey]*domain.CustomerState
 		switch {
 		case i%50 == 0:
-			if got, err = domain.Replay(payloads(redelivered), plans); err != nil {
+			if got, err = domaintest.Replay(payloads(redelivered), plans); err != nil {
 				t.Fatalf("permutation %d: Replay: %v", i, err)
 			}
 		default:
@@ -358,7 +358,7 @@ func TestFoldKeepsLatestSubscriptionSnapshot(t *testing.T) {
 	t.Parallel()
 	rng := rand.New(rand.NewPCG(7, 7))
 	deliveries := domaintest.Lifecycles(rng, 100)
-	states, err := domain.Replay(payloads(deliveries), nil)
+	states, err := domaintest.Replay(payloads(deliveries), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

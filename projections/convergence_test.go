@@ -10,8 +10,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
-	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
 )
 
 // TestConvergence delivers realistic lifecycles in many random orders, with
@@ -154,14 +154,14 @@ func (c decodeCache) batch(recs []eventlog.Record) *batch {
 	return b
 }
 
-// checkAgainstReplay compares the customers of schema with domain.Replay of ds.
+// checkAgainstReplay compares the customers of schema with domaintest.Replay of ds.
 func checkAgainstReplay(t *testing.T, pool *pgxpool.Pool, schema string, ds []domaintest.Delivery, plans domain.Plans) {
 	t.Helper()
 	payloads := make([][]byte, len(ds))
 	for i, d := range ds {
 		payloads[i] = d.Payload
 	}
-	states, err := domain.Replay(payloads, plans)
+	states, err := domaintest.Replay(payloads, plans)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,11 +17,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
+	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 	"github.com/stripe-ledger/stripe-ledger/internal/tcpproxy"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
 )
 
 // poison is an event that a projection cannot apply as it stands, for

@@ -14,8 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
 )
 
 func TestRunnerFollowsTheLog(t *testing.T) {

@@ -37,7 +37,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stripe/stripe-go/v76/webhook"
 
-	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
 )
 
 func main() {

@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 )
 
 // commandPaths lists every command and subcommand of the ledger, cobra's

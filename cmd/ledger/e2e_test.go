@@ -18,8 +18,8 @@ import (
 	"github.com/stripe/stripe-go/v76/webhook"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
-	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 )
 
 const e2eSecret, e2eToken = "whsec_e2e", "e2e-token"
@@ -199,11 +199,11 @@ func requireBothKinds(t *testing.T, want map[domain.CustomerKey]*domain.Customer
 	}
 }
 
-// requireReadModel checks the read API against the pure fold (domain.Replay)
+// requireReadModel checks the read API against the pure fold (domaintest.Replay)
 // of payloads for every customer, and returns that fold.
 func requireReadModel(t *testing.T, base string, payloads [][]byte, plans domain.Plans) map[domain.CustomerKey]*domain.CustomerState {
 	t.Helper()
-	want, err := domain.Replay(payloads, plans)
+	want, err := domaintest.Replay(payloads, plans)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
-	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
-	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb/esdbtest"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/esdbtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 )
 
 // TestEndToEndESDB runs the whole flow (signed POST, event log, projection,
@@ -32,7 +32,7 @@ func TestEndToEndESDB(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, err := domain.Replay(payloads, plans)
+	want, err := domaintest.Replay(payloads, plans)
 	if err != nil {
 		t.Fatal(err)
 	}

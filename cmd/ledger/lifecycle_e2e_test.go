@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
-	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 )
 
 // TestEndToEndLifecycleClasses posts every lifecycle class in every API

@@ -9,7 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }

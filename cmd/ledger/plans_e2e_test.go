@@ -20,8 +20,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
-	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
@@ -148,7 +148,7 @@ func TestPlansChangeRebuildsOrIsRefused(t *testing.T) {
 // replayPlans is every customer's plan in the pure fold of payloads with plans.
 func replayPlans(t *testing.T, payloads [][]byte, plans string) map[domain.CustomerKey]string {
 	t.Helper()
-	states, err := domain.Replay(payloads, mustPlans(t, plans))
+	states, err := domaintest.Replay(payloads, mustPlans(t, plans))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,9 +14,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
-	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
@@ -48,7 +48,7 @@ func TestRebuildUnderTraffic(t *testing.T) {
 
 	// What every early customer holds before the rebuild: never less after.
 	before := map[domain.CustomerKey]int{}
-	early, err := domain.Replay(payloads[:split], nil)
+	early, err := domaintest.Replay(payloads[:split], nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,8 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 )
 
 // TestServeSealsTheLog: ledger serve writes a seal every LEDGER_SEAL_INTERVAL

@@ -11,8 +11,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/stripe-ledger/stripe-ledger/internal/logtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 	"github.com/stripe-ledger/stripe-ledger/migrations"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
 )
 
 // TestServeRefusesMissingOrUnmigratedDatabase: serve without --migrate on a

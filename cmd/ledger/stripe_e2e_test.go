@@ -16,10 +16,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/stripe-ledger/stripe-ledger/domain/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 	"github.com/stripe-ledger/stripe-ledger/internal/stripeapi/stripefake"
 	"github.com/stripe-ledger/stripe-ledger/internal/stripeapi/stripemock"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
 )
 
 const stripeKey = "sk_test_4eC39HqLyjWDarjtT1zdp7dc"

@@ -15,9 +15,9 @@ import (
 	"github.com/stripe/stripe-go/v76/webhook"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
-	"github.com/stripe-ledger/stripe-ledger/eventlog/eventlogtest"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/eventlogtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 )
 
 const testSecret = "whsec_cmd_test"

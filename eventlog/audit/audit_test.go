@@ -16,9 +16,9 @@ import (
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
-	"github.com/stripe-ledger/stripe-ledger/eventlog/eventlogtest"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/eventlogtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }

@@ -10,7 +10,7 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	esdbclient "github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/shared"
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/streams"
 	"github.com/google/uuid"
@@ -204,9 +204,9 @@ func (l *Log) appendExpected(ctx context.Context, conn *pgxpool.Conn, e eventlog
 		if err != nil {
 			return eventlog.AppendResult{}, err
 		}
-		var prev *esdb.RecordedEvent // the event at *expected
+		var prev *esdbclient.RecordedEvent // the event at *expected
 		if expected != nil {
-			var next *esdb.RecordedEvent
+			var next *esdbclient.RecordedEvent
 			prev, next, err = l.around(ctx, client, stream, *expected)
 			if err != nil {
 				return eventlog.AppendResult{}, err
@@ -222,7 +222,7 @@ func (l *Log) appendExpected(ctx context.Context, conn *pgxpool.Conn, e eventlog
 			}
 		}
 		if expected == nil {
-			tail, err := l.readStream(ctx, client, stream, esdb.ReadStreamOptions{Direction: esdb.Backwards, From: esdb.End{}}, 1)
+			tail, err := l.readStream(ctx, client, stream, esdbclient.ReadStreamOptions{Direction: esdbclient.Backwards, From: esdbclient.End{}}, 1)
 			if err != nil {
 				return eventlog.AppendResult{}, err
 			}
@@ -238,13 +238,13 @@ func (l *Log) appendExpected(ctx context.Context, conn *pgxpool.Conn, e eventlog
 		}
 
 		prevHash := eventlog.GenesisHash
-		var want esdb.ExpectedRevision = esdb.NoStream{}
+		var want esdbclient.ExpectedRevision = esdbclient.NoStream{}
 		if prev != nil {
 			last, err := l.record(prev)
 			if err != nil {
 				return eventlog.AppendResult{}, err
 			}
-			prevHash, want = last.Hash, esdb.Revision(prev.EventNumber)
+			prevHash, want = last.Hash, esdbclient.Revision(prev.EventNumber)
 		}
 		data, err := l.eventData(e, id, payloadSHA[:], prevHash)
 		if err != nil {
@@ -257,10 +257,10 @@ func (l *Log) appendExpected(ctx context.Context, conn *pgxpool.Conn, e eventlog
 		// A detached append that lands after Append gave up leaves the id
 		// pending at this expected revision: every later attempt appends
 		// expecting it too, until another event takes the place after it.
-		wr, err := detach(ctx, l, client, func() (*esdb.WriteResult, error) {
-			return client.AppendToStream(leader(ctx), stream, esdb.AppendToStreamOptions{ExpectedRevision: want}, data)
+		wr, err := detach(ctx, l, client, func() (*esdbclient.WriteResult, error) {
+			return client.AppendToStream(leader(ctx), stream, esdbclient.AppendToStreamOptions{ExpectedRevision: want}, data)
 		}, nil)
-		if hasCode(err, esdb.ErrorCodeWrongExpectedVersion) && attempt < maxAppendAttempts {
+		if hasCode(err, esdbclient.ErrorCodeWrongExpectedVersion) && attempt < maxAppendAttempts {
 			if err := sleep(ctx, time.Duration(rand.Int64N(int64(min(attempt, 20))*int64(time.Millisecond)))); err != nil {
 				return eventlog.AppendResult{}, classify(err) // a deadline is unavailable, like any other
 			}
@@ -292,12 +292,12 @@ func (l *Log) moveClaim(ctx context.Context, conn *pgxpool.Conn, eventID string,
 
 // around reads the event at revision rev of stream (nil for noStream) and
 // the one after it, if any.
-func (l *Log) around(ctx context.Context, client *connection, stream string, rev int64) (at, next *esdb.RecordedEvent, err error) {
+func (l *Log) around(ctx context.Context, client *connection, stream string, rev int64) (at, next *esdbclient.RecordedEvent, err error) {
 	count := uint64(2)
 	if rev == noStream {
 		count = 1
 	}
-	events, err := l.readStream(ctx, client, stream, esdb.ReadStreamOptions{From: esdb.Revision(uint64(max(rev, 0)))}, count)
+	events, err := l.readStream(ctx, client, stream, esdbclient.ReadStreamOptions{From: esdbclient.Revision(uint64(max(rev, 0)))}, count)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -335,8 +335,8 @@ var _ eventlog.PayloadLimiter = (*Log)(nil)
 
 // appendSize is the size the server counts against MaxAppendSize for
 // event: its proposed message as EventStore-Client-Go v4 encodes it.
-func appendSize(event esdb.EventData) int {
-	most, least := esdb.UUIDAsInt64(event.EventID)
+func appendSize(event esdbclient.EventData) int {
+	most, least := esdbclient.UUIDAsInt64(event.EventID)
 	return proto.Size(&streams.AppendReq_ProposedMessage{
 		Id: &shared.UUID{Value: &shared.UUID_Structured_{Structured: &shared.UUID_Structured{
 			MostSignificantBits: most, LeastSignificantBits: least,
@@ -348,7 +348,7 @@ func appendSize(event esdb.EventData) int {
 }
 
 // eventData is the EventStoreDB event of e, chained after prevHash.
-func (l *Log) eventData(e eventlog.Event, id uuid.UUID, payloadSHA, prevHash []byte) (esdb.EventData, error) {
+func (l *Log) eventData(e eventlog.Event, id uuid.UUID, payloadSHA, prevHash []byte) (esdbclient.EventData, error) {
 	md, err := json.Marshal(Metadata{
 		StripeEventID: e.ID,
 		APIVersion:    e.APIVersion,
@@ -362,19 +362,19 @@ func (l *Log) eventData(e eventlog.Event, id uuid.UUID, payloadSHA, prevHash []b
 		Hash:          hex.EncodeToString(eventlog.ChainHash(prevHash, payloadSHA)),
 	})
 	if err != nil {
-		return esdb.EventData{}, err
+		return esdbclient.EventData{}, err
 	}
-	return esdb.EventData{
+	return esdbclient.EventData{
 		EventID:     id,
 		EventType:   e.Type,
-		ContentType: esdb.ContentTypeBinary,
+		ContentType: esdbclient.ContentTypeBinary,
 		Data:        e.Payload,
 		Metadata:    md,
 	}, nil
 }
 
 // storedAt reports an event found already stored.
-func storedAt(ev *esdb.RecordedEvent) eventlog.AppendResult {
+func storedAt(ev *esdbclient.RecordedEvent) eventlog.AppendResult {
 	return eventlog.AppendResult{Duplicate: true, StreamVersion: int64(ev.EventNumber), Position: position(ev.Position)}
 }
 

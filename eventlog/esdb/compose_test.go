@@ -6,7 +6,7 @@ import (
 	"strconv"
 	"testing"
 
-	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	esdbclient "github.com/EventStore/EventStore-Client-Go/v4/esdb"
 )
 
 // TestComposePinsASupportedServer: docker-compose.yml runs a pinned KurrentDB
@@ -26,7 +26,7 @@ func TestComposePinsASupportedServer(t *testing.T) {
 		t.Fatalf("the kurrentdb image tag %q is not a release (major.minor.patch)", m[1])
 	}
 	num := func(s string) int { n, _ := strconv.Atoi(s); return n }
-	if version := (esdb.ServerVersion{Major: num(v[1]), Minor: num(v[2]), Patch: num(v[3])}); !supportedVersion(version) {
+	if version := (esdbclient.ServerVersion{Major: num(v[1]), Minor: num(v[2]), Patch: num(v[3])}); !supportedVersion(version) {
 		t.Errorf("the kurrentdb image %s is not a supported server (%s)", m[1], SupportedServers)
 	}
 }

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
-	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb/esdbtest"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/esdbtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 )
 
 // TestGiveUpReleasesStuckCalls pins the EventStore-Client-Go v4.2.0 failure

@@ -7,7 +7,7 @@ import (
 	"io"
 	"strings"
 
-	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	esdbclient "github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -24,7 +24,7 @@ func classify(err error) error {
 	case status.Code(err) == codes.InvalidArgument && strings.Contains(err.Error(), "Maximum Append Size"):
 		// A server configured with a smaller MaxAppendSize than the default.
 		return fmt.Errorf("%w: %w", eventlog.ErrTooLarge, err)
-	case hasCode(err, esdb.ErrorCodeStreamDeleted):
+	case hasCode(err, esdbclient.ErrorCodeStreamDeleted):
 		return fmt.Errorf("%w: %w", ErrStreamDeleted, err)
 	case denied(err):
 		// Access is an operator's fix; until then Stripe retries.
@@ -37,15 +37,15 @@ func unavailable(err error) bool {
 	if errors.Is(err, errStuck) || errors.Is(err, errRetired) || errors.Is(err, context.DeadlineExceeded) {
 		return true
 	}
-	if e, ok := errors.AsType[*esdb.Error](err); ok {
+	if e, ok := errors.AsType[*esdbclient.Error](err); ok {
 		switch e.Code() {
-		case esdb.ErrorUnavailable, esdb.ErrorCodeNotLeader, esdb.ErrorCodeDeadlineExceeded, esdb.ErrorCodeConnectionClosed,
-			esdb.ErrorAborted: // a write that timed out before replication, or a forward to the leader that timed out
+		case esdbclient.ErrorUnavailable, esdbclient.ErrorCodeNotLeader, esdbclient.ErrorCodeDeadlineExceeded, esdbclient.ErrorCodeConnectionClosed,
+			esdbclient.ErrorAborted: // a write that timed out before replication, or a forward to the leader that timed out
 			return true
 		}
 	}
 	// Some calls (the Read that starts ReadStream and ReadAll, a dropped
-	// subscription) return the gRPC error without an *esdb.Error around it.
+	// subscription) return the gRPC error without an *esdbclient.Error around it.
 	switch status.Code(err) {
 	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
 		return true
@@ -65,9 +65,9 @@ func unavailable(err error) bool {
 // database from a backup taken before the deletion.
 var ErrStreamDeleted = errors.New("the stream is deleted in EventStoreDB; the ledger refuses to write or read a deleted stream")
 
-// hasCode reports whether err is or wraps an *esdb.Error with code.
-func hasCode(err error, code esdb.ErrorCode) bool {
-	e, ok := errors.AsType[*esdb.Error](err)
+// hasCode reports whether err is or wraps an *esdbclient.Error with code.
+func hasCode(err error, code esdbclient.ErrorCode) bool {
+	e, ok := errors.AsType[*esdbclient.Error](err)
 	return ok && e.Code() == code
 }
 

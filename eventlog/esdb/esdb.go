@@ -97,7 +97,7 @@
 //
 // # Errors
 //
-// Client errors are classified with errors.As on *esdb.Error (esdb.FromError
+// Client errors are classified with errors.As on *esdbclient.Error (esdbclient.FromError
 // misses wrapped errors) and, for the raw gRPC errors some calls return, on
 // the gRPC status: unavailable, not leader, deadline exceeded, aborted (a
 // write that timed out before it was replicated, or a follower's forward to
@@ -131,7 +131,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	esdbclient "github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc/metadata"
@@ -153,7 +153,7 @@ func EventID(stripeEventID string) uuid.UUID {
 // The guard pool belongs to the caller: Close does not close it. Stop every
 // Subscribe (cancel its context) before Close.
 type Log struct {
-	config *esdb.Configuration
+	config *esdbclient.Configuration
 	guard  *pgxpool.Pool
 	logger *slog.Logger
 	prefix string
@@ -232,11 +232,11 @@ func open(connectionString string, guard *pgxpool.Pool, logger *slog.Logger, opt
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	cfg, err := esdb.ParseConnectionString(connectionString)
+	cfg, err := esdbclient.ParseConnectionString(connectionString)
 	if err != nil {
 		return nil, fmt.Errorf("esdb event log: parse connection string: %w", err)
 	}
-	cfg.Logger = func(level esdb.LogLevel, format string, args ...any) {
+	cfg.Logger = func(level esdbclient.LogLevel, format string, args ...any) {
 		logger.Debug(fmt.Sprintf(format, args...), "component", "esdb-client", "client_level", level)
 	}
 	client, err := newConnection(cfg)
@@ -255,12 +255,12 @@ var _ eventlog.Log = (*Log)(nil)
 // connection is one client of the Log, from its creation until the Log
 // replaces it (or closes).
 type connection struct {
-	*esdb.Client
+	*esdbclient.Client
 	retired chan struct{} // closed when the Log stops using the client
 }
 
-func newConnection(cfg *esdb.Configuration) (*connection, error) {
-	c, err := esdb.NewClient(cfg)
+func newConnection(cfg *esdbclient.Configuration) (*connection, error) {
+	c, err := esdbclient.NewClient(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -326,7 +326,7 @@ const discoveryGaveUp = "maximum discovery attempt count reached"
 // unusable reports whether err says that the client it came from can serve
 // no more calls.
 func unusable(err error) bool {
-	return hasCode(err, esdb.ErrorCodeConnectionClosed) || errors.Is(err, errStuck) ||
+	return hasCode(err, esdbclient.ErrorCodeConnectionClosed) || errors.Is(err, errStuck) ||
 		(err != nil && strings.Contains(err.Error(), discoveryGaveUp))
 }
 

@@ -9,9 +9,9 @@ import (
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb"
-	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb/esdbtest"
-	"github.com/stripe-ledger/stripe-ledger/eventlog/eventlogtest"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/esdbtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/eventlogtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }

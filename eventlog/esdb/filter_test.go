@@ -4,8 +4,8 @@ import (
 	"testing"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
-	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb/esdbtest"
-	"github.com/stripe-ledger/stripe-ledger/eventlog/eventlogtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/esdbtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/eventlogtest"
 )
 
 // TestReadsFilterOnTheServer: in a database that holds far more of other

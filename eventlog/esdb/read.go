@@ -9,7 +9,7 @@ import (
 	"io"
 	"strings"
 
-	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	esdbclient "github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
@@ -37,7 +37,7 @@ func (l *Log) readStreamRecords(ctx context.Context, stream string, fromVersion 
 		return nil, err
 	}
 	events, err := l.readStream(ctx, client, l.streamName(stream),
-		esdb.ReadStreamOptions{From: esdb.Revision(uint64(max(fromVersion, 0)))}, uint64(limit))
+		esdbclient.ReadStreamOptions{From: esdbclient.Revision(uint64(max(fromVersion, 0)))}, uint64(limit))
 	if err != nil {
 		return nil, err
 	}
@@ -151,29 +151,29 @@ func after(p, from eventlog.Position) bool {
 	return from == eventlog.Start || from.Less(p)
 }
 
-func position(p esdb.Position) eventlog.Position {
+func position(p esdbclient.Position) eventlog.Position {
 	return eventlog.Position{Commit: p.Commit, Prepare: p.Prepare}
 }
 
 // readStream reads up to count events of an EventStoreDB stream; a stream
 // that does not exist reads as empty.
-func (l *Log) readStream(ctx context.Context, client *connection, stream string, opts esdb.ReadStreamOptions, count uint64) ([]*esdb.RecordedEvent, error) {
-	events, err := l.read(ctx, client, func() (*esdb.ReadStream, error) { return client.ReadStream(leader(ctx), stream, opts, count) })
-	if hasCode(err, esdb.ErrorCodeResourceNotFound) {
+func (l *Log) readStream(ctx context.Context, client *connection, stream string, opts esdbclient.ReadStreamOptions, count uint64) ([]*esdbclient.RecordedEvent, error) {
+	events, err := l.read(ctx, client, func() (*esdbclient.ReadStream, error) { return client.ReadStream(leader(ctx), stream, opts, count) })
+	if hasCode(err, esdbclient.ErrorCodeResourceNotFound) {
 		return nil, nil
 	}
 	return events, err
 }
 
 // read runs a read and drains it (detached, see detach), classifying its failure.
-func (l *Log) read(ctx context.Context, client *connection, open func() (*esdb.ReadStream, error)) ([]*esdb.RecordedEvent, error) {
-	events, err := detach(ctx, l, client, func() ([]*esdb.RecordedEvent, error) {
+func (l *Log) read(ctx context.Context, client *connection, open func() (*esdbclient.ReadStream, error)) ([]*esdbclient.RecordedEvent, error) {
+	events, err := detach(ctx, l, client, func() ([]*esdbclient.RecordedEvent, error) {
 		rs, err := open()
 		if err != nil {
 			return nil, err
 		}
 		defer rs.Close()
-		var events []*esdb.RecordedEvent
+		var events []*esdbclient.RecordedEvent
 		for {
 			ev, err := rs.Recv()
 			if errors.Is(err, io.EOF) {
@@ -195,8 +195,8 @@ func (l *Log) read(ctx context.Context, client *connection, open func() (*esdb.R
 // not the ledger's: where a filtered subscription that has delivered every
 // ledger event before pos may checkpoint.
 func (l *Log) skippedAt(ctx context.Context, client *connection, pos eventlog.Position) (bool, error) {
-	events, err := l.read(ctx, client, func() (*esdb.ReadStream, error) {
-		return client.ReadAll(leader(ctx), esdb.ReadAllOptions{From: esdb.Position{Commit: pos.Commit, Prepare: pos.Prepare}}, 1)
+	events, err := l.read(ctx, client, func() (*esdbclient.ReadStream, error) {
+		return client.ReadAll(leader(ctx), esdbclient.ReadAllOptions{From: esdbclient.Position{Commit: pos.Commit, Prepare: pos.Prepare}}, 1)
 	})
 	if err != nil {
 		return false, err
@@ -207,7 +207,7 @@ func (l *Log) skippedAt(ctx context.Context, client *connection, pos eventlog.Po
 // ledgerEvent reports whether an event of $all is one the Log wrote: in a
 // stream under its prefix, not a system event, with metadata naming a
 // Stripe event id whose EventID is the event's id.
-func (l *Log) ledgerEvent(ev *esdb.RecordedEvent) bool {
+func (l *Log) ledgerEvent(ev *esdbclient.RecordedEvent) bool {
 	var md Metadata
 	return strings.HasPrefix(ev.StreamID, l.prefix) && !strings.HasPrefix(ev.EventType, "$") &&
 		json.Unmarshal(ev.UserMetadata, &md) == nil && md.StripeEventID != "" && EventID(md.StripeEventID) == ev.EventID
@@ -219,7 +219,7 @@ func (l *Log) ledgerEvent(ev *esdb.RecordedEvent) bool {
 // $streamDeleted record a tombstone leaves, other system events, and events
 // of another application whose stream names happen to start with the
 // prefix. A ledger event that does not decode is an error.
-func (l *Log) decode(ev *esdb.RecordedEvent) (r eventlog.Record, ok bool, err error) {
+func (l *Log) decode(ev *esdbclient.RecordedEvent) (r eventlog.Record, ok bool, err error) {
 	if !l.ledgerEvent(ev) {
 		_, seen := l.skipped.LoadOrStore(ev.StreamID, true)
 		switch {
@@ -238,7 +238,7 @@ func (l *Log) decode(ev *esdb.RecordedEvent) (r eventlog.Record, ok bool, err er
 }
 
 // record decodes an event the Log wrote.
-func (l *Log) record(ev *esdb.RecordedEvent) (eventlog.Record, error) {
+func (l *Log) record(ev *esdbclient.RecordedEvent) (eventlog.Record, error) {
 	var md Metadata
 	if err := json.Unmarshal(ev.UserMetadata, &md); err != nil {
 		return eventlog.Record{}, fmt.Errorf("event %s in %s at %d: metadata: %w", ev.EventID, ev.StreamID, ev.EventNumber, err)

@@ -7,7 +7,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	esdbclient "github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -22,7 +22,7 @@ import (
 const SupportedServers = "KurrentDB 24.10.5 or later in 24.10, 25.0.1 or later, 25.1 and later releases"
 
 // supportedVersion reports whether a server of version v has both checkpoint fixes.
-func supportedVersion(v esdb.ServerVersion) bool {
+func supportedVersion(v esdbclient.ServerVersion) bool {
 	switch {
 	case v.Major == 24:
 		return v.Minor == 10 && v.Patch >= 5
@@ -54,8 +54,8 @@ func (l *Log) checkServer(ctx context.Context) error {
 	if !supportedVersion(*v) {
 		return fmt.Errorf("the server is version %d.%d.%d; the ledger needs %s", v.Major, v.Minor, v.Patch, SupportedServers)
 	}
-	if _, err := l.read(ctx, client, func() (*esdb.ReadStream, error) {
-		return client.ReadAll(leader(ctx), esdb.ReadAllOptions{Direction: esdb.Backwards, From: esdb.End{}}, 1)
+	if _, err := l.read(ctx, client, func() (*esdbclient.ReadStream, error) {
+		return client.ReadAll(leader(ctx), esdbclient.ReadAllOptions{Direction: esdbclient.Backwards, From: esdbclient.End{}}, 1)
 	}); err != nil {
 		return err
 	}
@@ -99,5 +99,5 @@ func (l *Log) streamPrefix(ctx context.Context, configured string) (string, erro
 
 // denied reports a PermissionDenied from the server.
 func denied(err error) bool {
-	return hasCode(err, esdb.ErrorCodeAccessDenied) || status.Code(err) == codes.PermissionDenied
+	return hasCode(err, esdbclient.ErrorCodeAccessDenied) || status.Code(err) == codes.PermissionDenied
 }

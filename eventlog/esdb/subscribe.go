@@ -6,7 +6,7 @@ import (
 	"math"
 	"time"
 
-	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	esdbclient "github.com/EventStore/EventStore-Client-Go/v4/esdb"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 )
@@ -64,14 +64,14 @@ func (l *Log) SubscribeCheckpoints(ctx context.Context, from eventlog.Position, 
 }
 
 // subscribeOptions subscribes to the ledger's events in $all after from.
-func (l *Log) subscribeOptions(from eventlog.Position) esdb.SubscribeToAllOptions {
-	opts := esdb.SubscribeToAllOptions{
-		From:               esdb.Start{},
-		Filter:             &esdb.SubscriptionFilter{Type: esdb.StreamFilterType, Prefixes: []string{l.prefix}},
+func (l *Log) subscribeOptions(from eventlog.Position) esdbclient.SubscribeToAllOptions {
+	opts := esdbclient.SubscribeToAllOptions{
+		From:               esdbclient.Start{},
+		Filter:             &esdbclient.SubscriptionFilter{Type: esdbclient.StreamFilterType, Prefixes: []string{l.prefix}},
 		CheckpointInterval: checkpointIntervalMultiplier,
 	}
 	if from != eventlog.Start {
-		opts.From = esdb.Position{Commit: from.Commit, Prepare: from.Prepare}
+		opts.From = esdbclient.Position{Commit: from.Commit, Prepare: from.Prepare}
 	}
 	return opts
 }
@@ -96,14 +96,14 @@ func (s *subscription) follow(ctx context.Context) error {
 		return stopError{err}
 	}
 	opts := s.log.subscribeOptions(s.resume)
-	sub, err := detach(ctx, s.log, client, func() (*esdb.Subscription, error) { return client.SubscribeToAll(leader(ctx), opts) },
-		func(sub *esdb.Subscription) { _ = sub.Close() })
+	sub, err := detach(ctx, s.log, client, func() (*esdbclient.Subscription, error) { return client.SubscribeToAll(leader(ctx), opts) },
+		func(sub *esdbclient.Subscription) { _ = sub.Close() })
 	if err != nil {
 		return classify(err)
 	}
 
 	// The reader goroutine lets follow batch what has already arrived.
-	events := make(chan *esdb.SubscriptionEvent, s.log.batch)
+	events := make(chan *esdbclient.SubscriptionEvent, s.log.batch)
 	done := make(chan struct{})
 	readerCtx, stopReader := context.WithCancel(ctx)
 	go func() {
@@ -140,7 +140,7 @@ func (s *subscription) follow(ctx context.Context) error {
 		return nil
 	}
 	for {
-		var ev *esdb.SubscriptionEvent
+		var ev *esdbclient.SubscriptionEvent
 		select {
 		case ev = <-events:
 		case <-ctx.Done():

@@ -7,9 +7,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/stripe-ledger/stripe-ledger/eventlog/eventlogtest"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/eventlogtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 )
 
 // TestEventsAreAppendOnly: the triggers of migration 004 refuse every change

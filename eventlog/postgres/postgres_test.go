@@ -18,9 +18,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
-	"github.com/stripe-ledger/stripe-ledger/eventlog/eventlogtest"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/eventlogtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }

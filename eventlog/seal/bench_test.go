@@ -8,10 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stripe-ledger/stripe-ledger/eventlog/eventlogtest"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/seal"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/eventlogtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 )
 
 // BenchmarkSeal100kStreams seals a log of 100,000 streams (three records

@@ -10,10 +10,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 	"github.com/stripe-ledger/stripe-ledger/internal/stripeapi"
 	"github.com/stripe-ledger/stripe-ledger/internal/stripeapi/stripefake"
 	"github.com/stripe-ledger/stripe-ledger/internal/stripesync"
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }

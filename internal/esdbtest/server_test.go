@@ -11,7 +11,7 @@ import (
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/google/uuid"
 
-	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb/esdbtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/esdbtest"
 )
 
 // These tests hold the double to the behaviour the real client sees from a
