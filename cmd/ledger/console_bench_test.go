@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stripe-ledger/stripe-ledger/migrations/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 )
 
 // BenchmarkConsoleCustomerPage renders the console's page of a customer
