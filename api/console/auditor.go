@@ -122,38 +122,21 @@ func (c *Console) handleCustomer(ec echo.Context) error {
 
 // timelinePage reads the history newest first: the limit records positioned
 // before `before` (nil: the newest), how many records the history holds,
-// and the cursor of the next older page (nil: none). It reads the whole
-// history once, keeping limit+1 records.
-func (c *Console) timelinePage(ctx context.Context, streams []string, before *eventlog.Position, limit int) ([]timelineEntry, int, *eventlog.Position, error) {
-	ring := make([]eventlog.Record, 0, limit+1)
-	total, kept := 0, 0
-	err := audit.EachInStreams(ctx, c.cfg.Log, streams, eventlog.Start, audit.BatchSize, func(batch []eventlog.Record) error {
-		for _, r := range batch {
-			total++
-			if before != nil && !r.Position.Less(*before) {
-				continue
-			}
-			kept++
-			if len(ring) == limit+1 {
-				copy(ring, ring[1:])
-				ring = ring[:limit]
-			}
-			ring = append(ring, r)
-		}
-		return nil
-	})
+// and the cursor of the next older page (nil: none).
+func (c *Console) timelinePage(ctx context.Context, streams []string, before *eventlog.Position, limit int) ([]timelineEntry, int64, *eventlog.Position, error) {
+	recs, total, err := audit.ReadStreamsBefore(ctx, c.cfg.Log, streams, before, limit+1)
 	if err != nil {
 		return nil, 0, nil, err
 	}
 	var older *eventlog.Position
-	if len(ring) > limit {
-		ring = ring[1:]
-		p := ring[0].Position
+	if len(recs) > limit {
+		recs = recs[1:]
+		p := recs[0].Position
 		older = &p
 	}
-	page := make([]timelineEntry, 0, len(ring))
-	for i := len(ring) - 1; i >= 0; i-- {
-		page = append(page, timelineEntry{Record: ring[i], Signature: audit.SignatureStatus(ring[i], c.cfg.WebhookSecrets)})
+	page := make([]timelineEntry, 0, len(recs))
+	for i := len(recs) - 1; i >= 0; i-- {
+		page = append(page, timelineEntry{Record: recs[i], Signature: audit.SignatureStatus(recs[i], c.cfg.WebhookSecrets)})
 	}
 	return page, total, older, nil
 }

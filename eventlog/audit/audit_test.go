@@ -7,6 +7,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -269,5 +270,55 @@ func TestCSVWriter(t *testing.T) {
 	buf.Reset()
 	if err := audit.NewCSVWriter(&buf).Flush(); err != nil || buf.String() != strings.Join(audit.CSVHeader, ",")+"\n" {
 		t.Errorf("empty CSV = %q, %v; want the header alone", buf.String(), err)
+	}
+}
+
+// TestReadStreamsBeforePagesNewestFirst interleaves three streams of
+// different lengths (one empty) and pages them newest first at several page
+// sizes: the pages, oldest page last, must be the merged history reversed.
+func TestReadStreamsBeforePagesNewestFirst(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, _ := pgtest.NewPool(t)
+	l := postgres.New(pool, nil)
+	streams := []string{eventlogtest.NewStream("page"), eventlogtest.NewStream("page"), eventlogtest.NewStream("page"), eventlogtest.NewStream("page")}
+	for i := range 23 {
+		if _, err := l.Append(ctx, eventlogtest.NewEvent(streams[[]int{0, 0, 1, 2, 0, 1}[i%6]])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var all []string
+	if err := audit.EachInStreams(ctx, l, streams, eventlog.Start, 7, func(b []eventlog.Record) error {
+		for _, r := range b {
+			all = append(all, r.ID)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, limit := range []int{1, 4, 5, 22, 23, 100} {
+		var got []string
+		var before *eventlog.Position
+		for pages := 0; ; pages++ {
+			recs, total, err := audit.ReadStreamsBefore(ctx, l, streams, before, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if total != 23 || len(recs) > limit || pages > 30 {
+				t.Fatalf("limit %d: page of %d, total %d", limit, len(recs), total)
+			}
+			if len(recs) == 0 {
+				break
+			}
+			for i := len(recs) - 1; i >= 0; i-- {
+				got = append(got, recs[i].ID)
+			}
+			p := recs[0].Position
+			before = &p
+		}
+		slices.Reverse(got)
+		if !slices.Equal(got, all) {
+			t.Errorf("limit %d: pages newest first, reversed, are\n%v\nwant the history\n%v", limit, got, all)
+		}
 	}
 }

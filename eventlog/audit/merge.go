@@ -3,6 +3,8 @@ package audit
 import (
 	"context"
 	"errors"
+	"math"
+	"slices"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 )
@@ -127,4 +129,49 @@ func firstAfter(ctx context.Context, l eventlog.Log, stream string, pos eventlog
 		}
 	}
 	return lo, nil
+}
+
+// endOfLog is after every position a record can have.
+var endOfLog = eventlog.Position{Commit: math.MaxUint64, Prepare: math.MaxUint64}
+
+// ReadStreamsBefore is a page of a history read newest first: up to limit
+// records of streams positioned before `before` (nil: the newest), in global
+// order, and total, how many records the streams hold. It reads at most
+// limit records of each stream plus O(log n) one-record reads to find where
+// each stream ends, so a page costs the same however long the history is.
+func ReadStreamsBefore(ctx context.Context, l eventlog.Log, streams []string, before *eventlog.Position, limit int) (recs []eventlog.Record, total int64, err error) {
+	for _, s := range streams {
+		length, err := firstAfter(ctx, l, s, endOfLog)
+		if err != nil {
+			return nil, 0, err
+		}
+		total += length
+		end := length
+		if before != nil {
+			if end, err = firstAfter(ctx, l, s, *before); err != nil {
+				return nil, 0, err
+			}
+		}
+		// One more than limit: the record at `before` itself may be among them.
+		from := max(0, end-int64(limit)-1)
+		if end == from {
+			continue
+		}
+		batch, err := l.ReadStream(ctx, s, from, int(end-from))
+		if err != nil {
+			return nil, 0, err
+		}
+		batch = slices.DeleteFunc(batch, func(r eventlog.Record) bool { return before != nil && !r.Position.Less(*before) })
+		recs = append(recs, batch[max(0, len(batch)-limit):]...)
+	}
+	slices.SortFunc(recs, func(a, b eventlog.Record) int {
+		if a.Position.Less(b.Position) {
+			return -1
+		}
+		if b.Position.Less(a.Position) {
+			return 1
+		}
+		return 0
+	})
+	return recs[max(0, len(recs)-limit):], total, nil
 }
