@@ -226,9 +226,24 @@ func TestConsole(t *testing.T) {
 		t.Errorf("verify after tampering: want FAIL naming evt_ch_go:\n%s", page)
 	}
 
-	// Engineers: projections, and the diff as a table; logout ends the session.
-	if resp, page = b.do(http.MethodGet, "/console/projections", nil); resp.StatusCode != http.StatusOK || !strings.Contains(page, "billing") {
-		t.Errorf("projections: %d\n%s", resp.StatusCode, page)
+	// Engineers: projections with a dead letter and its error, its retry
+	// (it fails again: nothing was fixed), the diff as a table; logout ends the session.
+	deliver(t, base, poisonPayload("evt_poison_console", "invoice.paid",
+		`{"id":"in_poison_console","object":"invoice","customer":"`+customer+`","status":"paid","amount_due":"a lot"}`))
+	waitCaughtUp(t, base)
+	if resp, page = b.do(http.MethodGet, "/console/projections", nil); resp.StatusCode != http.StatusOK || !strings.Contains(page, "billing") ||
+		!strings.Contains(page, "evt_poison_console") || !strings.Contains(page, `aria-label="Retry evt_poison_console"`) {
+		t.Errorf("projections: %d, want billing and the dead letter with a retry button\n%s", resp.StatusCode, page)
+	}
+	if resp, page = b.do(http.MethodPost, "/console/projections/retry", url.Values{"csrf": {csrf}, "event_id": {"evt_poison_console"}}); resp.StatusCode != http.StatusOK ||
+		!strings.Contains(page, "0 applied, 1 failed again") {
+		t.Errorf("retry: %d, want 1 failed again\n%s", resp.StatusCode, page)
+	}
+	if resp, _ = b.do(http.MethodPost, "/console/projections/retry", url.Values{"csrf": {csrf}, "event_id": {"evt_not_dead"}}); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("retry of an event that is no dead letter: %d, want 404", resp.StatusCode)
+	}
+	if resp, _ = b.do(http.MethodPost, "/console/projections/retry", url.Values{"event_id": {"evt_poison_console"}}); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("retry without CSRF: %d, want 403", resp.StatusCode)
 	}
 	if _, page = b.do(http.MethodPost, "/console/projections/diff", url.Values{"csrf": {csrf}}); !strings.Contains(page, `id="diff-result"`) {
 		t.Errorf("diff: no result:\n%s", page)
@@ -297,6 +312,9 @@ func TestConsoleInChromium(t *testing.T) {
 	base := startService(t, env("DATABASE_URL", dbURL, "STRIPE_WEBHOOK_SECRET", e2eSecret, "LEDGER_API_TOKEN", e2eToken,
 		"LEDGER_SEAL_INTERVAL", "0"))
 	customer := consoleScenario(t, base, "browser", 55)
+	deliver(t, base, poisonPayload("evt_poison_browser", "invoice.paid",
+		`{"id":"in_poison_browser","object":"invoice","customer":"`+customer+`","status":"paid","amount_due":"a lot"}`))
+	waitCaughtUp(t, base)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

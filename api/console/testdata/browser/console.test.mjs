@@ -117,6 +117,7 @@ try {
   check(await page.locator("table.timeline").getByText("charge.dispute.created").count() === 0, "the dispute is older than the first page");
   check((await page.getByText("needs_response").count()) > 0, "the customer's state lists the dispute");
   check((await page.locator(".sig-valid").count()) === 50, "every delivered event's signature is valid");
+  check((await timeline.first().textContent()).includes("evt_poison_browser"), "the newest event comes first");
   check(await page.evaluate(() => !document.body.innerHTML.includes("<script>alert")), "a hostile customer name is text, not markup");
   await a11y(page, "customer");
   await shot(page, "customer");
@@ -124,7 +125,7 @@ try {
   // Pagination: older events, then back to the newest.
   await page.click("a[rel=next]");
   const older = await timeline.count();
-  check(older === 10, `the second page holds the 10 oldest events (${older})`);
+  check(older === 11, `the second page holds the 11 oldest events (${older})`);
   check((await page.locator("table.timeline").getByText("charge.dispute.created").count()) === 1, "the older page shows the dispute");
   check((await page.locator("table.timeline").getByText("object-dispute-dp_browser").count()) === 1, "the dispute names its linked stream");
   check((await page.locator("a[rel=next]").count()) === 0, "the oldest page has no older link");
@@ -181,6 +182,11 @@ try {
   // Engineers: projections, and the diff as a table.
   await page.goto(`${BASE_URL}/console/projections`);
   check((await page.locator("table tbody tr", { hasText: "billing" }).count()) === 1, "the projections page lists billing");
+  const letter = page.locator("tr", { hasText: "evt_poison_browser" });
+  check((await letter.count()) === 1, "the dead letter is listed");
+  await letter.getByRole("button", { name: "Retry evt_poison_browser" }).click();
+  await page.waitForSelector("#retry-result");
+  check((await page.locator("#retry-result").textContent()).includes("1 failed again"), "retrying the poison event fails again");
   await page.click("#diff");
   await page.waitForSelector("#diff-result");
   check((await page.locator("#diff-result").count()) === 1, "the diff shows its result");
