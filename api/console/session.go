@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"net/http"
 	"net/url"
+	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -111,10 +112,19 @@ func (c *Console) requireSession(next echo.HandlerFunc) echo.HandlerFunc {
 			s, ok = c.keys.decode(ck.Value, c.cfg.Now())
 		}
 		if !ok {
+			// A form posted without a session changes nothing; after login the
+			// browser goes back to the page the form was on, not to the POST.
+			next := ec.Request().URL.RequestURI()
 			if ec.Request().Method != http.MethodGet {
-				return &pageError{http.StatusForbidden, "Your session has ended; log in again."}
+				next = path.Dir(ec.Request().URL.Path) + "/"
+				if strings.HasPrefix(ec.Path(), Prefix+"/customers/:id/") {
+					next = path.Dir(ec.Request().URL.Path)
+				}
+				if q := ec.Request().URL.RawQuery; q != "" {
+					next += "?" + q
+				}
 			}
-			return ec.Redirect(http.StatusSeeOther, Prefix+"/login?next="+url.QueryEscape(ec.Request().URL.RequestURI()))
+			return ec.Redirect(http.StatusSeeOther, Prefix+"/login?next="+url.QueryEscape(next))
 		}
 		if ec.Request().Method == http.MethodPost && !c.validCSRF(ec, c.keys.csrfToken(s)) {
 			return &pageError{http.StatusForbidden, "This form is missing its CSRF token or carries a wrong one; reload the page and try again."}

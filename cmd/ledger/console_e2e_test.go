@@ -145,8 +145,9 @@ func TestConsole(t *testing.T) {
 			t.Errorf("GET %s unauthenticated: %d to %q, want 303 to the login page", path, resp.StatusCode, loc)
 		}
 	}
-	if resp, _ := b.do(http.MethodPost, "/console/customers/"+customer+"/verify", url.Values{}); resp.StatusCode != http.StatusForbidden {
-		t.Errorf("POST verify unauthenticated: %d, want 403", resp.StatusCode)
+	if resp, _ := b.do(http.MethodPost, "/console/customers/"+customer+"/verify", url.Values{}); resp.StatusCode != http.StatusSeeOther ||
+		resp.Header.Get("Location") != "/console/login?next="+url.QueryEscape("/console/customers/"+customer) {
+		t.Errorf("POST verify unauthenticated: %d to %q, want 303 to the login page, then the customer's", resp.StatusCode, resp.Header.Get("Location"))
 	}
 
 	// Login: without its CSRF token 403, a wrong token the form again, the right one a session.
