@@ -59,7 +59,9 @@ type builder struct {
 	logger    *slog.Logger
 	metrics   *metrics
 	progress  func(Progress) // nil: no reports
-	batchSize int
+	batchSize int            // records per transaction of catchUp
+	fillChunk int            // records per read of fill; 0: fillChunk
+	fillMax   int            // objects fill holds before it writes them; 0: fillMaxObjects
 }
 
 // build makes a new schema of b.p live. With fill it first folds the whole
@@ -76,7 +78,7 @@ func (b *builder) build(ctx context.Context, fill bool) error {
 	pos := eventlog.Start
 	if fill {
 		b.logger.InfoContext(ctx, "building projection beside the live one", "version", b.p.Version, "schema", schema)
-		if pos, err = b.catchUp(ctx, schema, eventlog.Start, nil); err != nil {
+		if pos, err = b.fill(ctx, schema, nil); err != nil {
 			return err
 		}
 		// Readers get a good plan from the first query after the swap.
@@ -145,21 +147,36 @@ func (b *builder) dropSchema(ctx context.Context, schema string) error {
 
 // catchUp folds the records after from into schema, one transaction per
 // batch, until it meets the head (or passes until, when set), and returns
-// the position of the last record folded. Reading, decoding and writing
-// overlap.
+// the position of the last record folded.
 func (b *builder) catchUp(ctx context.Context, schema string, from eventlog.Position, until *eventlog.Position) (eventlog.Position, error) {
+	pos, err := b.foldLog(ctx, from, until, b.batchSize, func(ctx context.Context, bt *batch) (*batch, error) {
+		return foldBatch(ctx, b.pool, b.logger, b.p, schema, bt, nil)
+	}, nil)
+	if err != nil {
+		return from, fmt.Errorf("build %s: %w", schema, err)
+	}
+	return pos, nil
+}
+
+// foldLog reads the records after from in batches of size until it meets
+// the head (or passes until, when set), decodes each and hands it to apply,
+// which returns the batch as applied; then it calls finish, when given. It
+// reports progress and metrics, and returns the position of the last record
+// applied. Reading, decoding and applying overlap: each stage hands the next
+// one batch ahead.
+func (b *builder) foldLog(ctx context.Context, from eventlog.Position, until *eventlog.Position, size int,
+	apply func(context.Context, *batch) (*batch, error), finish func(context.Context) error) (eventlog.Position, error) {
 	start := time.Now()
 	total, err := b.log.CountAfter(ctx, eventlog.Start)
 	if err != nil {
 		return from, err
 	}
-	// Three stages: read, decode, fold; each hands the next one batch ahead.
 	g, gctx := errgroup.WithContext(ctx)
 	read, batches := make(chan []eventlog.Record, 1), make(chan *batch, 1)
 	g.Go(func() error {
 		defer close(read)
 		for pos := from; ; {
-			recs, done, err := b.read(gctx, pos, until)
+			recs, done, err := b.read(gctx, pos, until, size)
 			if err != nil || len(recs) == 0 {
 				return err
 			}
@@ -188,7 +205,7 @@ func (b *builder) catchUp(ctx context.Context, schema string, from eventlog.Posi
 	pos, done := from, int64(0)
 	g.Go(func() error {
 		for bt := range batches {
-			bt, err := foldBatch(gctx, b.pool, b.logger, b.p, schema, bt, nil)
+			bt, err := apply(gctx, bt)
 			if err != nil {
 				return err
 			}
@@ -198,22 +215,25 @@ func (b *builder) catchUp(ctx context.Context, schema string, from eventlog.Posi
 				b.progress(Progress{Done: done, Total: max(total, done), Position: pos, Elapsed: time.Since(start)})
 			}
 		}
+		if finish != nil {
+			return finish(gctx)
+		}
 		return nil
 	})
 	if err := g.Wait(); err != nil {
-		return from, fmt.Errorf("build %s: %w", schema, err)
+		return from, err
 	}
 	return pos, nil
 }
 
-// read returns the next batch after pos, cut at until when set; done
-// reports that nothing more is to be read.
-func (b *builder) read(ctx context.Context, pos eventlog.Position, until *eventlog.Position) (recs []eventlog.Record, done bool, err error) {
-	recs, err = b.log.ReadAll(ctx, pos, b.batchSize)
+// read returns the next batch of up to size records after pos, cut at until
+// when set; done reports that nothing more is to be read.
+func (b *builder) read(ctx context.Context, pos eventlog.Position, until *eventlog.Position, size int) (recs []eventlog.Record, done bool, err error) {
+	recs, err = b.log.ReadAll(ctx, pos, size)
 	if err != nil {
 		return nil, false, err
 	}
-	done = len(recs) < b.batchSize
+	done = len(recs) < size
 	if until != nil {
 		for i, r := range recs {
 			if until.Less(r.Position) {

@@ -259,7 +259,7 @@ func TestBuildInterrupted(t *testing.T) {
 
 	stalled := make(chan struct{})
 	r := newRunner(t, pool, &stallingLog{Log: log, after: 3, stalled: stalled}, v2)
-	r.batchSize = 20
+	r.batchSize, r.fillChunk = 20, 20
 	stop = startRunner(t, r)
 	select {
 	case <-stalled:

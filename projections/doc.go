@@ -59,12 +59,13 @@
 // at once (readers get empty results, not errors) and catches up live. When
 // the stored version is older than Projection.Version, it builds the new
 // version beside the live one from the start of the log up to the head (the
-// live model keeps serving, frozen at its checkpoint), then swaps: in one
+// live model keeps serving, frozen at its checkpoint; fill.go folds it in
+// memory and writes it with COPY), then swaps: in one
 // transaction it locks the checkpoint row, applies the events appended since,
 // re-creates the views on the new schema and updates the row; the old schema
 // is dropped right after. A build is not resumed: a replica that dies
 // mid-build leaves an unreferenced schema, which the next build drops before
-// starting afresh (rebuilds run at well over 20,000 events/s). Rebuild does
+// starting afresh (rebuilds run at well over 30,000 events/s). Rebuild does
 // the same for the current version while a Runner elsewhere keeps the live
 // model current; the swap's row lock and the Runner's compare-and-set keep
 // the two from losing events. The swap waits at most two seconds for

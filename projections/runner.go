@@ -27,6 +27,7 @@ type Runner struct {
 	minBackoff time.Duration // first wait after an error, doubled up to maxBackoff
 	maxBackoff time.Duration // short: the runner resumes this soon after the database returns
 	batchSize  int           // of builds; live batches are the log's
+	fillChunk  int           // records per read of a build's fill; 0: fillChunk
 }
 
 // NewRunner returns a Runner of p that reads log and writes the read model
@@ -136,7 +137,7 @@ func (r *Runner) buildVersion(ctx context.Context) error {
 		return err // or a build that held the lock made it live
 	}
 	b := &builder{pool: r.pool, log: r.log, p: r.p, logger: r.logger, metrics: r.metrics, batchSize: r.batchSize,
-		progress: logProgress(ctx, r.logger)}
+		fillChunk: r.fillChunk, progress: logProgress(ctx, r.logger)}
 	return b.build(ctx, ok)
 }
 

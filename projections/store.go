@@ -49,16 +49,30 @@ func (t table[T]) selectSQL(schema string) string {
 
 // upsertSQL inserts or replaces rows given as one array per column.
 func (t table[T]) upsertSQL(schema string) string {
-	names, arrays, sets := make([]string, len(t.columns)), make([]string, len(t.columns)), make([]string, 0, len(t.columns)-2)
+	arrays := make([]string, len(t.columns))
+	for i, c := range t.columns {
+		arrays[i] = fmt.Sprintf("$%d::%s[]", i+1, c.sqlType)
+	}
+	return t.insertSQL(schema, "unnest("+strings.Join(arrays, ", ")+")")
+}
+
+// insertSQL inserts or replaces the rows selected from source, whose
+// columns are t's, in t's order.
+func (t table[T]) insertSQL(schema, source string) string {
+	sets := make([]string, 0, len(t.columns)-2)
+	for _, c := range t.columns[2:] {
+		sets = append(sets, c.name+" = EXCLUDED."+c.name)
+	}
+	return fmt.Sprintf("INSERT INTO %s.%s (%s) SELECT * FROM %s ON CONFLICT (account, %s) DO UPDATE SET %s",
+		ident(schema), t.name, strings.Join(t.columnNames(), ", "), source, t.keyColumn(), strings.Join(sets, ", "))
+}
+
+func (t table[T]) columnNames() []string {
+	names := make([]string, len(t.columns))
 	for i, c := range t.columns {
 		names[i] = c.name
-		arrays[i] = fmt.Sprintf("$%d::%s[]", i+1, c.sqlType)
-		if i > 1 {
-			sets = append(sets, c.name+" = EXCLUDED."+c.name)
-		}
 	}
-	return fmt.Sprintf("INSERT INTO %s.%s (%s) SELECT * FROM unnest(%s) ON CONFLICT (account, %s) DO UPDATE SET %s",
-		ident(schema), t.name, strings.Join(names, ", "), strings.Join(arrays, ", "), t.keyColumn(), strings.Join(sets, ", "))
+	return names
 }
 
 // queueLoad queues the select of the rows of customers, handing each to each.

@@ -1,0 +1,354 @@
+package projections
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/stripe-ledger/stripe-ledger/domain"
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+)
+
+// The fill of a new schema (a blue/green build from position 0) does not
+// load and upsert rows batch by batch as the Runner must: nothing reads the
+// schema before the swap, so it reads the log in chunks of fillChunk
+// records, folds every customer's state in memory, and writes the final
+// rows with COPY: at the end, and whenever fillMaxObjects objects (customers
+// and their subscriptions, invoices, charges and disputes) are held, those
+// of the customers seen least recently, down to half of that. A customer
+// whose rows were written already and who appears again is loaded back,
+// folded on, and written again with an upsert.
+//
+// Links, pending disputes, dead letters and API versions are written chunk
+// by chunk, as the incremental fold writes them. Poison stays isolated: an
+// event that cannot be decoded is dead-lettered alone as always, and should
+// PostgreSQL refuse a value in a COPY (what domain.DecodeStorable does not
+// catch), the fill gives up and the schema is built again incrementally,
+// whose bisection dead-letters the event that carries it.
+const (
+	fillChunk      = 10_000
+	fillMaxObjects = 100_000
+)
+
+// errFillRefused reports that PostgreSQL refused a value of the fill's COPY.
+var errFillRefused = errors.New("the read model refused a value of the fill")
+
+// filler is the in-memory state of one fill.
+type filler struct {
+	b       *builder
+	schema  string
+	states  map[domain.CustomerKey]*domain.CustomerState
+	stored  map[domain.CustomerKey]bool // customers whose rows are in the schema; held ones are upserted again
+	objects int                         // objects held in states
+	touched map[objectKey]eventlog.Position
+	seen    map[domain.CustomerKey]int // the chunk that last named each customer held
+	chunk   int                        // chunks folded
+}
+
+// objectKey names an object row of one customer's state, to choose between
+// two customers that claim one object (the later one in the log wins, as it
+// would in the incremental fold).
+type objectKey struct {
+	table    string
+	account  string
+	id       string
+	customer string
+}
+
+// fill folds the whole log, up to its head (or until, when set), into the
+// empty schema, and returns the position of the last record folded.
+func (b *builder) fill(ctx context.Context, schema string, until *eventlog.Position) (eventlog.Position, error) {
+	pos, err := b.fillCopy(ctx, schema, until)
+	if !errors.Is(err, errFillRefused) {
+		return pos, err
+	}
+	b.logger.WarnContext(ctx, "the read model refused a value the fill wrote; building the schema again event by event to isolate it",
+		"schema", schema, "err", err)
+	if err := b.dropSchema(ctx, schema); err != nil {
+		return eventlog.Start, err
+	}
+	if _, err := b.pool.Exec(ctx, createSchemaSQL(schema)); err != nil {
+		return eventlog.Start, fmt.Errorf("create schema %s: %w", schema, err)
+	}
+	return b.catchUp(ctx, schema, eventlog.Start, until)
+}
+
+func (b *builder) fillCopy(ctx context.Context, schema string, until *eventlog.Position) (eventlog.Position, error) {
+	f := &filler{b: b, schema: schema, states: map[domain.CustomerKey]*domain.CustomerState{},
+		stored: map[domain.CustomerKey]bool{}, touched: map[objectKey]eventlog.Position{}, seen: map[domain.CustomerKey]int{}}
+	pos, err := b.foldLog(ctx, eventlog.Start, until, cmp.Or(b.fillChunk, fillChunk), func(ctx context.Context, bt *batch) (*batch, error) {
+		if err := f.fold(ctx, bt); err != nil {
+			return nil, err
+		}
+		for _, l := range bt.deadLetters {
+			b.logger.ErrorContext(ctx, "projection dead-lettered an event", "schema", schema,
+				"event_id", l.eventID, "event_type", l.eventType, "position", l.position.String(), "reason", l.err)
+		}
+		if limit := cmp.Or(b.fillMax, fillMaxObjects); f.objects >= limit {
+			return bt, f.flush(ctx, limit/2)
+		}
+		return bt, nil
+	}, func(ctx context.Context) error { return f.flush(ctx, 0) })
+	if err != nil {
+		return eventlog.Start, fmt.Errorf("build %s: %w", schema, err)
+	}
+	return pos, nil
+}
+
+// fold writes bt's links, dead letters and API versions, and folds its facts
+// into the states held.
+func (f *filler) fold(ctx context.Context, bt *batch) error {
+	var reload []domain.CustomerKey
+	err := pgx.BeginFunc(ctx, f.b.pool, func(tx pgx.Tx) error {
+		if err := link(ctx, tx, f.schema, bt); err != nil {
+			return err
+		}
+		reload = reload[:0]
+		for k := range bt.facts {
+			if f.states[k] == nil && f.stored[k] {
+				reload = append(reload, k)
+			}
+		}
+		var w pgx.Batch
+		queueDeadLetters(&w, f.b.p, f.schema, bt.deadLetters)
+		queueAPIVersions(&w, f.schema, bt.apiVersions)
+		if err := tx.SendBatch(ctx, &w).Close(); err != nil {
+			return fmt.Errorf("write dead letters of %s: %w", f.schema, err)
+		}
+		if len(reload) == 0 {
+			return nil
+		}
+		slices.SortFunc(reload, domain.CustomerKey.Compare)
+		states, err := loadStates(ctx, tx, f.schema, reload)
+		for k, s := range states {
+			f.states[k] = s
+			f.objects += heldObjects(s)
+		}
+		return err
+	})
+	if err != nil {
+		if isDataError(err) {
+			return fmt.Errorf("%w: %w", errFillRefused, err)
+		}
+		return err
+	}
+	at := make(map[string]eventlog.Position, len(bt.recs))
+	for _, r := range bt.recs {
+		at[r.ID] = r.Position
+	}
+	f.chunk++
+	for k, facts := range bt.facts {
+		f.seen[k] = f.chunk
+		s := f.states[k]
+		if s == nil {
+			s = &domain.CustomerState{}
+			f.states[k] = s
+		} else {
+			f.objects -= heldObjects(s)
+		}
+		for _, fact := range facts {
+			s.Apply(fact)
+			pos, ok := at[fact.EventID]
+			if !ok {
+				pos = bt.last // a pending dispute resolved by this chunk's links
+			}
+			if key, ok := factObject(fact); ok {
+				f.touched[key] = pos
+			}
+		}
+		f.objects += heldObjects(s)
+	}
+	return nil
+}
+
+// heldObjects counts the rows s is written as.
+func heldObjects(s *domain.CustomerState) int {
+	return 1 + len(s.Subscriptions) + len(s.Invoices) + len(s.Charges) + len(s.Disputes)
+}
+
+// factObject names the object row fact changes, if any.
+func factObject(f domain.Fact) (objectKey, bool) {
+	k := objectKey{account: f.Account, customer: f.CustomerID}
+	switch {
+	case f.Subscription != nil:
+		k.table, k.id = subscriptionsTable.name, f.Subscription.ID
+	case f.Invoice != nil:
+		k.table, k.id = invoicesTable.name, f.Invoice.ID
+	case f.Charge != nil:
+		k.table, k.id = chargesTable.name, f.Charge.ID
+	case f.Dispute != nil:
+		k.table, k.id = disputesTable.name, f.Dispute.ID
+	default:
+		return k, false
+	}
+	return k, true
+}
+
+// flush writes the rows of the states held, COPY for customers new to the
+// schema and an upsert for those loaded back, and lets them go: those of
+// the customers seen least recently, until at most keep objects are held.
+func (f *filler) flush(ctx context.Context, keep int) error {
+	if len(f.states) == 0 {
+		return nil
+	}
+	var fresh, again rows
+	keys := make([]domain.CustomerKey, 0, len(f.states))
+	for k := range f.states {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b domain.CustomerKey) int { return cmp.Or(cmp.Compare(f.seen[a], f.seen[b]), a.Compare(b)) })
+	for held, i := f.objects, 0; keep > 0 && i < len(keys); i++ {
+		if held <= keep {
+			keys = keys[:i]
+			break
+		}
+		held -= heldObjects(f.states[keys[i]])
+	}
+	slices.SortFunc(keys, domain.CustomerKey.Compare)
+	owners := map[objectKey]objectKey{} // an object's row without its customer → the key of the customer that wrote it last
+	for _, k := range keys {
+		s := f.states[k]
+		to := &fresh
+		if f.stored[k] {
+			to = &again
+		}
+		to.customers = append(to.customers, newCustomerRow(s))
+		to.subscriptions = appendOwned(to.subscriptions, f, owners, subscriptionsTable.name, k, s.Subscriptions)
+		to.invoices = appendOwned(to.invoices, f, owners, invoicesTable.name, k, s.Invoices)
+		to.charges = appendOwned(to.charges, f, owners, chargesTable.name, k, s.Charges)
+		to.disputes = appendOwned(to.disputes, f, owners, disputesTable.name, k, s.Disputes)
+	}
+	fresh.dropDisowned(owners)
+	again.dropDisowned(owners)
+	err := pgx.BeginFunc(ctx, f.b.pool, func(tx pgx.Tx) error {
+		// The customers are new to the schema; their objects are too, unless
+		// another customer claimed one in an earlier flush.
+		replace := len(f.stored) > 0
+		for _, c := range []func() error{
+			func() error { return copyRows(ctx, tx, f.schema, customersTable, fresh.customers, false) },
+			func() error { return copyRows(ctx, tx, f.schema, subscriptionsTable, fresh.subscriptions, replace) },
+			func() error { return copyRows(ctx, tx, f.schema, invoicesTable, fresh.invoices, replace) },
+			func() error { return copyRows(ctx, tx, f.schema, chargesTable, fresh.charges, replace) },
+			func() error { return copyRows(ctx, tx, f.schema, disputesTable, fresh.disputes, replace) },
+		} {
+			if err := c(); err != nil {
+				return err
+			}
+		}
+		var w pgx.Batch
+		customersTable.queueUpsert(&w, f.schema, again.customers)
+		subscriptionsTable.queueUpsert(&w, f.schema, again.subscriptions)
+		invoicesTable.queueUpsert(&w, f.schema, again.invoices)
+		chargesTable.queueUpsert(&w, f.schema, again.charges)
+		disputesTable.queueUpsert(&w, f.schema, again.disputes)
+		return tx.SendBatch(ctx, &w).Close()
+	})
+	if err != nil {
+		if isDataError(err) {
+			return fmt.Errorf("%w: %w", errFillRefused, err)
+		}
+		return fmt.Errorf("write read model %s: %w", f.schema, err)
+	}
+	for _, k := range keys {
+		s := f.states[k]
+		f.objects -= heldObjects(s)
+		forget(f, k, subscriptionsTable.name, s.Subscriptions)
+		forget(f, k, invoicesTable.name, s.Invoices)
+		forget(f, k, chargesTable.name, s.Charges)
+		forget(f, k, disputesTable.name, s.Disputes)
+		delete(f.states, k)
+		delete(f.seen, k)
+		f.stored[k] = true
+	}
+	return nil
+}
+
+// forget drops what f.touched holds of the objects of customer k.
+func forget[T any](f *filler, k domain.CustomerKey, table string, objects map[string]T) {
+	for id := range objects {
+		delete(f.touched, objectKey{table: table, account: k.Account, id: id, customer: k.ID})
+	}
+}
+
+// rows are the rows of one flush, by table.
+type rows struct {
+	customers     []customerRow
+	subscriptions []domain.Subscription
+	invoices      []domain.Invoice
+	charges       []domain.Charge
+	disputes      []domain.Dispute
+}
+
+// dropDisowned drops the object rows another customer wrote later.
+func (r *rows) dropDisowned(owners map[objectKey]objectKey) {
+	r.subscriptions = slices.DeleteFunc(r.subscriptions, func(s domain.Subscription) bool {
+		return disowned(owners, subscriptionsTable.name, s.Account, s.ID, s.CustomerID)
+	})
+	r.invoices = slices.DeleteFunc(r.invoices, func(i domain.Invoice) bool {
+		return disowned(owners, invoicesTable.name, i.Account, i.ID, i.CustomerID)
+	})
+	r.charges = slices.DeleteFunc(r.charges, func(c domain.Charge) bool {
+		return disowned(owners, chargesTable.name, c.Account, c.ID, c.CustomerID)
+	})
+	r.disputes = slices.DeleteFunc(r.disputes, func(d domain.Dispute) bool {
+		return disowned(owners, disputesTable.name, d.Account, d.ID, d.CustomerID)
+	})
+}
+
+func disowned(owners map[objectKey]objectKey, table, account, id, customer string) bool {
+	owner, ok := owners[objectKey{table: table, account: account, id: id}]
+	return ok && owner.customer != customer
+}
+
+// appendOwned appends the objects of customer k to out, recording in owners
+// which customer touched each last (by log position), so that an object two
+// customers claim is written once, as the incremental fold leaves it.
+func appendOwned[T any](out []T, f *filler, owners map[objectKey]objectKey, table string, k domain.CustomerKey, objects map[string]T) []T {
+	for id, v := range objects {
+		row := objectKey{table: table, account: k.Account, id: id}
+		mine := objectKey{table: table, account: k.Account, id: id, customer: k.ID}
+		if prev, ok := owners[row]; ok {
+			if !f.touched[prev].Less(f.touched[mine]) {
+				continue
+			}
+		}
+		owners[row] = mine
+		out = append(out, v)
+	}
+	return out
+}
+
+// copyRows writes rows into schema's table with COPY. With replace, a row
+// whose key is stored already (an object another customer claimed in an
+// earlier flush) replaces it: the rows go through a temporary table.
+func copyRows[T any](ctx context.Context, tx pgx.Tx, schema string, t table[T], rows []T, replace bool) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	into := pgx.Identifier{schema, t.name}
+	if replace {
+		into = pgx.Identifier{"fill_" + t.name}
+		cols := make([]string, len(t.columns))
+		for i, c := range t.columns {
+			cols[i] = c.name + " " + c.sqlType
+		}
+		if _, err := tx.Exec(ctx, "CREATE TEMPORARY TABLE "+into.Sanitize()+" ("+strings.Join(cols, ", ")+") ON COMMIT DROP"); err != nil {
+			return fmt.Errorf("copy %s.%s: %w", schema, t.name, err)
+		}
+	}
+	_, err := tx.CopyFrom(ctx, into, t.columnNames(), pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
+		return t.fields(&rows[i]), nil
+	}))
+	if err == nil && replace {
+		_, err = tx.Exec(ctx, t.insertSQL(schema, into.Sanitize()))
+	}
+	if err != nil {
+		return fmt.Errorf("copy %s.%s: %w", schema, t.name, err)
+	}
+	return nil
+}
