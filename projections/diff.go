@@ -61,6 +61,7 @@ type ColumnDiff struct {
 // scratch schema and reports the differences (ledger projections diff). It
 // swaps nothing.
 func Diff(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log, p Projection, opts Options) (*Report, error) {
+	p.scratch = true // a diff's build must not add to the outbox
 	b, l, err := lockBuild(ctx, pool, log, p, opts)
 	if err != nil {
 		return nil, err

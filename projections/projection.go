@@ -29,6 +29,8 @@ type Projection struct {
 	Name    string
 	Version int
 	Plans   domain.Plans
+
+	scratch bool // folds into a schema that never goes live (Diff): derives no notifications
 }
 
 // Billing is the projection of customers, subscriptions, invoices, charges

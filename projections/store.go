@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
+	"github.com/stripe-ledger/stripe-ledger/notify"
 )
 
 // table maps the rows of one read-model table to T. Every table is keyed by
@@ -230,6 +231,8 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 		invoices      []domain.Invoice
 		charges       []domain.Charge
 		disputes      []domain.Dispute
+		notes         []notify.Notification
+		eventType     = b.eventTypes()
 	)
 	for _, id := range ids {
 		s := states[id]
@@ -237,7 +240,7 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 		before.Subscriptions, before.Invoices = maps.Clone(s.Subscriptions), maps.Clone(s.Invoices)
 		before.Charges, before.Disputes = maps.Clone(s.Charges), maps.Clone(s.Disputes)
 		for _, f := range b.facts[id] {
-			s.Apply(f)
+			notes = applyNoting(notes, s, f, eventType)
 		}
 		customers = append(customers, newCustomerRow(s))
 		subscriptions = appendChanged(subscriptions, before.Subscriptions, s.Subscriptions, subscriptionChanged)
@@ -257,6 +260,9 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 	disputesTable.queueUpsert(&w, schema, disputes)
 	queueDeadLetters(&w, p, schema, b.deadLetters)
 	queueAPIVersions(&w, schema, b.apiVersions)
+	if !p.scratch {
+		queueNotifications(&w, notes) // last: its lock is held until the commit
+	}
 	if err := tx.SendBatch(ctx, &w).Close(); err != nil {
 		return fmt.Errorf("write read model %s: %w", schema, err)
 	}
