@@ -108,13 +108,23 @@ func (s *Server) handleEvents(c echo.Context) error {
 	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, body)
 }
 
+// parseLimit reads ?limit=, defaultPageSize when absent.
+func parseLimit(c echo.Context) (int, error) {
+	v := c.QueryParam("limit")
+	if v == "" {
+		return defaultPageSize, nil
+	}
+	limit, err := strconv.Atoi(v)
+	if err != nil || limit < 1 || limit > maxPageSize {
+		return 0, domain.Errorf(domain.EINVALID, "limit must be an integer from 1 to %d", maxPageSize)
+	}
+	return limit, nil
+}
+
 // parsePage reads ?after= (a cursor: a previous page's next) and ?limit=.
 func parsePage(c echo.Context) (after eventlog.Position, limit int, err error) {
-	limit = defaultPageSize
-	if v := c.QueryParam("limit"); v != "" {
-		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > maxPageSize {
-			return after, 0, domain.Errorf(domain.EINVALID, "limit must be an integer from 1 to %d", maxPageSize)
-		}
+	if limit, err = parseLimit(c); err != nil {
+		return after, 0, err
 	}
 	if v := c.QueryParam("after"); v != "" {
 		if err := after.UnmarshalText([]byte(v)); err != nil {

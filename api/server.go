@@ -43,6 +43,8 @@ type Config struct {
 	// is durable (serve wakes the thin-event fetcher and the reconciler); it
 	// must not block.
 	Stored func(env domain.Envelope)
+	// Notifications serves GET /v1/notifications; nil answers 503.
+	Notifications NotificationFeed
 }
 
 // ProjectionLag is one projection's progress as /readyz reports it.
@@ -100,6 +102,7 @@ func New(cfg Config) (*Server, error) {
 	v1.GET("/customers/:id/events", s.handleEvents, s.requireToken, validateIDs)
 	v1.GET("/customers/:id/events.csv", s.handleEventsCSV, s.requireToken, validateIDs)
 	v1.GET("/customers/:id/state", s.handleState, s.requireToken, validateIDs)
+	v1.GET("/notifications", s.handleNotifications, s.requireToken)
 	return s, nil
 }
 

@@ -199,6 +199,8 @@ func OpenService(ctx context.Context, cfg Config, logger *slog.Logger) (*Service
 			Projections: svc.projectionLags,
 			Stored:      svc.stored,
 
+			Notifications: projections.NewNotifications(b.Pool),
+
 			MaxInflightWebhooks: cfg.MaxInflightWebhooks,
 		})
 	}
