@@ -16,7 +16,9 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
 	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/stripesync"
 	"github.com/stripe-ledger/stripe-ledger/internal/tcpproxy"
+	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
@@ -54,15 +56,21 @@ func newTestEnvWith(tb testing.TB, configure func(*api.Config)) *testEnv {
 func startServer(tb testing.TB, direct, serverPool *pgxpool.Pool, proxy *tcpproxy.Proxy, configure func(*api.Config)) *testEnv {
 	tb.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	log := postgres.New(serverPool, logger)
-	cfg := api.Config{
-		Log:            log,
-		DB:             serverPool,
-		WebhookSecrets: []string{secret, oldSecret},
-		APIToken:       apiToken,
-		Plans:          testPlans,
-		Logger:         logger,
-	}
+	env := serve(tb, api.Config{
+		Log:         postgres.New(serverPool, logger),
+		ReadModel:   projections.NewQueries(serverPool),
+		EnqueueThin: enqueueThin(serverPool),
+		Logger:      logger,
+	}, configure)
+	env.pool, env.log, env.proxy = direct, postgres.New(direct, logger), proxy
+	return env
+}
+
+// serve serves api on cfg's dependencies over real HTTP, with the test
+// secrets, token and plans, changed by configure.
+func serve(tb testing.TB, cfg api.Config, configure func(*api.Config)) *testEnv {
+	tb.Helper()
+	cfg.WebhookSecrets, cfg.APIToken, cfg.Plans = []string{secret, oldSecret}, apiToken, testPlans
 	if configure != nil {
 		configure(&cfg)
 	}
@@ -72,10 +80,15 @@ func startServer(tb testing.TB, direct, serverPool *pgxpool.Pool, proxy *tcpprox
 	}
 	ts := httptest.NewServer(srv)
 	tb.Cleanup(ts.Close)
-	return &testEnv{url: ts.URL, pool: direct, log: postgres.New(direct, logger), proxy: proxy}
+	return &testEnv{url: ts.URL}
 }
 
 const apiToken = "test-api-token"
+
+// enqueueThin is the thin-event queue of the database of pool, as serve wires it.
+func enqueueThin(pool *pgxpool.Pool) func(context.Context, domain.Envelope) error {
+	return func(ctx context.Context, env domain.Envelope) error { return stripesync.EnqueueThin(ctx, pool, env) }
+}
 
 // testPlans maps the generated lifecycles' prices to plans, as LEDGER_PLANS would.
 var testPlans = must(domain.ParsePlans(domaintest.Plans))

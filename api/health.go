@@ -31,7 +31,7 @@ func (s *Server) handleReadyz(c echo.Context) error {
 	ctx, cancel := context.WithTimeout(c.Request().Context(), readyTimeout)
 	defer cancel()
 	r := readiness{Status: "ok", Database: "ok", Projections: []ProjectionLag{}}
-	if err := s.cfg.DB.Ping(ctx); err != nil {
+	if err := s.cfg.ReadModel.Ping(ctx); err != nil {
 		s.cfg.Logger.Warn("readiness: database unreachable", "err", err)
 		r.Status, r.Database = "degraded", "unreachable"
 		return c.JSON(http.StatusServiceUnavailable, r)

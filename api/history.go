@@ -17,7 +17,6 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
-	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
 // The auditor's routes read a customer's stream straight from the event log,
@@ -141,7 +140,7 @@ func (s *Server) historyStreams(c echo.Context) ([]string, error) {
 	if _, err := audit.CustomerStream(c.Param("id"), account); err != nil {
 		return nil, err
 	}
-	streams, err := projections.CustomerStreams(c.Request().Context(), s.cfg.DB, c.Param("id"), account)
+	streams, err := s.cfg.ReadModel.CustomerStreams(c.Request().Context(), account, c.Param("id"))
 	if err != nil {
 		return nil, readError("streams of customer "+c.Param("id"), err)
 	}
@@ -310,26 +309,9 @@ func (s *Server) statePlans(ctx context.Context) (domain.Plans, error) {
 
 func newStateBody(st *domain.CustomerState, at time.Time, clock string, events int) stateBody {
 	b := stateBody{
-		customerJSON: customerJSON{
-			Account: st.Account, CustomerID: st.Customer.ID, Email: st.Customer.Email, Name: st.Customer.Name, Deleted: st.Customer.Deleted,
-			Plan: st.Plan, Entitled: st.Entitled, AccessUntil: st.AccessUntil, UpdatedAt: st.UpdatedAt,
-			Subscriptions: []subscriptionJSON{},
-		},
-		AsOf: at, Clock: clock, Events: events, Invoices: []invoiceBody{}, Charges: []chargeBody{}, Disputes: []disputeBody{},
+		customerJSON: newCustomerJSON(st),
+		AsOf:         at, Clock: clock, Events: events, Invoices: []invoiceBody{}, Charges: []chargeBody{}, Disputes: []disputeBody{},
 	}
-	for _, sub := range st.Subscriptions {
-		b.Subscriptions = append(b.Subscriptions, subscriptionJSON{
-			Account: sub.Account, SubscriptionID: sub.ID, CustomerID: sub.CustomerID, Status: sub.Status, PriceID: sub.PriceID,
-			ProductID: sub.ProductID, Plan: sub.Plan, Quantity: sub.Quantity,
-			CurrentPeriodStart: sub.CurrentPeriodStart, CurrentPeriodEnd: sub.CurrentPeriodEnd,
-			CancelAtPeriodEnd: sub.CancelAtPeriodEnd, CancelAt: sub.CancelAt, CanceledAt: sub.CanceledAt, EndedAt: sub.EndedAt,
-			TrialEnd: sub.TrialEnd, Deleted: sub.Deleted,
-		})
-	}
-	// The order GET /v1/customers/{id} lists them in: latest period end first.
-	slices.SortFunc(b.Subscriptions, func(x, y subscriptionJSON) int {
-		return cmp.Or(latestFirst(x.CurrentPeriodEnd, y.CurrentPeriodEnd), cmp.Compare(x.SubscriptionID, y.SubscriptionID))
-	})
 	for _, id := range sortedKeys(st.Invoices) {
 		inv := st.Invoices[id]
 		b.Invoices = append(b.Invoices, invoiceBody{
@@ -355,19 +337,6 @@ func newStateBody(st *domain.CustomerState, at time.Time, clock string, events i
 		})
 	}
 	return b
-}
-
-// latestFirst orders period ends descending, nil (no period) last.
-func latestFirst(a, b *time.Time) int {
-	switch {
-	case a == nil && b == nil:
-		return 0
-	case a == nil:
-		return 1
-	case b == nil:
-		return -1
-	}
-	return b.Compare(*a)
 }
 
 func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/stripe-ledger/stripe-ledger/api"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 	"github.com/stripe-ledger/stripe-ledger/notify"
 	"github.com/stripe-ledger/stripe-ledger/projections"
 )
@@ -18,10 +19,11 @@ import (
 func newNotifyingEnv(t *testing.T) *testEnv {
 	t.Helper()
 	var runner *projections.Runner
-	env := newTestEnvWith(t, func(cfg *api.Config) {
-		cfg.Notifications = projections.NewNotifications(cfg.DB)
+	pool, _ := pgtest.NewPool(t)
+	env := startServer(t, pool, pool, nil, func(cfg *api.Config) {
+		cfg.Notifications = projections.NewNotifications(pool)
 		var err error
-		if runner, err = projections.NewRunner(cfg.DB, cfg.Log, projections.Billing(testPlans), cfg.Logger, nil); err != nil {
+		if runner, err = projections.NewRunner(pool, cfg.Log, projections.Billing(testPlans), cfg.Logger, nil); err != nil {
 			t.Fatal(err)
 		}
 	})

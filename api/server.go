@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -22,13 +21,33 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 )
 
-// Config holds the server's dependencies. Log, DB and WebhookSecrets are required.
+// ReadModel is what the read routes and /readyz need of the read model
+// (projections.Queries is the ledger's). Its errors carry domain codes:
+// ENOTFOUND for an unknown customer or subscription, EUNAVAILABLE when it
+// cannot answer right now.
+type ReadModel interface {
+	// Customer is a customer's state with its subscriptions.
+	Customer(ctx context.Context, key domain.CustomerKey) (*domain.CustomerState, error)
+	// Subscription is one subscription.
+	Subscription(ctx context.Context, account, id string) (domain.Subscription, error)
+	// CustomerStreams are the streams of a customer's history: its own
+	// first, then its linked objects' (DESIGN §8).
+	CustomerStreams(ctx context.Context, account, customerID string) ([]string, error)
+	// Ping checks that the read model's database answers.
+	Ping(ctx context.Context) error
+}
+
+// Config holds the server's dependencies. Log, ReadModel, EnqueueThin and
+// WebhookSecrets are required.
 type Config struct {
-	Log            eventlog.Log
-	DB             *pgxpool.Pool // the read model (and, with the default backend, the log)
-	WebhookSecrets []string      // STRIPE_WEBHOOK_SECRET, every secret accepted during rotation
-	APIToken       string        // LEDGER_API_TOKEN; empty disables /v1 with a 503
-	Plans          domain.Plans  // LEDGER_PLANS, for folding events into state (GET /v1/customers/{id}/state) when LivePlans has none
+	Log       eventlog.Log
+	ReadModel ReadModel
+	// EnqueueThin records, before the webhook answers 200, that a stored
+	// thin event awaits the fetch of what it announces (DESIGN §10).
+	EnqueueThin    func(ctx context.Context, env domain.Envelope) error
+	WebhookSecrets []string     // STRIPE_WEBHOOK_SECRET, every secret accepted during rotation
+	APIToken       string       // LEDGER_API_TOKEN; empty disables /v1 with a 503
+	Plans          domain.Plans // LEDGER_PLANS, for folding events into state (GET /v1/customers/{id}/state) when LivePlans has none
 	// LivePlans returns the plan mapping the live read model was folded with,
 	// which state folds use so that they agree with it; nil, or ok false: Plans.
 	LivePlans func(ctx context.Context) (plans domain.Plans, ok bool, err error)
@@ -67,8 +86,8 @@ type Server struct {
 
 // New builds the server and its routes.
 func New(cfg Config) (*Server, error) {
-	if cfg.Log == nil || cfg.DB == nil {
-		return nil, errors.New("api: Log and DB are required")
+	if cfg.Log == nil || cfg.ReadModel == nil || cfg.EnqueueThin == nil {
+		return nil, errors.New("api: Log, ReadModel and EnqueueThin are required")
 	}
 	if len(cfg.WebhookSecrets) == 0 {
 		return nil, errors.New("api: at least one webhook secret is required")

@@ -13,7 +13,6 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
-	"github.com/stripe-ledger/stripe-ledger/internal/stripesync"
 )
 
 // MaxWebhookBody is the largest webhook body accepted (DESIGN §5).
@@ -81,7 +80,7 @@ func (s *Server) handleWebhook(c echo.Context) error {
 	if env.Thin {
 		// Owed before the 200 (a redelivery queues it again); the fetch itself
 		// happens later, so nothing here waits on Stripe.
-		if err := stripesync.EnqueueThin(c.Request().Context(), s.cfg.DB, env); err != nil {
+		if err := s.cfg.EnqueueThin(c.Request().Context(), env); err != nil {
 			return s.reject(c, payload, domain.Errorf(domain.EUNAVAILABLE, "could not queue the thin event's fetch; retry later"), "unavailable", "err", err)
 		}
 	}

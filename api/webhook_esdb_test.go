@@ -15,6 +15,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb"
 	"github.com/stripe-ledger/stripe-ledger/internal/esdbtest"
 	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
 // TestWebhookBodyLimitOnESDB: on the EventStoreDB backend the webhook takes
@@ -32,7 +33,7 @@ func TestWebhookBodyLimitOnESDB(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(log.Close)
-	srv, err := api.New(api.Config{Log: log, DB: pool, WebhookSecrets: []string{secret}, APIToken: apiToken, Plans: testPlans, Logger: logger})
+	srv, err := api.New(api.Config{Log: log, ReadModel: projections.NewQueries(pool), EnqueueThin: enqueueThin(pool), WebhookSecrets: []string{secret}, APIToken: apiToken, Plans: testPlans, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 	"github.com/stripe-ledger/stripe-ledger/internal/logtest"
 	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
 // TestRejectedWebhookLogsOneWarning: each refused delivery is logged as one
@@ -24,7 +25,7 @@ func TestRejectedWebhookLogsOneWarning(t *testing.T) {
 	pool, _ := pgtest.NewPool(t)
 	var logs logtest.Buffer
 	logger := slog.New(slog.NewJSONHandler(&logs, nil))
-	srv, err := api.New(api.Config{Log: postgres.New(pool, logger), DB: pool, WebhookSecrets: []string{secret, oldSecret}, Logger: logger})
+	srv, err := api.New(api.Config{Log: postgres.New(pool, logger), ReadModel: projections.NewQueries(pool), EnqueueThin: enqueueThin(pool), WebhookSecrets: []string{secret, oldSecret}, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,12 +2,10 @@ package projections
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
@@ -135,32 +133,4 @@ func columns3[T any](rows []T, f func(T) (string, string, string)) (a, b, c []st
 		a, b, c = append(a, x), append(b, y), append(c, z)
 	}
 	return a, b, c
-}
-
-// CustomerStreams are the streams of customer's history (DESIGN §8): the
-// customer's own stream first, then every stream linked to one of its
-// objects, as the live billing projection knows them. A stream linked by an
-// event the projection has not applied yet appears once it has.
-func CustomerStreams(ctx context.Context, q interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-}, customerID, account string) ([]string, error) {
-	own := domain.Envelope{CustomerID: customerID, Account: account}.Stream()
-	streams := []string{own}
-	var linked []string
-	rows, err := q.Query(ctx, `SELECT DISTINCT s.stream FROM readmodel.links l
-  JOIN readmodel.stream_links s ON s.account = l.account AND s.object_id = l.object_id
- WHERE l.account = $1 AND l.customer_id = $2 ORDER BY 1`, account, customerID)
-	if err == nil {
-		linked, err = pgx.CollectRows(rows, pgx.RowTo[string])
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "42P01" {
-		// undefined_table: the live version predates links (a rebuild to
-		// this one is under way): the customer's own stream until it is live.
-		return streams, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("linked streams of %s: %w", own, err)
-	}
-	return append(streams, linked...), nil // never a customer's stream: only events that name none are linked
 }

@@ -2,12 +2,10 @@ package projections
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
@@ -84,7 +82,7 @@ func readAPIVersions(ctx context.Context, pool *pgxpool.Pool, schema string) ([]
 			return versions, nil
 		}
 	}
-	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && pgErr.Code == "42P01" { // undefined_table
+	if undefinedTable(err) {
 		return []APIVersion{}, nil
 	}
 	return nil, fmt.Errorf("projection status: API versions of %s: %w", schema, err)

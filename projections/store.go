@@ -2,6 +2,7 @@ package projections
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"strings"
@@ -40,12 +41,27 @@ var tables = []readModelTable{customersTable, subscriptionsTable, invoicesTable,
 // $1 and $2. A join on unnest, not customer_id = ANY($1): a generic plan of
 // the latter may scan the whole table comparing every row with every id.
 func (t table[T]) selectSQL(schema string) string {
+	return fmt.Sprintf("SELECT %s FROM unnest($1::text[], $2::text[]) AS c(account, id) JOIN %s.%s t ON t.account = c.account AND t.customer_id = c.id",
+		t.columnList("t."), ident(schema), t.name)
+}
+
+// columnList is the table's columns, in fields' order, each after prefix.
+func (t table[T]) columnList(prefix string) string {
 	names := make([]string, len(t.columns))
 	for i, c := range t.columns {
-		names[i] = "t." + c.name
+		names[i] = prefix + c.name
 	}
-	return fmt.Sprintf("SELECT %s FROM unnest($1::text[], $2::text[]) AS c(account, id) JOIN %s.%s t ON t.account = c.account AND t.customer_id = c.id",
-		strings.Join(names, ", "), ident(schema), t.name)
+	return strings.Join(names, ", ")
+}
+
+// get reads the row of (account, id) from schema; found is false when there is none.
+func (t table[T]) get(ctx context.Context, q pgxQuerier, schema, account, id string) (v T, found bool, err error) {
+	err = q.QueryRow(ctx, fmt.Sprintf("SELECT %s FROM %s.%s WHERE account = $1 AND %s = $2",
+		t.columnList(""), ident(schema), t.name, t.keyColumn()), account, id).Scan(t.fields(&v)...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return v, false, nil
+	}
+	return v, err == nil, err
 }
 
 // upsertSQL inserts or replaces rows given as one array per column.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -21,15 +22,19 @@ type consoleBackend struct {
 }
 
 func (b consoleBackend) FindCustomers(ctx context.Context, query string, limit int) ([]projections.CustomerMatch, error) {
-	return projections.FindCustomers(ctx, b.svc.Pool, query, limit)
+	return b.svc.ReadModel.FindCustomers(ctx, query, limit)
 }
 
 func (b consoleBackend) Customer(ctx context.Context, account, customerID string) (*domain.CustomerState, bool, error) {
-	return projections.LoadCustomer(ctx, b.svc.Pool, domain.CustomerKey{Account: account, ID: customerID})
+	st, err := b.svc.ReadModel.Customer(ctx, domain.CustomerKey{Account: account, ID: customerID})
+	if domain.ErrorCode(err) == domain.ENOTFOUND || errors.Is(err, projections.ErrNotBuilt) {
+		return nil, false, nil
+	}
+	return st, err == nil, err
 }
 
 func (b consoleBackend) CustomerStreams(ctx context.Context, account, customerID string) ([]string, error) {
-	return projections.CustomerStreams(ctx, b.svc.Pool, customerID, account)
+	return b.svc.ReadModel.CustomerStreams(ctx, account, customerID)
 }
 
 // StateAt folds with the plan mapping the live read model was folded with
@@ -48,7 +53,7 @@ func (b consoleBackend) StateAt(ctx context.Context, account, customerID string,
 
 // VerifyCustomer is ledger verify --customer.
 func (b consoleBackend) VerifyCustomer(ctx context.Context, account, customerID string) (console.Verification, error) {
-	streams, err := projections.CustomerStreams(ctx, b.svc.Pool, customerID, account)
+	streams, err := b.svc.ReadModel.CustomerStreams(ctx, account, customerID)
 	if err != nil {
 		return console.Verification{}, err
 	}

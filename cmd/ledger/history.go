@@ -10,7 +10,6 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
-	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
 func newHistoryCmd(c *cli) *cobra.Command {
@@ -109,7 +108,7 @@ func runHistory(ctx context.Context, c *cli, h historyFlags, positional []string
 	} else {
 		// The customer's stream merged with its linked objects' (DESIGN §8).
 		var streams []string
-		if streams, err = projections.CustomerStreams(ctx, b.Pool, positional[0], h.account); err == nil {
+		if streams, err = b.ReadModel.CustomerStreams(ctx, h.account, positional[0]); err == nil {
 			err = audit.EachInStreams(ctx, l, streams, eventlog.Start, audit.BatchSize, each)
 		}
 	}

@@ -90,9 +90,10 @@ func runServe(ctx context.Context, cfg Config, logger *slog.Logger, migrate bool
 // Backends are what every command works on: the PostgreSQL pool (read model,
 // bookkeeping, and the log with the default backend) and the event log.
 type Backends struct {
-	Pool    *pgxpool.Pool
-	Log     eventlog.Log
-	Backend string // "postgres" or "esdb"
+	Pool      *pgxpool.Pool
+	Log       eventlog.Log
+	Backend   string               // "postgres" or "esdb"
+	ReadModel *projections.Queries // the live read model, in Pool's database
 }
 
 // OpenBackends connects to the database and opens the event log that
@@ -112,7 +113,7 @@ func OpenBackends(ctx context.Context, cfg Config, logger *slog.Logger, pgOpts .
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
-	b := &Backends{Pool: pool}
+	b := &Backends{Pool: pool, ReadModel: projections.NewQueries(pool)}
 	b.Log, b.Backend, err = openLog(ctx, cfg, pool, logger, pgOpts...)
 	if err != nil {
 		pool.Close()
@@ -186,8 +187,11 @@ func OpenService(ctx context.Context, cfg Config, logger *slog.Logger) (*Service
 	}
 	if err == nil {
 		svc.api, err = api.New(api.Config{
-			Log:            b.Log,
-			DB:             b.Pool,
+			Log:       b.Log,
+			ReadModel: b.ReadModel,
+			EnqueueThin: func(ctx context.Context, env domain.Envelope) error {
+				return stripesync.EnqueueThin(ctx, b.Pool, env)
+			},
 			WebhookSecrets: cfg.WebhookSecrets,
 			APIToken:       cfg.APIToken,
 			Plans:          cfg.Plans,

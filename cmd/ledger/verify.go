@@ -19,7 +19,6 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/seal"
-	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
 func newVerifyCmd(c *cli) *cobra.Command {
@@ -148,7 +147,7 @@ func verifyDatabase(ctx context.Context, c *cli, cfg Config, logger *slog.Logger
 	defer b.Close()
 	var streams []string
 	if oneCustomer { // its stream and its linked objects' (DESIGN §8)
-		if streams, err = projections.CustomerStreams(ctx, b.Pool, f.customer, f.account); err != nil {
+		if streams, err = b.ReadModel.CustomerStreams(ctx, f.account, f.customer); err != nil {
 			return verifyResult{}, fmt.Errorf("verify: %w", err)
 		}
 	}

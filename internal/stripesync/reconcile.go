@@ -9,12 +9,10 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/internal/stripeapi"
+	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
 // ReconcileOptions configures Reconcile.
@@ -106,12 +104,8 @@ func (s *Syncer) Reconcile(ctx context.Context, opts ReconcileOptions) (Reconcil
 // holds as live that Stripe's list left out: Stripe lists no deleted
 // customer, but retrieving one answers {"deleted": true}.
 func (s *Syncer) reconcileGoneCustomers(ctx context.Context, opts ReconcileOptions, listed map[string]bool, rep *ReconcileReport) error {
-	rows, err := s.DB.Query(ctx, `SELECT customer_id FROM readmodel.customers WHERE account = $1 AND NOT deleted ORDER BY customer_id`, opts.Account)
-	var ids []string
-	if err == nil {
-		ids, err = pgx.CollectRows(rows, pgx.RowTo[string])
-	}
-	if noReadModel(err) {
+	ids, err := projections.NewQueries(s.DB).LiveCustomerIDs(ctx, opts.Account)
+	if errors.Is(err, projections.ErrNotBuilt) {
 		return nil
 	}
 	if err != nil {
@@ -195,32 +189,30 @@ func diff(fields []field) []Drift {
 	return out
 }
 
-// noReadModel reports an error of a read model not built yet (no
-// projection has run): it holds nothing.
-func noReadModel(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "42P01" // undefined_table
+// notHeld reports an error of a read of an object the read model does not
+// hold: it has no such row, or it has not been built yet (no projection has
+// run).
+func notHeld(err error) bool {
+	return domain.ErrorCode(err) == domain.ENOTFOUND || errors.Is(err, projections.ErrNotBuilt)
 }
 
 // missing is the drift of an object the read model does not hold.
 func missing(err error) ([]Drift, error) {
-	if errors.Is(err, pgx.ErrNoRows) || noReadModel(err) {
+	if notHeld(err) {
 		return []Drift{{Field: "exists", Ledger: "false", Stripe: "true"}}, nil
 	}
 	return nil, fmt.Errorf("read the read model: %w", err)
 }
 
 func (s *Syncer) customerDrift(ctx context.Context, account string, c *domain.Customer) ([]Drift, error) {
-	var email, name string
-	var deleted bool
-	err := s.DB.QueryRow(ctx, `SELECT email, name, deleted FROM readmodel.customers WHERE account = $1 AND customer_id = $2`, account, c.ID).
-		Scan(&email, &name, &deleted)
+	st, err := projections.NewQueries(s.DB).Customer(ctx, domain.CustomerKey{Account: account, ID: c.ID})
 	if err != nil {
-		if c.Deleted && (errors.Is(err, pgx.ErrNoRows) || noReadModel(err)) {
+		if c.Deleted && notHeld(err) {
 			return nil, nil // deleted before the ledger ever heard of it
 		}
 		return missing(err)
 	}
+	email, name, deleted := st.Customer.Email, st.Customer.Name, st.Customer.Deleted
 	if c.Deleted {
 		return diff([]field{{"deleted", fmtBool(deleted), "true"}}), nil
 	}
@@ -232,12 +224,7 @@ func (s *Syncer) customerDrift(ctx context.Context, account string, c *domain.Cu
 }
 
 func (s *Syncer) subscriptionDrift(ctx context.Context, account string, sub *domain.Subscription) ([]Drift, error) {
-	var l domain.Subscription
-	err := s.DB.QueryRow(ctx, `SELECT status, price_id, product_id, plan, quantity, current_period_start, current_period_end,
-       cancel_at_period_end, canceled_at, ended_at, trial_end, deleted
-  FROM readmodel.subscriptions WHERE account = $1 AND subscription_id = $2`, account, sub.ID).
-		Scan(&l.Status, &l.PriceID, &l.ProductID, &l.Plan, &l.Quantity, &l.CurrentPeriodStart, &l.CurrentPeriodEnd,
-			&l.CancelAtPeriodEnd, &l.CanceledAt, &l.EndedAt, &l.TrialEnd, &l.Deleted)
+	l, err := projections.NewQueries(s.DB).Subscription(ctx, account, sub.ID)
 	if err != nil {
 		return missing(err)
 	}
@@ -258,10 +245,7 @@ func (s *Syncer) subscriptionDrift(ctx context.Context, account string, sub *dom
 }
 
 func (s *Syncer) invoiceDrift(ctx context.Context, account string, inv *domain.Invoice) ([]Drift, error) {
-	var l domain.Invoice
-	err := s.DB.QueryRow(ctx, `SELECT subscription_id, status, amount_due, amount_paid, currency, paid_at, attempt_count
-  FROM readmodel.invoices WHERE account = $1 AND invoice_id = $2`, account, inv.ID).
-		Scan(&l.SubscriptionID, &l.Status, &l.AmountDue, &l.AmountPaid, &l.Currency, &l.PaidAt, &l.AttemptCount)
+	l, err := projections.NewQueries(s.DB).Invoice(ctx, account, inv.ID)
 	if err != nil {
 		return missing(err)
 	}
