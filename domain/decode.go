@@ -135,7 +135,7 @@ func decode(env Envelope, payload []byte, plans Plans, links *Links) ([]Fact, er
 		var ev *event[rawSubscription]
 		if ev, err = readEvent[rawSubscription](env, kind, payload); err == nil {
 			raw := &ev.Data.Object
-			fact.CustomerID = string(raw.Customer)
+			fact.CustomerID = raw.customer()
 			if fact.Subscription, err = raw.subscription(env, plans); err == nil {
 				fact.Subscription.Previous, err = previousAttributes(env, ev.Data.PreviousAttributes)
 			}
@@ -143,7 +143,7 @@ func decode(env Envelope, payload []byte, plans Plans, links *Links) ([]Fact, er
 	case invoiceObject:
 		var raw *rawInvoice
 		if raw, err = readObject[rawInvoice](env, kind, payload); err == nil {
-			fact.CustomerID = string(raw.Customer)
+			fact.CustomerID = raw.customer()
 			fact.Invoice, err = raw.invoice(env)
 			setLinks(links, &raw.rawObject, &raw.linkFields, raw.Charge)
 		}
@@ -151,12 +151,12 @@ func decode(env Envelope, payload []byte, plans Plans, links *Links) ([]Fact, er
 		// The session only tells us that its customer exists.
 		var raw *rawObject
 		if raw, err = readObject[rawObject](env, kind, payload); err == nil {
-			fact.CustomerID = string(raw.Customer)
+			fact.CustomerID = raw.customer()
 		}
 	case chargeObject:
 		var raw *rawCharge
 		if raw, err = readObject[rawCharge](env, kind, payload); err == nil {
-			fact.CustomerID = string(raw.Customer)
+			fact.CustomerID = raw.customer()
 			fact.Charge = raw.charge(env)
 			setLinks(links, &raw.rawObject, &raw.linkFields, raw.Charge)
 		}
@@ -349,7 +349,7 @@ func (items *rawSubscriptionItems) planItem(plans Plans) *rawSubscriptionItem {
 
 func (raw *rawSubscription) subscription(env Envelope, plans Plans) (*Subscription, error) {
 	switch {
-	case raw.Customer == "":
+	case raw.customer() == "":
 		return nil, decodeError(env, "data.object.customer is missing")
 	case raw.Status == "":
 		return nil, decodeError(env, "data.object.status is missing")
@@ -373,7 +373,7 @@ func (raw *rawSubscription) subscription(env Envelope, plans Plans) (*Subscripti
 	*sub = Subscription{
 		Account:            env.Account,
 		ID:                 raw.ID,
-		CustomerID:         string(raw.Customer),
+		CustomerID:         raw.customer(),
 		Status:             raw.Status,
 		CancelAtPeriodEnd:  raw.CancelAtPeriodEnd,
 		CurrentPeriodStart: unixTimeIn(&times, periodStart),
@@ -510,7 +510,7 @@ func (l *rawInvoiceLine) subscriptionID() (id string, ok bool) {
 
 func (raw *rawInvoice) invoice(env Envelope) (*Invoice, error) {
 	switch {
-	case raw.Customer == "":
+	case raw.customer() == "":
 		return nil, decodeError(env, "data.object.customer is missing")
 	case raw.Status == "":
 		return nil, decodeError(env, "data.object.status is missing")
@@ -542,7 +542,7 @@ func (raw *rawInvoice) invoice(env Envelope) (*Invoice, error) {
 	*inv = Invoice{
 		Account:          env.Account,
 		ID:               raw.ID,
-		CustomerID:       string(raw.Customer),
+		CustomerID:       raw.customer(),
 		SubscriptionID:   subscriptionID,
 		Status:           raw.Status,
 		AmountDue:        raw.AmountDue,
@@ -574,7 +574,7 @@ func (raw *rawCharge) charge(env Envelope) *Charge {
 	return &Charge{
 		Account:          env.Account,
 		ID:               raw.ID,
-		CustomerID:       string(raw.Customer),
+		CustomerID:       raw.customer(),
 		InvoiceID:        string(raw.Invoice),
 		Currency:         raw.Currency,
 		Amount:           raw.Amount,
@@ -623,7 +623,7 @@ func (c *expandableCharge) UnmarshalJSON(data []byte) error {
 	if len(data) > 0 && data[0] == '{' {
 		var charge rawObject
 		if json.Unmarshal(data, &charge) == nil {
-			*c = expandableCharge{ID: charge.ID, CustomerID: string(charge.Customer)}
+			*c = expandableCharge{ID: charge.ID, CustomerID: charge.customer()}
 			return nil
 		}
 	}

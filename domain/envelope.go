@@ -77,6 +77,20 @@ type rawObject struct {
 	ID       string     `json:"id"`
 	Object   string     `json:"object"`
 	Customer expandable `json:"customer"`
+	// The v2 Account that is the customer (Accounts v2, "customer-configured"
+	// accounts; stripe-go v84+): a subscription or invoice of such a customer
+	// may name it alone, without a cus_ id.
+	CustomerAccount expandable `json:"customer_account"`
+}
+
+// customer is the id of the customer the object belongs to: its cus_ id,
+// else the acct_ id of the v2 Account that is its customer, which then
+// keys the customer's stream and read model rows like a cus_ id would.
+func (o *rawObject) customer() string {
+	if o.Customer != "" {
+		return string(o.Customer)
+	}
+	return string(o.CustomerAccount)
 }
 
 // ParseEnvelope decodes the envelope of a Stripe event, thin or not. It
@@ -112,7 +126,7 @@ func ParseEnvelope(payload []byte) (Envelope, error) {
 		Account:    raw.Account,
 		ObjectType: obj.Object,
 		ObjectID:   obj.ID,
-		CustomerID: string(obj.Customer),
+		CustomerID: obj.customer(),
 	}
 	if obj.Object == "customer" {
 		env.CustomerID = obj.ID

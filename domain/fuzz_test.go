@@ -166,3 +166,41 @@ func TestDecodeStorableLinks(t *testing.T) {
 		t.Fatal("no event in the lifecycles links objects: the test checks nothing")
 	}
 }
+
+// TestV2AccountCustomers: subscriptions and invoices that name their
+// customer by customer_account alone (a v2 Account, stripe-go v84+; customer
+// is null) are filed in that account's customer stream and decoded as its
+// facts, like a cus_ customer's, in every API version domaintest renders.
+func TestV2AccountCustomers(t *testing.T) {
+	t.Parallel()
+	plans, err := domain.ParsePlans(domaintest.Plans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, d := range domaintest.Lifecycles(rand.New(rand.NewPCG(9, 9)), 300) {
+		if !strings.Contains(string(d.Payload), `"customer_account":"acct_`) {
+			continue
+		}
+		env, err := domain.ParseEnvelope(d.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		facts, err := domain.DecodeStorable(env, d.Payload, plans)
+		if err != nil {
+			t.Fatalf("%s %s: %v", d.EventID, d.Type, err)
+		}
+		if !strings.HasPrefix(env.CustomerID, "acct_") || env.Stream() != strings.TrimPrefix(env.Account+"/", "/")+"customer-"+env.CustomerID {
+			t.Fatalf("%s %s: customer %q, stream %q", d.EventID, d.Type, env.CustomerID, env.Stream())
+		}
+		for _, f := range facts {
+			if f.CustomerID != env.CustomerID || (f.Subscription == nil && f.Invoice == nil) {
+				t.Fatalf("%s %s: fact %+v, want a subscription or invoice of %s", d.EventID, d.Type, f, env.CustomerID)
+			}
+		}
+		seen[env.ObjectType]++
+	}
+	if seen["subscription"] == 0 || seen["invoice"] == 0 {
+		t.Fatalf("v2 Account customers' objects decoded: %v, want subscriptions and invoices", seen)
+	}
+}

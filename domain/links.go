@@ -60,7 +60,7 @@ func newLinks(head *rawObject, f *linkFields, charge expandable) Links {
 	if head.ID == "" {
 		return Links{}
 	}
-	l := Links{CustomerID: string(head.Customer), Objects: []string{head.ID}}
+	l := Links{CustomerID: head.customer(), Objects: []string{head.ID}}
 	for _, id := range [...]expandable{charge, f.PaymentIntent, f.Invoice, f.LatestCharge} {
 		if id != "" && string(id) != head.ID {
 			l.Objects = append(l.Objects, string(id))

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
@@ -185,8 +186,30 @@ func (g *generator) newID(prefix string) string {
 
 func (g *generator) chance(percent int) bool { return g.rng.IntN(100) < percent }
 
+// isV2Account reports whether the customer is a v2 Account
+// ("customer-configured", stripe-go v84+'s customer_account) rather than a
+// cus_ Customer.
+func isV2Account(id string) bool { return strings.HasPrefix(id, "acct_") }
+
+// v2AccountCustomer renders obj, a subscription or invoice of a v2 Account
+// customer, as Stripe does: customer_account names it, customer is null.
+// Charges carry no customer_account: theirs name no customer.
+func v2AccountCustomer(obj map[string]any, cus string) {
+	if !isV2Account(cus) || obj["customer"] != cus {
+		return
+	}
+	obj["customer"] = nil
+	switch obj["object"] {
+	case "subscription", "invoice":
+		obj["customer_account"] = cus
+	}
+}
+
 func (g *generator) customerLife() {
 	g.cus, g.last = g.newID("cus"), 0
+	if strings.IndexByte("ABC", g.cus[4]) >= 0 { // about one customer in 20, without drawing from rng
+		g.cus = "acct_" + g.cus[4:]
+	}
 	t := int64(1709251200) + g.rng.Int64N(60*day) // from March 2024
 	email := fmt.Sprintf("%s@example.com", g.cus[4:12])
 	g.emitCustomer("customer.created", t, email)
@@ -443,9 +466,11 @@ func (g *generator) emitChange(typ string, at int64, object, previous func(basil
 		version = APIVersions[g.rng.IntN(len(APIVersions))]
 	}
 	id, obj := g.newID("evt"), object(itemPeriods(version))
+	v2AccountCustomer(obj, g.cus)
 	data := map[string]any{"object": obj}
 	if previous != nil {
 		old, changed := previous(itemPeriods(version)), map[string]any{}
+		v2AccountCustomer(old, g.cus)
 		for k, v := range old {
 			if !reflect.DeepEqual(v, obj[k]) {
 				changed[k] = v
@@ -474,7 +499,13 @@ func (g *generator) emitChange(typ string, at int64, object, previous func(basil
 	g.last = max(g.last, at)
 	customerID, _ := obj["customer"].(string)
 	if obj["object"] == "customer" {
+		if isV2Account(g.cus) {
+			return // a v2 Account's customer sends v2.core.account events, not customer.*
+		}
 		customerID = g.cus
+	}
+	if customerID == "" {
+		customerID, _ = obj["customer_account"].(string)
 	}
 	g.out = append(g.out, Delivery{
 		EventID: id, Type: typ, Account: g.account, CustomerID: customerID, Created: time.Unix(at, 0).UTC(),
