@@ -5,7 +5,9 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/labstack/echo/v4"
 	"github.com/stripe/stripe-go/v76/webhook"
@@ -104,17 +106,36 @@ func (s *Server) reject(c echo.Context, payload []byte, err error, outcome strin
 	s.metrics.webhooks.WithLabelValues(outcome).Inc()
 	r := c.Request()
 	attrs := append([]any{"outcome", outcome, "reason", domain.ErrorMessage(err), "remote_addr", r.RemoteAddr}, extra...)
+	// What the sender wrote is logged clipped: a refused delivery must not
+	// write what it likes, at any length, into the operator's logs.
 	if fwd := r.Header.Get("X-Forwarded-For"); fwd != "" {
-		attrs = append(attrs, "forwarded_for", fwd)
+		attrs = append(attrs, "forwarded_for", clip(fwd))
 	}
 	var claimed struct {
 		ID string `json:"id"`
 	}
 	if json.Unmarshal(payload, &claimed) == nil && claimed.ID != "" {
-		attrs = append(attrs, "event_id", claimed.ID) // unverified unless the signature checked
+		attrs = append(attrs, "event_id", clip(claimed.ID)) // unverified unless the signature checked
 	}
 	s.cfg.Logger.Warn("webhook rejected", attrs...)
 	return err
+}
+
+// maxLoggedUntrusted is the most bytes of a value a sender chose that a log
+// line carries; a Stripe event id is about 30.
+const maxLoggedUntrusted = 64
+
+// clip returns s cut to maxLoggedUntrusted bytes (at a character boundary),
+// marked as cut and with its full length, when it is longer.
+func clip(s string) string {
+	if len(s) <= maxLoggedUntrusted {
+		return s
+	}
+	cut := maxLoggedUntrusted
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…(" + strconv.Itoa(len(s)) + " bytes)"
 }
 
 // signatureError turns a failed verification into the 400 the webhook answers.

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/internal/backoff"
 )
 
 // Swap and drop tuning: a swap waits at most swapLockTimeout for a lock (a
@@ -345,6 +346,9 @@ func tableList(schema string) string {
 	return strings.Join(names, ", ")
 }
 
+// lockWaitRetry spaces the retries of a statement that timed out on a lock.
+var lockWaitRetry = backoff.Policy{Min: 100 * time.Millisecond, Max: time.Second}
+
 // retryLockTimeouts runs op until it succeeds, fails otherwise than on a
 // lock timeout or deadlock, or has tried swapAttempts times.
 func retryLockTimeouts(ctx context.Context, logger *slog.Logger, what string, op func() error) error {
@@ -357,11 +361,10 @@ func retryLockTimeouts(ctx context.Context, logger *slog.Logger, what string, op
 			}
 			return nil
 		}
-		logger.WarnContext(ctx, "lock wait timed out; retrying", "op", what, "attempt", attempt, "err", err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		wait := lockWaitRetry.Delay(attempt - 1)
+		logger.WarnContext(ctx, "lock wait timed out; retrying", "op", what, "attempt", attempt, "retry_in", wait.String(), "err", err)
+		if err := backoff.Sleep(ctx, wait); err != nil {
+			return err
 		}
 	}
 }

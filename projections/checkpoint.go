@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/internal/backoff"
 )
 
 // checkpoint is a projection's row of projection_checkpoints: the live
@@ -123,10 +124,8 @@ func lock(ctx context.Context, pool *pgxpool.Pool, class int32, name string, int
 		if !errors.Is(err, errLocked) {
 			return l, err
 		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(interval):
+		if err := backoff.Sleep(ctx, interval); err != nil {
+			return nil, err
 		}
 	}
 }

@@ -117,7 +117,7 @@ func records(t testing.TB, ds []domaintest.Delivery) []eventlog.Record {
 // startRunner runs r until the returned stop is called (or the test ends);
 // stop returns Run's error.
 func startRunner(t testing.TB, r *Runner) (stop func() error) {
-	r.lockRetry, r.minBackoff = 50*time.Millisecond, 50*time.Millisecond
+	r.lockRetry, r.retry.Min = 50*time.Millisecond, 50*time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/internal/backoff"
 )
 
 // Runner keeps one projection's live read model current, on whichever
@@ -23,11 +24,10 @@ type Runner struct {
 	logger  *slog.Logger
 	metrics *metrics
 
-	lockRetry  time.Duration // how often a replica without the lock tries again
-	minBackoff time.Duration // first wait after an error, doubled up to maxBackoff
-	maxBackoff time.Duration // short: the runner resumes this soon after the database returns
-	batchSize  int           // of builds; live batches are the log's
-	fillChunk  int           // records per read of a build's fill; 0: fillChunk
+	lockRetry time.Duration  // how often a replica without the lock tries again
+	retry     backoff.Policy // after an error; capped short: the runner resumes soon after the database returns
+	batchSize int            // of builds; live batches are the log's
+	fillChunk int            // records per read of a build's fill; 0: fillChunk
 }
 
 // NewRunner returns a Runner of p that reads log and writes the read model
@@ -48,7 +48,7 @@ func NewRunner(pool *pgxpool.Pool, log eventlog.Log, p Projection, logger *slog.
 	}
 	return &Runner{
 		pool: pool, log: log, p: p, logger: logger.With("projection", p.Name), metrics: m,
-		lockRetry: 3 * time.Second, minBackoff: time.Second, maxBackoff: 2 * time.Second, batchSize: buildBatchSize,
+		lockRetry: 3 * time.Second, retry: backoff.Policy{Min: time.Second, Max: 2 * time.Second}, batchSize: buildBatchSize,
 	}, nil
 }
 
@@ -57,7 +57,7 @@ func NewRunner(pool *pgxpool.Pool, log eventlog.Log, p Projection, logger *slog.
 // projection's lock it retries every few seconds; database and log errors
 // are logged and retried with back-off from the stored checkpoint.
 func (r *Runner) Run(ctx context.Context) error {
-	delay := r.minBackoff
+	retry := backoff.New(r.retry)
 	for {
 		started := time.Now()
 		err := r.runLocked(ctx)
@@ -67,16 +67,14 @@ func (r *Runner) Run(ctx context.Context) error {
 			return nil
 		case errors.Is(err, errLocked):
 		default:
-			if time.Since(started) > r.maxBackoff {
-				delay = r.minBackoff // it ran for a while: a fresh failure
+			if time.Since(started) > r.retry.Max {
+				retry.Reset() // it ran for a while: a fresh failure
 			}
-			r.logger.ErrorContext(ctx, "projection runner failed; retrying", "err", err, "retry_in", delay)
-			wait, delay = delay, min(2*delay, r.maxBackoff)
+			wait = retry.Next()
+			r.logger.ErrorContext(ctx, "projection runner failed; retrying", "err", err, "retry_in", wait.String())
 		}
-		select {
-		case <-ctx.Done():
+		if backoff.Sleep(ctx, wait) != nil {
 			return nil
-		case <-time.After(wait):
 		}
 	}
 }

@@ -135,6 +135,33 @@ func TestUnknownFlagsAndStrayArgumentsExitTwo(t *testing.T) {
 	}
 }
 
+// TestMissingCommandPrintsHelp runs the ledger, and each command that only
+// groups others, without a command: the help goes to stderr, once, and the
+// exit code is 2 (a usage error).
+func TestMissingCommandPrintsHelp(t *testing.T) {
+	t.Parallel()
+	getenv := env("DATABASE_URL", absentDatabase(t), "LEDGER_PLANS", "bad")
+	for _, tc := range []struct {
+		args []string
+		want string // a line of the help
+	}{
+		{nil, "ledger [command]"},
+		{[]string{"projections"}, "ledger projections [command]"},
+	} {
+		var out, errOut bytes.Buffer
+		err := run(context.Background(), tc.args, getenv, &out, &errOut)
+		if !isUsage(err) || exitCode(err) != 2 {
+			t.Errorf("%v: err = %v (exit %d), want a usage error, exit 2", tc.args, err, exitCode(err))
+		}
+		if n := strings.Count(errOut.String(), "Usage:"); n != 1 || !strings.Contains(errOut.String(), tc.want) {
+			t.Errorf("%v: stderr has the usage %d times, want once with %q:\n%s", tc.args, n, tc.want, errOut.String())
+		}
+		if out.Len() != 0 {
+			t.Errorf("%v: wrote to stdout: %s", tc.args, out.String())
+		}
+	}
+}
+
 func TestExitCodes(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {

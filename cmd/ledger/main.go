@@ -136,7 +136,7 @@ verify found tampering, reconcile found drift), 2 bad usage or the command could
 		SilenceUsage:      true,
 		SilenceErrors:     true,
 		PersistentPreRunE: func(*cobra.Command, []string) error { c.started = true; return nil },
-		RunE:              func(*cobra.Command, []string) error { return usageError("no command given (see ledger --help)") },
+		RunE:              c.missingCommand,
 	}
 	root.SetOut(c.stdout)
 	root.SetErr(c.stderr)
@@ -154,6 +154,18 @@ verify found tampering, reconcile found drift), 2 bad usage or the command could
 		newVersionCmd(c),
 	)
 	return root
+}
+
+// missingCommand is the RunE of a command that only groups others (ledger,
+// ledger projections) run without one: it prints the command's help on
+// stderr and exits 2, since a script that ran it meant to run something.
+func (c *cli) missingCommand(cmd *cobra.Command, _ []string) error {
+	cmd.SetOut(c.stderr)
+	_ = cmd.Help()
+	if cmd.HasParent() {
+		return usageError(cmd.Name() + ": no command given (see the list above)")
+	}
+	return usageError("no command given (see the list above)")
 }
 
 // noArgs refuses positional arguments, naming the first one.

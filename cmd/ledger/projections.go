@@ -20,9 +20,7 @@ func newProjectionsCmd(c *cli) *cobra.Command {
 		Use:   "projections",
 		Short: "Where each projection stands; rebuild it blue/green; diff a rebuild against the live model",
 		Args:  noArgs,
-		RunE: func(*cobra.Command, []string) error {
-			return usageError("projections: want a subcommand: status, rebuild, diff, dead-letters or retry")
-		},
+		RunE:  c.missingCommand,
 	}
 	cmd.AddCommand(newProjectionsStatusCmd(c), newProjectionsRebuildCmd(c), newProjectionsDiffCmd(c),
 		newProjectionsDeadLettersCmd(c), newProjectionsRetryCmd(c))

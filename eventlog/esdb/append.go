@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	esdbclient "github.com/EventStore/EventStore-Client-Go/v4/esdb"
@@ -19,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/internal/backoff"
 )
 
 // Metadata is the JSON metadata of every event the Log writes. Byte strings
@@ -39,6 +39,10 @@ type Metadata struct {
 // maxAppendAttempts bounds the wrong-expected-version retries of one append:
 // each lost race means another append to the stream succeeded.
 const maxAppendAttempts = 100
+
+// raceRetry spaces the retries of an append that lost the race for its
+// expected revision: a few milliseconds, jittered so the racers spread out.
+var raceRetry = backoff.Policy{Min: time.Millisecond, Max: 20 * time.Millisecond, Jitter: 1}
 
 // guardLockClass is the first key of the guard's advisory locks ('esdb'); the
 // second is hashtext(event id).
@@ -261,7 +265,7 @@ func (l *Log) appendExpected(ctx context.Context, conn *pgxpool.Conn, e eventlog
 			return client.AppendToStream(leader(ctx), stream, esdbclient.AppendToStreamOptions{ExpectedRevision: want}, data)
 		}, nil)
 		if hasCode(err, esdbclient.ErrorCodeWrongExpectedVersion) && attempt < maxAppendAttempts {
-			if err := sleep(ctx, time.Duration(rand.Int64N(int64(min(attempt, 20))*int64(time.Millisecond)))); err != nil {
+			if err := backoff.Sleep(ctx, raceRetry.Delay(attempt-1)); err != nil {
 				return eventlog.AppendResult{}, classify(err) // a deadline is unavailable, like any other
 			}
 			continue
@@ -376,15 +380,4 @@ func (l *Log) eventData(e eventlog.Event, id uuid.UUID, payloadSHA, prevHash []b
 // storedAt reports an event found already stored.
 func storedAt(ev *esdbclient.RecordedEvent) eventlog.AppendResult {
 	return eventlog.AppendResult{Duplicate: true, StreamVersion: int64(ev.EventNumber), Position: position(ev.Position)}
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

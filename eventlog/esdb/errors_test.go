@@ -7,6 +7,7 @@ import (
 	"io"
 	"testing"
 
+	esdbclient "github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -24,6 +25,9 @@ func TestClassify(t *testing.T) {
 		{"gRPC unavailable", status.Error(codes.Unavailable, "connection refused"), true},
 		{"gRPC deadline", status.Error(codes.DeadlineExceeded, "slow"), true},
 		{"deadline", fmt.Errorf("read: %w", context.DeadlineExceeded), true},
+		{"client's deadline code", wrapClientError(status.Error(codes.DeadlineExceeded, "Deadline Exceeded")), true},
+		{"server write timeout", fmt.Errorf("append: %w", status.Error(codes.Aborted, "Operation timed out")), true},
+		{"client error around a deadline", wrapClientError(fmt.Errorf("subscription: %w", context.DeadlineExceeded)), true},
 		{"stuck call", errStuck, true},
 		{"client retired during the call", errRetired, true},
 		{"cancelled by the caller", context.Canceled, false},
@@ -34,4 +38,10 @@ func TestClassify(t *testing.T) {
 			t.Errorf("%s: classify(%v) unavailable = %v, want %v", tc.name, tc.err, got, tc.unavailable)
 		}
 	}
+}
+
+// wrapClientError is err as EventStore-Client-Go hands it back: an *esdbclient.Error.
+func wrapClientError(err error) error {
+	e, _ := esdbclient.FromError(err)
+	return e
 }

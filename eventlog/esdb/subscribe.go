@@ -9,6 +9,7 @@ import (
 	esdbclient "github.com/EventStore/EventStore-Client-Go/v4/esdb"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/internal/backoff"
 )
 
 // The projection runner stores the checkpoints of filtered subscriptions
@@ -21,12 +22,9 @@ var _ eventlog.CheckpointSubscriber = (*Log)(nil)
 // checkpoint the projection runner stores is a transaction.
 const checkpointIntervalMultiplier = 100
 
-// Resubscription back-off after a drop: doubled per failed attempt, reset by
-// a subscription that delivered something.
-const (
-	minResubscribeDelay = 50 * time.Millisecond
-	maxResubscribeDelay = 5 * time.Second
-)
+// resubscribe spaces the resubscriptions after a drop; a subscription that
+// delivered something resets it.
+var resubscribe = backoff.Policy{Min: 50 * time.Millisecond, Max: 5 * time.Second}
 
 // Subscribe implements eventlog.Log. It is SubscribeCheckpoints without a
 // checkpoint callback: checkpoints still move the point it resubscribes from.
@@ -42,7 +40,7 @@ func (l *Log) Subscribe(ctx context.Context, from eventlog.Position, h eventlog.
 func (l *Log) SubscribeCheckpoints(ctx context.Context, from eventlog.Position, h eventlog.Handler,
 	cp func(ctx context.Context, pos eventlog.Position) error) error {
 	s := &subscription{log: l, h: h, cp: cp, resume: from}
-	delay := minResubscribeDelay
+	retry := backoff.New(resubscribe)
 	for {
 		delivered := s.delivered
 		err := s.follow(ctx)
@@ -53,13 +51,13 @@ func (l *Log) SubscribeCheckpoints(ctx context.Context, from eventlog.Position, 
 			return stop.err
 		}
 		if s.delivered != delivered {
-			delay = minResubscribeDelay
+			retry.Reset()
 		}
-		l.logger.Warn("esdb event log: subscription dropped; resubscribing", "from", s.resume, "in", delay, "err", err)
-		if err := sleep(ctx, delay); err != nil {
+		delay := retry.Next()
+		l.logger.Warn("esdb event log: subscription dropped; resubscribing", "from", s.resume.String(), "retry_in", delay.String(), "err", err)
+		if err := backoff.Sleep(ctx, delay); err != nil {
 			return err
 		}
-		delay = min(2*delay, maxResubscribeDelay)
 	}
 }
 

@@ -54,6 +54,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/internal/backoff"
 )
 
 // Log is the PostgreSQL event log. It is safe for concurrent use.
@@ -209,10 +210,8 @@ func (l *Log) notify(ctx context.Context) {
 		}
 		// A NOTIFY costs the database about what an append does; subscribers
 		// read at most every minCatchUpInterval anyway.
-		select {
-		case <-ctx.Done():
+		if backoff.Sleep(ctx, minNotifyInterval) != nil {
 			return
-		case <-time.After(minNotifyInterval):
 		}
 	}
 }
@@ -296,11 +295,8 @@ func (l *Log) CountAfter(ctx context.Context, from eventlog.Position) (int64, er
 // settleSQL reports the horizon and the largest tx committed so far.
 const settleSQL = `SELECT ledger_horizon(), (SELECT tx FROM events ORDER BY tx DESC LIMIT 1)`
 
-// Settle polling: from minSettleDelay, doubling up to maxSettleDelay.
-const (
-	minSettleDelay = time.Millisecond
-	maxSettleDelay = 50 * time.Millisecond
-)
+// settlePolling spaces settle's reads of the horizon.
+var settlePolling = backoff.Policy{Min: time.Millisecond, Max: 50 * time.Millisecond, Jitter: -1}
 
 // settle returns a horizon for a read that follows. It waits until the
 // horizon has passed every record committed when it is called, or the settle
@@ -316,11 +312,9 @@ func (l *Log) settle(ctx context.Context) (uint64, error) {
 		return 0, classify(err)
 	}
 	deadline := time.Now().Add(l.settleTimeout)
-	for delay := minSettleDelay; last != nil && *last >= horizon && time.Now().Before(deadline); delay = min(2*delay, maxSettleDelay) {
-		select {
-		case <-ctx.Done():
-			return 0, classify(ctx.Err())
-		case <-time.After(min(delay, time.Until(deadline))):
+	for poll := backoff.New(settlePolling); last != nil && *last >= horizon && time.Now().Before(deadline); {
+		if err := backoff.Sleep(ctx, min(poll.Next(), time.Until(deadline))); err != nil {
+			return 0, classify(err)
 		}
 		if err := l.pool.QueryRow(ctx, `SELECT ledger_horizon()`).Scan(&horizon); err != nil {
 			return 0, classify(err)

@@ -10,13 +10,11 @@ import (
 	"github.com/jackc/puddle/v2"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/internal/backoff"
 )
 
-// Reconnect back-off of a Subscribe whose connection failed.
-const (
-	minReconnectDelay = 100 * time.Millisecond
-	maxReconnectDelay = 5 * time.Second
-)
+// reconnect spaces the reconnections of a Subscribe whose connection failed.
+var reconnect = backoff.Policy{Min: 100 * time.Millisecond, Max: 5 * time.Second}
 
 // Subscribe implements eventlog.Log. It holds one pooled connection that
 // LISTENs on ledger_events, reads everything after the last delivered position
@@ -32,7 +30,7 @@ const (
 // other than ErrUnavailable.
 func (l *Log) Subscribe(ctx context.Context, from eventlog.Position, h eventlog.Handler) error {
 	s := &subscription{Log: l, h: h, pos: from}
-	delay := minReconnectDelay
+	retry := backoff.New(reconnect)
 	for {
 		err := s.follow(ctx)
 		if ctx.Err() != nil {
@@ -45,16 +43,14 @@ func (l *Log) Subscribe(ctx context.Context, from eventlog.Position, h eventlog.
 			return err
 		}
 		if s.listened {
-			delay = minReconnectDelay
+			retry.Reset()
 		}
+		delay := retry.Next()
 		l.logger.WarnContext(ctx, "event log subscription lost the database; reconnecting",
-			"after", s.pos.String(), "retry_in", delay, "err", err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(delay):
+			"after", s.pos.String(), "retry_in", delay.String(), "err", err)
+		if err := backoff.Sleep(ctx, delay); err != nil {
+			return err
 		}
-		delay = min(2*delay, maxReconnectDelay)
 	}
 }
 
@@ -91,17 +87,13 @@ func (s *subscription) follow(ctx context.Context) error {
 		return fmt.Errorf("subscribe: listen: %w", classify(err))
 	}
 	s.listened = true
-	heldBackDelay := minHeldBackDelay
+	heldBackPoll := backoff.New(heldBackPolling)
 	var last time.Time
 	for {
 		// Under a stream of commits, each read takes what a few of them
 		// wrote, instead of paying a horizon and a handler call for each.
-		if wait := time.Until(last.Add(minCatchUpInterval)); wait > 0 {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(wait):
-			}
+		if err := backoff.Sleep(ctx, time.Until(last.Add(minCatchUpInterval))); err != nil {
+			return err
 		}
 		last = time.Now()
 		heldBack, err := s.catchUp(ctx, conn)
@@ -110,10 +102,9 @@ func (s *subscription) follow(ctx context.Context) error {
 		}
 		timeout := s.pollInterval
 		if heldBack {
-			timeout = min(heldBackDelay, s.pollInterval)
-			heldBackDelay = min(2*heldBackDelay, maxHeldBackDelay)
+			timeout = min(heldBackPoll.Next(), s.pollInterval)
 		} else {
-			heldBackDelay = minHeldBackDelay
+			heldBackPoll.Reset()
 		}
 		if err := s.wait(ctx, conn, timeout); err != nil {
 			return err
@@ -126,12 +117,9 @@ func (s *subscription) follow(ctx context.Context) error {
 // the commits that follow it.
 const minCatchUpInterval = 10 * time.Millisecond
 
-// Polling while committed records are held back: from minHeldBackDelay,
-// doubling up to maxHeldBackDelay (and never beyond the poll interval).
-const (
-	minHeldBackDelay = 5 * time.Millisecond
-	maxHeldBackDelay = time.Second
-)
+// heldBackPolling spaces the reads while committed records are held back
+// (never beyond the poll interval): exact doubling, as a poll, not a retry.
+var heldBackPolling = backoff.Policy{Min: 5 * time.Millisecond, Max: time.Second, Jitter: -1}
 
 // horizonSQL takes the horizon and reports whether a record committed by then
 // lies at or beyond it, held back. It compares with the largest tx, which the

@@ -18,7 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -26,6 +25,8 @@ import (
 	"time"
 
 	"github.com/stripe/stripe-go/v76"
+
+	"github.com/stripe-ledger/stripe-ledger/internal/backoff"
 )
 
 // DefaultBase is Stripe's API, used when Config.Base is empty.
@@ -58,9 +59,7 @@ type Client struct {
 	key        string
 	logger     *slog.Logger
 	maxRetries int
-	minBackoff time.Duration
-	maxBackoff time.Duration
-	sleep      func(ctx context.Context, d time.Duration) error
+	retry      backoff.Policy // without a Retry-After; its Max also caps Retry-After
 }
 
 // ErrNoKey is returned by New without a key.
@@ -79,9 +78,7 @@ func New(cfg Config) (*Client, error) {
 		key:        cfg.Key,
 		logger:     cfg.Logger,
 		maxRetries: cfg.MaxRetries,
-		minBackoff: cmp.Or(cfg.MinBackoff, 500*time.Millisecond),
-		maxBackoff: cmp.Or(cfg.MaxBackoff, 30*time.Second),
-		sleep:      sleep,
+		retry:      backoff.Policy{Min: cmp.Or(cfg.MinBackoff, 500*time.Millisecond), Max: cmp.Or(cfg.MaxBackoff, 30*time.Second)},
 	}
 	if c.logger == nil {
 		c.logger = slog.New(slog.DiscardHandler)
@@ -136,7 +133,7 @@ func (c *Client) Get(ctx context.Context, path string, query url.Values, account
 		}
 		c.logger.WarnContext(ctx, "Stripe API request failed; retrying",
 			"path", path, "status", apiErr.Status, "request_id", apiErr.RequestID, "attempt", attempt+1, "retry_in", wait.String())
-		if err := c.sleep(ctx, wait); err != nil {
+		if err := backoff.Sleep(ctx, wait); err != nil {
 			return nil, &Error{Kind: KindUnavailable, Path: path, Message: "interrupted while backing off: " + err.Error(), cause: err}
 		}
 	}
@@ -227,19 +224,7 @@ func (c *Client) retryAfter(apiErr *Error, cause error, attempt int) (time.Durat
 		}
 	}
 	if s, err := strconv.Atoi(header.Get("Retry-After")); err == nil && s >= 0 {
-		return min(time.Duration(s)*time.Second, c.maxBackoff), true
+		return min(time.Duration(s)*time.Second, c.retry.Max), true
 	}
-	d := min(c.minBackoff<<min(attempt, 20), c.maxBackoff)
-	return d/2 + rand.N(d/2+1), true // jitter: retries of concurrent callers spread out
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return c.retry.Delay(attempt), true // jittered: retries of concurrent callers spread out
 }
