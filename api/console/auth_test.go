@@ -8,7 +8,9 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 )
@@ -91,5 +93,47 @@ func TestFormBodyLimit(t *testing.T) {
 	// The ordinary form still logs in.
 	if rec := postLogin(c, ck, csrf, "secret-token"); rec.Code != http.StatusSeeOther {
 		t.Errorf("a good login: %d, want 303", rec.Code)
+	}
+}
+
+// TestLoginDelayBounded: wrong tokens wait out the delay in a bounded
+// number of slots; once they are all taken, a login is refused with 429
+// without its token being compared (so a flood learns nothing faster), and
+// a right token is not delayed otherwise.
+func TestLoginDelayBounded(t *testing.T) {
+	t.Parallel()
+	c := newAuthConsole(t, Config{Token: "secret-token", LoginDelay: 2 * time.Second})
+	ck, csrf := loginForm(t, c)
+
+	start := time.Now()
+	if rec := postLogin(c, ck, csrf, "secret-token"); rec.Code != http.StatusSeeOther || time.Since(start) > time.Second {
+		t.Fatalf("a good login: %d after %v", rec.Code, time.Since(start))
+	}
+
+	var wg sync.WaitGroup
+	codes := make(chan int, 2*maxDelayedLogins)
+	for range 2 * maxDelayedLogins {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes <- postLogin(c, ck, csrf, "wrong").Code
+		}()
+	}
+	// While the slots are taken, even the right token is turned away.
+	time.Sleep(500 * time.Millisecond)
+	if rec := postLogin(c, ck, csrf, "secret-token"); rec.Code != http.StatusTooManyRequests || rec.Header().Get("Retry-After") == "" {
+		t.Errorf("a login while every slot is taken: %d (Retry-After %q), want 429 with Retry-After", rec.Code, rec.Header().Get("Retry-After"))
+	}
+	wg.Wait()
+	close(codes)
+	n := map[int]int{}
+	for code := range codes {
+		n[code]++
+	}
+	if n[http.StatusUnauthorized] != maxDelayedLogins || n[http.StatusTooManyRequests] != maxDelayedLogins {
+		t.Errorf("%d wrong logins at once: %v, want %d × 401 and %d × 429", 2*maxDelayedLogins, n, maxDelayedLogins, maxDelayedLogins)
+	}
+	if rec := postLogin(c, ck, csrf, "secret-token"); rec.Code != http.StatusSeeOther {
+		t.Errorf("a good login after the flood: %d, want 303", rec.Code)
 	}
 }

@@ -92,6 +92,9 @@ const (
 	DefaultLoginDelay = time.Second
 )
 
+// maxDelayedLogins bounds the wrong logins waiting out LoginDelay at once.
+const maxDelayedLogins = 16
+
 //go:embed templates/*.html
 var templateFS embed.FS
 
@@ -104,6 +107,8 @@ type Console struct {
 	echo  *echo.Echo
 	pages map[string]*template.Template
 	keys  sessionKeys
+	// delayed holds a slot for each wrong login waiting out LoginDelay.
+	delayed chan struct{}
 }
 
 // New builds the console and its routes, all under Prefix.
@@ -127,7 +132,8 @@ func New(cfg Config) (*Console, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Console{cfg: cfg, echo: echo.New(), pages: pages, keys: newSessionKeys(cfg.Token)}
+	c := &Console{cfg: cfg, echo: echo.New(), pages: pages, keys: newSessionKeys(cfg.Token),
+		delayed: make(chan struct{}, maxDelayedLogins)}
 	e := c.echo
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = c.handleError

@@ -168,14 +168,28 @@ func (c *Console) handleLogin(ec echo.Context) error {
 	if c.cfg.Token == "" {
 		return c.loginForm(ec, http.StatusServiceUnavailable, "The console is disabled: set LEDGER_API_TOKEN to enable it.")
 	}
+	// A wrong token waits LoginDelay in one of maxDelayedLogins slots; with
+	// none free, the attempt is refused before its token is compared, so no
+	// flood of guesses learns faster than maxDelayedLogins per LoginDelay nor
+	// holds more than that many goroutines.
+	select {
+	case c.delayed <- struct{}{}:
+	default:
+		ec.Response().Header().Set("Retry-After", strconv.Itoa(int(c.cfg.LoginDelay.Seconds())+1))
+		return c.loginForm(ec, http.StatusTooManyRequests, "Too many wrong tokens were tried just now; try again in a moment.")
+	}
 	if subtle.ConstantTimeCompare([]byte(ec.FormValue("token")), []byte(c.cfg.Token)) != 1 {
-		select { // against guessing
-		case <-time.After(c.cfg.LoginDelay):
+		defer func() { <-c.delayed }()
+		t := time.NewTimer(c.cfg.LoginDelay)
+		defer t.Stop()
+		select {
+		case <-t.C:
 		case <-ec.Request().Context().Done():
 			return ec.Request().Context().Err()
 		}
 		return c.loginForm(ec, http.StatusUnauthorized, "That token is not the ledger's API token.")
 	}
+	<-c.delayed
 	s := session{id: randomToken(), expires: c.cfg.Now().Add(c.cfg.SessionTTL).Truncate(time.Second)}
 	ec.SetCookie(c.cookie(ec, sessionCookie, c.keys.encode(s), s.expires))
 	ec.SetCookie(c.cookie(ec, loginCookie, "", time.Time{}))
