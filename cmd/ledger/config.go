@@ -32,6 +32,9 @@ type Config struct {
 	HTTPReadTimeout     time.Duration // LEDGER_HTTP_READ_TIMEOUT: a whole request, body included
 	HTTPIdleTimeout     time.Duration // LEDGER_HTTP_IDLE_TIMEOUT: a keep-alive connection between requests
 	MaxInflightWebhooks int           // LEDGER_WEBHOOK_MAX_INFLIGHT: beyond it the webhook answers 503
+
+	NotifyURLs   []string // LEDGER_NOTIFY_URL, comma-separated: serve pushes notifications to each
+	NotifySecret string   // LEDGER_NOTIFY_SECRET: signs them; never logged
 }
 
 // Defaults of the HTTP limits. A Stripe delivery is at most 1 MiB and sent
@@ -70,6 +73,12 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			cfg.WebhookSecrets = append(cfg.WebhookSecrets, s)
 		}
 	}
+	for _, u := range strings.Split(getenv("LEDGER_NOTIFY_URL"), ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			cfg.NotifyURLs = append(cfg.NotifyURLs, u)
+		}
+	}
+	cfg.NotifySecret = getenv("LEDGER_NOTIFY_SECRET")
 	var err error
 	if cfg.HTTPReadTimeout, err = envDuration(getenv, "LEDGER_HTTP_READ_TIMEOUT", DefaultHTTPReadTimeout); err != nil {
 		return Config{}, err

@@ -147,6 +147,7 @@ verify found tampering, reconcile found drift), 2 bad usage or the command could
 		newVerifyCmd(c),
 		newSealCmd(c),
 		newProjectionsCmd(c),
+		newNotificationsCmd(c),
 		newHistoryCmd(c),
 		newBackfillCmd(c),
 		newReconcileCmd(c),

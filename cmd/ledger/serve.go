@@ -64,6 +64,9 @@ func runServe(ctx context.Context, cfg Config, logger *slog.Logger, migrate bool
 	if len(cfg.WebhookSecrets) == 0 {
 		return errors.New("STRIPE_WEBHOOK_SECRET is not set: refusing to accept unverifiable webhooks")
 	}
+	if len(cfg.NotifyURLs) > 0 && cfg.NotifySecret == "" {
+		return errors.New("LEDGER_NOTIFY_URL is set but LEDGER_NOTIFY_SECRET is not: refusing to send unsigned notifications")
+	}
 	migrateOrCheck := migrations.Check // a missing or stale schema would answer 500 on every webhook
 	if migrate {
 		migrateOrCheck = migrations.Migrate
@@ -151,7 +154,8 @@ type Service struct {
 	api       *api.Server
 	handler   http.Handler // the API, and the console under /console/
 	runner    *projections.Runner
-	sealer    *seal.Sealer // nil when LEDGER_SEAL_INTERVAL is 0
+	sender    *projections.Sender // nil without LEDGER_NOTIFY_URL
+	sealer    *seal.Sealer        // nil when LEDGER_SEAL_INTERVAL is 0
 	sealEvery time.Duration
 
 	// Stripe's API: the thin-event fetcher (with a key) and the reconciler
@@ -184,6 +188,10 @@ func OpenService(ctx context.Context, cfg Config, logger *slog.Logger) (*Service
 	}
 	if err == nil {
 		svc.runner, err = projections.NewRunner(b.Pool, b.Log, billing, logger, reg)
+	}
+	if err == nil && len(cfg.NotifyURLs) > 0 {
+		svc.sender, err = projections.NewSender(b.Pool, projections.SenderConfig{
+			URLs: cfg.NotifyURLs, Secret: cfg.NotifySecret, Logger: logger, Registerer: reg})
 	}
 	if err == nil {
 		svc.api, err = api.New(api.Config{
@@ -294,6 +302,9 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 			s.logger.Error("projection runner stopped", "err", err)
 		}
 	}()
+	if s.sender != nil {
+		wg.Go(func() { _ = s.sender.Run(runCtx) })
+	}
 	if s.sealer != nil {
 		wg.Go(func() { s.sealer.Run(runCtx, s.sealEvery, s.logger) })
 	}
