@@ -131,7 +131,13 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		rep.Reference = ref.report()
 		rep.Ratio = rep.DeliveriesPerSecond / rep.Reference.InsertsPerSecond
-		if rep.CPU != nil && rep.CPU.Total > 0 {
+		switch {
+		case rep.CPU == nil:
+		case rep.CPU.Database == 0 || rep.Reference.CPU.Database == 0:
+			// Backends this process cannot see (another host, a container):
+			// a ratio against the client's CPU alone would mean nothing.
+			fmt.Fprintln(os.Stderr, "loadgen: no CPU time read for the database backends (is PostgreSQL on this machine?): no cpu_ratio_to_reference")
+		default:
 			rep.CPURatio = rep.Reference.CPU.Total / rep.CPU.Total
 		}
 		rep.LoadAverage = append(rep.LoadAverage, loadAverage())
@@ -308,20 +314,24 @@ func (r *reference) measure(ctx context.Context, clients int, d time.Duration, p
 		wg     sync.WaitGroup
 		failed atomic.Pointer[error]
 	)
-	runCtx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
 	run := len(r.runs)
 	meter, err := newCPUMeter(ctx, r.url, 0, true)
 	if err != nil {
 		return err
 	}
 	start := time.Now()
+	deadline := start.Add(d)
 	for i, c := range conns {
 		wg.Go(func() {
-			for j := i; runCtx.Err() == nil; j += clients {
+			// The clients stop at the deadline between two inserts, never
+			// by cancelling one: pgx closes a connection whose query is
+			// cancelled, its backend exits, and the CPU it used would not
+			// be read at the end (the reference measured 0 µs in the
+			// database at concurrency 8).
+			for j := i; time.Now().Before(deadline); j += clients {
 				id := fmt.Sprintf("evt_ref_%d_%d_%d", run, i, j)
-				if _, err := c.Exec(runCtx, `INSERT INTO t (event_id, payload) VALUES ($1, $2)`, id, payloads[j%len(payloads)]); err != nil {
-					if runCtx.Err() == nil {
+				if _, err := c.Exec(ctx, `INSERT INTO t (event_id, payload) VALUES ($1, $2)`, id, payloads[j%len(payloads)]); err != nil {
+					if ctx.Err() == nil {
 						failed.Store(&err)
 					}
 					return
