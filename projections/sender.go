@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stripe-ledger/stripe-ledger/internal/backoff"
 	"github.com/stripe-ledger/stripe-ledger/notify"
 )
 
@@ -43,7 +44,7 @@ type SenderConfig struct {
 	URLs       []string      // the receivers
 	Secret     string        // LEDGER_NOTIFY_SECRET
 	Client     *http.Client  // nil: one with a 10 s timeout
-	MinBackoff time.Duration // first retry after a failure (0: 1s), doubled per attempt
+	MinBackoff time.Duration // first retry after a failure (0: 1s), doubled per attempt, with jitter (internal/backoff)
 	MaxBackoff time.Duration // the longest wait between attempts (0: 1h)
 	RetryFor   time.Duration // how long a failing notification is retried (0: 72h)
 	Logger     *slog.Logger
@@ -118,10 +119,8 @@ func (s *Sender) Run(ctx context.Context) error {
 		if !errors.Is(err, errLocked) {
 			s.cfg.Logger.ErrorContext(ctx, "notification sender failed; retrying", "err", err)
 		}
-		select {
-		case <-ctx.Done():
+		if backoff.Sleep(ctx, s.lockRetry) != nil {
 			return nil
-		case <-time.After(s.lockRetry):
 		}
 	}
 }
@@ -211,17 +210,15 @@ VALUES ($1, $2, $3, $4) ON CONFLICT (receiver, notification_id) DO UPDATE SET er
 				s.metrics.abandoned.WithLabelValues(r.name).Inc()
 				break
 			}
-			wait := min(s.cfg.MinBackoff<<min(c.attempts-1, 30), s.cfg.MaxBackoff)
+			wait := backoff.Policy{Min: s.cfg.MinBackoff, Max: s.cfg.MaxBackoff}.Delay(c.attempts - 1)
 			s.cfg.Logger.WarnContext(ctx, "notification delivery failed; retrying", "receiver", r.name,
 				"notification_id", n.ID, "attempts", c.attempts, "retry_in", wait.String(), "err", err)
 			if err := s.storeCursor(ctx, r, from, c.position, delivered, &c); err != nil {
 				return err
 			}
 			from, delivered = c.position, 0
-			select {
-			case <-ctx.Done():
+			if backoff.Sleep(ctx, wait) != nil {
 				return nil
-			case <-time.After(wait):
 			}
 		}
 		c.position, c.failingID, c.failingSince, c.attempts = n.Position, "", nil, 0

@@ -16,9 +16,7 @@ func newNotificationsCmd(c *cli) *cobra.Command {
 		Use:   "notifications",
 		Short: "Where each push receiver of LEDGER_NOTIFY_URL stands; send notifications again",
 		Args:  noArgs,
-		RunE: func(*cobra.Command, []string) error {
-			return usageError("notifications: want a subcommand: status or replay")
-		},
+		RunE:  c.missingCommand,
 	}
 	cmd.AddCommand(newNotificationsStatusCmd(c), newNotificationsReplayCmd(c))
 	return cmd
