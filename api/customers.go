@@ -2,7 +2,6 @@ package api
 
 import (
 	"cmp"
-	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -12,7 +11,6 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
-	"github.com/stripe-ledger/stripe-ledger/eventlog"
 )
 
 // customerJSON is the customer shape of DESIGN §5.
@@ -98,19 +96,8 @@ func (s *Server) handleSubscription(c echo.Context) error {
 	return c.JSON(http.StatusOK, newSubscriptionJSON(sub))
 }
 
-// readError classifies a failed read of the event log: domain errors pass
-// through, an unreachable log is EUNAVAILABLE (retry later), anything else
-// is internal (and its text stays in the log).
-func readError(what string, err error) error {
-	var de *domain.Error
-	if errors.As(err, &de) {
-		return err
-	}
-	if errors.Is(err, eventlog.ErrUnavailable) {
-		return fmt.Errorf("read %s: %w", what, errors.Join(err, domain.Errorf(domain.EUNAVAILABLE, "the database is unavailable; retry later")))
-	}
-	return fmt.Errorf("read %s: %w", what, err)
-}
+// readError says what a failed read was reading; httpError classifies it.
+func readError(what string, err error) error { return fmt.Errorf("read %s: %w", what, err) }
 
 // latestFirst orders period ends descending, nil (no period) last.
 func latestFirst(a, b *time.Time) int {

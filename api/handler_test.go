@@ -210,7 +210,7 @@ func TestHandlerErrorMapping(t *testing.T) {
 	}{
 		{"not found", domain.Errorf(domain.ENOTFOUND, "customer cus_x not found"), 404, domain.ENOTFOUND},
 		{"unavailable", fmt.Errorf("read customer cus_x: %w", domain.Errorf(domain.EUNAVAILABLE, "retry later")), 503, domain.EUNAVAILABLE},
-		{"conflict", domain.Errorf(domain.ECONFLICT, "someone got there first"), 409, domain.ECONFLICT},
+		{"log unavailable", fmt.Errorf("read events: %w", eventlog.ErrUnavailable), 503, domain.EUNAVAILABLE},
 		{"internal", errors.New(`ERROR: relation "secret_table" (SQLSTATE 42P01)`), 500, domain.EINTERNAL},
 	} {
 		env := newHandlerEnv(t, &fakeReadModel{err: tc.err}, &fakeLog{}, nil)

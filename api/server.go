@@ -147,7 +147,6 @@ var statuses = []struct {
 	{domain.EUNAUTHORIZED, http.StatusUnauthorized},
 	{domain.ENOTFOUND, http.StatusNotFound},
 	{codeMethodNotAllowed, http.StatusMethodNotAllowed},
-	{domain.ECONFLICT, http.StatusConflict},
 	{domain.ETOOLARGE, http.StatusRequestEntityTooLarge},
 	{domain.EUNAVAILABLE, http.StatusServiceUnavailable},
 	{domain.ENOTCONFIGURED, http.StatusServiceUnavailable},
@@ -181,24 +180,38 @@ func codeOfStatus(status int) string {
 	return domain.EINTERNAL
 }
 
+// httpError is the one place an error becomes an HTTP answer: its status,
+// code and the message the client may see. A *domain.Error anywhere in the
+// chain carries its code; the event log's typed errors (eventlog.ErrUnavailable,
+// eventlog.ErrTooLarge) are mapped here; Echo's own errors (unknown route,
+// wrong method) keep their status; anything else is a 500 whose text, which
+// may hold SQL, stays in the log.
+func httpError(err error) (status int, code, message string) {
+	if he, ok := errors.AsType[*echo.HTTPError](err); ok {
+		return he.Code, codeOfStatus(he.Code), http.StatusText(he.Code)
+	}
+	if de, ok := errors.AsType[*domain.Error](err); ok {
+		return statusOf(de.Code), de.Code, de.Message
+	}
+	switch {
+	case errors.Is(err, eventlog.ErrUnavailable):
+		return http.StatusServiceUnavailable, domain.EUNAVAILABLE, "the event log is unavailable; retry later"
+	case errors.Is(err, eventlog.ErrTooLarge):
+		return http.StatusRequestEntityTooLarge, domain.ETOOLARGE, "the event is too large for the event log"
+	}
+	return http.StatusInternalServerError, domain.EINTERNAL, domain.ErrorMessage(err)
+}
+
 func (s *Server) handleError(err error, c echo.Context) {
 	if c.Response().Committed {
 		return
 	}
-	var he *echo.HTTPError
-	if errors.As(err, &he) { // Echo's own: unknown route, wrong method, …
-		err = &domain.Error{Code: codeOfStatus(he.Code), Message: http.StatusText(he.Code)}
-	}
-	code := domain.ErrorCode(err)
+	status, code, message := httpError(err)
 	if code == domain.EINTERNAL {
 		s.cfg.Logger.Error("request failed", "method", c.Request().Method, "path", c.Path(), "err", err)
 	}
 	var body errorBody
-	body.Error.Code, body.Error.Message = code, domain.ErrorMessage(err)
-	status := statusOf(code)
-	if he != nil {
-		status = he.Code
-	}
+	body.Error.Code, body.Error.Message = code, message
 	if err := c.JSON(status, body); err != nil {
 		s.cfg.Logger.Warn("write error response", "err", err)
 	}

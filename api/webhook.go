@@ -71,10 +71,10 @@ func (s *Server) handleWebhook(c echo.Context) error {
 	s.metrics.appendSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		if errors.Is(err, eventlog.ErrUnavailable) {
-			return s.reject(c, payload, domain.Errorf(domain.EUNAVAILABLE, "the event log is unavailable; retry later"), "unavailable", "err", err)
+			return s.reject(c, payload, err, "unavailable", "err", err)
 		}
 		if errors.Is(err, eventlog.ErrTooLarge) {
-			return s.reject(c, payload, domain.Errorf(domain.ETOOLARGE, "the event is too large for the event log"), "too_large", "err", err)
+			return s.reject(c, payload, err, "too_large", "err", err)
 		}
 		s.metrics.webhooks.WithLabelValues("failed").Inc()
 		return err // logged and answered 500 by handleError; Stripe retries
@@ -105,7 +105,8 @@ func (s *Server) handleWebhook(c echo.Context) error {
 func (s *Server) reject(c echo.Context, payload []byte, err error, outcome string, extra ...any) error {
 	s.metrics.webhooks.WithLabelValues(outcome).Inc()
 	r := c.Request()
-	attrs := append([]any{"outcome", outcome, "reason", domain.ErrorMessage(err), "remote_addr", r.RemoteAddr}, extra...)
+	_, _, reason := httpError(err)
+	attrs := append([]any{"outcome", outcome, "reason", reason, "remote_addr", r.RemoteAddr}, extra...)
 	// What the sender wrote is logged clipped: a refused delivery must not
 	// write what it likes, at any length, into the operator's logs.
 	if fwd := r.Header.Get("X-Forwarded-For"); fwd != "" {

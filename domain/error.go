@@ -10,7 +10,6 @@ const (
 	EINVALID       = "invalid"        // the request or payload is malformed
 	EUNAUTHORIZED  = "unauthorized"   // missing or wrong credentials or signature
 	ENOTFOUND      = "not_found"      // no such customer, subscription, …
-	ECONFLICT      = "conflict"       // a concurrent writer got there first
 	ETOOLARGE      = "too_large"      // the request body is over the limit
 	EUNAVAILABLE   = "unavailable"    // a dependency (database, event log) is unreachable: retry later
 	EINTERNAL      = "internal"       // a bug or an unexpected failure
