@@ -22,12 +22,13 @@ type unreached struct {
 	ReadModel
 	Auditor
 	Engineer
+	Revocations
 }
 
 func newAuthConsole(t *testing.T, cfg Config) *Console {
 	t.Helper()
 	var u unreached
-	cfg.Log, cfg.ReadModel, cfg.Auditor, cfg.Engineer = u, u, u, u
+	cfg.Log, cfg.ReadModel, cfg.Auditor, cfg.Engineer, cfg.Revocations = u, u, u, u, u
 	c, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -68,7 +68,16 @@ type Engineer interface {
 	Diff(ctx context.Context) (*projections.Report, error)
 }
 
-// Config holds the console's dependencies; Log, ReadModel, Auditor and Engineer are required.
+// Revocations are the sessions logged out before their expiry, shared by
+// every replica.
+type Revocations interface {
+	// Revoke records that session id is logged out; it would expire at expires.
+	Revoke(ctx context.Context, id string, expires time.Time) error
+	// Revoked tells whether session id was logged out.
+	Revoked(ctx context.Context, id string) (bool, error)
+}
+
+// Config holds the console's dependencies; Log, ReadModel, Auditor, Engineer and Revocations are required.
 type Config struct {
 	Token          string // LEDGER_API_TOKEN: what login takes; empty: the console says it is disabled
 	SecureCookie   bool   // set Secure on the cookies even over plain HTTP (behind a TLS proxy)
@@ -77,6 +86,7 @@ type Config struct {
 	ReadModel      ReadModel
 	Auditor        Auditor
 	Engineer       Engineer
+	Revocations    Revocations
 	Logger         *slog.Logger
 	// SessionTTL is how long a login lasts; 0: DefaultSessionTTL.
 	SessionTTL time.Duration
@@ -113,8 +123,8 @@ type Console struct {
 
 // New builds the console and its routes, all under Prefix.
 func New(cfg Config) (*Console, error) {
-	if cfg.Log == nil || cfg.ReadModel == nil || cfg.Auditor == nil || cfg.Engineer == nil {
-		return nil, errors.New("console: Log, ReadModel, Auditor and Engineer are required")
+	if cfg.Log == nil || cfg.ReadModel == nil || cfg.Auditor == nil || cfg.Engineer == nil || cfg.Revocations == nil {
+		return nil, errors.New("console: Log, ReadModel, Auditor, Engineer and Revocations are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

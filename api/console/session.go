@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"fmt"
 	"net/http"
 	"net/url"
 	"path"
@@ -111,6 +112,13 @@ func (c *Console) requireSession(next echo.HandlerFunc) echo.HandlerFunc {
 		if ok {
 			s, ok = c.keys.decode(ck.Value, c.cfg.Now())
 		}
+		if ok {
+			revoked, err := c.cfg.Revocations.Revoked(ec.Request().Context(), s.id)
+			if err != nil {
+				return fmt.Errorf("console session: %w", err)
+			}
+			ok = !revoked
+		}
 		if !ok {
 			// A form posted without a session changes nothing; after login the
 			// browser goes back to the page the form was on, not to the POST.
@@ -196,7 +204,13 @@ func (c *Console) handleLogin(ec echo.Context) error {
 	return ec.Redirect(http.StatusSeeOther, safeNext(ec.FormValue("next")))
 }
 
+// handleLogout revokes the session, so that a copy of its cookie is
+// refused too, then clears the browser's.
 func (c *Console) handleLogout(ec echo.Context) error {
+	s := ec.Get(string(sessionKey)).(session)
+	if err := c.cfg.Revocations.Revoke(ec.Request().Context(), s.id, s.expires); err != nil {
+		return fmt.Errorf("console logout: %w", err)
+	}
 	ec.SetCookie(c.cookie(ec, sessionCookie, "", time.Time{}))
 	return ec.Redirect(http.StatusSeeOther, Prefix+"/login")
 }

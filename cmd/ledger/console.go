@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -88,12 +89,33 @@ func (b consoleBackend) Diff(ctx context.Context) (*projections.Report, error) {
 	return projections.Diff(ctx, b.svc.Pool, b.svc.Log, b.billing, projections.Options{Logger: b.svc.logger})
 }
 
+// Revoke records a logged-out console session (migration 014) and drops the
+// ones past their expiry.
+func (b consoleBackend) Revoke(ctx context.Context, id string, expires time.Time) error {
+	_, err := b.svc.Pool.Exec(ctx, `WITH gone AS (DELETE FROM console_revoked_sessions WHERE expires_at < now())
+		INSERT INTO console_revoked_sessions (session_id, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING`, id, expires)
+	if err != nil {
+		return fmt.Errorf("revoke console session: %w", err)
+	}
+	return nil
+}
+
+// Revoked tells whether a console session was logged out.
+func (b consoleBackend) Revoked(ctx context.Context, id string) (bool, error) {
+	var revoked bool
+	err := b.svc.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM console_revoked_sessions WHERE session_id = $1)`, id).Scan(&revoked)
+	if err != nil {
+		return false, fmt.Errorf("read console session revocations: %w", err)
+	}
+	return revoked, nil
+}
+
 // newConsole builds the console on the service's backends.
 func newConsole(svc *Service, billing projections.Projection) (*console.Console, error) {
 	b := consoleBackend{svc: svc, billing: billing}
 	return console.New(console.Config{
 		Token: svc.cfg.APIToken, SecureCookie: svc.cfg.ConsoleSecureCookie, WebhookSecrets: svc.cfg.WebhookSecrets,
-		Log: svc.Log, ReadModel: b, Auditor: b, Engineer: b, Logger: svc.logger,
+		Log: svc.Log, ReadModel: b, Auditor: b, Engineer: b, Revocations: b, Logger: svc.logger,
 	})
 }
 

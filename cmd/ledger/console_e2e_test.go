@@ -249,11 +249,19 @@ func TestConsole(t *testing.T) {
 	if _, page = b.do(http.MethodPost, "/console/projections/diff", url.Values{"csrf": {csrf}}); !strings.Contains(page, `id="diff-result"`) {
 		t.Errorf("diff: no result:\n%s", page)
 	}
+	consoleURL, _ := url.Parse(base + "/console/")
+	copied := b.c.Jar.Cookies(consoleURL) // the session cookie, as someone who copied it holds it
 	if resp, _ = b.do(http.MethodPost, "/console/logout", url.Values{"csrf": {csrf}}); resp.StatusCode != http.StatusSeeOther {
 		t.Errorf("logout: %d", resp.StatusCode)
 	}
 	if resp, _ = b.do(http.MethodGet, "/console/", nil); resp.StatusCode != http.StatusSeeOther {
 		t.Errorf("after logout: %d, want 303 to the login page", resp.StatusCode)
+	}
+	// Logout revokes the session itself, not only the browser's cookie.
+	replay := newBrowser(t, base)
+	replay.c.Jar.SetCookies(consoleURL, copied)
+	if resp, _ = replay.do(http.MethodGet, "/console/", nil); resp.StatusCode != http.StatusSeeOther || len(copied) == 0 {
+		t.Errorf("a copy of the session cookie (%d cookies) after logout: %d, want 303 to the login page", len(copied), resp.StatusCode)
 	}
 }
 
