@@ -225,6 +225,9 @@ func (c *Console) handleVerify(ec echo.Context) error {
 		return err
 	}
 	v, err := c.cfg.Auditor.VerifyCustomer(ec.Request().Context(), ref.Account, ref.ID)
+	if errors.Is(err, ErrNothingToVerify) {
+		return &pageError{http.StatusNotFound, fmt.Sprintf("Customer %s has no events in the ledger and no seal covers its stream: nothing to verify.", ref.ID)}
+	}
 	if err != nil {
 		return err
 	}

@@ -43,9 +43,14 @@ type ReadModel interface {
 type Auditor interface {
 	// StateAt folds the history's events created at or before at.
 	StateAt(ctx context.Context, account, customerID string, streams []string, at time.Time) (audit.Folded, error)
-	// VerifyCustomer checks the customer's history: chains, digests, signatures and seals.
+	// VerifyCustomer checks the customer's history: chains, digests, signatures and seals;
+	// ErrNothingToVerify when the history holds no event and no seal covers it.
 	VerifyCustomer(ctx context.Context, account, customerID string) (Verification, error)
 }
+
+// ErrNothingToVerify is VerifyCustomer's answer for a customer with no
+// events that no seal covers: the ledger never saw it.
+var ErrNothingToVerify = errors.New("nothing to verify")
 
 // Verification is what VerifyCustomer found.
 type Verification struct {

@@ -59,6 +59,9 @@ func (b consoleBackend) VerifyCustomer(ctx context.Context, account, customerID 
 		return console.Verification{}, err
 	}
 	res, err := verifyLog(ctx, b.svc.Backends, streams, b.svc.cfg.WebhookSecrets, "", nil)
+	if errors.Is(err, errNothingToVerify) {
+		return console.Verification{}, console.ErrNothingToVerify
+	}
 	if err != nil {
 		return console.Verification{}, err
 	}

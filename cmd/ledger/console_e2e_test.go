@@ -218,8 +218,13 @@ func TestConsole(t *testing.T) {
 	}
 	_, page = b.do(http.MethodGet, "/console/customers/"+customer, nil)
 	csrf := csrfOf(t, page)
-	if _, page = b.do(http.MethodPost, "/console/customers/"+customer+"/verify", url.Values{"csrf": {csrf}}); !strings.Contains(page, "PASS") {
-		t.Errorf("verify: want PASS:\n%s", page)
+	if _, page = b.do(http.MethodPost, "/console/customers/"+customer+"/verify", url.Values{"csrf": {csrf}}); !strings.Contains(page, "PASS") ||
+		!strings.Contains(page, "No seal has been written yet") {
+		t.Errorf("verify: want PASS, saying that without a seal a removed tail would go unnoticed:\n%s", page)
+	}
+	if resp, page := b.do(http.MethodPost, "/console/customers/cus_never_seen/verify", url.Values{"csrf": {csrf}}); resp.StatusCode != http.StatusNotFound ||
+		!strings.Contains(page, "nothing to verify") {
+		t.Errorf("verify of a customer the ledger never saw: %d, want 404 saying there is nothing to verify:\n%s", resp.StatusCode, page)
 	}
 	tamper(t, dbURL, "evt_ch_go")
 	if _, page = b.do(http.MethodPost, "/console/customers/"+customer+"/verify", url.Values{"csrf": {csrf}}); !strings.Contains(page, "FAIL") ||

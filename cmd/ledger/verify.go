@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -165,6 +166,10 @@ func verifyDatabase(ctx context.Context, c *cli, cfg Config, logger *slog.Logger
 // verifyLog checks the seal chain (and that expect, when given, is in it),
 // then the records of streams (nil: the whole log) with audit.Verify
 // against the seals' stream heads.
+// errNothingToVerify: the customer's stream holds no events and no seal
+// covers it (an unknown customer).
+var errNothingToVerify = errors.New("nothing to verify (unknown customer?)")
+
 func verifyLog(ctx context.Context, b *Backends, streams, secrets []string, expect string, progress func(int64)) (verifyResult, error) {
 	// The seals first: whatever they cover was readable when they were written.
 	chain, err := seal.Check(ctx, b.Pool, expect)
@@ -176,7 +181,7 @@ func verifyLog(ctx context.Context, b *Backends, streams, secrets []string, expe
 		return verifyResult{}, fmt.Errorf("verify: %w", err)
 	}
 	if streams != nil && report.Events == 0 && len(chain.Sealed[streams[0]]) == 0 {
-		return verifyResult{}, fmt.Errorf("verify: stream %s holds no events and no seal covers it: nothing to verify (unknown customer?)", streams[0])
+		return verifyResult{}, fmt.Errorf("verify: stream %s holds no events and no seal covers it: %w", streams[0], errNothingToVerify)
 	}
 	res := newVerifyResult("database", report)
 	res.Seals = &sealSummary{Count: chain.Seals, Expected: expect, Found: chain.Found}
