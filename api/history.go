@@ -137,7 +137,7 @@ func parsePage(c echo.Context) (after eventlog.Position, limit int, err error) {
 // first, then its linked objects'.
 func (s *Server) historyStreams(c echo.Context) ([]string, error) {
 	account := accountParam(c)
-	if _, err := audit.CustomerStream(c.Param("id"), account); err != nil {
+	if _, err := domain.CustomerStreamOf(account, c.Param("id")); err != nil {
 		return nil, err
 	}
 	streams, err := s.cfg.ReadModel.CustomerStreams(c.Request().Context(), account, c.Param("id"))

@@ -335,3 +335,22 @@ func TestPlansPlan(t *testing.T) {
 		t.Errorf("nil Plans: Plan(price_abc) = %q", got)
 	}
 }
+func TestCustomerStreamOf(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		customer, account, want string
+		ok                      bool
+	}{
+		{"cus_123", "", "customer-cus_123", true},
+		{"cus_123", "acct_9", "acct_9/customer-cus_123", true},
+		{"", "", "", false},
+		{"cus_1/../x", "", "", false},
+		{"cus_1", "acct 9", "", false},
+	}
+	for _, tc := range cases {
+		got, err := domain.CustomerStreamOf(tc.account, tc.customer)
+		if got != tc.want || (err == nil) != tc.ok {
+			t.Errorf("CustomerStreamOf(%q, %q) = %q, %v; want %q, ok=%v", tc.account, tc.customer, got, err, tc.want, tc.ok)
+		}
+	}
+}

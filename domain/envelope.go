@@ -172,6 +172,22 @@ func (e Envelope) Stream() string {
 // CustomerStream is the stream of a platform customer's events.
 func CustomerStream(customerID string) string { return "customer-" + customerID }
 
+// CustomerStreamOf is the stream of the events of account's customer
+// customerID (account "" is the platform's), once both are checked as
+// Stripe ids (ValidID), so that no input addresses a stream it does not
+// name; otherwise an EINVALID *Error.
+func CustomerStreamOf(account, customerID string) (string, error) {
+	if err := ValidID("customer id", customerID); err != nil {
+		return "", err
+	}
+	if account != "" {
+		if err := ValidID("account", account); err != nil {
+			return "", err
+		}
+	}
+	return Envelope{CustomerID: customerID, Account: account}.Stream(), nil
+}
+
 func orUnknown(s string) string {
 	if s == "" {
 		return "unknown"

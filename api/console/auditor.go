@@ -11,6 +11,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
 )
@@ -61,7 +62,7 @@ func (r customerRef) Query() string {
 
 func (c *Console) customer(ec echo.Context) (customerRef, error) {
 	ref := customerRef{Account: strings.TrimSpace(ec.QueryParam("account")), ID: ec.Param("id")}
-	if _, err := audit.CustomerStream(ref.ID, ref.Account); err != nil {
+	if _, err := domain.CustomerStreamOf(ref.Account, ref.ID); err != nil {
 		return ref, &pageError{http.StatusBadRequest, err.Error()}
 	}
 	streams, err := c.cfg.ReadModel.CustomerStreams(ec.Request().Context(), ref.Account, ref.ID)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
@@ -56,7 +57,7 @@ func runHistory(ctx context.Context, c *cli, h historyFlags, positional []string
 	case len(positional) != 1:
 		return usageError("history: give one customer id (cus_…) or --all")
 	default:
-		if stream, err = audit.CustomerStream(positional[0], h.account); err != nil {
+		if stream, err = domain.CustomerStreamOf(h.account, positional[0]); err != nil {
 			return usageError(err.Error())
 		}
 	}

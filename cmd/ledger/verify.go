@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
@@ -86,7 +87,7 @@ func runVerify(ctx context.Context, c *cli, f verifyFlags) error {
 	case f.file != "" && (f.customer != "" || f.account != "" || f.seal != ""):
 		return usageError("verify: --file takes no --customer, --account or --seal")
 	case f.customer != "":
-		stream, err := audit.CustomerStream(f.customer, f.account)
+		stream, err := domain.CustomerStreamOf(f.account, f.customer)
 		if err != nil {
 			return usageError(err.Error())
 		}

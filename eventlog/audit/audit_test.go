@@ -165,26 +165,6 @@ func TestHeadFindsTheLastRecordFromAnyVersion(t *testing.T) {
 	}
 }
 
-func TestCustomerStream(t *testing.T) {
-	t.Parallel()
-	cases := []struct {
-		customer, account, want string
-		ok                      bool
-	}{
-		{"cus_123", "", "customer-cus_123", true},
-		{"cus_123", "acct_9", "acct_9/customer-cus_123", true},
-		{"", "", "", false},
-		{"cus_1/../x", "", "", false},
-		{"cus_1", "acct 9", "", false},
-	}
-	for _, tc := range cases {
-		got, err := audit.CustomerStream(tc.customer, tc.account)
-		if got != tc.want || (err == nil) != tc.ok {
-			t.Errorf("CustomerStream(%q, %q) = %q, %v; want %q, ok=%v", tc.customer, tc.account, got, err, tc.want, tc.ok)
-		}
-	}
-}
-
 // record returns a stored-looking record with the given payload.
 func record(payload string) eventlog.Record {
 	e := eventlogtest.NewEvent(eventlogtest.NewStream("export"))

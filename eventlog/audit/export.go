@@ -12,35 +12,8 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 )
-
-// CustomerStream names the stream of a customer's events, prefixed by its
-// Connect account when account is not empty (DESIGN §2). Ids may hold only
-// letters, digits, '_' and '-', as Stripe's do; anything else is an EINVALID
-// *domain.Error, so that no input addresses a stream it does not name.
-func CustomerStream(customerID, account string) (string, error) {
-	if !validID(customerID) {
-		return "", domain.Errorf(domain.EINVALID, "customer id %q is not a Stripe id", customerID)
-	}
-	if account != "" && !validID(account) {
-		return "", domain.Errorf(domain.EINVALID, "account %q is not a Stripe id", account)
-	}
-	return domain.Envelope{CustomerID: customerID, Account: account}.Stream(), nil
-}
-
-func validID(id string) bool {
-	if id == "" || len(id) > 255 {
-		return false
-	}
-	for _, c := range id {
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
 
 // Head returns the last record of stream, given one of its records (known).
 // The log has no call for it, so it searches forward with one-record reads:
