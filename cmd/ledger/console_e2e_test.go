@@ -366,3 +366,62 @@ func TestConsoleInChromium(t *testing.T) {
 	}
 	t.Logf("screenshots in %s", shots)
 }
+
+// TestConsoleVerifyRemovedRecords: once seals cover the log, the console's
+// verify fails for a customer whose stream lost its tail, and for one whose
+// linked dispute's stream was removed, and still passes for the others.
+func TestConsoleVerifyRemovedRecords(t *testing.T) {
+	t.Parallel()
+	dbURL := pgtest.NewDatabase(t)
+	base := startService(t, env("DATABASE_URL", dbURL, "STRIPE_WEBHOOK_SECRET", e2eSecret, "LEDGER_API_TOKEN", e2eToken,
+		"LEDGER_SEAL_INTERVAL", "100ms"))
+	customers := map[string]string{}
+	for _, tag := range []string{"clean", "tail", "linked"} {
+		customers[tag] = consoleScenario(t, base, tag, 0)
+	}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var unsealed int64
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM (SELECT stream, max(stream_version) v FROM events GROUP BY stream) e
+  WHERE NOT EXISTS (SELECT 1 FROM seal_heads h WHERE h.stream = e.stream AND h.stream_version = e.v)`).Scan(&unsealed); err != nil {
+			t.Fatal(err)
+		}
+		if unsealed == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 20s %d stream head(s) are not sealed", unsealed)
+		}
+	}
+	b := newBrowser(t, base)
+	b.login(e2eToken)
+	verify := func(tag string) string {
+		_, page := b.do(http.MethodGet, "/console/customers/"+customers[tag], nil)
+		_, page = b.do(http.MethodPost, "/console/customers/"+customers[tag]+"/verify", url.Values{"csrf": {csrfOf(t, page)}})
+		return page
+	}
+	for tag := range customers {
+		if page := verify(tag); !strings.Contains(page, "PASS") || strings.Contains(page, `id="no-seal"`) {
+			t.Fatalf("verify %s before any removal: want PASS with seals:\n%s", tag, page)
+		}
+	}
+	if _, err := conn.Exec(ctx, `SET session_replication_role = replica`); err != nil {
+		t.Fatal(err)
+	}
+	// The tail of cus_console_tail's own stream (its charge), and the whole stream of cus_console_linked's dispute.
+	for _, id := range []string{"evt_ch_tail", "evt_dp_linked"} {
+		if tag, err := conn.Exec(ctx, `DELETE FROM events WHERE event_id = $1`, id); err != nil || tag.RowsAffected() != 1 {
+			t.Fatalf("delete %s: %v, %v", id, tag, err)
+		}
+	}
+	for tag, want := range map[string]string{"clean": "PASS", "tail": "FAIL", "linked": "FAIL"} {
+		if page := verify(tag); !strings.Contains(page, want) {
+			t.Errorf("verify %s after the removals: want %s:\n%s", tag, want, page)
+		}
+	}
+}
