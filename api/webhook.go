@@ -91,7 +91,7 @@ func (s *Server) handleWebhook(c echo.Context) error {
 		outcome = "duplicate"
 	}
 	s.metrics.webhooks.WithLabelValues(outcome).Inc()
-	s.cfg.Logger.Info("webhook", "event_id", env.ID, "type", env.Type, "stream", stream, "source", string(source), "outcome", outcome)
+	s.cfg.Logger.Debug("webhook", "event_id", env.ID, "type", env.Type, "stream", stream, "source", string(source), "outcome", outcome)
 	if s.cfg.Stored != nil && !res.Duplicate {
 		s.cfg.Stored(env)
 	}
