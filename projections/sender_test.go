@@ -94,7 +94,7 @@ func runSender(s *Sender) (stop func()) {
 	return func() { cancel(); <-done }
 }
 
-func waitFor(t *testing.T, what string, ok func() bool) {
+func waitFor(t testing.TB, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
 	for !ok() {
