@@ -138,3 +138,53 @@ func TestLoginDelayBounded(t *testing.T) {
 		t.Errorf("a good login after the flood: %d, want 303", rec.Code)
 	}
 }
+
+// TestHeadersAndGuards: every response of the console, the login form,
+// redirects, error pages and static files included, carries the security
+// headers; every route but login and static needs a session; without
+// LEDGER_API_TOKEN the console refuses, an empty token included.
+func TestHeadersAndGuards(t *testing.T) {
+	t.Parallel()
+	c := newAuthConsole(t, Config{Token: "secret-token"})
+	want := map[string]string{"Content-Security-Policy": contentSecurityPolicy, "X-Content-Type-Options": "nosniff",
+		"X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+	for path, status := range map[string]int{
+		"/console/login":                         http.StatusOK,
+		"/console/static/console.css":            http.StatusOK,
+		"/console":                               http.StatusMovedPermanently,
+		"/console/":                              http.StatusSeeOther,
+		"/console/customers/cus_1":               http.StatusSeeOther,
+		"/console/customers/cus_1/events.csv":    http.StatusSeeOther,
+		"/console/customers/cus_1/events.jsonl":  http.StatusSeeOther,
+		"/console/customers/cus_1/events/evt_1":  http.StatusSeeOther,
+		"/console/customers/cus_1/state?at=2025": http.StatusSeeOther,
+		"/console/projections":                   http.StatusSeeOther,
+		"/console/no-such-page":                  http.StatusSeeOther,
+	} {
+		rec := httptest.NewRecorder()
+		c.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		if rec.Code != status {
+			t.Errorf("GET %s: %d, want %d", path, rec.Code, status)
+		}
+		if status == http.StatusSeeOther && !strings.HasPrefix(rec.Header().Get("Location"), "/console/login?next=") {
+			t.Errorf("GET %s: to %q, want the login page", path, rec.Header().Get("Location"))
+		}
+		for h, v := range want {
+			if got := rec.Header().Get(h); got != v {
+				t.Errorf("GET %s: %s %q, want %q", path, h, got, v)
+			}
+		}
+	}
+
+	off := newAuthConsole(t, Config{})
+	rec := httptest.NewRecorder()
+	off.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/console/projections", nil))
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Errorf("GET /console/projections without LEDGER_API_TOKEN: %d, want 503", rec.Code)
+	}
+	ck, csrf := loginForm(t, off)
+	if rec := postLogin(off, ck, csrf, ""); rec.Code != http.StatusServiceUnavailable || len(rec.Result().Cookies()) > 0 &&
+		rec.Result().Cookies()[0].Name == sessionCookie {
+		t.Errorf("an empty token without LEDGER_API_TOKEN: %d, cookies %v; want 503 and no session", rec.Code, rec.Result().Cookies())
+	}
+}
