@@ -188,3 +188,29 @@ func TestHeadersAndGuards(t *testing.T) {
 		t.Errorf("an empty token without LEDGER_API_TOKEN: %d, cookies %v; want 503 and no session", rec.Code, rec.Result().Cookies())
 	}
 }
+
+// TestSessionCookieAttributes: the session cookie is HttpOnly,
+// SameSite=Strict, scoped to the console, Secure when asked, and lives
+// SessionTTL by the console's clock (not the machine's).
+func TestSessionCookieAttributes(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+	c := newAuthConsole(t, Config{Token: "secret-token", SecureCookie: true, SessionTTL: time.Hour, Now: func() time.Time { return now }})
+	ck, csrf := loginForm(t, c)
+	rec := postLogin(c, ck, csrf, "secret-token")
+	var s *http.Cookie
+	for _, k := range rec.Result().Cookies() {
+		if k.Name == sessionCookie {
+			s = k
+		}
+	}
+	if s == nil {
+		t.Fatalf("no session cookie: %v", rec.Result().Cookies())
+	}
+	if !s.HttpOnly || !s.Secure || s.SameSite != http.SameSiteStrictMode || s.Path != "/console/" {
+		t.Errorf("session cookie %v: want HttpOnly, Secure, SameSite=Strict, Path=/console/", s)
+	}
+	if s.MaxAge != 3600 || !s.Expires.Equal(now.Add(time.Hour)) {
+		t.Errorf("session cookie Max-Age %d, Expires %v: want 3600 and %v", s.MaxAge, s.Expires, now.Add(time.Hour))
+	}
+}

@@ -93,7 +93,7 @@ func (c *Console) cookie(ec echo.Context, name, value string, expires time.Time)
 	if expires.IsZero() {
 		ck.MaxAge = -1
 	} else {
-		ck.Expires, ck.MaxAge = expires, int(time.Until(expires).Seconds())
+		ck.Expires, ck.MaxAge = expires, int(expires.Sub(c.cfg.Now()).Seconds())
 	}
 	return ck
 }
