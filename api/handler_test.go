@@ -91,6 +91,12 @@ func (l *fakeLog) ReadStream(context.Context, string, int64, int) ([]eventlog.Re
 	return nil, l.err
 }
 
+func (l *fakeLog) StreamHead(context.Context, string) (eventlog.Record, bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return eventlog.Record{}, false, l.err
+}
+
 // newHandlerEnv serves api on the fakes over real HTTP.
 func newHandlerEnv(tb testing.TB, rm *fakeReadModel, log *fakeLog, configure func(*api.Config)) *testEnv {
 	tb.Helper()

@@ -69,24 +69,12 @@ func (s *Server) handleEvents(c echo.Context) error {
 		recs = recs[:limit]
 		page.Next = recs[limit-1].Position.String()
 	}
-	// The head of the customer's own stream, found from its last record here when there is one.
-	var known []eventlog.Record
-	for i := len(recs) - 1; i >= 0 && known == nil; i-- {
-		if recs[i].Stream == own {
-			known = recs[i : i+1]
-		}
-	}
-	if known == nil {
-		if known, err = s.cfg.Log.ReadStream(ctx, own, 0, 1); err != nil {
-			return readError("events of "+own, err)
-		}
-		if len(known) == 0 {
-			return customerNotFound(c)
-		}
-	}
-	head, err := audit.Head(ctx, s.cfg.Log, own, known[0])
+	head, ok, err := s.cfg.Log.StreamHead(ctx, own)
 	if err != nil {
 		return readError("events of "+own, err)
+	}
+	if !ok {
+		return customerNotFound(c)
 	}
 	page.Head = streamHead{StreamVersion: head.StreamVersion, Hash: hex.EncodeToString(head.Hash)}
 

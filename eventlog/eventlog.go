@@ -123,6 +123,9 @@ type Log interface {
 	Append(ctx context.Context, e Event) (AppendResult, error)
 	// ReadStream returns up to limit records of stream with version >= fromVersion, in version order.
 	ReadStream(ctx context.Context, stream string, fromVersion int64, limit int) ([]Record, error)
+	// StreamHead returns the last record of stream; ok is false when the
+	// stream has none.
+	StreamHead(ctx context.Context, stream string) (r Record, ok bool, err error)
 	// ReadAll returns up to limit records positioned strictly after from, in global order.
 	// A reader that has seen position P never later meets a new record at or before P.
 	ReadAll(ctx context.Context, from Position, limit int) ([]Record, error)

@@ -1,7 +1,6 @@
 package audit
 
 import (
-	"context"
 	"encoding/base64"
 	"encoding/csv"
 	"encoding/hex"
@@ -14,31 +13,6 @@ import (
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 )
-
-// Head returns the last record of stream, given one of its records (known).
-// The log has no call for it, so it searches forward with one-record reads:
-// doubling the step until it overshoots, then halving it, O(log n) reads
-// for a stream of n records.
-func Head(ctx context.Context, l eventlog.Log, stream string, known eventlog.Record) (eventlog.Record, error) {
-	head, step, growing := known, int64(1), true
-	for step > 0 {
-		next, err := l.ReadStream(ctx, stream, head.StreamVersion+step, 1)
-		if err != nil {
-			return eventlog.Record{}, err
-		}
-		if len(next) == 1 {
-			head = next[0]
-		} else {
-			growing = false
-		}
-		if growing {
-			step *= 2
-		} else {
-			step /= 2
-		}
-	}
-	return head, nil
-}
 
 // Entry is a record's metadata as the exports show it: hashes in hex, times
 // in RFC 3339 UTC.

@@ -28,6 +28,27 @@ func (l *Log) ReadStream(ctx context.Context, stream string, fromVersion int64, 
 	return recs, nil
 }
 
+// StreamHead implements eventlog.Log with one backwards read from the end.
+func (l *Log) StreamHead(ctx context.Context, stream string) (eventlog.Record, bool, error) {
+	client, err := l.conn()
+	if err != nil {
+		return eventlog.Record{}, false, fmt.Errorf("read the head of stream %s: %w", stream, err)
+	}
+	events, err := l.readStream(ctx, client, l.streamName(stream),
+		esdbclient.ReadStreamOptions{Direction: esdbclient.Backwards, From: esdbclient.End{}}, 1)
+	if err != nil {
+		return eventlog.Record{}, false, fmt.Errorf("read the head of stream %s: %w", stream, err)
+	}
+	if len(events) == 0 {
+		return eventlog.Record{}, false, nil
+	}
+	r, err := l.record(events[0])
+	if err != nil {
+		return eventlog.Record{}, false, fmt.Errorf("read the head of stream %s: %w", stream, err)
+	}
+	return r, true, nil
+}
+
 func (l *Log) readStreamRecords(ctx context.Context, stream string, fromVersion int64, limit int) ([]eventlog.Record, error) {
 	if limit <= 0 {
 		return nil, nil

@@ -235,6 +235,22 @@ func (l *Log) ReadStream(ctx context.Context, stream string, fromVersion int64, 
 	return recs, nil
 }
 
+// streamHeadSQL reads the last record of stream $1.
+const streamHeadSQL = `SELECT ` + recordColumns + `
+  FROM events WHERE stream = $1 ORDER BY stream_version DESC LIMIT 1`
+
+// StreamHead implements eventlog.Log.
+func (l *Log) StreamHead(ctx context.Context, stream string) (eventlog.Record, bool, error) {
+	recs, err := queryRecords(ctx, l.pool, streamHeadSQL, stream)
+	if err != nil {
+		return eventlog.Record{}, false, fmt.Errorf("read the head of stream %s: %w", stream, err)
+	}
+	if len(recs) == 0 {
+		return eventlog.Record{}, false, nil
+	}
+	return recs[0], true, nil
+}
+
 // ReadAll implements eventlog.Log.
 func (l *Log) ReadAll(ctx context.Context, from eventlog.Position, limit int) ([]eventlog.Record, error) {
 	horizon, err := l.settle(ctx)

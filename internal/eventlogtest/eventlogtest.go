@@ -40,6 +40,7 @@ func Run(t *testing.T, newLog func(t *testing.T) eventlog.Log) {
 		{"ReadAllOrderAndPagination", testReadAllOrderAndPagination},
 		{"ReadAllNeverSkips", testReadAllNeverSkips},
 		{"HeadAndCountAfter", testHeadAndCountAfter},
+		{"StreamHead", testStreamHead},
 		{"SubscribeCatchUpThenLive", testSubscribeCatchUpThenLive},
 		{"SubscribeFromCheckpoint", testSubscribeFromCheckpoint},
 		{"SubscribeWhileAppending", testSubscribeWhileAppending},
@@ -385,6 +386,30 @@ func testHeadAndCountAfter(t *testing.T, l eventlog.Log) {
 		got, err := l.CountAfter(t.Context(), p)
 		if want := int64(n - i); err != nil || got != want {
 			t.Errorf("CountAfter(%s) = %d, %v; want %d", p, got, err, want)
+		}
+	}
+}
+
+// StreamHead is the last record of its stream, whatever others append;
+// a stream without records has none.
+func testStreamHead(t *testing.T, l eventlog.Log) {
+	stream, other := NewStream("head"), NewStream("head-other")
+	if _, ok, err := l.StreamHead(t.Context(), stream); ok || err != nil {
+		t.Fatalf("StreamHead of an empty stream: ok %v, %v; want none", ok, err)
+	}
+	for i := range 5 {
+		mustAppend(t, l, NewEvent(stream))
+		mustAppend(t, l, NewEvent(other))
+		recs := readStream(t, l, stream)
+		head, ok, err := l.StreamHead(t.Context(), stream)
+		if err != nil || !ok {
+			t.Fatalf("StreamHead after %d appends: ok %v, %v", i+1, ok, err)
+		}
+		last := recs[len(recs)-1]
+		checkEvent(t, head.Event, last.Event)
+		if head.StreamVersion != int64(i) || !bytes.Equal(head.Hash, last.Hash) || head.Position != last.Position {
+			t.Errorf("StreamHead after %d appends = version %d, position %s; want version %d, position %s",
+				i+1, head.StreamVersion, head.Position, i, last.Position)
 		}
 	}
 }
