@@ -19,9 +19,12 @@ func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 // serverURLEnv names a real EventStoreDB / KurrentDB for TestContractESDBServer.
 const serverURLEnv = "LEDGER_TEST_ESDB_URL"
 
+// capabilities are the esdb backend's, on the double and on a real server.
+var capabilities = eventlogtest.Capabilities{DuplicatePosition: true}
+
 // TestContract runs the event-log contract on the in-process double.
 func TestContract(t *testing.T) {
-	eventlogtest.Run(t, func(t *testing.T) eventlog.Log {
+	eventlogtest.Run(t, capabilities, func(t *testing.T) eventlog.Log {
 		return openLog(t, esdbtest.New(t).URL(), esdb.WithBatchSize(16))
 	})
 }
@@ -31,7 +34,7 @@ func TestContract(t *testing.T) {
 // log's prefix, a tombstoned foreign stream, and sends the bad checkpoints
 // of unpatched servers: the ledger's view of the log is unchanged.
 func TestContractNoisyServer(t *testing.T) {
-	eventlogtest.Run(t, func(t *testing.T) eventlog.Log {
+	eventlogtest.Run(t, capabilities, func(t *testing.T) eventlog.Log {
 		srv := esdbtest.New(t)
 		srv.SendBadCheckpoints()
 		l := openLog(t, srv.URL(), esdb.WithBatchSize(16))
@@ -51,7 +54,7 @@ func TestContractESDBServer(t *testing.T) {
 	if url == "" {
 		t.Skipf("%s is not set: no real EventStoreDB/KurrentDB to test against (run make test-esdb with a server up)", serverURLEnv)
 	}
-	eventlogtest.Run(t, func(t *testing.T) eventlog.Log {
+	eventlogtest.Run(t, capabilities, func(t *testing.T) eventlog.Log {
 		return openLog(t, url, esdb.WithStreamPrefix("ledgertest_"+randomHex(6)+"-"))
 	})
 }

@@ -26,7 +26,7 @@ import (
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 func TestContract(t *testing.T) {
-	eventlogtest.Run(t, func(t *testing.T) eventlog.Log {
+	eventlogtest.Run(t, eventlogtest.Capabilities{DuplicatePosition: true}, func(t *testing.T) eventlog.Log {
 		pool, _ := pgtest.NewPool(t)
 		// A small batch makes Subscribe's catch-up span several batches.
 		return postgres.New(pool, testLogger(t), postgres.WithBatchSize(16))
