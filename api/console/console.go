@@ -2,8 +2,8 @@
 // §11): server-rendered html/template pages for auditors (find a customer, its
 // state and whole timeline, one event and what it changed, the state at an
 // instant, verify, export) and engineers (projections, dead letters and their
-// retry, a rebuild's diff). Assets are embedded; nothing is loaded from
-// elsewhere. It reads the event log itself (eventlog/audit) and gets the rest
+// retry, a rebuild and its diff, a dry-run reconcile's drift). Assets are
+// embedded; nothing is loaded from elsewhere. It reads the event log itself (eventlog/audit) and gets the rest
 // through the small interfaces below, which cmd/ledger implements.
 package console
 
@@ -92,7 +92,11 @@ type Config struct {
 	Auditor        Auditor
 	Engineer       Engineer
 	Revocations    Revocations
-	Logger         *slog.Logger
+	// Rebuilder rebuilds projections from /console/projections; nil: no rebuild form.
+	Rebuilder Rebuilder
+	// Reconciler runs a dry-run reconcile from /console/reconcile; nil: the page says reconcile is not configured (no STRIPE_API_KEY).
+	Reconciler Reconciler
+	Logger     *slog.Logger
 	// SessionTTL is how long a login lasts; 0: DefaultSessionTTL.
 	SessionTTL time.Duration
 	// LoginDelay is how long a wrong token waits before the form comes back; 0: DefaultLoginDelay.
@@ -124,6 +128,8 @@ type Console struct {
 	keys  sessionKeys
 	// delayed holds a slot for each wrong login waiting out LoginDelay.
 	delayed chan struct{}
+	// rebuilds are the rebuilds started from the console.
+	rebuilds *rebuilds
 }
 
 // New builds the console and its routes, all under Prefix.
@@ -148,7 +154,7 @@ func New(cfg Config) (*Console, error) {
 		return nil, err
 	}
 	c := &Console{cfg: cfg, echo: echo.New(), pages: pages, keys: newSessionKeys(cfg.Token),
-		delayed: make(chan struct{}, maxDelayedLogins)}
+		delayed: make(chan struct{}, maxDelayedLogins), rebuilds: newRebuilds()}
 	e := c.echo
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = c.handleError
@@ -175,6 +181,8 @@ func New(cfg Config) (*Console, error) {
 	g.GET("/projections", c.handleProjections)
 	g.POST("/projections/retry", c.handleRetry)
 	g.POST("/projections/diff", c.handleDiff)
+	g.POST("/projections/rebuild", c.handleRebuild)
+	g.GET("/reconcile", c.handleReconcile)
 	return c, nil
 }
 

@@ -25,6 +25,10 @@ func (c *Console) projectionsPage(ec echo.Context, status int, data map[string]a
 		return err
 	}
 	data["Title"], data["Statuses"], data["DeadLetters"] = "Projections", statuses, letters
+	data["Rebuilds"] = c.rebuilds.snapshot()
+	if c.cfg.Rebuilder != nil {
+		data["Rebuildable"] = c.cfg.Rebuilder.Rebuildable()
+	}
 	return c.render(ec, status, "projections", data)
 }
 

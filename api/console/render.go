@@ -6,6 +6,7 @@ import (
 	"html/template"
 	"io/fs"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -47,6 +48,7 @@ var funcs = template.FuncMap{
 		}
 		return "?" + v.Encode()
 	},
+	"has": slices.Contains[[]string],
 	"yesno": func(b bool) string {
 		if b {
 			return "yes"

@@ -12,6 +12,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
+	"github.com/stripe-ledger/stripe-ledger/internal/stripesync"
 	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
@@ -92,6 +93,23 @@ func (b consoleBackend) Diff(ctx context.Context) (*projections.Report, error) {
 	return projections.Diff(ctx, b.svc.Pool, b.svc.Log, b.billing, projections.Options{Logger: b.svc.logger})
 }
 
+// Rebuildable is the one projection serve runs.
+func (b consoleBackend) Rebuildable() []string { return []string{b.billing.Name} }
+
+// Rebuild is ledger projections rebuild of the billing projection: it
+// fails with projections.ErrBuildInProgress when another build holds the lock.
+func (b consoleBackend) Rebuild(ctx context.Context, projection string) error {
+	if projection != b.billing.Name {
+		return fmt.Errorf("unknown projection %q", projection)
+	}
+	return projections.Rebuild(ctx, b.svc.Pool, b.svc.Log, b.billing, projections.Options{Logger: b.svc.logger})
+}
+
+// ReconcileDryRun is ledger reconcile --customer --account --dry-run.
+func (b consoleBackend) ReconcileDryRun(ctx context.Context, customer, account string) (stripesync.ReconcileReport, error) {
+	return b.svc.sync.Reconcile(ctx, stripesync.ReconcileOptions{Customer: customer, Account: account, DryRun: true})
+}
+
 // Revoke records a logged-out console session (migration 014) and drops the
 // ones past their expiry.
 func (b consoleBackend) Revoke(ctx context.Context, id string, expires time.Time) error {
@@ -116,10 +134,14 @@ func (b consoleBackend) Revoked(ctx context.Context, id string) (bool, error) {
 // newConsole builds the console on the service's backends.
 func newConsole(svc *Service, billing projections.Projection) (*console.Console, error) {
 	b := consoleBackend{svc: svc, billing: billing}
-	return console.New(console.Config{
+	cfg := console.Config{
 		Token: svc.cfg.APIToken, SecureCookie: svc.cfg.ConsoleSecureCookie, WebhookSecrets: svc.cfg.WebhookSecrets,
-		Log: svc.Log, ReadModel: b, Auditor: b, Engineer: b, Revocations: b, Logger: svc.logger,
-	})
+		Log: svc.Log, ReadModel: b, Auditor: b, Engineer: b, Revocations: b, Rebuilder: b, Logger: svc.logger,
+	}
+	if svc.sync.API != nil {
+		cfg.Reconciler = b
+	}
+	return console.New(cfg)
 }
 
 // routeConsole sends /console and everything under it to the console, the

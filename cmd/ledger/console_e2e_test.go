@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/stripeapi/stripefake"
 )
 
 // hostileName is a customer name a Stripe payload may carry; the console
@@ -138,7 +139,7 @@ func TestConsole(t *testing.T) {
 	b := newBrowser(t, base)
 
 	// Unauthenticated: every page goes to the login page, a POST is refused.
-	for _, path := range []string{"/console/", "/console/customers/" + customer, "/console/projections",
+	for _, path := range []string{"/console/", "/console/customers/" + customer, "/console/projections", "/console/reconcile",
 		"/console/customers/" + customer + "/state?at=2025-06-15T00:00:00Z"} {
 		resp, _ := b.do(http.MethodGet, path, nil)
 		if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(loc, "/console/login?next=") {
@@ -253,6 +254,10 @@ func TestConsole(t *testing.T) {
 	}
 	if _, page = b.do(http.MethodPost, "/console/projections/diff", url.Values{"csrf": {csrf}}); !strings.Contains(page, `id="diff-result"`) {
 		t.Errorf("diff: no result:\n%s", page)
+	}
+	if resp, page = b.do(http.MethodGet, "/console/reconcile?customer="+customer, nil); resp.StatusCode != http.StatusOK ||
+		!strings.Contains(page, `id="reconcile-off"`) || !strings.Contains(page, "STRIPE_API_KEY") {
+		t.Errorf("reconcile without STRIPE_API_KEY: %d, want the page saying it is not configured\n%s", resp.StatusCode, page)
 	}
 	consoleURL, _ := url.Parse(base + "/console/")
 	copied := b.c.Jar.Cookies(consoleURL) // the session cookie, as someone who copied it holds it
@@ -423,5 +428,109 @@ func TestConsoleVerifyRemovedRecords(t *testing.T) {
 		if page := verify(tag); !strings.Contains(page, want) {
 			t.Errorf("verify %s after the removals: want %s:\n%s", tag, want, page)
 		}
+	}
+}
+
+// billingSchema is the schema of the billing projection's live version as
+// the projections page shows it.
+var billingSchema = regexp.MustCompile(`id="schema-billing">([^<]+)<`)
+
+// TestConsoleRebuildAndReconcile: the projections page rebuilds billing
+// blue/green (CSRF required, refused while another build holds the lock,
+// then a new schema swapped in that still serves the customer), and the
+// reconcile page shows, without appending, the drift of a customer whose
+// cancellation the ledger missed, against the Stripe fake.
+func TestConsoleRebuildAndReconcile(t *testing.T) {
+	t.Parallel()
+	api := stripefake.New(t, stripeKey)
+	dbURL := pgtest.NewDatabase(t)
+	base := startService(t, stripeEnv(dbURL, api.URL, "LEDGER_SEAL_INTERVAL", "0"))
+	created := time.Now().Add(-time.Hour).Unix()
+	deliver(t, base, webhookEvent("evt_missed_1", "customer.created", created, cancelCustomer))
+	deliver(t, base, webhookEvent("evt_missed_2", "customer.subscription.created", created, activeSub))
+	waitCaughtUp(t, base)
+	b := newBrowser(t, base)
+	for _, req := range []struct{ method, path string }{{http.MethodGet, "/console/reconcile?customer=cus_missed"},
+		{http.MethodPost, "/console/projections/rebuild"}} {
+		var form url.Values
+		if req.method == http.MethodPost {
+			form = url.Values{"projection": {"billing"}}
+		}
+		if resp, _ := b.do(req.method, req.path, form); resp.StatusCode != http.StatusSeeOther ||
+			!strings.HasPrefix(resp.Header.Get("Location"), "/console/login?next=") {
+			t.Errorf("%s %s unauthenticated: %d to %q, want 303 to the login page", req.method, req.path, resp.StatusCode, resp.Header.Get("Location"))
+		}
+	}
+	b.login(e2eToken)
+
+	_, page := b.do(http.MethodGet, "/console/projections", nil)
+	before := billingSchema.FindStringSubmatch(page)
+	if before == nil || !strings.Contains(page, `aria-label="Rebuild billing"`) {
+		t.Fatalf("projections page: want billing's schema and a rebuild button:\n%s", page)
+	}
+	csrf := csrfOf(t, page)
+	if resp, _ := b.do(http.MethodPost, "/console/projections/rebuild", url.Values{"projection": {"billing"}}); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("rebuild without CSRF: %d, want 403", resp.StatusCode)
+	}
+	if resp, _ := b.do(http.MethodPost, "/console/projections/rebuild", url.Values{"csrf": {csrf}, "projection": {"nope"}}); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("rebuild of an unknown projection: %d, want 404", resp.StatusCode)
+	}
+
+	// Another build (here: the test, as another replica's rebuild would) holds
+	// the projection's build lock, projections.buildLockClass 'LPBD' and the name.
+	ctx := context.Background()
+	holder, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close(ctx)
+	if _, err := holder.Exec(ctx, `SELECT pg_advisory_lock(x'4c504244'::int, hashtext('billing'))`); err != nil {
+		t.Fatal(err)
+	}
+	resp, page := b.do(http.MethodPost, "/console/projections/rebuild", url.Values{"csrf": {csrf}, "projection": {"billing"}})
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(page, "Refused: another build of billing") ||
+		!strings.Contains(page, "another build of this projection is in progress") {
+		t.Errorf("rebuild while another build holds the lock: %d, want 409 saying so\n%s", resp.StatusCode, page)
+	}
+	if _, err := holder.Exec(ctx, `SELECT pg_advisory_unlock(x'4c504244'::int, hashtext('billing'))`); err != nil {
+		t.Fatal(err)
+	}
+
+	resp, page = b.do(http.MethodPost, "/console/projections/rebuild", url.Values{"csrf": {csrf}, "projection": {"billing"}})
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusAccepted || !strings.Contains(page, `id="rebuild-billing"`) {
+		t.Fatalf("rebuild: %d, want 200 or 202 and its state\n%s", resp.StatusCode, page)
+	}
+	waitFor(t, "the console's rebuild to finish", func() bool {
+		_, page = b.do(http.MethodGet, "/console/projections", nil)
+		return !strings.Contains(page, "running. Reload")
+	})
+	after := billingSchema.FindStringSubmatch(page)
+	if !strings.Contains(page, "the rebuilt version is live") || after == nil || after[1] == before[1] {
+		t.Fatalf("after the rebuild: want it finished and a new live schema (was %s):\n%s", before[1], page)
+	}
+	var cust customerView
+	if getV1(t, base+"/v1/customers/cus_missed", &cust); !cust.Entitled || len(cust.Subscriptions) != 1 || cust.Subscriptions[0].Status != "active" {
+		t.Errorf("the rebuilt read model serves %+v, want the active subscription", cust)
+	}
+
+	// Stripe says the subscription was canceled; the ledger missed it.
+	canceled := strings.NewReplacer(`"status":"active"`, `"status":"canceled"`,
+		`"canceled_at":null,"ended_at":null`, fmt.Sprintf(`"canceled_at":%d,"ended_at":%d`, created+60, created+60)).Replace(activeSub)
+	api.Put("", []byte(cancelCustomer))
+	api.Put("", []byte(canceled))
+	if resp, page = b.do(http.MethodGet, "/console/reconcile", nil); resp.StatusCode != http.StatusOK || !strings.Contains(page, `name="customer"`) ||
+		strings.Contains(page, "reconcile-off") {
+		t.Errorf("reconcile form: %d\n%s", resp.StatusCode, page)
+	}
+	if resp, _ = b.do(http.MethodGet, "/console/reconcile?customer="+url.QueryEscape("cus_<x>"), nil); resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("reconcile of a malformed id: %d, want 400", resp.StatusCode)
+	}
+	resp, page = b.do(http.MethodGet, "/console/reconcile?customer=cus_missed", nil)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(page, `id="reconcile-result"`) ||
+		!regexp.MustCompile(`<td>subscription</td><td class="mono">sub_missed</td><td class="mono">status</td><td class="mono old">active</td><td class="mono new">canceled</td>`).MatchString(page) {
+		t.Errorf("reconcile: %d, want the drift table with sub_missed's status active → canceled\n%s", resp.StatusCode, page)
+	}
+	if n := countRows(t, dbURL, `SELECT count(*) FROM events WHERE source = 'reconcile'`); n != 0 {
+		t.Errorf("the console's dry-run reconcile appended %d events", n)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stripe-ledger/stripe-ledger/api"
+	"github.com/stripe-ledger/stripe-ledger/api/console"
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/esdb"
@@ -153,6 +154,7 @@ type Service struct {
 	cfg       Config
 	api       *api.Server
 	handler   http.Handler // the API, and the console under /console/
+	console   *console.Console
 	runner    *projections.Runner
 	sender    *projections.Sender // nil without LEDGER_NOTIFY_URL
 	sealer    *seal.Sealer        // nil when LEDGER_SEAL_INTERVAL is 0
@@ -217,9 +219,8 @@ func OpenService(ctx context.Context, cfg Config, logger *slog.Logger) (*Service
 		})
 	}
 	if err == nil {
-		var c http.Handler
-		if c, err = newConsole(svc, billing); err == nil {
-			svc.handler = routeConsole(svc.api, c)
+		if svc.console, err = newConsole(svc, billing); err == nil {
+			svc.handler = routeConsole(svc.api, svc.console)
 		}
 	}
 	if err != nil {
@@ -311,6 +312,7 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 	s.runStripeSync(runCtx, &wg)
 	defer wg.Wait()
 	defer stopRunner()
+	defer s.console.Close() // the rebuilds started from the console
 
 	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: min(10*time.Second, s.cfg.HTTPReadTimeout),
 		ReadTimeout: s.cfg.HTTPReadTimeout, IdleTimeout: s.cfg.HTTPIdleTimeout}
