@@ -59,6 +59,23 @@ func TestContractESDBServer(t *testing.T) {
 	})
 }
 
+// TestOutage runs the contract's outage case with both of the backend's
+// stores down: the server (the double, stopped) and the guard's database.
+func TestOutage(t *testing.T) {
+	t.Parallel()
+	eventlogtest.Outage(t, func(t *testing.T) eventlog.Log {
+		srv := esdbtest.New(t)
+		pool, _ := pgtest.NewPool(t)
+		l, err := esdb.Open(t.Context(), srv.URL()+"&maxDiscoverAttempts=2&discoveryInterval=10", pool, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		srv.Stop()
+		pool.Close()
+		return l
+	})
+}
+
 // openLog opens a Log on url with a fresh guard database; it is closed when the test ends.
 func openLog(t *testing.T, url string, opts ...esdb.Option) *esdb.Log {
 	t.Helper()

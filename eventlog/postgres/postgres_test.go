@@ -33,6 +33,19 @@ func TestContract(t *testing.T) {
 	})
 }
 
+// TestOutage runs the contract's outage case on a server that refuses connections.
+func TestOutage(t *testing.T) {
+	t.Parallel()
+	eventlogtest.Outage(t, func(t *testing.T) eventlog.Log {
+		refused, err := pgxpool.New(context.Background(), "postgres://postgres@127.0.0.1:1/ledger?sslmode=disable&connect_timeout=2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(refused.Close)
+		return postgres.New(refused, testLogger(t))
+	})
+}
+
 func TestUnavailable(t *testing.T) {
 	t.Parallel()
 	refused, err := pgxpool.New(context.Background(), "postgres://postgres@127.0.0.1:1/ledger?sslmode=disable&connect_timeout=2")

@@ -66,6 +66,34 @@ func Run(t *testing.T, caps Capabilities, newLog func(t *testing.T) eventlog.Log
 	}
 }
 
+// Outage checks that every call of a log whose storage is down, as
+// stopped returns it, fails with an error wrapping eventlog.ErrUnavailable
+// (the webhook's 503, Stripe's retry). Subscribe is left out: it retries an
+// unreachable server until its context ends, by design.
+func Outage(t *testing.T, stopped func(t *testing.T) eventlog.Log) {
+	l := stopped(t)
+	t.Cleanup(l.Close)
+	for _, op := range []struct {
+		name string
+		call func(context.Context) error
+	}{
+		{"Append", func(ctx context.Context) error { _, err := l.Append(ctx, NewEvent(NewStream("down"))); return err }},
+		{"ReadStream", func(ctx context.Context) error { _, err := l.ReadStream(ctx, NewStream("down"), 0, 10); return err }},
+		{"StreamHead", func(ctx context.Context) error { _, _, err := l.StreamHead(ctx, NewStream("down")); return err }},
+		{"ReadAll", func(ctx context.Context) error { _, err := l.ReadAll(ctx, eventlog.Start, 10); return err }},
+		{"Head", func(ctx context.Context) error { _, err := l.Head(ctx); return err }},
+		{"CountAfter", func(ctx context.Context) error { _, err := l.CountAfter(ctx, eventlog.Start); return err }},
+	} {
+		t.Run(op.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			if err := op.call(ctx); !errors.Is(err, eventlog.ErrUnavailable) {
+				t.Errorf("%s with the storage down = %v, want an error wrapping eventlog.ErrUnavailable", op.name, err)
+			}
+		})
+	}
+}
+
 func testAppendThenReadStream(t *testing.T, l eventlog.Log) {
 	connect := NewEvent("acct_1Nv0FGQ9RKHgCVdK/" + NewStream("connect"))
 	for _, e := range []eventlog.Event{NewEvent(NewStream("platform")), connect} {
