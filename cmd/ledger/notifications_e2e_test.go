@@ -19,6 +19,19 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/notify"
 )
 
+// newNotifyReceiver is a real HTTP receiver that verifies each push with
+// the notify package (secret whsec_notify) and hands it to record.
+func newNotifyReceiver(record func(notify.Notification)) *httptest.Server {
+	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, err := notify.Receive(r, []string{"whsec_notify"}, 0)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		record(n)
+	}))
+}
+
 func TestServeRefusesANotifyURLWithoutSecret(t *testing.T) {
 	t.Parallel()
 	err := run(context.Background(), []string{"serve"}, env("DATABASE_URL", "postgres://127.0.0.1:1/x", "STRIPE_WEBHOOK_SECRET", e2eSecret,
@@ -38,16 +51,11 @@ func TestNotificationsEndToEnd(t *testing.T) {
 	t.Parallel()
 	var mu sync.Mutex
 	var pushed []notify.Notification
-	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n, err := notify.Receive(r, []string{"whsec_notify"}, 0)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
+	receiver := newNotifyReceiver(func(n notify.Notification) {
 		mu.Lock()
 		pushed = append(pushed, n)
 		mu.Unlock()
-	}))
+	})
 	defer receiver.Close()
 	url := pgtest.NewDatabase(t)
 	getenv := env("DATABASE_URL", url, "STRIPE_WEBHOOK_SECRET", e2eSecret, "LEDGER_API_TOKEN", e2eToken,
