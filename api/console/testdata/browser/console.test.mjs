@@ -193,13 +193,31 @@ try {
   await a11y(page, "projections");
   await shot(page, "projections");
 
+  // Rebuild from the console: it runs in the server's background; the page says when it finished.
+  await page.getByRole("button", { name: "Rebuild billing" }).click();
+  await page.waitForSelector("#rebuild-billing");
+  for (let i = 0; i < 100 && (await page.locator("#rebuild-billing").textContent()).includes("running"); i++) {
+    await page.waitForTimeout(200);
+    await page.goto(`${BASE_URL}/console/projections`);
+  }
+  check((await page.locator("#rebuild-billing").textContent()).includes("the rebuilt version is live"), "the console's rebuild finishes and swaps");
+  await a11y(page, "projections after a rebuild");
+  await shot(page, "projections-rebuilt");
+
+  // Reconcile: this server has no STRIPE_API_KEY, and the page says so.
+  await page.click("nav >> text=Reconcile");
+  await page.waitForURL(/\/console\/reconcile/);
+  check((await page.locator("#reconcile-off").count()) === 1, "the reconcile page says reconcile is not configured");
+  await a11y(page, "reconcile");
+  await shot(page, "reconcile");
+
   // Phone width: no page scrolls sideways.
   const phone = await browser.newContext({ viewport: { width: 360, height: 740 }, isMobile: true, hasTouch: true,
     storageState: await context.storageState() });
   const p = await phone.newPage();
   for (const [name, url] of [["find", "/console/"], ["customer", `/console/customers/${CUSTOMER}`],
     ["event", `/console/customers/${CUSTOMER}/events/evt_s2_browser`], ["state", `/console/customers/${CUSTOMER}/state?at=2025-06-15T15:06:55Z`],
-    ["projections", "/console/projections"]]) {
+    ["projections", "/console/projections"], ["reconcile", "/console/reconcile"]]) {
     await p.goto(BASE_URL + url);
     await noHorizontalScroll(p, name);
     await shot(p, `phone-${name}`);
