@@ -12,6 +12,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
+	"github.com/stripe-ledger/stripe-ledger/internal/stripeapi"
 	"github.com/stripe-ledger/stripe-ledger/internal/stripesync"
 	"github.com/stripe-ledger/stripe-ledger/projections"
 )
@@ -161,6 +162,10 @@ func (c *Console) handleReconcile(ec echo.Context) error {
 		return c.render(ec, http.StatusBadRequest, "reconcile", data)
 	}
 	rep, err := c.cfg.Reconciler.ReconcileDryRun(ec.Request().Context(), customer, account)
+	if stripeapi.IsKind(err, stripeapi.KindNotFound) {
+		data["Error"] = "Stripe has no customer " + customer + where(account) + "."
+		return c.render(ec, http.StatusNotFound, "reconcile", data)
+	}
 	if err != nil {
 		c.cfg.Logger.Warn("console reconcile failed", "customer", customer, "account", account, "err", err)
 		data["Error"] = "Reconcile failed: " + err.Error()
@@ -168,4 +173,12 @@ func (c *Console) handleReconcile(ec echo.Context) error {
 	}
 	data["Report"] = rep
 	return c.render(ec, http.StatusOK, "reconcile", data)
+}
+
+// where names the account a reconcile looked in.
+func where(account string) string {
+	if account == "" {
+		return " in the platform account"
+	}
+	return " in account " + account
 }

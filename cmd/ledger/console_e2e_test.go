@@ -530,6 +530,10 @@ func TestConsoleRebuildAndReconcile(t *testing.T) {
 		!regexp.MustCompile(`<td>subscription</td><td class="mono">sub_missed</td><td class="mono">status</td><td class="mono old">active</td><td class="mono new">canceled</td>`).MatchString(page) {
 		t.Errorf("reconcile: %d, want the drift table with sub_missed's status active → canceled\n%s", resp.StatusCode, page)
 	}
+	if resp, page = b.do(http.MethodGet, "/console/reconcile?customer=cus_nobody", nil); resp.StatusCode != http.StatusNotFound ||
+		!strings.Contains(page, "Stripe has no customer cus_nobody in the platform account") {
+		t.Errorf("reconcile of a customer Stripe does not have: %d, want 404 saying so\n%s", resp.StatusCode, page)
+	}
 	if n := countRows(t, dbURL, `SELECT count(*) FROM events WHERE source = 'reconcile'`); n != 0 {
 		t.Errorf("the console's dry-run reconcile appended %d events", n)
 	}
