@@ -237,7 +237,7 @@ type chargeBody struct {
 }
 
 // handleState folds the customer's events up to ?at= (inclusive) with
-// audit.FoldState (domain.Facts and CustomerState.Apply, the fold the
+// audit.FoldState (domain.ParseFact and CustomerState.Apply, the fold the
 // projections use). The default clock is Stripe's
 // created: it is when the billing change happened and what the convergence
 // rules order by, so the answer is what the customer's billing was at that

@@ -104,25 +104,26 @@ func Handles(eventType string) bool {
 	return ok
 }
 
-// Decode turns a Stripe event (its parsed envelope and raw payload) into
-// facts, reading both the API 2023-10-16 shapes and the 2025-03-31+ ones.
-// Events of a type it does not handle (see Handles) give no facts and no
-// error. A handled event whose data.object cannot be read fails with an
-// EINVALID *Error naming the event and the field.
-func Decode(env Envelope, payload []byte, plans Plans) ([]Fact, error) {
+// Decode turns a Stripe event (its parsed envelope and raw payload) into its
+// fact, reading both the API 2023-10-16 shapes and the 2025-03-31+ ones. An
+// event tells at most one fact: an event of a type Decode does not handle
+// (see Handles) gives a nil *Fact and no error; a handled one always gives a
+// fact or an error. A handled event whose data.object cannot be read fails
+// with an EINVALID *Error naming the event and the field.
+func Decode(env Envelope, payload []byte, plans Plans) (*Fact, error) {
 	return decode(env, payload, plans, nil)
 }
 
 // decode is Decode; when links is not nil, it also sets *links to the
 // links of the charge, invoice or dispute it reads (see DecodeLinks).
-func decode(env Envelope, payload []byte, plans Plans, links *Links) ([]Fact, error) {
+func decode(env Envelope, payload []byte, plans Plans, links *Links) (*Fact, error) {
 	kind, ok := kindOf(env.Type)
 	if !ok {
 		return nil, nil
 	}
 	// Rebuilds are bound by this function: the event type picks the one
 	// struct data.object is read into, so the payload is parsed once.
-	fact := Fact{EventID: env.ID, Created: env.Created, Account: env.Account}
+	fact := &Fact{EventID: env.ID, Created: env.Created, Account: env.Account}
 	var err error
 	switch kind {
 	case customerObject:
@@ -172,8 +173,8 @@ func decode(env Envelope, payload []byte, plans Plans, links *Links) ([]Fact, er
 	if err != nil {
 		return nil, err
 	}
-	observedFact(env, payload, &fact)
-	return []Fact{fact}, nil
+	observedFact(env, payload, fact)
+	return fact, nil
 }
 
 // setLinks sets *links, when asked for, to the links of an object decode read.

@@ -18,7 +18,7 @@ func ts(sec int64) *time.Time {
 	return &t
 }
 
-func decodeFile(t *testing.T, name string, plans domain.Plans) ([]domain.Fact, error) {
+func decodeFile(t *testing.T, name string, plans domain.Plans) (*domain.Fact, error) {
 	t.Helper()
 	payload, err := os.ReadFile(filepath.Join("testdata", name))
 	if err != nil {
@@ -27,7 +27,7 @@ func decodeFile(t *testing.T, name string, plans domain.Plans) ([]domain.Fact, e
 	return decode(t, payload, plans)
 }
 
-func decode(t *testing.T, payload []byte, plans domain.Plans) ([]domain.Fact, error) {
+func decode(t *testing.T, payload []byte, plans domain.Plans) (*domain.Fact, error) {
 	t.Helper()
 	env, err := domain.ParseEnvelope(payload)
 	if err != nil {
@@ -138,12 +138,12 @@ func TestDecode(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
 			t.Parallel()
-			facts, err := decodeFile(t, tt.file, plans)
+			fact, err := decodeFile(t, tt.file, plans)
 			if err != nil {
 				t.Fatalf("Decode: %v", err)
 			}
-			if want := []domain.Fact{tt.want}; !reflect.DeepEqual(facts, want) {
-				t.Errorf("Decode:\n got %s\nwant %s", dump(t, facts), dump(t, want))
+			if want := &tt.want; !reflect.DeepEqual(fact, want) {
+				t.Errorf("Decode:\n got %s\nwant %s", dump(t, fact), dump(t, want))
 			}
 		})
 	}
@@ -228,12 +228,12 @@ func TestDecodeExpandableFields(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			facts, err := decode(t, event(tt.typ, tt.object), nil)
+			fact, err := decode(t, event(tt.typ, tt.object), nil)
 			if err != nil {
 				t.Fatalf("Decode: %v", err)
 			}
-			if len(facts) != 1 || !tt.check(facts[0]) {
-				t.Errorf("Decode: got %s", dump(t, facts))
+			if fact == nil || !tt.check(*fact) {
+				t.Errorf("Decode: got %s", dump(t, fact))
 			}
 		})
 	}

@@ -12,9 +12,9 @@ import (
 )
 
 // decodeAll decodes every delivery, by event id.
-func decodeAll(t *testing.T, ds []domaintest.Delivery, plans domain.Plans) map[string][]domain.Fact {
+func decodeAll(t *testing.T, ds []domaintest.Delivery, plans domain.Plans) map[string]*domain.Fact {
 	t.Helper()
-	facts := map[string][]domain.Fact{}
+	facts := map[string]*domain.Fact{}
 	for _, d := range ds {
 		env, err := domain.ParseEnvelope(d.Payload)
 		if err != nil {
@@ -29,16 +29,15 @@ func decodeAll(t *testing.T, ds []domaintest.Delivery, plans domain.Plans) map[s
 
 // stripeFinal is Stripe's own final state of every subscription: the
 // snapshot of the last change Stripe made to it (Delivery.Seq).
-func stripeFinal(ds []domaintest.Delivery, facts map[string][]domain.Fact) map[string]domain.Subscription {
+func stripeFinal(ds []domaintest.Delivery, facts map[string]*domain.Fact) map[string]domain.Subscription {
 	final, seq := map[string]domain.Subscription{}, map[string]int{}
 	for _, d := range ds {
-		for _, f := range facts[d.EventID] {
-			if f.Subscription == nil {
-				continue
-			}
-			if s, ok := seq[f.Subscription.ID]; !ok || d.Seq > s {
-				final[f.Subscription.ID], seq[f.Subscription.ID] = *f.Subscription, d.Seq
-			}
+		f := facts[d.EventID]
+		if f == nil || f.Subscription == nil {
+			continue
+		}
+		if s, ok := seq[f.Subscription.ID]; !ok || d.Seq > s {
+			final[f.Subscription.ID], seq[f.Subscription.ID] = *f.Subscription, d.Seq
 		}
 	}
 	return final

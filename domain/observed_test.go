@@ -61,9 +61,9 @@ func TestObservedDeletedCustomer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	facts, err := domain.Facts(payload, nil)
-	if err != nil || len(facts) != 1 || facts[0].Customer == nil || !facts[0].Customer.Deleted {
-		t.Fatalf("facts %+v, %v: want a deleted customer", facts, err)
+	fact, err := domain.ParseFact(payload, nil)
+	if err != nil || fact == nil || fact.Customer == nil || !fact.Customer.Deleted {
+		t.Fatalf("fact %+v, %v: want a deleted customer", fact, err)
 	}
 	// Any object can be kept; only customers, subscriptions and invoices fold.
 	charge, env, err := domain.ObservedEvent(domain.Observation{Object: json.RawMessage(`{"id":"ch_1","object":"charge","customer":"cus_1"}`),
@@ -71,8 +71,8 @@ func TestObservedDeletedCustomer(t *testing.T) {
 	if err != nil || env.Type != "ledger.observed.charge" || domain.Handles(env.Type) {
 		t.Fatalf("observed charge: %+v, %v", env, err)
 	}
-	if facts, err := domain.Facts(charge, nil); err != nil || len(facts) != 0 {
-		t.Fatalf("an observed charge gave facts %+v, %v", facts, err)
+	if fact, err := domain.ParseFact(charge, nil); err != nil || fact != nil {
+		t.Fatalf("an observed charge gave a fact %+v, %v", fact, err)
 	}
 	if _, _, err := domain.ObservedEvent(domain.Observation{Object: json.RawMessage(`{"object":"charge"}`)}); err == nil {
 		t.Fatal("an object without an id was accepted")

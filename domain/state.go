@@ -111,9 +111,9 @@ func (k CustomerKey) Compare(o CustomerKey) int {
 	return cmp.Or(cmp.Compare(k.Account, o.Account), cmp.Compare(k.ID, o.ID))
 }
 
-// Facts parses and decodes one stored Stripe event payload (ParseEnvelope,
-// then Decode).
-func Facts(payload []byte, plans Plans) ([]Fact, error) {
+// ParseFact parses and decodes one stored Stripe event payload (ParseEnvelope,
+// then Decode): nil and no error for an event of a type Decode does not handle.
+func ParseFact(payload []byte, plans Plans) (*Fact, error) {
 	env, err := ParseEnvelope(payload)
 	if err != nil {
 		return nil, err

@@ -231,21 +231,20 @@ func payloads(ds []domaintest.Delivery) [][]byte {
 // name, in batches of at most batch deliveries. With roundTrip, each batch
 // starts from states re-loaded from what the previous one stored (a JSON
 // round trip of every exported field), as a projection's does.
-func fold(t *testing.T, rng *rand.Rand, ds []domaintest.Delivery, facts map[string][]domain.Fact, roundTrip bool) map[domain.CustomerKey]*domain.CustomerState {
+func fold(t *testing.T, rng *rand.Rand, ds []domaintest.Delivery, facts map[string]*domain.Fact, roundTrip bool) map[domain.CustomerKey]*domain.CustomerState {
 	t.Helper()
 	states := map[domain.CustomerKey]*domain.CustomerState{}
 	for len(ds) > 0 {
 		n := min(len(ds), 1+rng.IntN(200))
 		for _, d := range ds[:n] {
-			for _, f := range facts[d.EventID] {
-				if f.CustomerID == "" {
-					continue
-				}
-				if states[f.Key()] == nil {
-					states[f.Key()] = &domain.CustomerState{}
-				}
-				states[f.Key()].Apply(f)
+			f := facts[d.EventID]
+			if f == nil || f.CustomerID == "" {
+				continue
 			}
+			if states[f.Key()] == nil {
+				states[f.Key()] = &domain.CustomerState{}
+			}
+			states[f.Key()].Apply(*f)
 		}
 		ds = ds[n:]
 		if roundTrip {
@@ -276,7 +275,7 @@ func TestFoldIsOrderIndependent(t *testing.T) {
 		t.Fatal(err)
 	}
 	deliveries := domaintest.Lifecycles(rng, 40)
-	facts := map[string][]domain.Fact{}
+	facts := map[string]*domain.Fact{}
 	for _, d := range deliveries {
 		env, err := domain.ParseEnvelope(d.Payload)
 		if err != nil {

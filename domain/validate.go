@@ -134,14 +134,14 @@ var keyFields = map[string]bool{
 	"ChargeID": true, "Account": true,
 }
 
-// DecodeStorable is Decode, then makes the facts fit the read model: text
+// DecodeStorable is Decode, then makes the fact fit the read model: text
 // loses what PostgreSQL cannot hold (NUL, invalid UTF-8), except in ids; an
 // id that is over MaxIDBytes or holds a control character or invalid UTF-8,
 // or a time before 1970 or after 9999, fails with an EINVALID *Error naming
 // the event and the field, for the projection to dead-letter.
-func DecodeStorable(env Envelope, payload []byte, plans Plans) ([]Fact, error) {
-	facts, _, err := DecodeStorableLinks(env, payload, plans)
-	return facts, err
+func DecodeStorable(env Envelope, payload []byte, plans Plans) (*Fact, error) {
+	fact, _, err := DecodeStorableLinks(env, payload, plans)
+	return fact, err
 }
 
 // DecodeStorableLinks is DecodeStorable that also returns the event's links
@@ -150,26 +150,26 @@ func DecodeStorable(env Envelope, payload []byte, plans Plans) ([]Fact, error) {
 // decoding. The links are returned even when decoding fails (an event that
 // cannot be applied may still link objects), and are empty for an event
 // whose type does not HasLinks.
-func DecodeStorableLinks(env Envelope, payload []byte, plans Plans) ([]Fact, Links, error) {
+func DecodeStorableLinks(env Envelope, payload []byte, plans Plans) (*Fact, Links, error) {
 	var links Links
 	hasLinks := HasLinks(env.Type)
 	linksTo := &links
 	if !hasLinks {
 		linksTo = nil
 	}
-	facts, err := decode(env, payload, plans, linksTo)
+	fact, err := decode(env, payload, plans, linksTo)
 	if hasLinks && (err != nil || !Handles(env.Type)) {
 		links = DecodeLinks(payload) // not read by decode
 	}
 	if err != nil {
 		return nil, links, err
 	}
-	for i := range facts {
-		if msg := makeStorable(reflect.ValueOf(&facts[i]).Elem(), "fact"); msg != "" {
+	if fact != nil {
+		if msg := makeStorable(reflect.ValueOf(fact).Elem(), "fact"); msg != "" {
 			return nil, links, decodeError(Envelope{ID: StorableText(env.ID), Type: StorableText(env.Type)}, "%s", msg)
 		}
 	}
-	return facts, links, nil
+	return fact, links, nil
 }
 
 // StorableText is s without NUL bytes and invalid UTF-8, which PostgreSQL's

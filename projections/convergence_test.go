@@ -83,18 +83,17 @@ func subscriptionFacts(t *testing.T, ds []domaintest.Delivery, plans domain.Plan
 		if err != nil {
 			t.Fatal(err)
 		}
-		fs, err := domain.Decode(env, d.Payload, plans)
+		f, err := domain.Decode(env, d.Payload, plans)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, f := range fs {
-			switch {
-			case f.Subscription != nil:
-				facts[d.EventID] = subscriptionFact{subscription: f.Subscription.ID, created: f.Created,
-					deleted: env.Type == "customer.subscription.deleted", update: env.Type != "customer.subscription.deleted"}
-			case f.Invoice != nil && f.Invoice.SubscriptionID != "" && env.Type == "invoice.paid":
-				facts[d.EventID] = subscriptionFact{subscription: f.Invoice.SubscriptionID, paid: true, created: f.Created}
-			}
+		switch {
+		case f == nil:
+		case f.Subscription != nil:
+			facts[d.EventID] = subscriptionFact{subscription: f.Subscription.ID, created: f.Created,
+				deleted: env.Type == "customer.subscription.deleted", update: env.Type != "customer.subscription.deleted"}
+		case f.Invoice != nil && f.Invoice.SubscriptionID != "" && env.Type == "invoice.paid":
+			facts[d.EventID] = subscriptionFact{subscription: f.Invoice.SubscriptionID, paid: true, created: f.Created}
 		}
 	}
 	return facts

@@ -107,12 +107,12 @@ func (p Projection) decode(recs []eventlog.Record) *batch {
 	return b
 }
 
-func (p Projection) decodeRecord(b *batch, rec eventlog.Record) (outcome string) {
+func (p Projection) decodeRecord(b *batch, rec eventlog.Record) string {
 	// The log parsed and stored the envelope when it took the event in;
 	// parsing it again would double the cost of decoding (rebuilds are
 	// bound by JSON decoding), and so would reading the links apart.
 	env := domain.Envelope{ID: rec.ID, Type: rec.Type, APIVersion: rec.APIVersion, Created: rec.Created, Account: rec.Account}
-	facts, links, err := domain.DecodeStorableLinks(env, rec.Payload, p.Plans)
+	f, links, err := domain.DecodeStorableLinks(env, rec.Payload, p.Plans)
 	b.addLinks(rec, links)
 	if !domain.Handles(rec.Type) {
 		return outcomeUnhandledType
@@ -121,18 +121,15 @@ func (p Projection) decodeRecord(b *batch, rec eventlog.Record) (outcome string)
 		b.deadLetters = append(b.deadLetters, newDeadLetter(rec, err))
 		return outcomeDeadLetter
 	}
-	outcome = outcomeNoCustomer
-	for _, f := range facts {
-		switch {
-		case f.CustomerID != "":
-			b.facts[f.Key()] = append(b.facts[f.Key()], f)
-			outcome = outcomeApplied
-		case f.Dispute != nil: // folded into its customer once its charge is linked (links.go)
-			b.pending = append(b.pending, pendingDispute{account: rec.Account, fact: f})
-			outcome = outcomeApplied
-		}
+	switch {
+	case f.CustomerID != "":
+		b.facts[f.Key()] = append(b.facts[f.Key()], *f)
+		return outcomeApplied
+	case f.Dispute != nil: // folded into its customer once its charge is linked (links.go)
+		b.pending = append(b.pending, pendingDispute{account: rec.Account, fact: *f})
+		return outcomeApplied
 	}
-	return outcome
+	return outcomeNoCustomer
 }
 
 // decodeParallel decodes recs like decode, in parts on up to GOMAXPROCS

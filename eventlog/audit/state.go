@@ -30,19 +30,20 @@ func FoldState(ctx context.Context, l eventlog.Log, streams []string, key domain
 				continue
 			}
 			res.Folded++
-			facts, err := domain.Facts(r.Payload, plans)
+			f, err := domain.ParseFact(r.Payload, plans)
 			if err != nil {
 				res.Undecodable++
 				continue
 			}
-			for _, f := range facts {
-				if f.CustomerID == "" && f.Dispute != nil && r.Stream != streams[0] {
-					d := *f.Dispute
-					d.CustomerID, f.CustomerID, f.Dispute = key.ID, key.ID, &d
-				}
-				if f.Key() == key {
-					st.Apply(f)
-				}
+			if f == nil {
+				continue
+			}
+			if f.CustomerID == "" && f.Dispute != nil && r.Stream != streams[0] {
+				d := *f.Dispute
+				d.CustomerID, f.CustomerID, f.Dispute = key.ID, key.ID, &d
+			}
+			if f.Key() == key {
+				st.Apply(*f)
 			}
 		}
 		return nil

@@ -203,34 +203,34 @@ func (g *generator) renewRecoveredAtOnce(s *subscription, charges *[]charge) {
 func StripeFinal(ds []Delivery, plans domain.Plans) (map[domain.CustomerKey]*domain.CustomerState, error) {
 	ordered := slices.SortedFunc(slices.Values(ds), func(a, b Delivery) int { return cmp.Compare(a.Seq, b.Seq) })
 	type decoded struct {
-		seq   int
-		facts []domain.Fact
+		seq  int
+		fact *domain.Fact
 	}
 	var all []decoded
 	last := map[string]int{} // subscription id -> seq of its last snapshot
 	for _, d := range ordered {
-		facts, err := domain.Facts(d.Payload, plans)
+		f, err := domain.ParseFact(d.Payload, plans)
 		if err != nil {
 			return nil, err
 		}
-		for _, f := range facts {
-			if f.Subscription != nil {
-				last[f.Subscription.ID] = d.Seq
-			}
+		if f == nil {
+			continue
 		}
-		all = append(all, decoded{d.Seq, facts})
+		if f.Subscription != nil {
+			last[f.Subscription.ID] = d.Seq
+		}
+		all = append(all, decoded{d.Seq, f})
 	}
 	states := map[domain.CustomerKey]*domain.CustomerState{}
 	for _, d := range all {
-		for _, f := range d.facts {
-			if f.CustomerID == "" || (f.Subscription != nil && last[f.Subscription.ID] != d.seq) {
-				continue
-			}
-			if states[f.Key()] == nil {
-				states[f.Key()] = &domain.CustomerState{}
-			}
-			states[f.Key()].Apply(f)
+		f := d.fact
+		if f.CustomerID == "" || (f.Subscription != nil && last[f.Subscription.ID] != d.seq) {
+			continue
 		}
+		if states[f.Key()] == nil {
+			states[f.Key()] = &domain.CustomerState{}
+		}
+		states[f.Key()].Apply(*f)
 	}
 	return states, nil
 }

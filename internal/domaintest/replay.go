@@ -15,22 +15,20 @@ func Replay(payloads [][]byte, plans domain.Plans) (map[domain.CustomerKey]*doma
 	states := map[domain.CustomerKey]*domain.CustomerState{}
 	var errs []error
 	for _, payload := range payloads {
-		facts, err := domain.Facts(payload, plans)
+		f, err := domain.ParseFact(payload, plans)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		for _, f := range facts {
-			if f.CustomerID == "" {
-				continue
-			}
-			st := states[f.Key()]
-			if st == nil {
-				st = &domain.CustomerState{}
-				states[f.Key()] = st
-			}
-			st.Apply(f)
+		if f == nil || f.CustomerID == "" {
+			continue
 		}
+		st := states[f.Key()]
+		if st == nil {
+			st = &domain.CustomerState{}
+			states[f.Key()] = st
+		}
+		st.Apply(*f)
 	}
 	return states, errors.Join(errs...)
 }

@@ -139,14 +139,13 @@ func (s *Syncer) reconcileObject(ctx context.Context, opts ReconcileOptions, obj
 	if err != nil {
 		return err
 	}
-	facts, err := domain.Decode(env, payload, s.Plans)
+	f, err := domain.Decode(env, payload, s.Plans)
 	if err != nil {
 		return fmt.Errorf("read %s %s as the ledger would: %w", env.ObjectType, env.ObjectID, err)
 	}
-	if len(facts) == 0 {
+	if f == nil {
 		return nil
 	}
-	f := facts[0]
 	var drift []Drift
 	switch {
 	case f.Customer != nil:
