@@ -14,7 +14,7 @@ import (
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
-	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
+	"github.com/stripe-ledger/stripe-ledger/internal/stripesig"
 )
 
 // MaxWebhookBody is the largest webhook body accepted (DESIGN §5).
@@ -43,7 +43,7 @@ func (s *Server) handleWebhook(c echo.Context) error {
 		return s.reject(c, nil, domain.Errorf(domain.ETOOLARGE, "request body is over %d bytes", limit), "too_large")
 	}
 	header := c.Request().Header.Get("Stripe-Signature")
-	if err := audit.VerifySignature(payload, header, s.cfg.WebhookSecrets, signatureTolerance); err != nil {
+	if err := stripesig.Verify(payload, header, s.cfg.WebhookSecrets, signatureTolerance); err != nil {
 		return s.reject(c, payload, signatureError(err), "rejected")
 	}
 	env, err := domain.ParseEnvelope(payload)
@@ -142,11 +142,11 @@ func clip(s string) string {
 // signatureError turns a failed verification into the 400 the webhook answers.
 func signatureError(err error) error {
 	switch {
-	case errors.Is(err, audit.ErrNoSignature):
+	case errors.Is(err, stripesig.ErrMissing):
 		return domain.Errorf(domain.EINVALID, "missing Stripe-Signature header")
-	case errors.Is(err, audit.ErrMalformedSignature):
+	case errors.Is(err, stripesig.ErrMalformed):
 		return domain.Errorf(domain.EINVALID, "malformed Stripe-Signature header")
-	case errors.Is(err, audit.ErrStaleSignature):
+	case errors.Is(err, stripesig.ErrStale):
 		return domain.Errorf(domain.EINVALID, "stale signature timestamp: signed more than %s ago", signatureTolerance)
 	}
 	return domain.Errorf(domain.EINVALID, "invalid signature: no v1 signature matches a configured webhook secret")

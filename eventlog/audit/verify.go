@@ -17,6 +17,7 @@ import (
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/internal/stripesig"
 )
 
 // MaxProblems is how many problems a Report details; past it they are only
@@ -301,10 +302,10 @@ func checkMetadata(r eventlog.Record, fail func(format string, args ...any)) (do
 // verifySignature checks the stored Stripe-Signature against the stored
 // payload under each secret, ignoring how old its timestamp is.
 func verifySignature(r eventlog.Record, secrets []string) error {
-	switch err := VerifySignature(r.Payload, r.Signature, secrets, 0); {
-	case errors.Is(err, ErrNoSignature):
+	switch err := stripesig.Verify(r.Payload, r.Signature, secrets, 0); {
+	case errors.Is(err, stripesig.ErrMissing):
 		return errors.New("no Stripe-Signature is stored: nothing proves Stripe sent this payload")
-	case errors.Is(err, ErrMalformedSignature):
+	case errors.Is(err, stripesig.ErrMalformed):
 		return fmt.Errorf("the stored Stripe-Signature %q is malformed", r.Signature)
 	case err != nil:
 		return fmt.Errorf("the stored Stripe-Signature matches the stored payload under none of the %d webhook secret(s)", len(secrets))
