@@ -1,6 +1,9 @@
 // Package migrations holds the numbered SQL migrations of the ledger's
 // PostgreSQL schema (event log and read model), embedded into the binary, and
-// applies them with tern.
+// applies them with tern. Every package's tables are numbered here, the esdb
+// backend's guard (003, 011, 012) included, because tern applies one gapless
+// sequence per database; each file's header names the package that owns its
+// tables (docs/operations.md lists them).
 package migrations
 
 import (
