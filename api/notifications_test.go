@@ -8,8 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/stripe-ledger/stripe-ledger/api"
 	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/tcpproxy"
 	"github.com/stripe-ledger/stripe-ledger/notify"
 	"github.com/stripe-ledger/stripe-ledger/projections"
 )
@@ -18,9 +21,24 @@ import (
 // a real billing projection runner fills from the webhooks it takes.
 func newNotifyingEnv(t *testing.T) *testEnv {
 	t.Helper()
-	var runner *projections.Runner
 	pool, _ := pgtest.NewPool(t)
-	env := startServer(t, pool, pool, nil, func(cfg *api.Config) {
+	return startNotifying(t, pool, pool, nil)
+}
+
+// newNotifyingEnvBehindProxy is newNotifyingEnv with the server, its feed
+// and its runner on one pool (tcpproxy.Pool's default size, as serve shares
+// its pool) that reaches the database through a proxy the test can take down.
+func newNotifyingEnvBehindProxy(t *testing.T) (*testEnv, *pgxpool.Pool) {
+	t.Helper()
+	direct, url := pgtest.NewPool(t)
+	proxy, viaProxy := tcpproxy.Pool(t, url, 0)
+	return startNotifying(t, direct, viaProxy, proxy), viaProxy
+}
+
+func startNotifying(t *testing.T, direct, pool *pgxpool.Pool, proxy *tcpproxy.Proxy) *testEnv {
+	t.Helper()
+	var runner *projections.Runner
+	env := startServer(t, direct, pool, proxy, func(cfg *api.Config) {
 		cfg.Notifications = projections.NewNotifications(pool)
 		var err error
 		if runner, err = projections.NewRunner(pool, cfg.Log, projections.Billing(testPlans), cfg.Logger, nil); err != nil {
@@ -123,5 +141,89 @@ func TestNotificationsLongPollAndResume(t *testing.T) {
 	}
 	if _, page := getNotifications(t, env, "?wait=500ms&after="+strconv.FormatInt(got[1].Position, 10)); len(page.Notifications) != 0 {
 		t.Fatalf("the redelivery made a second invoice.paid: %+v", page.Notifications)
+	}
+}
+
+// TestNotificationsLongPollsLeaveThePoolToTheWebhook: three times as many
+// long polls as the pool has connections wait, and a webhook still answers
+// 200 at once; every poll then wakes with the notification it made.
+func TestNotificationsLongPollsLeaveThePoolToTheWebhook(t *testing.T) {
+	t.Parallel()
+	env, pool := newNotifyingEnvBehindProxy(t)
+	polls := 3 * int(pool.Config().MaxConns)
+	type answer struct {
+		status int
+		page   notificationsPage
+	}
+	answers := make(chan answer, polls)
+	for range polls {
+		go func() {
+			status, page := getNotifications(t, env, "?wait=15s")
+			answers <- answer{status, page}
+		}()
+	}
+	time.Sleep(time.Second) // the polls are waiting
+	body := invoiceEvent(newEventID(), "cus_crowd", "2023-10-16")
+	start := time.Now()
+	if status, _ := post(t, env.url, body, sign(body, secret, time.Now())); status != http.StatusOK {
+		t.Fatalf("webhook with %d long polls waiting: %d", polls, status)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("webhook took %v with %d long polls waiting on a pool of %d: they hold its connections", took, polls, pool.Config().MaxConns)
+	}
+	deadline := time.After(10 * time.Second)
+	for i := range polls {
+		select {
+		case a := <-answers:
+			if a.status != http.StatusOK || len(a.page.Notifications) != 1 || a.page.Notifications[0].CustomerID != "cus_crowd" {
+				t.Fatalf("poll %d answered %d %+v", i, a.status, a.page)
+			}
+		case <-deadline:
+			t.Fatalf("%d of %d long polls did not wake with the notification", polls-i, polls)
+		}
+	}
+}
+
+// TestNotificationsDatabaseDown: with the database unreachable the feed
+// answers 503 unavailable (retry later), not 500, waiting or not.
+func TestNotificationsDatabaseDown(t *testing.T) {
+	t.Parallel()
+	env, _ := newNotifyingEnvBehindProxy(t)
+	if status, _ := getNotifications(t, env, "?wait=0s"); status != http.StatusOK {
+		t.Fatalf("database up: %d", status)
+	}
+	env.proxy.Down()
+	for _, q := range []string{"?wait=0s", "?wait=5s&after=3"} {
+		status, body := do(t, env, http.MethodGet, "/v1/notifications"+q, "Bearer "+apiToken)
+		if status != http.StatusServiceUnavailable || errorCode(body) != "unavailable" {
+			t.Fatalf("%s with the database down: %d %v, want 503 unavailable", q, status, body)
+		}
+	}
+}
+
+// TestNotificationsWaitingBound: a long poll beyond the process's bound is
+// refused with 503 unavailable at once; one within it still waits.
+func TestNotificationsWaitingBound(t *testing.T) {
+	t.Parallel()
+	pool, _ := pgtest.NewPool(t)
+	feed := projections.NewNotifications(pool)
+	feed.MaxWaiting = 1
+	env := startServer(t, pool, pool, nil, func(cfg *api.Config) { cfg.Notifications = feed })
+	first := make(chan int, 1)
+	go func() {
+		status, _ := getNotifications(t, env, "?wait=3s")
+		first <- status
+	}()
+	time.Sleep(500 * time.Millisecond) // the first poll is waiting
+	start := time.Now()
+	status, body := do(t, env, http.MethodGet, "/v1/notifications?wait=3s", "Bearer "+apiToken)
+	if status != http.StatusServiceUnavailable || errorCode(body) != "unavailable" || time.Since(start) > 2*time.Second {
+		t.Fatalf("second long poll over a bound of 1: %d %v after %v, want 503 unavailable at once", status, body, time.Since(start))
+	}
+	if status := <-first; status != http.StatusOK {
+		t.Fatalf("first long poll: %d", status)
+	}
+	if status, _ := getNotifications(t, env, "?wait=100ms"); status != http.StatusOK {
+		t.Fatalf("a long poll once the first ended: %d", status)
 	}
 }

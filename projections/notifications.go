@@ -4,24 +4,52 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/stripe-ledger/stripe-ledger/domain"
+	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 	"github.com/stripe-ledger/stripe-ledger/notify"
 )
 
 // Notifications reads the outbox (outbox.go) in position order: the pull
 // feed of GET /v1/notifications and the push worker's source.
+//
+// A waiting long poll holds no pooled connection: while any Wait waits, one
+// listener per Notifications holds a connection of its own (outside the
+// pool) that LISTENs on NotificationsChannel and wakes every waiter, which
+// then reads with a briefly acquired pooled connection. So idle pull
+// clients never take the webhook's connections.
 type Notifications struct {
 	pool *pgxpool.Pool
-	poll time.Duration // how often Wait looks again between signals
+	poll time.Duration // how often waiters look again while the listener is not listening
+
+	// MaxWaiting bounds the long polls that wait at once; one more is
+	// refused with EUNAVAILABLE (503). Zero means DefaultMaxWaiting.
+	MaxWaiting int
+
+	reads chan struct{} // a token per concurrent wake-up read, so a wake-up leaves the pool to the webhook
+
+	mu        sync.Mutex
+	waiting   int
+	changed   chan struct{} // closed, and replaced, when waiters should read again
+	listening bool          // a listener runs
 }
+
+// DefaultMaxWaiting is how many long polls one process lets wait at once.
+const DefaultMaxWaiting = 1000
 
 // NewNotifications reads the outbox through pool.
 func NewNotifications(pool *pgxpool.Pool) *Notifications {
-	return &Notifications{pool: pool, poll: time.Second}
+	reads := int32(1)
+	if pool != nil {
+		reads = max(reads, pool.Config().MaxConns/4)
+	}
+	return &Notifications{pool: pool, poll: time.Second, changed: make(chan struct{}), reads: make(chan struct{}, reads)}
 }
 
 // MaxNotificationsPage is the most notifications After returns at once.
@@ -36,7 +64,8 @@ func (n *Notifications) After(ctx context.Context, after int64, limit int) ([]no
 }
 
 // Wait is After, but when there is nothing after after it waits up to wait
-// for a commit of new notifications (LISTEN) before answering, perhaps empty.
+// for a commit of new notifications before answering, perhaps empty. It
+// holds no pooled connection while it waits.
 func (n *Notifications) Wait(ctx context.Context, after int64, limit int, wait time.Duration) ([]notify.Notification, error) {
 	page, err := n.After(ctx, after, limit)
 	if err != nil || len(page) > 0 || wait <= 0 {
@@ -44,32 +73,144 @@ func (n *Notifications) Wait(ctx context.Context, after int64, limit int, wait t
 	}
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	conn, err := n.pool.Acquire(ctx)
+	changed, err := n.startWaiting()
 	if err != nil {
-		return nil, fmt.Errorf("wait for notifications: %w", err)
+		return nil, err
 	}
-	defer func() {
-		// The connection goes back to the pool: stop listening on it first.
-		_, _ = conn.Exec(context.WithoutCancel(ctx), "UNLISTEN *")
-		conn.Release()
-	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+NotificationsChannel); err != nil {
-		return nil, fmt.Errorf("listen for notifications: %w", err)
-	}
+	defer n.stopWaiting()
 	for {
-		// Read again after LISTEN: a commit in between would not be signalled.
+		// The signal is taken before the read, so a commit after the read
+		// still wakes this waiter.
+		select {
+		case n.reads <- struct{}{}:
+		case <-ctx.Done():
+			return ignoreDeadline(nil, ctx.Err())
+		}
 		page, err := n.After(ctx, after, limit)
+		<-n.reads
 		if err != nil || len(page) > 0 {
 			return ignoreDeadline(page, err)
 		}
-		pollCtx, cancelPoll := context.WithTimeout(ctx, n.poll)
-		_, err = conn.Conn().WaitForNotification(pollCtx)
-		cancelPoll()
-		if ctx.Err() != nil {
+		select {
+		case <-changed:
+		case <-ctx.Done():
 			return ignoreDeadline(nil, ctx.Err())
 		}
-		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return nil, fmt.Errorf("wait for notifications: %w", err)
+		changed = n.signal()
+	}
+}
+
+// startWaiting counts a waiter in, starting the listener if none runs, and
+// returns the signal to wait for.
+func (n *Notifications) startWaiting() (<-chan struct{}, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	limit := n.MaxWaiting
+	if limit <= 0 {
+		limit = DefaultMaxWaiting
+	}
+	if n.waiting >= limit {
+		return nil, domain.Errorf(domain.EUNAVAILABLE, "%d long polls are already waiting, the most this process serves; retry later, or poll without wait", limit)
+	}
+	n.waiting++
+	if !n.listening {
+		n.listening = true
+		go n.listen() // it stops itself once no one waits
+	}
+	return n.changed, nil
+}
+
+// stopWaiting counts a waiter out.
+func (n *Notifications) stopWaiting() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.waiting--
+}
+
+// signal returns the current wake-up channel.
+func (n *Notifications) signal() <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.changed
+}
+
+// wake tells every waiter to read again.
+func (n *Notifications) wake() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	close(n.changed)
+	n.changed = make(chan struct{})
+}
+
+// idle reports that no one waits, and if so marks the listener stopped.
+func (n *Notifications) idle() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.waiting == 0 {
+		n.listening = false
+	}
+	return !n.listening
+}
+
+// listenerLinger is how long, at most, the listener outlives the last waiter, so
+// that a client polling in a loop (or the sender) does not reconnect it
+// for each poll; it is also how often an idle listener pings its connection.
+const listenerLinger = 30 * time.Second
+
+// listen wakes the waiters on each commit of notifications, on a connection
+// of its own, until no one has waited for listenerLinger. Each (re)connection
+// wakes them too (a commit before LISTEN was not signalled), and while it
+// cannot listen they look again every poll (and meet the outage).
+func (n *Notifications) listen() {
+	for {
+		if stopped := n.listenOnce(); stopped || n.idle() {
+			return
+		}
+		n.wake()
+		time.Sleep(n.poll)
+		if n.idle() {
+			return
+		}
+	}
+}
+
+// listenOnce listens on one connection until it fails, or until the
+// listener is idle (stopped is then true).
+func (n *Notifications) listenOnce() (stopped bool) {
+	ctx := context.Background()
+	connectCtx, cancel := context.WithTimeout(ctx, listenerLinger)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(connectCtx, n.pool.Config().ConnConfig)
+	if err != nil {
+		return false
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_ = conn.Close(closeCtx)
+	}()
+	if _, err := conn.Exec(connectCtx, "LISTEN "+NotificationsChannel); err != nil {
+		return false
+	}
+	n.wake()
+	for {
+		waitCtx, cancel := context.WithTimeout(ctx, listenerLinger)
+		_, err := conn.WaitForNotification(waitCtx)
+		cancel()
+		switch {
+		case err == nil:
+			n.wake()
+		case !errors.Is(err, context.DeadlineExceeded):
+			return false
+		case n.idle():
+			return true
+		default: // a quiet spell: make sure the connection still listens
+			pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := conn.Ping(pingCtx)
+			cancel()
+			if err != nil {
+				return false
+			}
 		}
 	}
 }
@@ -97,7 +238,7 @@ func readNotifications(ctx context.Context, q interface {
 }, sql string, args ...any) ([]notify.Notification, error) {
 	rows, err := q.Query(ctx, sql, args...)
 	if err != nil {
-		return nil, fmt.Errorf("read notifications: %w", err)
+		return nil, notificationsError(err)
 	}
 	page, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (notify.Notification, error) {
 		var n notify.Notification
@@ -107,7 +248,16 @@ func readNotifications(ctx context.Context, q interface {
 		return n, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("read notifications: %w", err)
+		return nil, notificationsError(err)
 	}
 	return page, nil
+}
+
+// notificationsError classifies a failed read of the outbox: an unreachable
+// or overloaded database is eventlog.ErrUnavailable (503, retry later).
+func notificationsError(err error) error {
+	if postgres.IsUnavailable(err) {
+		return fmt.Errorf("read notifications: %w", errors.Join(err, eventlog.ErrUnavailable))
+	}
+	return fmt.Errorf("read notifications: %w", err)
 }
