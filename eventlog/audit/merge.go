@@ -3,7 +3,6 @@ package audit
 import (
 	"context"
 	"errors"
-	"math"
 	"slices"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
@@ -131,19 +130,21 @@ func firstAfter(ctx context.Context, l eventlog.Log, stream string, pos eventlog
 	return lo, nil
 }
 
-// endOfLog is after every position a record can have.
-var endOfLog = eventlog.Position{Commit: math.MaxUint64, Prepare: math.MaxUint64}
-
 // ReadStreamsBefore is a page of a history read newest first: up to limit
 // records of streams positioned before `before` (nil: the newest), in global
 // order, and total, how many records the streams hold. It reads at most
-// limit records of each stream plus O(log n) one-record reads to find where
-// each stream ends, so a page costs the same however long the history is.
+// limit records of each stream, its head, and (for a page after the first)
+// O(log n) one-record reads to find where `before` falls, so a page costs the
+// same however long the history is.
 func ReadStreamsBefore(ctx context.Context, l eventlog.Log, streams []string, before *eventlog.Position, limit int) (recs []eventlog.Record, total int64, err error) {
 	for _, s := range streams {
-		length, err := firstAfter(ctx, l, s, endOfLog)
+		head, ok, err := l.StreamHead(ctx, s)
 		if err != nil {
 			return nil, 0, err
+		}
+		var length int64
+		if ok {
+			length = head.StreamVersion + 1
 		}
 		total += length
 		end := length
