@@ -6,10 +6,15 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 	"github.com/stripe-ledger/stripe-ledger/notify"
 )
 
@@ -214,5 +219,60 @@ func allNotifications(t *testing.T, feed *Notifications) []notify.Notification {
 			after = n.Position
 		}
 		all = append(all, page...)
+	}
+}
+
+// TestNotificationsWaitHoldsNoPooledConnection: ten times as many long
+// polls as their pool has connections wait with none of it acquired, and
+// all wake when a runner on another pool (another replica) commits
+// notifications.
+func TestNotificationsWaitHoldsNoPooledConnection(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDatabase(t)
+	pool := newPool(t, url)
+	log := postgres.New(pool, testLogger(t), postgres.WithBatchSize(25), postgres.WithPollInterval(200*time.Millisecond))
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 2
+	feedPool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(feedPool.Close)
+	feed := NewNotifications(feedPool)
+	const polls = 20
+	woke := make(chan int, polls)
+	for range polls {
+		go func() {
+			page, err := feed.Wait(context.Background(), 0, 10, 20*time.Second)
+			if err != nil {
+				t.Error(err)
+			}
+			woke <- len(page)
+		}()
+	}
+	time.Sleep(500 * time.Millisecond) // the polls are waiting
+	for range 5 {
+		if held := feedPool.Stat().AcquiredConns(); held != 0 {
+			t.Fatalf("%d long polls waiting hold %d of their pool's %d connections", polls, held, cfg.MaxConns)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	p := Billing(testPlans(t))
+	appendAll(t, log, lifecycles(3, 2))
+	stop := startRunner(t, newRunner(t, pool, log, p))
+	defer func() { _ = stop() }()
+	deadline := time.After(15 * time.Second)
+	for i := range polls {
+		select {
+		case n := <-woke:
+			if n == 0 {
+				t.Fatalf("poll %d answered empty", i)
+			}
+		case <-deadline:
+			t.Fatalf("%d of %d long polls did not wake with the runner's notifications", polls-i, polls)
+		}
 	}
 }
