@@ -47,12 +47,15 @@ func newLog(t testing.TB) (*pgxpool.Pool, *postgres.Log) {
 // newPool opens a pool on url with room for a runner during a build (two
 // lock connections, a transaction, a read of the log, a subscription) next
 // to the test's own queries.
-func newPool(t testing.TB, url string) *pgxpool.Pool {
+func newPool(t testing.TB, url string) *pgxpool.Pool { return newPoolSized(t, url, 16) }
+
+// newPoolSized opens a pool of maxConns connections on url.
+func newPoolSized(t testing.TB, url string, maxConns int32) *pgxpool.Pool {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.MaxConns = 16
+	cfg.MaxConns = maxConns
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
@@ -231,16 +229,7 @@ func TestNotificationsWaitHoldsNoPooledConnection(t *testing.T) {
 	url := pgtest.NewDatabase(t)
 	pool := newPool(t, url)
 	log := postgres.New(pool, testLogger(t), postgres.WithBatchSize(25), postgres.WithPollInterval(200*time.Millisecond))
-	cfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.MaxConns = 2
-	feedPool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(feedPool.Close)
+	feedPool := newPoolSized(t, url, 2)
 	feed := NewNotifications(feedPool)
 	const polls = 20
 	woke := make(chan int, polls)
@@ -256,7 +245,7 @@ func TestNotificationsWaitHoldsNoPooledConnection(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // the polls are waiting
 	for range 5 {
 		if held := feedPool.Stat().AcquiredConns(); held != 0 {
-			t.Fatalf("%d long polls waiting hold %d of their pool's %d connections", polls, held, cfg.MaxConns)
+			t.Fatalf("%d long polls waiting hold %d of their pool's %d connections", polls, held, feedPool.Config().MaxConns)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
