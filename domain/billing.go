@@ -91,13 +91,17 @@ func (s Subscription) Entitled() bool {
 	return false
 }
 
-// Invoice is a Stripe invoice.
+// Invoice is a Stripe invoice: its kept snapshot, marked paid by the
+// invoice payments seen (Payment). Status, AmountPaid and PaidAt are what
+// the invoice shows: once a Payment is seen, "paid", the greater amount
+// paid and the earlier paid time of the snapshot's and the payment's.
 type Invoice struct {
 	Account        string
 	ID             string
 	CustomerID     string
 	SubscriptionID string // empty for an invoice outside any subscription
 	Status         string
+	SnapshotStatus string // once a Payment is seen, the status of the kept snapshot, which the fold compares; else ""
 	AmountDue      int64
 	AmountPaid     int64
 	Currency       string
@@ -105,6 +109,11 @@ type Invoice struct {
 	PeriodEnd      *time.Time
 	PaidAt         *time.Time
 	AttemptCount   int64 // the highest attempt count seen, whichever snapshot is kept
+
+	// Payment merges the invoice_payment.paid events (API 2025-03-31+) of
+	// the invoice, which mark it paid forever whatever its snapshots say
+	// (DESIGN §4); nil when none was seen.
+	Payment *InvoicePayment `json:",omitempty"`
 
 	// The period the invoice pays for: the span of its subscription lines;
 	// nil when no line is a subscription's (never the invoice's own period,
@@ -114,6 +123,68 @@ type Invoice struct {
 
 	LastEventID      string
 	LastEventCreated time.Time
+}
+
+// InvoicePayment is a paid payment of an invoice, as invoice_payment.paid
+// (API 2025-03-31+) describes it. On an Invoice it merges every payment
+// seen, order-independently: the greatest amount paid, the earliest paid
+// time, and the id and event of the payment seen last (by event created,
+// then event id).
+type InvoicePayment struct {
+	Account    string
+	ID         string
+	InvoiceID  string
+	CustomerID string // empty unless the event's invoice came expanded
+	AmountPaid int64
+	Currency   string
+	PaidAt     *time.Time
+
+	LastEventID      string
+	LastEventCreated time.Time
+}
+
+// merge is the payment that merges p and q (either may be nil).
+func (p *InvoicePayment) merge(q *InvoicePayment) *InvoicePayment {
+	if p == nil || q == nil {
+		return cmp.Or(p, q)
+	}
+	m := *p
+	if cmp.Or(q.LastEventCreated.Compare(p.LastEventCreated), cmp.Compare(q.LastEventID, p.LastEventID)) > 0 {
+		m = *q
+	}
+	m.AmountPaid = max(p.AmountPaid, q.AmountPaid)
+	m.PaidAt = earlier(p.PaidAt, q.PaidAt)
+	return &m
+}
+
+// withPayment is inv marked paid by p (nil: inv unchanged).
+func (inv Invoice) withPayment(p *InvoicePayment) Invoice {
+	if p == nil {
+		return inv
+	}
+	inv.SnapshotStatus = inv.snapshotStatus()
+	inv.Payment = inv.Payment.merge(p)
+	inv.Status = "paid"
+	inv.AmountPaid = max(inv.AmountPaid, inv.Payment.AmountPaid)
+	inv.PaidAt = earlier(inv.PaidAt, inv.Payment.PaidAt)
+	return inv
+}
+
+// snapshotStatus is the status of inv's snapshot: SnapshotStatus, or
+// Status for an invoice no payment marked (one made by hand, say).
+func (inv Invoice) snapshotStatus() string {
+	if inv.SnapshotStatus == "" && inv.Payment == nil {
+		return inv.Status
+	}
+	return inv.SnapshotStatus
+}
+
+// earlier is the earlier of two optional times, nil only when both are.
+func earlier(a, b *time.Time) *time.Time {
+	if a == nil || (b != nil && b.Before(*a)) {
+		return b
+	}
+	return a
 }
 
 // Charge is a Stripe charge as charge.refunded describes it.
@@ -167,10 +238,13 @@ func compareCustomers(a, b Customer) int {
 	)
 }
 
-// Status first: paid is forever, and Stripe's invoice statuses only move up the rank.
+// Snapshots by their own status first: paid is forever, and Stripe's
+// invoice statuses only move up the rank. An invoice known only from its
+// payments (no snapshot yet) loses to any snapshot.
 func compareInvoices(a, b Invoice) int {
 	return cmp.Or(
-		cmp.Compare(invoiceStatusRank[a.Status], invoiceStatusRank[b.Status]),
+		compareBools(a.LastEventID != "", b.LastEventID != ""),
+		cmp.Compare(invoiceStatusRank[a.snapshotStatus()], invoiceStatusRank[b.snapshotStatus()]),
 		a.LastEventCreated.Compare(b.LastEventCreated),
 		cmp.Compare(a.LastEventID, b.LastEventID),
 	)

@@ -26,6 +26,10 @@ type Fact struct {
 	Invoice      *Invoice
 	Charge       *Charge
 	Dispute      *Dispute
+	// InvoicePayment (API 2025-03-31+) names its invoice, not its customer:
+	// CustomerID is empty unless the invoice came expanded, and the
+	// projection finds the customer through the invoice's links (DESIGN §8).
+	InvoicePayment *InvoicePayment
 }
 
 // Key names the customer the fact is about.
@@ -40,6 +44,7 @@ const (
 	checkoutObject
 	chargeObject
 	disputeObject
+	invoicePaymentObject
 )
 
 var eventKinds = map[string]objectKind{
@@ -72,16 +77,18 @@ var eventKinds = map[string]objectKind{
 	"charge.refunded":            chargeObject,
 	"charge.dispute.created":     disputeObject,
 	"charge.dispute.closed":      disputeObject,
+	"invoice_payment.paid":       invoicePaymentObject,
 }
 
 // the data.object "object" each kind must carry
 var objectNames = [...]string{
-	customerObject:     "customer",
-	subscriptionObject: "subscription",
-	invoiceObject:      "invoice",
-	checkoutObject:     "checkout.session",
-	chargeObject:       "charge",
-	disputeObject:      "dispute",
+	customerObject:       "customer",
+	subscriptionObject:   "subscription",
+	invoiceObject:        "invoice",
+	checkoutObject:       "checkout.session",
+	chargeObject:         "charge",
+	disputeObject:        "dispute",
+	invoicePaymentObject: "invoice_payment",
 }
 
 // TestedAPIVersions are the Stripe API versions whose payload shapes Decode
@@ -168,6 +175,15 @@ func decode(env Envelope, payload []byte, plans Plans, links *Links) (*Fact, err
 				fact.CustomerID = fact.Dispute.CustomerID
 			}
 			setLinks(links, &raw.rawObject, &raw.linkFields, expandable(raw.Charge.ID))
+		}
+	case invoicePaymentObject:
+		var raw *rawInvoicePayment
+		if raw, err = readObject[rawInvoicePayment](env, kind, payload); err == nil {
+			if fact.InvoicePayment, err = raw.invoicePayment(env); err == nil {
+				fact.CustomerID = fact.InvoicePayment.CustomerID
+			}
+			raw.linkFields.Invoice = expandable(raw.Invoice.ID)
+			setLinks(links, &raw.rawObject, &raw.linkFields, raw.Charge)
 		}
 	}
 	if err != nil {
@@ -589,7 +605,7 @@ func (raw *rawCharge) charge(env Envelope) *Charge {
 type rawDispute struct {
 	rawObject
 	linkFields                  // its payment intent; Charge below hides linkFields.Charge
-	Charge     expandableCharge `json:"charge"`
+	Charge     expandableObject `json:"charge"`
 	Status     string           `json:"status"`
 	Currency   string           `json:"currency"`
 	Amount     int64            `json:"amount"`
@@ -612,19 +628,52 @@ func (raw *rawDispute) dispute(env Envelope) (*Dispute, error) {
 	}, nil
 }
 
-// expandableCharge is a dispute's charge: its id, and the customer an
-// expanded charge names.
-type expandableCharge struct {
+// rawInvoicePayment is an InvoicePayment (API 2025-03-31+, stripe-go v82's
+// InvoicePayment): a payment of one invoice, which it names; its customer
+// only when the invoice came expanded.
+type rawInvoicePayment struct {
+	rawObject
+	linkFields                         // none at the top but invoice; Invoice below hides linkFields.Invoice
+	Invoice           expandableObject `json:"invoice"`
+	Status            string           `json:"status"` // open, paid or canceled
+	AmountPaid        int64            `json:"amount_paid"`
+	Currency          string           `json:"currency"`
+	StatusTransitions struct {
+		PaidAt int64 `json:"paid_at"`
+	} `json:"status_transitions"`
+}
+
+func (raw *rawInvoicePayment) invoicePayment(env Envelope) (*InvoicePayment, error) {
+	if raw.Invoice.ID == "" {
+		return nil, decodeError(env, "data.object.invoice is missing")
+	}
+	return &InvoicePayment{
+		Account:          env.Account,
+		ID:               raw.ID,
+		InvoiceID:        raw.Invoice.ID,
+		CustomerID:       raw.Invoice.CustomerID,
+		AmountPaid:       raw.AmountPaid,
+		Currency:         raw.Currency,
+		PaidAt:           unixTime(raw.StatusTransitions.PaidAt),
+		LastEventID:      env.ID,
+		LastEventCreated: env.Created,
+	}, nil
+}
+
+// expandableObject is an expandable field that names an object of a
+// customer (a dispute's charge, an invoice payment's invoice): its id, and
+// the customer the object names when it came expanded.
+type expandableObject struct {
 	ID         string
 	CustomerID string
 }
 
-func (c *expandableCharge) UnmarshalJSON(data []byte) error {
-	*c = expandableCharge{}
+func (c *expandableObject) UnmarshalJSON(data []byte) error {
+	*c = expandableObject{}
 	if len(data) > 0 && data[0] == '{' {
-		var charge rawObject
-		if json.Unmarshal(data, &charge) == nil {
-			*c = expandableCharge{ID: charge.ID, CustomerID: charge.customer()}
+		var obj rawObject
+		if json.Unmarshal(data, &obj) == nil {
+			*c = expandableObject{ID: obj.ID, CustomerID: obj.customer()}
 			return nil
 		}
 	}

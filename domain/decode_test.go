@@ -219,6 +219,27 @@ func TestDecodeExpandableFields(t *testing.T) {
 			},
 		},
 		{
+			name: "invoice payment (basil+) names its invoice, not its customer",
+			typ:  "invoice_payment.paid",
+			object: `{"id":"inpay_1","object":"invoice_payment","amount_paid":2900,"amount_requested":2900,"created":1743469200,
+				"currency":"usd","invoice":"in_1","is_default":true,"livemode":false,
+				"payment":{"type":"payment_intent","payment_intent":"pi_1"},"status":"paid",
+				"status_transitions":{"canceled_at":null,"paid_at":1743469260}}`,
+			check: func(f domain.Fact) bool {
+				p := f.InvoicePayment
+				return f.CustomerID == "" && p.ID == "inpay_1" && p.InvoiceID == "in_1" && p.AmountPaid == 2900 &&
+					p.Currency == "usd" && p.PaidAt.Equal(at(1743469260)) && p.CustomerID == ""
+			},
+		},
+		{
+			name:   "invoice payment on an expanded invoice names its customer",
+			typ:    "invoice_payment.paid",
+			object: `{"id":"inpay_1","object":"invoice_payment","status":"paid","invoice":{"id":"in_1","object":"invoice","customer":"cus_9"}}`,
+			check: func(f domain.Fact) bool {
+				return f.CustomerID == "cus_9" && f.InvoicePayment.InvoiceID == "in_1" && f.InvoicePayment.CustomerID == "cus_9"
+			},
+		},
+		{
 			name:   "guest charge names no customer",
 			typ:    "charge.refunded",
 			object: `{"id":"ch_1","object":"charge","customer":null,"amount":500,"amount_refunded":500,"refunded":true}`,

@@ -2,8 +2,10 @@ package domain_test
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -24,6 +26,7 @@ func decodeAll(t *testing.T, ds []domaintest.Delivery, plans domain.Plans) map[s
 			t.Fatal(err)
 		}
 	}
+	domaintest.ResolveInvoicePayments(slices.Collect(maps.Values(facts)))
 	return facts
 }
 

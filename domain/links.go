@@ -7,15 +7,16 @@ import (
 
 // Links is what one event says about which Stripe objects belong together
 // (DESIGN §8). A dispute names only its charge (and payment intent), a
-// refund its charge: they reach their customer through the charge, which
-// names the customer in its own events (as do payment intents and invoices).
+// refund its charge, an invoice payment its invoice: they reach their
+// customer through the charge or invoice, which names the customer in its
+// own events (as do payment intents).
 type Links struct {
 	CustomerID string   // the customer data.object names; empty when it names none
 	Objects    []string // data.object's id, then the ids of the charge, payment intent and invoice it names
 }
 
 // linkedPrefixes are the event types whose objects take part in linking.
-var linkedPrefixes = []string{"charge.", "payment_intent.", "invoice.", "refund."}
+var linkedPrefixes = []string{"charge.", "payment_intent.", "invoice.", "refund.", "invoice_payment."}
 
 // HasLinks reports whether events of eventType can carry links, so that
 // callers decode only those.

@@ -51,11 +51,22 @@ func (s *CustomerState) Apply(f Fact) {
 	case f.Subscription != nil:
 		s.applySubscription(*f.Subscription)
 	case f.Invoice != nil:
-		old := s.Invoices[f.Invoice.ID]
-		keep(s.Invoices, f.Invoice.ID, *f.Invoice, compareInvoices)
-		inv := s.Invoices[f.Invoice.ID]
+		old, seen := s.Invoices[f.Invoice.ID]
+		inv := *f.Invoice
+		if seen {
+			inv = greater(old, inv, compareInvoices)
+		}
+		inv = inv.withPayment(old.Payment)
 		inv.AttemptCount = max(old.AttemptCount, f.Invoice.AttemptCount)
 		s.Invoices[f.Invoice.ID] = inv
+	case f.InvoicePayment != nil:
+		p := f.InvoicePayment
+		inv := s.Invoices[p.InvoiceID].withPayment(p)
+		if inv.LastEventID == "" { // no snapshot yet: known only as paid, and any snapshot outranks it
+			inv.Account, inv.ID, inv.CustomerID = p.Account, p.InvoiceID, f.CustomerID
+			inv.Currency, inv.LastEventCreated = inv.Payment.Currency, inv.Payment.LastEventCreated
+		}
+		s.Invoices[p.InvoiceID] = inv
 	case f.Charge != nil:
 		keep(s.Charges, f.Charge.ID, *f.Charge, compareCharges)
 	case f.Dispute != nil:

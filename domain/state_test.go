@@ -267,7 +267,7 @@ func fold(t *testing.T, rng *rand.Rand, ds []domaintest.Delivery, facts map[stri
 
 func TestFoldIsOrderIndependent(t *testing.T) {
 	t.Parallel()
-	const seed = 20240301
+	const seed = 20240302
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, seed))
 	plans, err := domain.ParsePlans(domaintest.Plans)
@@ -288,6 +288,7 @@ func TestFoldIsOrderIndependent(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	domaintest.ResolveInvoicePayments(slices.Collect(maps.Values(facts)))
 	want := fold(t, rng, deliveries, facts, false)
 	checkLifecycleCoverage(t, deliveries, want)
 
@@ -328,7 +329,7 @@ func checkLifecycleCoverage(t *testing.T, ds []domaintest.Delivery, states map[d
 		"customer.subscription.paused", "customer.subscription.resumed", "customer.subscription.trial_will_end",
 		"customer.subscription.pending_update_applied",
 		"invoice.created", "invoice.finalized", "invoice.paid", "invoice.payment_succeeded", "invoice.payment_failed",
-		"charge.refunded", "charge.dispute.created", "charge.dispute.closed",
+		"charge.refunded", "charge.dispute.created", "charge.dispute.closed", "invoice_payment.paid",
 	} {
 		if !types[typ] {
 			t.Errorf("the lifecycles have no %s event", typ)
@@ -374,4 +375,83 @@ func TestFoldKeepsLatestSubscriptionSnapshot(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestInvoicePaymentMarksPaid: an invoice_payment.paid marks its invoice
+// paid forever, in any order with the invoice's snapshots, as the only paid
+// signal (access_until comes from it) and beside invoice.paid.
+func TestInvoicePaymentMarksPaid(t *testing.T) {
+	t.Parallel()
+	sub := domain.Fact{EventID: "evt_sub", Created: at(100), CustomerID: "cus_1", Subscription: &domain.Subscription{
+		ID: "sub_1", CustomerID: "cus_1", Status: "active", CurrentPeriodEnd: ts(5000), LastEventID: "evt_sub", LastEventCreated: at(100)}}
+	invoice := func(id, status string, created int64, paidAt *time.Time) domain.Fact {
+		return domain.Fact{EventID: id, Created: at(created), CustomerID: "cus_1", Invoice: &domain.Invoice{
+			ID: "in_1", CustomerID: "cus_1", SubscriptionID: "sub_1", Status: status, AmountDue: 2900, PaidAt: paidAt,
+			PaidPeriodStart: ts(100), PaidPeriodEnd: ts(5000), LastEventID: id, LastEventCreated: at(created)}}
+	}
+	payment := func(id string, amount int64, created int64) domain.Fact {
+		return domain.Fact{EventID: id, Created: at(created), CustomerID: "cus_1", InvoicePayment: &domain.InvoicePayment{
+			ID: "inpay_" + id, InvoiceID: "in_1", AmountPaid: amount, Currency: "usd", PaidAt: ts(created), LastEventID: id, LastEventCreated: at(created)}}
+	}
+	tests := []struct {
+		name  string
+		facts []domain.Fact
+		check func(domain.Invoice) bool
+	}{
+		{"no snapshot yet", []domain.Fact{sub, payment("evt_pay1", 1000, 120), payment("evt_pay2", 2900, 130)},
+			func(inv domain.Invoice) bool {
+				return inv.Status == "paid" && inv.SnapshotStatus == "" && inv.LastEventID == "" && inv.LastEventCreated.Equal(at(130)) &&
+					inv.AmountPaid == 2900 && inv.PaidAt.Equal(at(120)) && inv.CustomerID == "cus_1"
+			}},
+		{"only paid signal", []domain.Fact{sub, invoice("evt_draft", "draft", 100, nil), invoice("evt_open", "open", 110, nil), payment("evt_pay", 2900, 120)},
+			func(inv domain.Invoice) bool {
+				return inv.Status == "paid" && inv.SnapshotStatus == "open" && inv.AmountPaid == 2900 && inv.PaidAt.Equal(at(120)) &&
+					inv.LastEventID == "evt_open" && inv.Payment.ID == "inpay_evt_pay"
+			}},
+		{"beside invoice.paid", []domain.Fact{sub, invoice("evt_open", "open", 110, nil), payment("evt_pay", 2900, 120), invoice("evt_paid", "paid", 121, ts(121))},
+			func(inv domain.Invoice) bool {
+				return inv.Status == "paid" && inv.SnapshotStatus == "paid" && inv.PaidAt.Equal(at(120)) && inv.LastEventID == "evt_paid"
+			}},
+		{"two payments", []domain.Fact{sub, invoice("evt_open", "open", 110, nil), payment("evt_pay1", 1000, 120), payment("evt_pay2", 2900, 130)},
+			func(inv domain.Invoice) bool {
+				return inv.Status == "paid" && inv.AmountPaid == 2900 && inv.PaidAt.Equal(at(120)) && inv.Payment.LastEventID == "evt_pay2"
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var want *domain.CustomerState
+			for _, order := range permutations(len(tt.facts)) {
+				s := &domain.CustomerState{}
+				for _, i := range order {
+					s.Apply(tt.facts[i])
+				}
+				inv := s.Invoices["in_1"]
+				// Only a snapshot says what the invoice pays for.
+				until := inv.LastEventID != "" && s.AccessUntil != nil && s.AccessUntil.Equal(at(5000))
+				if !tt.check(inv) || !s.Entitled || until != (inv.LastEventID != "") {
+					t.Fatalf("order %v: invoice %s, access until %v", order, dump(t, inv), s.AccessUntil)
+				}
+				if want == nil {
+					want = s
+				} else if !reflect.DeepEqual(s, want) {
+					t.Fatalf("order %v differs:\n%s\nvs\n%s", order, dump(t, s), dump(t, want))
+				}
+			}
+		})
+	}
+}
+
+// permutations are every order of n items.
+func permutations(n int) [][]int {
+	if n == 0 {
+		return [][]int{{}}
+	}
+	var out [][]int
+	for _, p := range permutations(n - 1) {
+		for i := 0; i <= len(p); i++ {
+			out = append(out, slices.Insert(slices.Clone(p), i, n-1))
+		}
+	}
+	return out
 }

@@ -58,12 +58,12 @@ func TestConvergence(t *testing.T) {
 		}
 	}
 	// The orders DESIGN §4 calls out must actually have been exercised.
-	if hard.olderAfterDeleted == 0 || hard.paidBeforeUpdated == 0 {
-		t.Fatalf("permutations exercised %d older updates after a deletion and %d renewals paid before their update; want both > 0",
-			hard.olderAfterDeleted, hard.paidBeforeUpdated)
+	if hard.olderAfterDeleted == 0 || hard.paidBeforeUpdated == 0 || hard.paymentBeforeInvoice == 0 || onlyPaidByPayment(facts) == 0 {
+		t.Fatalf("permutations exercised %d older updates after a deletion, %d renewals paid before their update, %d invoice payments before their invoice, %d invoices paid only by a payment; want all > 0",
+			hard.olderAfterDeleted, hard.paidBeforeUpdated, hard.paymentBeforeInvoice, onlyPaidByPayment(facts))
 	}
-	t.Logf("exercised %d older updates delivered after their subscription's deletion, %d invoice.paid before an older-or-same-second subscription update",
-		hard.olderAfterDeleted, hard.paidBeforeUpdated)
+	t.Logf("exercised %d older updates delivered after their subscription's deletion, %d invoice.paid before an older-or-same-second subscription update, %d invoice_payment.paid before every event of its invoice (%d invoices paid only by one)",
+		hard.olderAfterDeleted, hard.paidBeforeUpdated, hard.paymentBeforeInvoice, onlyPaidByPayment(facts))
 }
 
 // subscriptionFact is what the hard-case count needs of one event.
@@ -73,6 +73,10 @@ type subscriptionFact struct {
 	update       bool // any other subscription snapshot
 	paid         bool // invoice.paid of a subscription invoice
 	created      time.Time
+
+	invoice  string // the invoice of an invoice event or invoice payment
+	payment  bool   // invoice_payment.paid
+	paidSnap bool   // a paid snapshot of the invoice
 }
 
 func subscriptionFacts(t *testing.T, ds []domaintest.Delivery, plans domain.Plans) map[string]subscriptionFact {
@@ -93,7 +97,11 @@ func subscriptionFacts(t *testing.T, ds []domaintest.Delivery, plans domain.Plan
 			facts[d.EventID] = subscriptionFact{subscription: f.Subscription.ID, created: f.Created,
 				deleted: env.Type == "customer.subscription.deleted", update: env.Type != "customer.subscription.deleted"}
 		case f.Invoice != nil && f.Invoice.SubscriptionID != "" && env.Type == "invoice.paid":
-			facts[d.EventID] = subscriptionFact{subscription: f.Invoice.SubscriptionID, paid: true, created: f.Created}
+			facts[d.EventID] = subscriptionFact{subscription: f.Invoice.SubscriptionID, paid: true, created: f.Created, invoice: f.Invoice.ID, paidSnap: true}
+		case f.Invoice != nil:
+			facts[d.EventID] = subscriptionFact{invoice: f.Invoice.ID, paidSnap: f.Invoice.Status == "paid"}
+		case f.InvoicePayment != nil:
+			facts[d.EventID] = subscriptionFact{invoice: f.InvoicePayment.InvoiceID, payment: true}
 		}
 	}
 	return facts
@@ -103,15 +111,41 @@ func subscriptionFacts(t *testing.T, ds []domaintest.Delivery, plans domain.Plan
 type hardCases struct {
 	olderAfterDeleted int // a subscription update delivered after the subscription's deletion
 	paidBeforeUpdated int // invoice.paid delivered before a subscription update created no later than it
+
+	paymentBeforeInvoice int // invoice_payment.paid delivered before every event of its invoice
+}
+
+// onlyPaidByPayment counts the invoices that an invoice payment marks paid
+// and no snapshot of their own does.
+func onlyPaidByPayment(facts map[string]subscriptionFact) int {
+	paid, byPayment := map[string]bool{}, map[string]bool{}
+	for _, f := range facts {
+		paid[f.invoice] = paid[f.invoice] || f.paidSnap
+		byPayment[f.invoice] = byPayment[f.invoice] || f.payment
+	}
+	n := 0
+	for id := range byPayment {
+		if !paid[id] {
+			n++
+		}
+	}
+	return n
 }
 
 func (h *hardCases) count(order []domaintest.Delivery, facts map[string]subscriptionFact) {
 	deleted := map[string]bool{}
 	paidAt := map[string][]time.Time{} // paid invoices delivered so far, by subscription
+	invoiceSeen := map[string]bool{}
 	for _, d := range order {
 		f, ok := facts[d.EventID]
 		if !ok {
 			continue
+		}
+		if f.payment && !invoiceSeen[f.invoice] {
+			h.paymentBeforeInvoice++
+		}
+		if !f.payment && f.invoice != "" {
+			invoiceSeen[f.invoice] = true
 		}
 		switch {
 		case f.deleted:
@@ -299,5 +333,64 @@ func requireFinal(t *testing.T, pool *pgxpool.Pool, schema string, final map[dom
 	}
 	if customers != len(final) || subscriptions != finalSubs {
 		t.Fatalf("%d customers and %d subscriptions; Stripe has %d and %d", customers, subscriptions, len(final), finalSubs)
+	}
+}
+
+// TestInvoicePaymentBeforeItsInvoice: an invoice_payment.paid (which names
+// only its invoice) folded before any event of its invoice waits in
+// pending_invoice_payments, and marks the invoice paid when the invoice's
+// first event links it to its customer, exactly as in the other order.
+func TestInvoicePaymentBeforeItsInvoice(t *testing.T) {
+	t.Parallel()
+	pool := fastPool(t)
+	p := Billing(testPlans(t))
+	ctx := context.Background()
+	const created, paidAt = 1743469200, 1743469260
+	invoice := rawEvent("evt_ip_inv", "customer-cus_ip", "invoice.finalized", `{"id":"evt_ip_inv","object":"event","api_version":"2025-03-31.basil",`+
+		`"created":1743469200,"type":"invoice.finalized","data":{"object":{"id":"in_ip","object":"invoice","customer":"cus_ip","status":"open",`+
+		`"amount_due":2900,"amount_paid":0,"currency":"usd","attempt_count":0,"status_transitions":{"paid_at":null},`+
+		`"parent":{"type":"subscription_details","subscription_details":{"subscription":"sub_ip"}}}}}`)
+	payment := rawEvent("evt_ip_pay", "object-invoice_payment-inpay_ip", "invoice_payment.paid", `{"id":"evt_ip_pay","object":"event",`+
+		`"api_version":"2025-03-31.basil","created":1743469260,"type":"invoice_payment.paid","data":{"object":{"id":"inpay_ip",`+
+		`"object":"invoice_payment","amount_paid":2900,"amount_requested":2900,"created":1743469200,"currency":"usd","invoice":"in_ip",`+
+		`"is_default":true,"payment":{"type":"payment_intent","payment_intent":"pi_ip"},"status":"paid",`+
+		`"status_transitions":{"canceled_at":null,"paid_at":1743469260}}}}`)
+	invoice.Created, payment.Created = time.Unix(created, 0).UTC(), time.Unix(paidAt, 0).UTC()
+	rec := func(e eventlog.Event, pos uint64) []eventlog.Record {
+		return []eventlog.Record{{Event: e, Position: eventlog.Position{Commit: pos, Prepare: pos}}}
+	}
+	count := func(schema, table string) (n int) {
+		if err := pool.QueryRow(ctx, "SELECT count(*) FROM "+ident(schema)+"."+table).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	first := scratch(t, pool, p)
+	foldAll(t, pool, p, first, rec(payment, 1))
+	if n, m := count(first, "pending_invoice_payments"), count(first, "invoices"); n != 1 || m != 0 {
+		t.Fatalf("after the payment alone: %d pending invoice payments and %d invoices, want 1 and 0", n, m)
+	}
+	foldAll(t, pool, p, first, rec(invoice, 2), rec(payment, 1))
+	var status, snapshotStatus string
+	var amountPaid int64
+	var paid *time.Time
+	err := pool.QueryRow(ctx, "SELECT status, snapshot_status, amount_paid, paid_at FROM "+ident(first)+".invoices WHERE invoice_id = 'in_ip'").
+		Scan(&status, &snapshotStatus, &amountPaid, &paid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status != "paid" || snapshotStatus != "open" || amountPaid != 2900 || paid == nil || paid.Unix() != paidAt {
+		t.Fatalf("invoice after its payment: status %s (snapshot %s), amount paid %d, paid at %v; want paid (open), 2900, %d",
+			status, snapshotStatus, amountPaid, paid, int64(paidAt))
+	}
+	if n := count(first, "pending_invoice_payments"); n != 0 {
+		t.Fatalf("%d invoice payments still pending after their invoice's event", n)
+	}
+
+	second := scratch(t, pool, p)
+	foldAll(t, pool, p, second, rec(invoice, 1), rec(payment, 2))
+	if d := diffDumps(dump(t, pool, first), dump(t, pool, second)); d != "" {
+		t.Fatalf("payment then invoice differs from invoice then payment: %s", d)
 	}
 }

@@ -24,7 +24,7 @@ import (
 // whose rows were written already and who appears again is loaded back,
 // folded on, and written again with an upsert.
 //
-// Links, pending disputes, dead letters and API versions are written chunk
+// Links, pending disputes and invoice payments, dead letters and API versions are written chunk
 // by chunk, as the incremental fold writes them. Poison stays isolated: an
 // event that cannot be decoded is dead-lettered alone as always, and should
 // PostgreSQL refuse a value in a COPY (what domain.DecodeStorable does not
@@ -155,7 +155,7 @@ func (f *filler) fold(ctx context.Context, bt *batch) error {
 			s.Apply(fact)
 			pos, ok := at[fact.EventID]
 			if !ok {
-				pos = bt.last // a pending dispute resolved by this chunk's links
+				pos = bt.last // a pending dispute or invoice payment resolved by this chunk's links
 			}
 			if key, ok := factObject(fact); ok {
 				f.touched[key] = pos
@@ -183,6 +183,8 @@ func factObject(f domain.Fact) (objectKey, bool) {
 		k.table, k.id = chargesTable.name, f.Charge.ID
 	case f.Dispute != nil:
 		k.table, k.id = disputesTable.name, f.Dispute.ID
+	case f.InvoicePayment != nil:
+		k.table, k.id = invoicesTable.name, f.InvoicePayment.InvoiceID
 	default:
 		return k, false
 	}

@@ -27,6 +27,9 @@ import (
 //     the link arrives they are folded into the customer's state like any
 //     dispute fact (the fold is order independent), so readmodel.disputes
 //     carries the customer whether the dispute came before or after its charge.
+//   - pending_invoice_payments: likewise, invoice payments (invoice_payment.paid,
+//     API 2025-03-31+, which name only their invoice) whose invoice is not
+//     linked yet: once it is, they mark the customer's invoice paid.
 //
 // A link is never replaced: a charge's, invoice's or payment intent's customer
 // does not change in Stripe once set.
@@ -41,10 +44,16 @@ type pendingDispute struct {
 	fact    domain.Fact
 }
 
+// pendingPayment is an invoice payment fact that names no customer.
+type pendingPayment struct {
+	account string
+	fact    domain.Fact
+}
+
 // linkTables are the tables of links, exposed as views in the readmodel
 // schema beside the customer tables. They have no customer_id, so Diff does
 // not compare them; what they change (disputes, histories) it does.
-var linkTables = []string{"links", "stream_links", "pending_disputes"}
+var linkTables = []string{"links", "stream_links", "pending_disputes", "pending_invoice_payments"}
 
 // addLinks records what rec says about which objects belong together.
 func (b *batch) addLinks(rec eventlog.Record, l domain.Links) {
@@ -57,11 +66,12 @@ func (b *batch) addLinks(rec eventlog.Record, l domain.Links) {
 	}
 }
 
-// link stores b's links and resolves dispute facts to customers, within the
-// fold's transaction and before the customers' states are loaded: b's own
-// pending disputes whose charge is linked (by b or earlier), and the stored
-// ones whose charge b links, become facts of their customer; the rest wait
-// in pending_disputes.
+// link stores b's links and resolves dispute and invoice payment facts to
+// customers, within the fold's transaction and before the customers' states
+// are loaded: b's own pending disputes whose charge is linked (by b or
+// earlier), and the stored ones whose charge b links, become facts of their
+// customer; the rest wait in pending_disputes. Invoice payments do the same
+// by their invoice, in pending_invoice_payments.
 func link(ctx context.Context, tx pgx.Tx, schema string, b *batch) error {
 	s := ident(schema)
 	var w pgx.Batch
@@ -90,24 +100,55 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING`
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::timestamptz[])
 ON CONFLICT DO NOTHING`, accounts, events, charges, disputes, statuses, currencies, amounts, created)
 	}
-	if len(b.links) > 0 || len(b.pending) > 0 {
-		// Every pending dispute whose charge is now linked, this batch's included.
-		accounts, charges := pendingKeys(b)
-		w.Queue(`DELETE FROM `+s+`.pending_disputes p USING `+s+`.links l
+	if len(b.payments) > 0 {
+		var (
+			accounts, events, invoices, payments, currencies []string
+			amounts                                          []int64
+			paidAt                                           []*time.Time
+			created                                          []time.Time
+		)
+		for _, p := range b.payments {
+			ip := p.fact.InvoicePayment
+			accounts, events, invoices, payments = append(accounts, p.account), append(events, p.fact.EventID), append(invoices, ip.InvoiceID), append(payments, ip.ID)
+			amounts, currencies, paidAt, created = append(amounts, ip.AmountPaid), append(currencies, ip.Currency), append(paidAt, ip.PaidAt), append(created, ip.LastEventCreated)
+		}
+		w.Queue(`INSERT INTO `+s+`.pending_invoice_payments (account, event_id, invoice_id, invoice_payment_id, amount_paid, currency, paid_at, last_event_created)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::timestamptz[], $8::timestamptz[])
+ON CONFLICT DO NOTHING`, accounts, events, invoices, payments, amounts, currencies, paidAt, created)
+	}
+	if len(b.links) > 0 || len(b.pending) > 0 || len(b.payments) > 0 {
+		// Every pending dispute whose charge is now linked, and every pending
+		// invoice payment whose invoice is, this batch's included.
+		accounts, objects := pendingKeys(b)
+		queueResolved(&w, b, `DELETE FROM `+s+`.pending_disputes p USING `+s+`.links l
  WHERE l.account = p.account AND l.object_id = p.charge_id
    AND (p.account, p.charge_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
 RETURNING l.account, l.customer_id, p.event_id, p.charge_id, p.dispute_id, p.status, p.currency, p.amount, p.last_event_created`,
-			accounts, charges).Query(func(rows pgx.Rows) error {
-			for rows.Next() {
+			accounts, objects, func(rows pgx.Rows) (domain.Fact, error) {
 				d := &domain.Dispute{}
 				if err := rows.Scan(&d.Account, &d.CustomerID, &d.LastEventID, &d.ChargeID, &d.ID, &d.Status, &d.Currency, &d.Amount, &d.LastEventCreated); err != nil {
-					return fmt.Errorf("scan pending dispute: %w", err)
+					return domain.Fact{}, fmt.Errorf("scan pending dispute: %w", err)
 				}
-				f := domain.Fact{EventID: d.LastEventID, Created: d.LastEventCreated, Account: d.Account, CustomerID: d.CustomerID, Dispute: d}
-				b.facts[f.Key()] = append(b.facts[f.Key()], f)
-			}
-			return rows.Err()
-		})
+				return domain.Fact{EventID: d.LastEventID, Created: d.LastEventCreated, Account: d.Account, CustomerID: d.CustomerID, Dispute: d}, nil
+			})
+		queueResolved(&w, b, `DELETE FROM `+s+`.pending_invoice_payments p USING `+s+`.links l
+ WHERE l.account = p.account AND l.object_id = p.invoice_id
+   AND (p.account, p.invoice_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+RETURNING l.account, l.customer_id, p.event_id, p.invoice_id, p.invoice_payment_id, p.amount_paid, p.currency, p.paid_at, p.last_event_created`,
+			accounts, objects, func(rows pgx.Rows) (domain.Fact, error) {
+				ip := &domain.InvoicePayment{}
+				var customer string
+				if err := rows.Scan(&ip.Account, &customer, &ip.LastEventID, &ip.InvoiceID, &ip.ID, &ip.AmountPaid, &ip.Currency, &ip.PaidAt, &ip.LastEventCreated); err != nil {
+					return domain.Fact{}, fmt.Errorf("scan pending invoice payment: %w", err)
+				}
+				// As decoded: UTC, and no customer (the event named none).
+				ip.LastEventCreated = ip.LastEventCreated.UTC()
+				if ip.PaidAt != nil {
+					at := ip.PaidAt.UTC()
+					ip.PaidAt = &at
+				}
+				return domain.Fact{EventID: ip.LastEventID, Created: ip.LastEventCreated, Account: ip.Account, CustomerID: customer, InvoicePayment: ip}, nil
+			})
 	}
 	if err := tx.SendBatch(ctx, &w).Close(); err != nil {
 		return fmt.Errorf("link objects in %s: %w", schema, err)
@@ -115,14 +156,34 @@ RETURNING l.account, l.customer_id, p.event_id, p.charge_id, p.dispute_id, p.sta
 	return nil
 }
 
-// pendingKeys are the (account, charge) pairs whose pending disputes b may
-// resolve: the objects b links and the charges of b's pending disputes.
+// queueResolved queues sql, which deletes and returns pending facts that
+// are now linked (by accounts and objects), adding each fact scan reads
+// from its rows to b's facts.
+func queueResolved(w *pgx.Batch, b *batch, sql string, accounts, objects []string, scan func(pgx.Rows) (domain.Fact, error)) {
+	w.Queue(sql, accounts, objects).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			f, err := scan(rows)
+			if err != nil {
+				return err
+			}
+			b.facts[f.Key()] = append(b.facts[f.Key()], f)
+		}
+		return rows.Err()
+	})
+}
+
+// pendingKeys are the (account, object) pairs whose pending disputes and
+// invoice payments b may resolve: the objects b links, the charges of b's
+// pending disputes and the invoices of its pending invoice payments.
 func pendingKeys(b *batch) (accounts, objects []string) {
 	for _, l := range b.links {
 		accounts, objects = append(accounts, l.account), append(objects, l.object)
 	}
 	for _, p := range b.pending {
 		accounts, objects = append(accounts, p.account), append(objects, p.fact.Dispute.ChargeID)
+	}
+	for _, p := range b.payments {
+		accounts, objects = append(accounts, p.account), append(objects, p.fact.InvoicePayment.InvoiceID)
 	}
 	return accounts, objects
 }

@@ -44,10 +44,8 @@ func applyNoting(out []notify.Notification, s *domain.CustomerState, f domain.Fa
 	if f.Subscription != nil {
 		oldSub = s.Subscriptions[f.Subscription.ID]
 	}
-	var oldInv domain.Invoice
-	if f.Invoice != nil {
-		oldInv = s.Invoices[f.Invoice.ID]
-	}
+	invoiceID := factInvoice(f)
+	oldInv := s.Invoices[invoiceID]
 	hadDispute := false
 	if f.Dispute != nil {
 		_, hadDispute = s.Disputes[f.Dispute.ID]
@@ -87,8 +85,8 @@ func applyNoting(out []notify.Notification, s *domain.CustomerState, f domain.Fa
 				notify.SubscriptionStatusData{SubscriptionID: sub.ID, Before: oldSub.Status, After: sub.Status})
 		}
 	}
-	if f.Invoice != nil {
-		inv := s.Invoices[f.Invoice.ID]
+	if invoiceID != "" {
+		inv := s.Invoices[invoiceID]
 		switch {
 		case inv.Status == "paid" && oldInv.Status != "paid":
 			add(notify.InvoicePaid, inv.ID, invoiceData(inv))
@@ -101,6 +99,17 @@ func applyNoting(out []notify.Notification, s *domain.CustomerState, f domain.Fa
 		add(notify.DisputeOpened, d.ID, notify.DisputeData{DisputeID: d.ID, ChargeID: d.ChargeID, Status: d.Status, Amount: d.Amount, Currency: d.Currency})
 	}
 	return out
+}
+
+// factInvoice is the invoice f is about, "" when none.
+func factInvoice(f domain.Fact) string {
+	switch {
+	case f.Invoice != nil:
+		return f.Invoice.ID
+	case f.InvoicePayment != nil:
+		return f.InvoicePayment.InvoiceID
+	}
+	return ""
 }
 
 func entitlementOf(s *domain.CustomerState) notify.Entitlement {

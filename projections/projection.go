@@ -20,7 +20,7 @@ import (
 // BillingVersion is the version of the billing projection's logic. Bump it
 // with every change that alters what the read model holds for the same events
 // (decoding, folding, readmodel.sql): the next Runner to start rebuilds.
-const BillingVersion = 5
+const BillingVersion = 6
 
 // Projection is a read model folded from the event log: its name (the key of
 // projection_checkpoints), the version of its logic, and the plan mapping it
@@ -68,6 +68,7 @@ type batch struct {
 	links       []objectLink // see links.go
 	streamLinks []streamLink
 	pending     []pendingDispute  // dispute facts that name no customer
+	payments    []pendingPayment  // invoice payment facts that name no customer
 	recs        []eventlog.Record // what it was decoded from, to bisect it (poison.go)
 	deadLetters []deadLetter
 	outcomes    map[string]int         // events by outcome label, for the metric
@@ -128,6 +129,9 @@ func (p Projection) decodeRecord(b *batch, rec eventlog.Record) string {
 	case f.Dispute != nil: // folded into its customer once its charge is linked (links.go)
 		b.pending = append(b.pending, pendingDispute{account: rec.Account, fact: *f})
 		return outcomeApplied
+	case f.InvoicePayment != nil: // likewise, once its invoice is linked
+		b.payments = append(b.payments, pendingPayment{account: rec.Account, fact: *f})
+		return outcomeApplied
 	}
 	return outcomeNoCustomer
 }
@@ -164,6 +168,7 @@ func (b *batch) merge(d *batch) {
 	b.links = append(b.links, d.links...)
 	b.streamLinks = append(b.streamLinks, d.streamLinks...)
 	b.pending = append(b.pending, d.pending...)
+	b.payments = append(b.payments, d.payments...)
 	b.recs = append(b.recs[:len(b.recs):len(b.recs)], d.recs...)
 	for version, seen := range d.apiVersions {
 		b.noteAPIVersion(version, seen)

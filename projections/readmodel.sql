@@ -55,6 +55,7 @@ CREATE TABLE {{schema}}.invoices (
     customer_id        text        NOT NULL,
     subscription_id    text        NOT NULL,
     status             text        NOT NULL,
+    snapshot_status    text        NOT NULL, -- once a payment marked it paid: its own snapshot's status; else ''
     amount_due         bigint      NOT NULL,
     amount_paid        bigint      NOT NULL,
     currency           text        NOT NULL,
@@ -64,6 +65,7 @@ CREATE TABLE {{schema}}.invoices (
     attempt_count      bigint      NOT NULL,
     paid_period_start  timestamptz,
     paid_period_end    timestamptz,
+    payment            jsonb,                -- the invoice_payment.paid events merged (domain.InvoicePayment); NULL when none
     last_event_id      text        NOT NULL,
     last_event_created timestamptz NOT NULL,
     PRIMARY KEY (account, invoice_id)
@@ -108,7 +110,8 @@ CREATE TABLE {{schema}}.api_versions (
 );
 -- Links (DESIGN §8; projections/links.go): object -> customer from the
 -- events that name both; object -> stream for the streams of events that
--- name no customer; dispute snapshots waiting for their charge's link.
+-- name no customer; dispute snapshots waiting for their charge's link, and
+-- invoice payments (API 2025-03-31+) waiting for their invoice's.
 CREATE TABLE {{schema}}.links (
     account     text NOT NULL,
     object_id   text NOT NULL,
@@ -136,3 +139,16 @@ CREATE TABLE {{schema}}.pending_disputes (
     PRIMARY KEY (account, event_id)
 );
 CREATE INDEX ON {{schema}}.pending_disputes (account, charge_id);
+
+CREATE TABLE {{schema}}.pending_invoice_payments (
+    account            text        NOT NULL,
+    event_id           text        NOT NULL,
+    invoice_id         text        NOT NULL,
+    invoice_payment_id text        NOT NULL,
+    amount_paid        bigint      NOT NULL,
+    currency           text        NOT NULL,
+    paid_at            timestamptz,
+    last_event_created timestamptz NOT NULL,
+    PRIMARY KEY (account, event_id)
+);
+CREATE INDEX ON {{schema}}.pending_invoice_payments (account, invoice_id);

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"strings"
 	"time"
 
@@ -197,13 +198,13 @@ var (
 	invoicesTable = table[domain.Invoice]{
 		name: "invoices",
 		columns: []column{{"account", "text"}, {"invoice_id", "text"}, {"customer_id", "text"}, {"subscription_id", "text"}, {"status", "text"},
-			{"amount_due", "bigint"}, {"amount_paid", "bigint"}, {"currency", "text"}, {"period_start", "timestamptz"},
+			{"snapshot_status", "text"}, {"amount_due", "bigint"}, {"amount_paid", "bigint"}, {"currency", "text"}, {"period_start", "timestamptz"},
 			{"period_end", "timestamptz"}, {"paid_at", "timestamptz"}, {"attempt_count", "bigint"},
-			{"paid_period_start", "timestamptz"}, {"paid_period_end", "timestamptz"},
+			{"paid_period_start", "timestamptz"}, {"paid_period_end", "timestamptz"}, {"payment", "jsonb"},
 			{"last_event_id", "text"}, {"last_event_created", "timestamptz"}},
 		fields: func(i *domain.Invoice) []any {
-			return []any{&i.Account, &i.ID, &i.CustomerID, &i.SubscriptionID, &i.Status, &i.AmountDue, &i.AmountPaid, &i.Currency,
-				&i.PeriodStart, &i.PeriodEnd, &i.PaidAt, &i.AttemptCount, &i.PaidPeriodStart, &i.PaidPeriodEnd,
+			return []any{&i.Account, &i.ID, &i.CustomerID, &i.SubscriptionID, &i.Status, &i.SnapshotStatus, &i.AmountDue, &i.AmountPaid, &i.Currency,
+				&i.PeriodStart, &i.PeriodEnd, &i.PaidAt, &i.AttemptCount, &i.PaidPeriodStart, &i.PaidPeriodEnd, &i.Payment,
 				&i.LastEventID, &i.LastEventCreated}
 		},
 	}
@@ -228,7 +229,7 @@ var (
 )
 
 // fold applies b to the read model in schema, within tx: it records b's
-// links (which may resolve disputes to their customers), loads the
+// links (which may resolve disputes and invoice payments to their customers), loads the
 // stored state of every customer b names, applies b's facts to it in memory,
 // writes back the rows that changed and records b's dead letters.
 func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch) error {
@@ -262,7 +263,7 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 		subscriptions = appendChanged(subscriptions, before.Subscriptions, s.Subscriptions, subscriptionChanged)
 		invoices = appendChanged(invoices, before.Invoices, s.Invoices,
 			func(a, b domain.Invoice) bool {
-				return a.LastEventID != b.LastEventID || a.AttemptCount != b.AttemptCount
+				return a.LastEventID != b.LastEventID || a.AttemptCount != b.AttemptCount || !reflect.DeepEqual(a.Payment, b.Payment)
 			})
 		charges = appendChanged(charges, before.Charges, s.Charges,
 			func(a, b domain.Charge) bool { return a.LastEventID != b.LastEventID })

@@ -208,6 +208,7 @@ func StripeFinal(ds []Delivery, plans domain.Plans) (map[domain.CustomerKey]*dom
 	}
 	var all []decoded
 	last := map[string]int{} // subscription id -> seq of its last snapshot
+	var facts []*domain.Fact
 	for _, d := range ordered {
 		f, err := domain.ParseFact(d.Payload, plans)
 		if err != nil {
@@ -219,8 +220,9 @@ func StripeFinal(ds []Delivery, plans domain.Plans) (map[domain.CustomerKey]*dom
 		if f.Subscription != nil {
 			last[f.Subscription.ID] = d.Seq
 		}
-		all = append(all, decoded{d.Seq, f})
+		all, facts = append(all, decoded{d.Seq, f}), append(facts, f)
 	}
+	ResolveInvoicePayments(facts)
 	states := map[domain.CustomerKey]*domain.CustomerState{}
 	for _, d := range all {
 		f := d.fact

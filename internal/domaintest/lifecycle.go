@@ -372,9 +372,19 @@ func (g *generator) invoiceLifeWith(s *subscription, reason string, at, periodSt
 		*charges = append(*charges, charge{id: inv.chargeID, invoiceID: inv.id, amount: amount, at: paid})
 	}
 	types := []string{"invoice.paid", "invoice.payment_succeeded"}
-	g.rng.Shuffle(2, func(i, j int) { types[i], types[j] = types[j], types[i] })
+	if amount > 0 && g.invoicePayments() {
+		types = append(types, "invoice_payment.paid")
+		if g.chance(25) {
+			types = types[2:] // an endpoint that enabled only invoice_payment.paid: the invoice's last snapshot stays open
+		}
+	}
+	g.rng.Shuffle(len(types), func(i, j int) { types[i], types[j] = types[j], types[i] })
 	for _, typ := range types {
-		g.emitInvoice(typ, paid, inv)
+		if typ == "invoice_payment.paid" {
+			g.emitInvoicePayment(paid, inv)
+		} else {
+			g.emitInvoice(typ, paid, inv)
+		}
 	}
 	if outcome == "recover" {
 		s.status = "active"
@@ -653,6 +663,31 @@ func (g *generator) emitInvoice(typ string, at int64, inv invoice) {
 			obj["subscription"], obj["charge"], obj["paid"] = inv.subID, orNull(inv.chargeID), inv.status == "paid"
 		}
 		return obj
+	})
+}
+
+// invoicePayments reports whether the generator renders events in versions
+// that have InvoicePayments (2025-03-31.basil and later), all or some.
+func (g *generator) invoicePayments() bool { return g.version == "" || itemPeriods(g.version) }
+
+// emitInvoicePayment emits invoice_payment.paid for inv, paid at at, in a
+// version that has it (stripe-go v82's InvoicePayment): it names the
+// invoice, by id as webhooks do, and not the customer.
+func (g *generator) emitInvoicePayment(at int64, inv invoice) {
+	id, pi := g.newID("inpay"), g.newID("pi")
+	if g.version == "" {
+		basil := APIVersions[slices.Index(APIVersions, APIVersionBasil):]
+		g.version = basil[g.rng.IntN(len(basil))]
+		defer func() { g.version = "" }()
+	}
+	g.emit("invoice_payment.paid", at, func(bool) map[string]any {
+		return map[string]any{
+			"id": id, "object": "invoice_payment", "amount_paid": inv.amountPaid, "amount_requested": inv.amountDue,
+			"created": inv.finalizedAt, "currency": "usd", "invoice": inv.id, "is_default": true, "livemode": false,
+			"payment":            map[string]any{"type": "payment_intent", "payment_intent": pi},
+			"status":             "paid",
+			"status_transitions": map[string]any{"canceled_at": nil, "paid_at": at},
+		}
 	})
 }
 
