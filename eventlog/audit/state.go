@@ -18,7 +18,8 @@ type Folded struct {
 // FoldState folds the records of a customer's history (streams: its own
 // first, then its linked objects', DESIGN §8) that include keeps, in log
 // order, with domain's fold, batch by batch: memory is the customer's state,
-// not its history. A dispute met in a linked stream is the customer's.
+// not its history. A dispute or invoice payment met in a linked stream is
+// the customer's.
 func FoldState(ctx context.Context, l eventlog.Log, streams []string, key domain.CustomerKey, plans domain.Plans, include func(eventlog.Record) bool) (Folded, error) {
 	st := &domain.CustomerState{Account: key.Account, Customer: domain.Customer{Account: key.Account, ID: key.ID}}
 	st.Derive()
@@ -41,6 +42,9 @@ func FoldState(ctx context.Context, l eventlog.Log, streams []string, key domain
 			if f.CustomerID == "" && f.Dispute != nil && r.Stream != streams[0] {
 				d := *f.Dispute
 				d.CustomerID, f.CustomerID, f.Dispute = key.ID, key.ID, &d
+			}
+			if f.CustomerID == "" && f.InvoicePayment != nil && r.Stream != streams[0] {
+				f.CustomerID = key.ID // linked through its invoice, as the projection links it
 			}
 			if f.Key() == key {
 				st.Apply(*f)

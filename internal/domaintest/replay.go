@@ -45,16 +45,20 @@ func Replay(payloads [][]byte, plans domain.Plans) (map[domain.CustomerKey]*doma
 // ResolveInvoicePayments sets, on every invoice payment fact among facts
 // that names no customer, the customer of its invoice, when an invoice fact
 // among them names it: what the billing projection does through its links
-// (DESIGN §8), for the folds of tests that have no links.
+// (DESIGN §8), for the folds of tests that have no links. Nil facts (events
+// Decode does not handle) are passed over.
 func ResolveInvoicePayments(facts []*domain.Fact) {
 	type invoiceKey struct{ account, id string }
 	owners := map[invoiceKey]string{}
 	for _, f := range facts {
-		if f.Invoice != nil {
+		if f != nil && f.Invoice != nil {
 			owners[invoiceKey{f.Account, f.Invoice.ID}] = f.CustomerID
 		}
 	}
 	for _, f := range facts {
+		if f == nil {
+			continue
+		}
 		if p := f.InvoicePayment; p != nil && f.CustomerID == "" {
 			f.CustomerID = owners[invoiceKey{f.Account, p.InvoiceID}]
 		}
