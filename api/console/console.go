@@ -67,6 +67,8 @@ type Verification struct {
 type Engineer interface {
 	Status(ctx context.Context) ([]projections.Status, error)
 	DeadLetters(ctx context.Context) ([]projections.DeadLetter, error)
+	// Receivers are the push receivers' delivery progress and failures (ledger notifications status).
+	Receivers(ctx context.Context) ([]projections.ReceiverStatus, error)
 	// Retry applies the dead letters of eventIDs again (none: all).
 	Retry(ctx context.Context, eventIDs ...string) (projections.RetryResult, error)
 	// Diff builds the projection into a scratch schema and compares it with the live version.

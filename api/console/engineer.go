@@ -24,7 +24,11 @@ func (c *Console) projectionsPage(ec echo.Context, status int, data map[string]a
 	if err != nil {
 		return err
 	}
-	data["Title"], data["Statuses"], data["DeadLetters"] = "Projections", statuses, letters
+	receivers, err := c.cfg.Engineer.Receivers(ctx)
+	if err != nil {
+		return err
+	}
+	data["Title"], data["Statuses"], data["DeadLetters"], data["Receivers"] = "Projections", statuses, letters, receivers
 	data["Rebuilds"] = c.rebuilds.snapshot()
 	if c.cfg.Rebuilder != nil {
 		data["Rebuildable"] = c.cfg.Rebuilder.Rebuildable()

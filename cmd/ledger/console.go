@@ -85,6 +85,10 @@ func (b consoleBackend) DeadLetters(ctx context.Context) ([]projections.DeadLett
 	return projections.ReadDeadLetters(ctx, b.svc.Pool)
 }
 
+func (b consoleBackend) Receivers(ctx context.Context) ([]projections.ReceiverStatus, error) {
+	return projections.ReceiverStatuses(ctx, b.svc.Pool)
+}
+
 func (b consoleBackend) Retry(ctx context.Context, eventIDs ...string) (projections.RetryResult, error) {
 	return projections.Retry(ctx, b.svc.Pool, b.svc.Log, b.billing, b.svc.logger, eventIDs...)
 }

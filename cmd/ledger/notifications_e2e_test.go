@@ -155,3 +155,37 @@ func TestNotificationsEndToEnd(t *testing.T) {
 		t.Fatalf("replay --id sent %d; status:\n%s", len(got)-len(feed), out.String())
 	}
 }
+
+// TestConsoleShowsFailingReceiver: a receiver that answers 500 is listed on
+// the console's projections page as failing, with its attempts and error,
+// while an empty configuration says there is none.
+func TestConsoleShowsFailingReceiver(t *testing.T) {
+	t.Parallel()
+	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "receiver down for maintenance", http.StatusInternalServerError)
+	}))
+	defer failing.Close()
+	base, _ := serveService(t, env("DATABASE_URL", pgtest.NewDatabase(t), "STRIPE_WEBHOOK_SECRET", e2eSecret, "LEDGER_API_TOKEN", e2eToken,
+		"LEDGER_SEAL_INTERVAL", "0", "LEDGER_NOTIFY_URL", failing.URL, "LEDGER_NOTIFY_SECRET", "whsec_notify"))
+	rng := rand.New(rand.NewPCG(3, 3))
+	for _, d := range domaintest.Lifecycles(rng, 3) {
+		deliver(t, base, d.Payload)
+	}
+	waitCaughtUp(t, base)
+	b := newBrowser(t, base)
+	if resp := b.login(e2eToken); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("login: %d", resp.StatusCode)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, page := b.do(http.MethodGet, "/console/projections", nil)
+		if strings.Contains(page, "Notification receivers") && strings.Contains(page, failing.URL) &&
+			strings.Contains(page, ">failing<") && strings.Contains(page, "500") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the projections page never showed %s failing:\n%s", failing.URL, page)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
