@@ -31,13 +31,19 @@ func TestNotificationsSurviveKill9(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var got []notify.Notification
+	// The receiver holds every push until the corpus is in (however slow the
+	// machine), then takes them slowly enough that the kill lands mid-delivery.
+	gate := make(chan struct{})
+	open := sync.OnceFunc(func() { close(gate) })
 	receiver := newNotifyReceiver(func(n notify.Notification) {
-		time.Sleep(20 * time.Millisecond) // slow enough that the kill lands mid-delivery
+		<-gate
+		time.Sleep(20 * time.Millisecond)
 		mu.Lock()
 		got = append(got, n)
 		mu.Unlock()
 	})
 	defer receiver.Close()
+	defer open()
 	received := func() []notify.Notification {
 		mu.Lock()
 		defer mu.Unlock()
@@ -79,6 +85,8 @@ func TestNotificationsSurviveKill9(t *testing.T) {
 	for _, d := range domaintest.Redeliver(rng, domaintest.Lifecycles(rng, 10)) {
 		deliver(t, base, d.Payload)
 	}
+	waitCaughtUp(t, base)
+	open()
 	for len(received()) < 10 {
 		time.Sleep(5 * time.Millisecond)
 	}
