@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -35,6 +36,10 @@ type Config struct {
 
 	NotifyURLs   []string // LEDGER_NOTIFY_URL, comma-separated: serve pushes notifications to each
 	NotifySecret string   // LEDGER_NOTIFY_SECRET: signs them; never logged
+
+	// PprofAddr (LEDGER_PPROF_ADDR) is where serve answers /debug/pprof/, on
+	// a listener of its own; a host left out is 127.0.0.1. Empty: off.
+	PprofAddr string
 }
 
 // Defaults of the HTTP limits. A Stripe delivery is at most 1 MiB and sent
@@ -80,6 +85,9 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	}
 	cfg.NotifySecret = getenv("LEDGER_NOTIFY_SECRET")
 	var err error
+	if cfg.PprofAddr, err = pprofAddr(getenv("LEDGER_PPROF_ADDR")); err != nil {
+		return Config{}, err
+	}
 	if cfg.HTTPReadTimeout, err = envDuration(getenv, "LEDGER_HTTP_READ_TIMEOUT", DefaultHTTPReadTimeout); err != nil {
 		return Config{}, err
 	}
@@ -125,6 +133,23 @@ func envDuration(getenv func(string) string, name string, def time.Duration) (ti
 		return 0, fmt.Errorf("%s must be a positive duration such as 15s, got %q", name, v)
 	}
 	return d, nil
+}
+
+// pprofAddr is LEDGER_PPROF_ADDR as a listen address: host:port, or :port
+// for 127.0.0.1:port, so that profiles are never served beyond the machine
+// unless a host is named.
+func pprofAddr(v string) (string, error) {
+	if v == "" {
+		return "", nil
+	}
+	host, port, err := net.SplitHostPort(v)
+	if err != nil || port == "" {
+		return "", fmt.Errorf("LEDGER_PPROF_ADDR must be host:port or :port (127.0.0.1), got %q", v)
+	}
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port), nil
 }
 
 func orDefault(v, def string) string {

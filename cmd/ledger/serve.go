@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -314,6 +315,13 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 	defer stopRunner()
 	defer s.console.Close() // the rebuilds started from the console
 
+	if s.cfg.PprofAddr != "" {
+		stop, err := s.servePprof()
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: min(10*time.Second, s.cfg.HTTPReadTimeout),
 		ReadTimeout: s.cfg.HTTPReadTimeout, IdleTimeout: s.cfg.HTTPIdleTimeout}
 	errc := make(chan error, 1)
@@ -333,4 +341,24 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 		return err
 	}
 	return nil
+}
+
+// servePprof answers net/http/pprof's handlers on cfg.PprofAddr, a listener
+// of their own (never the public one), until the returned stop.
+func (s *Service) servePprof() (stop func(), err error) {
+	ln, err := net.Listen("tcp", s.cfg.PprofAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s (LEDGER_PPROF_ADDR): %w", s.cfg.PprofAddr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index) // the named profiles too: /debug/pprof/heap, …
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	// No write timeout: a CPU profile or trace answers after ?seconds=.
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	s.logger.Info("serving pprof", "addr", ln.Addr().String())
+	return func() { _ = srv.Close() }, nil
 }
