@@ -10,7 +10,6 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
-	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 )
 
 func newHistoryCmd(c *cli) *cobra.Command {
@@ -85,7 +84,7 @@ func runHistory(ctx context.Context, c *cli, h historyFlags, positional []string
 		return err
 	}
 
-	b, err := OpenBackends(ctx, cfg, logger, postgres.WithCompleteReads(auditReadWait)) // a short read would look like the end of the log
+	b, err := OpenAuditBackends(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}

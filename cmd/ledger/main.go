@@ -12,8 +12,10 @@
 //	ledger events                 the Stripe event types the ledger decodes (to enable on the endpoint)
 //	ledger version                this binary's module version and VCS revision
 //
-// The command line is built with cobra: each command is one newXxxCmd in its
-// own file, registered in newRootCmd. Configuration comes from the
+// The command line is built with cobra and registered in newRootCmd: a
+// command with flags or arguments is one newXxxCmd in its own file; one
+// without (migrate, seal, events, version) is a row there, its runXxx in
+// its own file; a group (projections, notifications) lists its commands. Configuration comes from the
 // environment (DESIGN §6) and is read only when a command runs, so --help
 // works whatever the environment holds; see the README.
 package main
@@ -143,18 +145,48 @@ verify found tampering, reconcile found drift), 2 bad usage or the command could
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError(err.Error()) })
 	root.AddCommand(
 		newServeCmd(c),
-		newMigrateCmd(c),
+		plainCmd("migrate", "Create the database if missing and apply the schema migrations", "", c.runMigrate),
 		newVerifyCmd(c),
-		newSealCmd(c),
-		newProjectionsCmd(c),
-		newNotificationsCmd(c),
+		plainCmd("seal", "Seal the event log now and print the new seal's id and hash", sealHelp, c.runSeal),
+		c.group("projections", "Where each projection stands; rebuild it blue/green; diff a rebuild against the live model",
+			newProjectionsStatusCmd(c),
+			newProjectionsBuildCmd(c, "rebuild", "Rebuild a projection blue/green from the whole log, then swap it live"),
+			newProjectionsBuildCmd(c, "diff", "Show, without swapping, what a rebuild with this binary's logic would change (exit 1 when it would)"),
+			newProjectionsDeadLettersCmd(c), newProjectionsRetryCmd(c)),
+		c.group("notifications", "Where each push receiver of LEDGER_NOTIFY_URL stands; send notifications again",
+			newNotificationsStatusCmd(c), newNotificationsReplayCmd(c)),
 		newHistoryCmd(c),
 		newBackfillCmd(c),
 		newReconcileCmd(c),
-		newEventsCmd(c),
-		newVersionCmd(c),
+		plainCmd("events", "List the Stripe event types the ledger decodes: the ones to enable on the webhook endpoint", "", c.runEvents),
+		plainCmd("version", "Print the module version and VCS revision this binary was built from", "", c.runVersion),
 	)
 	return root
+}
+
+// plainCmd is a command that takes neither arguments nor flags of its own
+// and runs run.
+func plainCmd(use, short, long string, run func(context.Context) error) *cobra.Command {
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Long:  long,
+		Args:  noArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return run(cmd.Context()) },
+	}
+}
+
+// group is a command that only groups subs (ledger projections, ledger
+// notifications); run alone, it is missingCommand.
+func (c *cli) group(use, short string, subs ...*cobra.Command) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  noArgs,
+		RunE:  c.missingCommand,
+	}
+	cmd.AddCommand(subs...)
+	return cmd
 }
 
 // missingCommand is the RunE of a command that only groups others (ledger,

@@ -10,18 +10,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
-// newNotificationsCmd is `ledger notifications status|replay`.
-func newNotificationsCmd(c *cli) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "notifications",
-		Short: "Where each push receiver of LEDGER_NOTIFY_URL stands; send notifications again",
-		Args:  noArgs,
-		RunE:  c.missingCommand,
-	}
-	cmd.AddCommand(newNotificationsStatusCmd(c), newNotificationsReplayCmd(c))
-	return cmd
-}
-
+// newNotificationsStatusCmd is `ledger notifications status`.
 func newNotificationsStatusCmd(c *cli) *cobra.Command {
 	return newListCmd(c, "status", "Show each receiver's cursor, pending and delivered notifications, and the delivery it is failing",
 		"RECEIVER\tPOSITION\tPENDING\tDELIVERED\tABANDONED\tFAILING\tSINCE\tATTEMPTS\tLAST ERROR",
@@ -38,6 +27,7 @@ func newNotificationsStatusCmd(c *cli) *cobra.Command {
 		})
 }
 
+// newNotificationsReplayCmd is `ledger notifications replay`.
 func newNotificationsReplayCmd(c *cli) *cobra.Command {
 	var since, id string
 	var receivers []string

@@ -14,19 +14,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
-// newProjectionsCmd is `ledger projections status|rebuild|diff|dead-letters|retry`.
-func newProjectionsCmd(c *cli) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "projections",
-		Short: "Where each projection stands; rebuild it blue/green; diff a rebuild against the live model",
-		Args:  noArgs,
-		RunE:  c.missingCommand,
-	}
-	cmd.AddCommand(newProjectionsStatusCmd(c), newProjectionsRebuildCmd(c), newProjectionsDiffCmd(c),
-		newProjectionsDeadLettersCmd(c), newProjectionsRetryCmd(c))
-	return cmd
-}
-
+// newProjectionsStatusCmd is `ledger projections status`.
 func newProjectionsStatusCmd(c *cli) *cobra.Command {
 	return newListCmd(c, "status", "Show each projection's version, position, lag and dead letters",
 		"NAME\tVERSION\tPOSITION\tHEAD\tLAG\tDEAD LETTERS\tUPDATED\tPLANS\tUNTESTED API VERSIONS",
@@ -49,33 +37,24 @@ func newProjectionsStatusCmd(c *cli) *cobra.Command {
 		})
 }
 
-func newProjectionsRebuildCmd(c *cli) *cobra.Command {
+// newProjectionsBuildCmd is `ledger projections rebuild` or `ledger
+// projections diff` (sub): a blue/green build, swapped live or compared
+// with the live model.
+func newProjectionsBuildCmd(c *cli, sub, short string) *cobra.Command {
 	var wait bool
+	format := "text"
 	cmd := &cobra.Command{
-		Use:   "rebuild [billing]",
-		Short: "Rebuild a projection blue/green from the whole log, then swap it live",
+		Use:   sub + " [billing]",
+		Short: short,
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runBuild(cmd.Context(), c, "rebuild", args, wait, "text")
+			return runBuild(cmd.Context(), c, sub, args, wait, format)
 		},
 	}
-	cmd.Flags().BoolVar(&wait, "wait", false, "wait for a build in progress elsewhere instead of failing")
-	return cmd
-}
-
-func newProjectionsDiffCmd(c *cli) *cobra.Command {
-	var wait bool
-	var format string
-	cmd := &cobra.Command{
-		Use:   "diff [billing]",
-		Short: "Show, without swapping, what a rebuild with this binary's logic would change (exit 1 when it would)",
-		Args:  cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return runBuild(cmd.Context(), c, "diff", args, wait, format)
-		},
+	if sub == "diff" {
+		cmd.Flags().StringVar(&format, "format", "text", "output: text or json")
 	}
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait for a build in progress elsewhere instead of failing")
-	cmd.Flags().StringVar(&format, "format", "text", "output: text or json")
 	return cmd
 }
 

@@ -5,32 +5,20 @@ import (
 	"encoding/hex"
 	"fmt"
 
-	"github.com/spf13/cobra"
-
 	"github.com/stripe-ledger/stripe-ledger/eventlog/seal"
 )
 
-func newSealCmd(c *cli) *cobra.Command {
-	return &cobra.Command{
-		Use:   "seal",
-		Short: "Seal the event log now and print the new seal's id and hash",
-		Long: `Write a seal: the head (version, hash) of every stream that grew since the
+// sealHelp is the long help of `ledger seal`.
+const sealHelp = `Write a seal: the head (version, hash) of every stream that grew since the
 previous seal, chained to it by hash. Prints "seal <id> <hash>"; write the hash
 down outside the database, and ledger verify --seal <hash> later proves that
 nothing the seal covers was removed or rewritten since. When nothing was
 appended since the last seal, prints that one instead. ledger serve seals every
-LEDGER_SEAL_INTERVAL by itself.`,
-		Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runSeal(cmd.Context(), c) },
-	}
-}
+LEDGER_SEAL_INTERVAL by itself.`
 
-func runSeal(ctx context.Context, c *cli) error {
-	cfg, logger, err := c.setup()
-	if err != nil {
-		return err
-	}
-	b, err := OpenBackends(ctx, cfg, logger)
+// runSeal is `ledger seal`.
+func (c *cli) runSeal(ctx context.Context) error {
+	b, _, _, err := c.backends(ctx)
 	if err != nil {
 		return err
 	}

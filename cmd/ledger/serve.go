@@ -127,6 +127,14 @@ func OpenBackends(ctx context.Context, cfg Config, logger *slog.Logger, pgOpts .
 	return b, nil
 }
 
+// OpenAuditBackends is OpenBackends for verify and history, which read the
+// whole log or a history: a short read would look like the end of the log,
+// so the PostgreSQL log's reads wait (up to auditReadWait) for a
+// transaction that holds its readers back instead of stopping short.
+func OpenAuditBackends(ctx context.Context, cfg Config, logger *slog.Logger) (*Backends, error) {
+	return OpenBackends(ctx, cfg, logger, postgres.WithCompleteReads(auditReadWait))
+}
+
 // openLog opens the event-log backend that LEDGER_EVENTLOG names.
 func openLog(ctx context.Context, cfg Config, pool *pgxpool.Pool, logger *slog.Logger, pgOpts ...postgres.Option) (eventlog.Log, string, error) {
 	if cfg.EventLog == "postgres" {

@@ -19,7 +19,6 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
-	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/seal"
 )
 
@@ -142,7 +141,7 @@ func verifyFile(path string, secrets []string) (verifyResult, error) {
 
 func verifyDatabase(ctx context.Context, c *cli, cfg Config, logger *slog.Logger, oneCustomer bool, f verifyFlags) (verifyResult, error) {
 	expect := f.seal
-	b, err := OpenBackends(ctx, cfg, logger, postgres.WithCompleteReads(auditReadWait)) // a short read would look like the end of the log
+	b, err := OpenAuditBackends(ctx, cfg, logger)
 	if err != nil {
 		return verifyResult{}, err
 	}

@@ -1,27 +1,21 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"runtime/debug"
-
-	"github.com/spf13/cobra"
 )
 
-func newVersionCmd(c *cli) *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the module version and VCS revision this binary was built from",
-		Args:  noArgs,
-		RunE: func(*cobra.Command, []string) error {
-			info, ok := debug.ReadBuildInfo()
-			if !ok {
-				return fmt.Errorf("version: this binary carries no build information")
-			}
-			writeVersion(c.stdout, info)
-			return nil
-		},
+// runVersion is `ledger version`.
+func (c *cli) runVersion(context.Context) error {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return errors.New("version: this binary carries no build information")
 	}
+	writeVersion(c.stdout, info)
+	return nil
 }
 
 // writeVersion prints one line: module version, revision (marked modified
