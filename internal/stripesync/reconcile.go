@@ -175,14 +175,16 @@ func (s *Syncer) reconcileObject(ctx context.Context, opts ReconcileOptions, obj
 	return nil
 }
 
-// field is one compared value: the read model's and Stripe's, as text.
-type field struct{ name, ledger, stripe string }
+// value is one compared field of an object, as text.
+type value struct{ name, text string }
 
-func diff(fields []field) []Drift {
+// diff compares the read model's values of an object with Stripe's: the
+// same fields, in the same order, each side made by the same function.
+func diff(ledger, stripe []value) []Drift {
 	var out []Drift
-	for _, f := range fields {
-		if f.ledger != f.stripe {
-			out = append(out, Drift{Field: f.name, Ledger: f.ledger, Stripe: f.stripe})
+	for i, l := range ledger {
+		if l.text != stripe[i].text {
+			out = append(out, Drift{Field: l.name, Ledger: l.text, Stripe: stripe[i].text})
 		}
 	}
 	return out
@@ -211,15 +213,14 @@ func (s *Syncer) customerDrift(ctx context.Context, account string, c *domain.Cu
 		}
 		return missing(err)
 	}
-	email, name, deleted := st.Customer.Email, st.Customer.Name, st.Customer.Deleted
-	if c.Deleted {
-		return diff([]field{{"deleted", fmtBool(deleted), "true"}}), nil
+	if c.Deleted { // Stripe keeps neither email nor name of a deleted customer
+		return diff([]value{{"deleted", fmtBool(st.Customer.Deleted)}}, []value{{"deleted", "true"}}), nil
 	}
-	return diff([]field{
-		{"email", email, c.Email},
-		{"name", name, c.Name},
-		{"deleted", fmtBool(deleted), "false"},
-	}), nil
+	return diff(customerValues(st.Customer), customerValues(*c)), nil
+}
+
+func customerValues(c domain.Customer) []value {
+	return []value{{"email", c.Email}, {"name", c.Name}, {"deleted", fmtBool(c.Deleted)}}
 }
 
 func (s *Syncer) subscriptionDrift(ctx context.Context, account string, sub *domain.Subscription) ([]Drift, error) {
@@ -227,20 +228,24 @@ func (s *Syncer) subscriptionDrift(ctx context.Context, account string, sub *dom
 	if err != nil {
 		return missing(err)
 	}
-	return diff([]field{
-		{"status", l.Status, sub.Status},
-		{"price_id", l.PriceID, sub.PriceID},
-		{"product_id", l.ProductID, sub.ProductID},
-		{"plan", l.Plan, sub.Plan},
-		{"quantity", strconv.FormatInt(l.Quantity, 10), strconv.FormatInt(sub.Quantity, 10)},
-		{"current_period_start", fmtTime(l.CurrentPeriodStart), fmtTime(sub.CurrentPeriodStart)},
-		{"current_period_end", fmtTime(l.CurrentPeriodEnd), fmtTime(sub.CurrentPeriodEnd)},
-		{"cancel_at_period_end", fmtBool(l.CancelAtPeriodEnd), fmtBool(sub.CancelAtPeriodEnd)},
-		{"canceled_at", fmtTime(l.CanceledAt), fmtTime(sub.CanceledAt)},
-		{"ended_at", fmtTime(l.EndedAt), fmtTime(sub.EndedAt)},
-		{"trial_end", fmtTime(l.TrialEnd), fmtTime(sub.TrialEnd)},
-		{"deleted", fmtBool(l.Deleted), fmtBool(sub.Deleted)},
-	}), nil
+	return diff(subscriptionValues(l), subscriptionValues(*sub)), nil
+}
+
+func subscriptionValues(s domain.Subscription) []value {
+	return []value{
+		{"status", s.Status},
+		{"price_id", s.PriceID},
+		{"product_id", s.ProductID},
+		{"plan", s.Plan},
+		{"quantity", strconv.FormatInt(s.Quantity, 10)},
+		{"current_period_start", fmtTime(s.CurrentPeriodStart)},
+		{"current_period_end", fmtTime(s.CurrentPeriodEnd)},
+		{"cancel_at_period_end", fmtBool(s.CancelAtPeriodEnd)},
+		{"canceled_at", fmtTime(s.CanceledAt)},
+		{"ended_at", fmtTime(s.EndedAt)},
+		{"trial_end", fmtTime(s.TrialEnd)},
+		{"deleted", fmtBool(s.Deleted)},
+	}
 }
 
 func (s *Syncer) invoiceDrift(ctx context.Context, account string, inv *domain.Invoice) ([]Drift, error) {
@@ -248,16 +253,21 @@ func (s *Syncer) invoiceDrift(ctx context.Context, account string, inv *domain.I
 	if err != nil {
 		return missing(err)
 	}
-	return diff([]field{
-		{"subscription_id", l.SubscriptionID, inv.SubscriptionID},
-		{"status", l.Status, inv.Status},
-		{"amount_due", strconv.FormatInt(l.AmountDue, 10), strconv.FormatInt(inv.AmountDue, 10)},
-		{"amount_paid", strconv.FormatInt(l.AmountPaid, 10), strconv.FormatInt(inv.AmountPaid, 10)},
-		{"currency", l.Currency, inv.Currency},
-		{"paid_at", fmtTime(l.PaidAt), fmtTime(inv.PaidAt)},
-		// The ledger keeps the highest attempt count any snapshot reported.
-		{"attempt_count", strconv.FormatInt(l.AttemptCount, 10), strconv.FormatInt(max(l.AttemptCount, inv.AttemptCount), 10)},
-	}), nil
+	want := *inv
+	want.AttemptCount = max(l.AttemptCount, inv.AttemptCount) // the ledger keeps the highest any snapshot reported
+	return diff(invoiceValues(l), invoiceValues(want)), nil
+}
+
+func invoiceValues(inv domain.Invoice) []value {
+	return []value{
+		{"subscription_id", inv.SubscriptionID},
+		{"status", inv.Status},
+		{"amount_due", strconv.FormatInt(inv.AmountDue, 10)},
+		{"amount_paid", strconv.FormatInt(inv.AmountPaid, 10)},
+		{"currency", inv.Currency},
+		{"paid_at", fmtTime(inv.PaidAt)},
+		{"attempt_count", strconv.FormatInt(inv.AttemptCount, 10)},
+	}
 }
 
 func fmtTime(t *time.Time) string {
