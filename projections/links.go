@@ -3,7 +3,7 @@ package projections
 import (
 	"context"
 	"fmt"
-	"time"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -75,47 +75,20 @@ func (b *batch) addLinks(rec eventlog.Record, l domain.Links) {
 func link(ctx context.Context, tx pgx.Tx, schema string, b *batch) error {
 	s := ident(schema)
 	var w pgx.Batch
-	if len(b.links) > 0 {
-		accounts, objects, customers := columns3(b.links, func(l objectLink) (string, string, string) { return l.account, l.object, l.customer })
-		w.Queue(`INSERT INTO `+s+`.links (account, object_id, customer_id)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING`, accounts, objects, customers)
-	}
-	if len(b.streamLinks) > 0 {
-		accounts, objects, streams := columns3(b.streamLinks, func(l streamLink) (string, string, string) { return l.account, l.object, l.stream })
-		w.Queue(`INSERT INTO `+s+`.stream_links (account, object_id, stream)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING`, accounts, objects, streams)
-	}
-	if len(b.pending) > 0 {
-		var (
-			accounts, events, charges, disputes, statuses, currencies []string
-			amounts                                                   []int64
-			created                                                   []time.Time
-		)
-		for _, p := range b.pending {
+	queueInsert(&w, s+".links", "account text, object_id text, customer_id text", b.links,
+		func(l objectLink) []any { return []any{l.account, l.object, l.customer} })
+	queueInsert(&w, s+".stream_links", "account text, object_id text, stream text", b.streamLinks,
+		func(l streamLink) []any { return []any{l.account, l.object, l.stream} })
+	queueInsert(&w, s+".pending_disputes", "account text, event_id text, charge_id text, dispute_id text, status text, currency text, amount bigint, last_event_created timestamptz", b.pending,
+		func(p pendingDispute) []any {
 			d := p.fact.Dispute
-			accounts, events, charges, disputes = append(accounts, p.account), append(events, p.fact.EventID), append(charges, d.ChargeID), append(disputes, d.ID)
-			statuses, currencies, amounts, created = append(statuses, d.Status), append(currencies, d.Currency), append(amounts, d.Amount), append(created, d.LastEventCreated)
-		}
-		w.Queue(`INSERT INTO `+s+`.pending_disputes (account, event_id, charge_id, dispute_id, status, currency, amount, last_event_created)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::timestamptz[])
-ON CONFLICT DO NOTHING`, accounts, events, charges, disputes, statuses, currencies, amounts, created)
-	}
-	if len(b.payments) > 0 {
-		var (
-			accounts, events, invoices, payments, currencies []string
-			amounts                                          []int64
-			paidAt                                           []*time.Time
-			created                                          []time.Time
-		)
-		for _, p := range b.payments {
+			return []any{p.account, p.fact.EventID, d.ChargeID, d.ID, d.Status, d.Currency, d.Amount, d.LastEventCreated}
+		})
+	queueInsert(&w, s+".pending_invoice_payments", "account text, event_id text, invoice_id text, invoice_payment_id text, amount_paid bigint, currency text, paid_at timestamptz, last_event_created timestamptz", b.payments,
+		func(p pendingPayment) []any {
 			ip := p.fact.InvoicePayment
-			accounts, events, invoices, payments = append(accounts, p.account), append(events, p.fact.EventID), append(invoices, ip.InvoiceID), append(payments, ip.ID)
-			amounts, currencies, paidAt, created = append(amounts, ip.AmountPaid), append(currencies, ip.Currency), append(paidAt, ip.PaidAt), append(created, ip.LastEventCreated)
-		}
-		w.Queue(`INSERT INTO `+s+`.pending_invoice_payments (account, event_id, invoice_id, invoice_payment_id, amount_paid, currency, paid_at, last_event_created)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::timestamptz[], $8::timestamptz[])
-ON CONFLICT DO NOTHING`, accounts, events, invoices, payments, amounts, currencies, paidAt, created)
-	}
+			return []any{p.account, p.fact.EventID, ip.InvoiceID, ip.ID, ip.AmountPaid, ip.Currency, ip.PaidAt, ip.LastEventCreated}
+		})
 	if len(b.links) > 0 || len(b.pending) > 0 || len(b.payments) > 0 {
 		// Every pending dispute whose charge is now linked, and every pending
 		// invoice payment whose invoice is, this batch's included.
@@ -188,10 +161,31 @@ func pendingKeys(b *batch) (accounts, objects []string) {
 	return accounts, objects
 }
 
-func columns3[T any](rows []T, f func(T) (string, string, string)) (a, b, c []string) {
-	for _, r := range rows {
-		x, y, z := f(r)
-		a, b, c = append(a, x), append(b, y), append(c, z)
+// queueInsert queues one INSERT of rows into table, skipping those already
+// stored: columns lists "name type" pairs, comma-separated, and values
+// gives a row's values in that order. Each column is sent as one array
+// (unnest), so a batch of any size is one statement.
+func queueInsert[T any](w *pgx.Batch, table, columns string, rows []T, values func(T) []any) {
+	if len(rows) == 0 {
+		return
 	}
-	return a, b, c
+	defs := strings.Split(columns, ", ")
+	names, arrays := make([]string, len(defs)), make([]string, len(defs))
+	params := make([][]any, len(defs))
+	for i, def := range defs {
+		name, typ, _ := strings.Cut(def, " ")
+		names[i], arrays[i] = name, fmt.Sprintf("$%d::%s[]", i+1, typ)
+		params[i] = make([]any, 0, len(rows))
+	}
+	for _, r := range rows {
+		for i, v := range values(r) {
+			params[i] = append(params[i], v)
+		}
+	}
+	args := make([]any, len(params))
+	for i, p := range params {
+		args[i] = p
+	}
+	w.Queue(`INSERT INTO `+table+` (`+strings.Join(names, ", ")+`)
+SELECT * FROM unnest(`+strings.Join(arrays, ", ")+`) ON CONFLICT DO NOTHING`, args...)
 }
