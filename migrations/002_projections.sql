@@ -1,5 +1,5 @@
 -- Projection bookkeeping. Each projection version keeps its tables in a schema
--- of its own (see projections/readmodel.sql); readers go through the views of
+-- of its own (see projections/readmodel.go); readers go through the views of
 -- the readmodel schema, which point at the live version.
 CREATE SCHEMA readmodel;
 

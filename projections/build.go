@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -331,10 +332,10 @@ func viewsSQL(schema string) string {
 // view: the customer tables and the links.
 func viewedTables() []string {
 	var names []string
-	for _, t := range tables {
+	for _, t := range slices.Concat(customerTables, linkTables) {
 		names = append(names, t.tableName())
 	}
-	return append(names, linkTables...)
+	return names
 }
 
 // tableList lists the read model tables of schema, comma-separated.

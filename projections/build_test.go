@@ -3,7 +3,10 @@ package projections
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
+	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -17,6 +20,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 )
 
 // TestVersionChange changes the projection's logic (a new plan mapping,
@@ -321,5 +325,114 @@ func TestRebuildNeverDowngrades(t *testing.T) {
 	cp, _, err := loadCheckpoint(ctx, pool, v1.Name, "")
 	if err != nil || cp.Version != v2.Version {
 		t.Fatalf("live version after the refused rebuild = %d (%v), want %d", cp.Version, err, v2.Version)
+	}
+}
+
+// TestReadModelCatalog builds a schema with createSchemaSQL and compares
+// what PostgreSQL's catalog says of it (columns with their types,
+// nullability and defaults, constraints, indexes) with
+// testdata/readmodel_catalog.txt. The snapshot was taken of the schema that
+// the hand-written readmodel.sql created before the tables were declared in
+// Go, so the generated DDL is that schema; a column added to a declaration
+// shows here as one line, to be added to the snapshot with the
+// BillingVersion bump that rebuilds the read model (readmodel.go).
+func TestReadModelCatalog(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t, pgtest.NewDatabase(t))
+	const schema = "rm_catalog_v0_00000000"
+	if _, err := pool.Exec(ctx, createSchemaSQL(schema)); err != nil {
+		t.Fatal(err)
+	}
+	got := readCatalog(t, pool, schema)
+	want, err := os.ReadFile("testdata/readmodel_catalog.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != string(want) {
+		gotLines, wantLines := strings.Split(got, "\n"), strings.Split(string(want), "\n")
+		t.Errorf("the read model's catalog differs from testdata/readmodel_catalog.txt:\nonly in the schema built:\n%s\nonly in the snapshot:\n%s",
+			strings.Join(linesNotIn(gotLines, wantLines), "\n"), strings.Join(linesNotIn(wantLines, gotLines), "\n"))
+	}
+}
+
+// linesNotIn are the lines of a that b lacks.
+func linesNotIn(a, b []string) []string {
+	var out []string
+	for _, l := range a {
+		if !slices.Contains(b, l) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// readCatalog describes schema's tables, one line per column (in table order), constraint
+// and index, with the schema's name left out.
+func readCatalog(t *testing.T, pool *pgxpool.Pool, schema string) string {
+	t.Helper()
+	var b strings.Builder
+	for _, q := range []string{
+		`SELECT format('column %s %s %s %s default %s', table_name, column_name, data_type,
+        CASE is_nullable WHEN 'NO' THEN 'not null' ELSE 'null' END, coalesce(column_default, 'none'))
+   FROM information_schema.columns WHERE table_schema = $1 ORDER BY table_name, ordinal_position`,
+		`SELECT format('constraint %s %s %s', c.relname, con.conname, pg_get_constraintdef(con.oid))
+   FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE n.nspname = $1 ORDER BY c.relname, con.conname`,
+		`SELECT format('index %s %s', indexname, replace(indexdef, $1 || '.', ''))
+   FROM pg_indexes WHERE schemaname = $1 ORDER BY indexname`,
+	} {
+		rows, err := pool.Query(context.Background(), q, schema)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var line string
+			if err := rows.Scan(&line); err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintln(&b, line)
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b.String()
+}
+
+// TestTableDeclarations checks each table's declaration against its row
+// type: one field per column, and a column NULL allowed exactly where its
+// field can hold no value (a pointer or a map), so that a scan never meets
+// a NULL it cannot store and a write never sends one the table refuses.
+func TestTableDeclarations(t *testing.T) {
+	t.Parallel()
+	checkDeclaration(t, customersTable)
+	checkDeclaration(t, subscriptionsTable)
+	checkDeclaration(t, invoicesTable)
+	checkDeclaration(t, chargesTable)
+	checkDeclaration(t, disputesTable)
+	checkDeclaration(t, apiVersionsTable)
+	checkDeclaration(t, linksTable)
+	checkDeclaration(t, streamLinksTable)
+	checkDeclaration(t, pendingDisputesTable)
+	checkDeclaration(t, pendingInvoicePaymentsTable)
+	if n := len(schemaTables()); n != 10 {
+		t.Errorf("schemaTables() has %d tables, the test checks 10", n)
+	}
+}
+
+func checkDeclaration[T any](t *testing.T, tb table[T]) {
+	t.Helper()
+	var row T
+	fields := tb.fields(&row)
+	if len(fields) != len(tb.columns) {
+		t.Fatalf("%s: %d columns, %d fields", tb.name, len(tb.columns), len(fields))
+	}
+	for i, c := range tb.columns {
+		kind := reflect.TypeOf(fields[i]).Elem().Kind()
+		nullable := kind == reflect.Pointer || kind == reflect.Map
+		if notNull := strings.Contains(c.def, "NOT NULL"); notNull == nullable {
+			t.Errorf("%s.%s is %q, its field a %s", tb.name, c.name, c.def, reflect.TypeOf(fields[i]).Elem())
+		}
 	}
 }

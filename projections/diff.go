@@ -141,7 +141,7 @@ func Diff(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log, p Projectio
 // bookkeeping, is left out.
 func compare(ctx context.Context, tx pgx.Tx, live, candidate string) (*Report, error) {
 	byCustomer := map[domain.CustomerKey][]RowDiff{}
-	for _, t := range tables {
+	for _, t := range customerTables {
 		sql := fmt.Sprintf(`SELECT coalesce(l.account, c.account), coalesce(l.customer_id, c.customer_id), coalesce(l.%[1]s, c.%[1]s),
        to_jsonb(l) - 'snapshots', to_jsonb(c) - 'snapshots'
   FROM %[2]s.%[3]s l FULL JOIN %[4]s.%[3]s c ON l.account = c.account AND l.%[1]s = c.%[1]s

@@ -3,7 +3,7 @@
 //
 // # Layout
 //
-// Each build of a projection keeps its tables (readmodel.sql) in a schema of
+// Each build of a projection keeps its tables (declared in readmodel.go) in a schema of
 // its own, rm_<name>_v<version>_<random>. Readers query the views of the
 // readmodel schema (readmodel.customers, .subscriptions, .invoices, .charges,
 // .disputes), which select from the live schema; projection_checkpoints

@@ -337,7 +337,7 @@ func copyRows[T any](ctx context.Context, tx pgx.Tx, schema string, t table[T], 
 		into = pgx.Identifier{"fill_" + t.name}
 		cols := make([]string, len(t.columns))
 		for i, c := range t.columns {
-			cols[i] = c.name + " " + c.sqlType
+			cols[i] = c.name + " " + c.sqlType()
 		}
 		if _, err := tx.Exec(ctx, "CREATE TEMPORARY TABLE "+into.Sanitize()+" ("+strings.Join(cols, ", ")+") ON COMMIT DROP"); err != nil {
 			return fmt.Errorf("copy %s.%s: %w", schema, t.name, err)
@@ -347,7 +347,7 @@ func copyRows[T any](ctx context.Context, tx pgx.Tx, schema string, t table[T], 
 		return t.fields(&rows[i]), nil
 	}))
 	if err == nil && replace {
-		_, err = tx.Exec(ctx, t.insertSQL(schema, into.Sanitize()))
+		_, err = tx.Exec(ctx, t.insertSQL(schema, into.Sanitize(), t.upsert()))
 	}
 	if err != nil {
 		return fmt.Errorf("copy %s.%s: %w", schema, t.name, err)

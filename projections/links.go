@@ -3,7 +3,6 @@ package projections
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -50,11 +49,6 @@ type pendingPayment struct {
 	fact    domain.Fact
 }
 
-// linkTables are the tables of links, exposed as views in the readmodel
-// schema beside the customer tables. They have no customer_id, so Diff does
-// not compare them; what they change (disputes, histories) it does.
-var linkTables = []string{"links", "stream_links", "pending_disputes", "pending_invoice_payments"}
-
 // addLinks records what rec says about which objects belong together.
 func (b *batch) addLinks(rec eventlog.Record, l domain.Links) {
 	for _, obj := range l.Objects {
@@ -73,55 +67,30 @@ func (b *batch) addLinks(rec eventlog.Record, l domain.Links) {
 // customer; the rest wait in pending_disputes. Invoice payments do the same
 // by their invoice, in pending_invoice_payments.
 func link(ctx context.Context, tx pgx.Tx, schema string, b *batch) error {
-	s := ident(schema)
 	var w pgx.Batch
-	queueInsert(&w, s+".links", "account text, object_id text, customer_id text", b.links,
-		func(l objectLink) []any { return []any{l.account, l.object, l.customer} })
-	queueInsert(&w, s+".stream_links", "account text, object_id text, stream text", b.streamLinks,
-		func(l streamLink) []any { return []any{l.account, l.object, l.stream} })
-	queueInsert(&w, s+".pending_disputes", "account text, event_id text, charge_id text, dispute_id text, status text, currency text, amount bigint, last_event_created timestamptz", b.pending,
-		func(p pendingDispute) []any {
-			d := p.fact.Dispute
-			return []any{p.account, p.fact.EventID, d.ChargeID, d.ID, d.Status, d.Currency, d.Amount, d.LastEventCreated}
-		})
-	queueInsert(&w, s+".pending_invoice_payments", "account text, event_id text, invoice_id text, invoice_payment_id text, amount_paid bigint, currency text, paid_at timestamptz, last_event_created timestamptz", b.payments,
-		func(p pendingPayment) []any {
-			ip := p.fact.InvoicePayment
-			return []any{p.account, p.fact.EventID, ip.InvoiceID, ip.ID, ip.AmountPaid, ip.Currency, ip.PaidAt, ip.LastEventCreated}
-		})
+	linksTable.queueInsert(&w, schema, b.links, keepStored)
+	streamLinksTable.queueInsert(&w, schema, b.streamLinks, keepStored)
+	pendingDisputesTable.queueInsert(&w, schema, b.pending, keepStored)
+	pendingInvoicePaymentsTable.queueInsert(&w, schema, b.payments, keepStored)
 	if len(b.links) > 0 || len(b.pending) > 0 || len(b.payments) > 0 {
 		// Every pending dispute whose charge is now linked, and every pending
 		// invoice payment whose invoice is, this batch's included.
 		accounts, objects := pendingKeys(b)
-		queueResolved(&w, b, `DELETE FROM `+s+`.pending_disputes p USING `+s+`.links l
- WHERE l.account = p.account AND l.object_id = p.charge_id
-   AND (p.account, p.charge_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-RETURNING l.account, l.customer_id, p.event_id, p.charge_id, p.dispute_id, p.status, p.currency, p.amount, p.last_event_created`,
-			accounts, objects, func(rows pgx.Rows) (domain.Fact, error) {
-				d := &domain.Dispute{}
-				if err := rows.Scan(&d.Account, &d.CustomerID, &d.LastEventID, &d.ChargeID, &d.ID, &d.Status, &d.Currency, &d.Amount, &d.LastEventCreated); err != nil {
-					return domain.Fact{}, fmt.Errorf("scan pending dispute: %w", err)
-				}
-				return domain.Fact{EventID: d.LastEventID, Created: d.LastEventCreated, Account: d.Account, CustomerID: d.CustomerID, Dispute: d}, nil
-			})
-		queueResolved(&w, b, `DELETE FROM `+s+`.pending_invoice_payments p USING `+s+`.links l
- WHERE l.account = p.account AND l.object_id = p.invoice_id
-   AND (p.account, p.invoice_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-RETURNING l.account, l.customer_id, p.event_id, p.invoice_id, p.invoice_payment_id, p.amount_paid, p.currency, p.paid_at, p.last_event_created`,
-			accounts, objects, func(rows pgx.Rows) (domain.Fact, error) {
-				ip := &domain.InvoicePayment{}
-				var customer string
-				if err := rows.Scan(&ip.Account, &customer, &ip.LastEventID, &ip.InvoiceID, &ip.ID, &ip.AmountPaid, &ip.Currency, &ip.PaidAt, &ip.LastEventCreated); err != nil {
-					return domain.Fact{}, fmt.Errorf("scan pending invoice payment: %w", err)
-				}
-				// As decoded: UTC, and no customer (the event named none).
-				ip.LastEventCreated = ip.LastEventCreated.UTC()
-				if ip.PaidAt != nil {
-					at := ip.PaidAt.UTC()
-					ip.PaidAt = &at
-				}
-				return domain.Fact{EventID: ip.LastEventID, Created: ip.LastEventCreated, Account: ip.Account, CustomerID: customer, InvoicePayment: ip}, nil
-			})
+		queueResolved(&w, b, schema, pendingDisputesTable, "charge_id", accounts, objects, func(customer string, p pendingDispute) domain.Fact {
+			d := p.fact.Dispute
+			d.Account, d.CustomerID, d.LastEventID = p.account, customer, p.fact.EventID
+			return domain.Fact{EventID: d.LastEventID, Created: d.LastEventCreated, Account: d.Account, CustomerID: customer, Dispute: d}
+		})
+		queueResolved(&w, b, schema, pendingInvoicePaymentsTable, "invoice_id", accounts, objects, func(customer string, p pendingPayment) domain.Fact {
+			// As decoded: UTC, and no customer (the event named none).
+			ip := p.fact.InvoicePayment
+			ip.Account, ip.LastEventID, ip.LastEventCreated = p.account, p.fact.EventID, ip.LastEventCreated.UTC()
+			if ip.PaidAt != nil {
+				at := ip.PaidAt.UTC()
+				ip.PaidAt = &at
+			}
+			return domain.Fact{EventID: ip.LastEventID, Created: ip.LastEventCreated, Account: ip.Account, CustomerID: customer, InvoicePayment: ip}
+		})
 	}
 	if err := tx.SendBatch(ctx, &w).Close(); err != nil {
 		return fmt.Errorf("link objects in %s: %w", schema, err)
@@ -129,16 +98,24 @@ RETURNING l.account, l.customer_id, p.event_id, p.invoice_id, p.invoice_payment_
 	return nil
 }
 
-// queueResolved queues sql, which deletes and returns pending facts that
-// are now linked (by accounts and objects), adding each fact scan reads
-// from its rows to b's facts.
-func queueResolved(w *pgx.Batch, b *batch, sql string, accounts, objects []string, scan func(pgx.Rows) (domain.Fact, error)) {
+// queueResolved queues the delete of t's pending facts that are now linked
+// (by accounts and objects, which the via column of t names), adding the
+// fact that fact makes of each, with its customer, to b's facts.
+func queueResolved[T any](w *pgx.Batch, b *batch, schema string, t table[T], via string, accounts, objects []string, fact func(customer string, row T) domain.Fact) {
+	sql := fmt.Sprintf(`DELETE FROM %[1]s.%[2]s p USING %[1]s.%[3]s l
+ WHERE l.account = p.account AND l.object_id = p.%[4]s
+   AND (p.account, p.%[4]s) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+RETURNING l.customer_id, %[5]s`, ident(schema), t.name, linksTable.name, via, t.columnList("p."))
 	w.Queue(sql, accounts, objects).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
-			f, err := scan(rows)
-			if err != nil {
-				return err
+			var (
+				customer string
+				row      T
+			)
+			if err := rows.Scan(append([]any{&customer}, t.fields(&row)...)...); err != nil {
+				return fmt.Errorf("scan %s: %w", t.name, err)
 			}
+			f := fact(customer, row)
 			b.facts[f.Key()] = append(b.facts[f.Key()], f)
 		}
 		return rows.Err()
@@ -159,33 +136,4 @@ func pendingKeys(b *batch) (accounts, objects []string) {
 		accounts, objects = append(accounts, p.account), append(objects, p.fact.InvoicePayment.InvoiceID)
 	}
 	return accounts, objects
-}
-
-// queueInsert queues one INSERT of rows into table, skipping those already
-// stored: columns lists "name type" pairs, comma-separated, and values
-// gives a row's values in that order. Each column is sent as one array
-// (unnest), so a batch of any size is one statement.
-func queueInsert[T any](w *pgx.Batch, table, columns string, rows []T, values func(T) []any) {
-	if len(rows) == 0 {
-		return
-	}
-	defs := strings.Split(columns, ", ")
-	names, arrays := make([]string, len(defs)), make([]string, len(defs))
-	params := make([][]any, len(defs))
-	for i, def := range defs {
-		name, typ, _ := strings.Cut(def, " ")
-		names[i], arrays[i] = name, fmt.Sprintf("$%d::%s[]", i+1, typ)
-		params[i] = make([]any, 0, len(rows))
-	}
-	for _, r := range rows {
-		for i, v := range values(r) {
-			params[i] = append(params[i], v)
-		}
-	}
-	args := make([]any, len(params))
-	for i, p := range params {
-		args[i] = p
-	}
-	w.Queue(`INSERT INTO `+table+` (`+strings.Join(names, ", ")+`)
-SELECT * FROM unnest(`+strings.Join(arrays, ", ")+`) ON CONFLICT DO NOTHING`, args...)
 }

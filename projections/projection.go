@@ -2,16 +2,12 @@ package projections
 
 import (
 	"crypto/rand"
-	_ "embed"
 	"encoding/hex"
 	"fmt"
 	"regexp"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
@@ -19,7 +15,7 @@ import (
 
 // BillingVersion is the version of the billing projection's logic. Bump it
 // with every change that alters what the read model holds for the same events
-// (decoding, folding, readmodel.sql): the next Runner to start rebuilds.
+// (decoding, folding, the tables of readmodel.go): the next Runner to start rebuilds.
 const BillingVersion = 6
 
 // Projection is a read model folded from the event log: its name (the key of
@@ -39,9 +35,6 @@ func Billing(plans domain.Plans) Projection {
 	return Projection{Name: "billing", Version: BillingVersion, Plans: plans}
 }
 
-//go:embed readmodel.sql
-var readModelDDL string
-
 // newSchemaName names a fresh schema for a build of p.
 func (p Projection) newSchemaName() string {
 	b := make([]byte, 4)
@@ -53,13 +46,6 @@ func (p Projection) newSchemaName() string {
 func (p Projection) schemaPattern() string {
 	return "^rm_" + regexp.QuoteMeta(p.Name) + `_v[0-9]+_[0-9a-f]+$`
 }
-
-// createSchemaSQL creates schema and the read model tables in it.
-func createSchemaSQL(schema string) string {
-	return "CREATE SCHEMA " + ident(schema) + ";\n" + strings.ReplaceAll(readModelDDL, "{{schema}}", ident(schema))
-}
-
-func ident(name string) string { return pgx.Identifier{name}.Sanitize() }
 
 // batch is a run of consecutive records decoded into facts, ready to be
 // folded into the read model.

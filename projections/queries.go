@@ -149,6 +149,16 @@ func (q *Queries) CustomerStreams(ctx context.Context, account, customerID strin
 	return append(streams, linked...), nil // never a customer's stream: only events that name none are linked
 }
 
+// get reads the row of (account, id) from schema; found is false when there is none.
+func (t table[T]) get(ctx context.Context, q pgxQuerier, schema, account, id string) (v T, found bool, err error) {
+	err = q.QueryRow(ctx, fmt.Sprintf("SELECT %s FROM %s.%s WHERE account = $1 AND %s = $2",
+		t.columnList(""), ident(schema), t.name, t.keyColumn()), account, id).Scan(t.fields(&v)...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return v, false, nil
+	}
+	return v, err == nil, err
+}
+
 // list reads the rows of t in schema that the clause after FROM selects.
 func (t table[T]) list(ctx context.Context, pool *pgxpool.Pool, schema, clause string, args ...any) ([]T, error) {
 	rows, err := pool.Query(ctx, fmt.Sprintf("SELECT %s FROM %s.%s %s", t.columnList(""), ident(schema), t.name, clause), args...)

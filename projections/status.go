@@ -74,13 +74,9 @@ func ReadStatus(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log) ([]St
 // readAPIVersions lists the API versions recorded in schema; none for a
 // schema built before versions were recorded.
 func readAPIVersions(ctx context.Context, pool *pgxpool.Pool, schema string) ([]APIVersion, error) {
-	rows, err := pool.Query(ctx, "SELECT api_version, tested, first_event_id FROM "+ident(schema)+".api_versions ORDER BY api_version")
+	versions, err := apiVersionsTable.list(ctx, pool, schema, "ORDER BY api_version")
 	if err == nil {
-		var versions []APIVersion
-		versions, err = pgx.CollectRows(rows, pgx.RowToStructByPos[APIVersion])
-		if err == nil {
-			return versions, nil
-		}
+		return versions, nil
 	}
 	if undefinedTable(err) {
 		return []APIVersion{}, nil

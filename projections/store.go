@@ -2,11 +2,9 @@ package projections
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"reflect"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -14,120 +12,6 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/notify"
 )
-
-// table maps the rows of one read-model table to T. Every table is keyed by
-// (account, id) and has an indexed (account, customer_id), which loads
-// select on.
-type table[T any] struct {
-	name    string
-	columns []column // the primary key first: account, then the object's id
-	fields  func(*T) []any
-}
-
-type column struct{ name, sqlType string }
-
-// readModelTable is what the views and Diff need of a table[T].
-type readModelTable interface {
-	tableName() string
-	keyColumn() string
-}
-
-func (t table[T]) tableName() string { return t.name }
-func (t table[T]) keyColumn() string { return t.columns[1].name }
-
-// tables are the read model's tables, one view each in the readmodel schema.
-var tables = []readModelTable{customersTable, subscriptionsTable, invoicesTable, chargesTable, disputesTable}
-
-// selectSQL selects the rows of the customers whose accounts and ids are in
-// $1 and $2. A join on unnest, not customer_id = ANY($1): a generic plan of
-// the latter may scan the whole table comparing every row with every id.
-func (t table[T]) selectSQL(schema string) string {
-	return fmt.Sprintf("SELECT %s FROM unnest($1::text[], $2::text[]) AS c(account, id) JOIN %s.%s t ON t.account = c.account AND t.customer_id = c.id",
-		t.columnList("t."), ident(schema), t.name)
-}
-
-// columnList is the table's columns, in fields' order, each after prefix.
-func (t table[T]) columnList(prefix string) string {
-	names := make([]string, len(t.columns))
-	for i, c := range t.columns {
-		names[i] = prefix + c.name
-	}
-	return strings.Join(names, ", ")
-}
-
-// get reads the row of (account, id) from schema; found is false when there is none.
-func (t table[T]) get(ctx context.Context, q pgxQuerier, schema, account, id string) (v T, found bool, err error) {
-	err = q.QueryRow(ctx, fmt.Sprintf("SELECT %s FROM %s.%s WHERE account = $1 AND %s = $2",
-		t.columnList(""), ident(schema), t.name, t.keyColumn()), account, id).Scan(t.fields(&v)...)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return v, false, nil
-	}
-	return v, err == nil, err
-}
-
-// upsertSQL inserts or replaces rows given as one array per column.
-func (t table[T]) upsertSQL(schema string) string {
-	arrays := make([]string, len(t.columns))
-	for i, c := range t.columns {
-		arrays[i] = fmt.Sprintf("$%d::%s[]", i+1, c.sqlType)
-	}
-	return t.insertSQL(schema, "unnest("+strings.Join(arrays, ", ")+")")
-}
-
-// insertSQL inserts or replaces the rows selected from source, whose
-// columns are t's, in t's order.
-func (t table[T]) insertSQL(schema, source string) string {
-	sets := make([]string, 0, len(t.columns)-2)
-	for _, c := range t.columns[2:] {
-		sets = append(sets, c.name+" = EXCLUDED."+c.name)
-	}
-	return fmt.Sprintf("INSERT INTO %s.%s (%s) SELECT * FROM %s ON CONFLICT (account, %s) DO UPDATE SET %s",
-		ident(schema), t.name, strings.Join(t.columnNames(), ", "), source, t.keyColumn(), strings.Join(sets, ", "))
-}
-
-func (t table[T]) columnNames() []string {
-	names := make([]string, len(t.columns))
-	for i, c := range t.columns {
-		names[i] = c.name
-	}
-	return names
-}
-
-// queueLoad queues the select of the rows of customers, handing each to each.
-func (t table[T]) queueLoad(b *pgx.Batch, schema string, customers []domain.CustomerKey, each func(T)) {
-	accounts, ids := make([]string, len(customers)), make([]string, len(customers))
-	for i, k := range customers {
-		accounts[i], ids[i] = k.Account, k.ID
-	}
-	b.Queue(t.selectSQL(schema), accounts, ids).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			var v T
-			if err := rows.Scan(t.fields(&v)...); err != nil {
-				return fmt.Errorf("scan %s: %w", t.name, err)
-			}
-			each(v)
-		}
-		return rows.Err()
-	})
-}
-
-// queueUpsert queues the upsert of rows, if any.
-func (t table[T]) queueUpsert(b *pgx.Batch, schema string, rows []T) {
-	if len(rows) == 0 {
-		return
-	}
-	arrays := make([][]any, len(t.columns))
-	for i := range rows {
-		for j, f := range t.fields(&rows[i]) {
-			arrays[j] = append(arrays[j], f)
-		}
-	}
-	args := make([]any, len(arrays))
-	for i, a := range arrays {
-		args[i] = a
-	}
-	b.Queue(t.upsertSQL(schema), args...)
-}
 
 // customerRow is a row of customers: the customer's snapshot and the
 // entitlement derived for it.
@@ -169,64 +53,6 @@ func (r customerRow) state() *domain.CustomerState {
 	}
 	return s
 }
-
-var (
-	customersTable = table[customerRow]{
-		name: "customers",
-		columns: []column{{"account", "text"}, {"customer_id", "text"}, {"email", "text"}, {"name", "text"}, {"deleted", "boolean"},
-			{"plan", "text"}, {"entitled", "boolean"}, {"access_until", "timestamptz"}, {"updated_at", "timestamptz"},
-			{"last_event_id", "text"}, {"last_event_created", "timestamptz"}},
-		fields: func(r *customerRow) []any {
-			return []any{&r.Account, &r.ID, &r.Email, &r.Name, &r.Deleted, &r.Plan, &r.Entitled, &r.AccessUntil, &r.UpdatedAt,
-				&r.LastEventID, &r.LastEventCreated}
-		},
-	}
-	subscriptionsTable = table[domain.Subscription]{
-		name: "subscriptions",
-		columns: []column{{"account", "text"}, {"subscription_id", "text"}, {"customer_id", "text"}, {"status", "text"},
-			{"price_id", "text"}, {"product_id", "text"}, {"lookup_key", "text"}, {"plan", "text"}, {"quantity", "bigint"},
-			{"current_period_start", "timestamptz"}, {"current_period_end", "timestamptz"}, {"cancel_at_period_end", "boolean"},
-			{"cancel_at", "timestamptz"}, {"canceled_at", "timestamptz"}, {"ended_at", "timestamptz"}, {"trial_end", "timestamptz"},
-			{"latest_invoice_id", "text"}, {"items", "text"}, {"deleted", "boolean"}, {"previous_attributes", "jsonb"},
-			{"last_event_id", "text"}, {"last_event_created", "timestamptz"}, {"snapshots", "jsonb"}},
-		fields: func(s *domain.Subscription) []any {
-			return []any{&s.Account, &s.ID, &s.CustomerID, &s.Status, &s.PriceID, &s.ProductID, &s.LookupKey, &s.Plan, &s.Quantity,
-				&s.CurrentPeriodStart, &s.CurrentPeriodEnd, &s.CancelAtPeriodEnd, &s.CancelAt, &s.CanceledAt, &s.EndedAt, &s.TrialEnd,
-				&s.LatestInvoiceID, &s.Items, &s.Deleted, &s.Previous, &s.LastEventID, &s.LastEventCreated, &s.Snapshots}
-		},
-	}
-	invoicesTable = table[domain.Invoice]{
-		name: "invoices",
-		columns: []column{{"account", "text"}, {"invoice_id", "text"}, {"customer_id", "text"}, {"subscription_id", "text"}, {"status", "text"},
-			{"snapshot_status", "text"}, {"amount_due", "bigint"}, {"amount_paid", "bigint"}, {"currency", "text"}, {"period_start", "timestamptz"},
-			{"period_end", "timestamptz"}, {"paid_at", "timestamptz"}, {"attempt_count", "bigint"},
-			{"paid_period_start", "timestamptz"}, {"paid_period_end", "timestamptz"}, {"payment", "jsonb"},
-			{"last_event_id", "text"}, {"last_event_created", "timestamptz"}},
-		fields: func(i *domain.Invoice) []any {
-			return []any{&i.Account, &i.ID, &i.CustomerID, &i.SubscriptionID, &i.Status, &i.SnapshotStatus, &i.AmountDue, &i.AmountPaid, &i.Currency,
-				&i.PeriodStart, &i.PeriodEnd, &i.PaidAt, &i.AttemptCount, &i.PaidPeriodStart, &i.PaidPeriodEnd, &i.Payment,
-				&i.LastEventID, &i.LastEventCreated}
-		},
-	}
-	chargesTable = table[domain.Charge]{
-		name: "charges",
-		columns: []column{{"account", "text"}, {"charge_id", "text"}, {"customer_id", "text"}, {"invoice_id", "text"}, {"currency", "text"},
-			{"amount", "bigint"}, {"amount_refunded", "bigint"}, {"refunded", "boolean"},
-			{"last_event_id", "text"}, {"last_event_created", "timestamptz"}},
-		fields: func(c *domain.Charge) []any {
-			return []any{&c.Account, &c.ID, &c.CustomerID, &c.InvoiceID, &c.Currency, &c.Amount, &c.AmountRefunded, &c.Refunded,
-				&c.LastEventID, &c.LastEventCreated}
-		},
-	}
-	disputesTable = table[domain.Dispute]{
-		name: "disputes",
-		columns: []column{{"account", "text"}, {"dispute_id", "text"}, {"customer_id", "text"}, {"charge_id", "text"}, {"status", "text"},
-			{"currency", "text"}, {"amount", "bigint"}, {"last_event_id", "text"}, {"last_event_created", "timestamptz"}},
-		fields: func(d *domain.Dispute) []any {
-			return []any{&d.Account, &d.ID, &d.CustomerID, &d.ChargeID, &d.Status, &d.Currency, &d.Amount, &d.LastEventID, &d.LastEventCreated}
-		},
-	}
-)
 
 // fold applies b to the read model in schema, within tx: it records b's
 // links (which may resolve disputes and invoice payments to their customers), loads the
@@ -351,18 +177,12 @@ func appendChanged[T any](rows []T, before, after map[string]T, differ func(a, b
 // api_versions (ledger projections status lists them), each with the least
 // event id seen: idempotent and order independent, like the fold.
 func queueAPIVersions(b *pgx.Batch, schema string, versions map[string]versionSeen) {
-	if len(versions) == 0 {
-		return
-	}
-	var names, ids []string
-	var tested []bool
+	rows := make([]APIVersion, 0, len(versions))
 	for v, seen := range versions {
-		names, ids, tested = append(names, v), append(ids, seen.firstEventID), append(tested, domain.TestedAPIVersion(v))
+		rows = append(rows, APIVersion{Version: v, Tested: domain.TestedAPIVersion(v), FirstEventID: seen.firstEventID})
 	}
-	b.Queue(fmt.Sprintf(`INSERT INTO %s.api_versions (api_version, tested, first_event_id)
-SELECT * FROM unnest($1::text[], $2::boolean[], $3::text[])
-ON CONFLICT (api_version) DO UPDATE SET first_event_id = least(api_versions.first_event_id, EXCLUDED.first_event_id)`, ident(schema)),
-		names, tested, ids)
+	apiVersionsTable.queueInsert(b, schema, rows,
+		"ON CONFLICT (api_version) DO UPDATE SET first_event_id = least(api_versions.first_event_id, EXCLUDED.first_event_id)")
 }
 
 func queueDeadLetters(b *pgx.Batch, p Projection, schema string, letters []deadLetter) {
