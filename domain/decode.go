@@ -231,7 +231,7 @@ func readObject[T any, PT dataObject[T]](env Envelope, kind objectKind, payload 
 // readEvent is readObject, returning the whole event.
 func readEvent[T any, PT dataObject[T]](env Envelope, kind objectKind, payload []byte) (*event[T], error) {
 	ev := new(event[T])
-	err := json.Unmarshal(payload, ev)
+	err := unmarshal(payload, ev)
 	if head := PT(&ev.Data.Object).head(); err == nil && head.Object == objectNames[kind] && head.ID != "" {
 		return ev, nil
 	}
@@ -448,7 +448,7 @@ func previousAttributes(env Envelope, raw json.RawMessage) (map[string]string, e
 			out[name] = expandableID(v)
 		case "items":
 			var items rawSubscriptionItems
-			if err = json.Unmarshal(v, &items); err == nil {
+			if err = unmarshal(v, &items); err == nil {
 				out[name] = items.key()
 				if start, end := items.period(); end != 0 {
 					if _, named := prev["current_period_end"]; !named {
@@ -672,7 +672,7 @@ func (c *expandableObject) UnmarshalJSON(data []byte) error {
 	*c = expandableObject{}
 	if len(data) > 0 && data[0] == '{' {
 		var obj rawObject
-		if json.Unmarshal(data, &obj) == nil {
+		if unmarshal(data, &obj) == nil {
 			*c = expandableObject{ID: obj.ID, CustomerID: obj.customer()}
 			return nil
 		}

@@ -1,7 +1,6 @@
 package domain
 
 import (
-	"encoding/json"
 	"strings"
 )
 
@@ -48,7 +47,7 @@ type rawLinked struct {
 // without a readable data.object has none: it fails elsewhere (Decode), not here.
 func DecodeLinks(payload []byte) Links {
 	var ev event[rawLinked]
-	if json.Unmarshal(payload, &ev) != nil {
+	if unmarshal(payload, &ev) != nil {
 		return Links{}
 	}
 	obj := &ev.Data.Object

@@ -1,0 +1,456 @@
+package domain
+
+import (
+	"encoding"
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"unicode/utf8"
+)
+
+// A scanner reads a payload into one of decode's structs in one pass, as
+// json.Unmarshal would, at a fraction of its cost: rebuilds are bound by
+// decoding. It reads only what it is sure json.Unmarshal reads the same way:
+// valid JSON no deeper than maxScanDepth, every member of a struct's object
+// named exactly as its field's tag or by a key no case folding can match
+// to one (lower-case ASCII), no field given twice (json.Unmarshal would
+// merge the two), every value of its field's type or null. Anything else
+// fails the scan, and unmarshal decodes with encoding/json, which also
+// words the errors. The fields are the struct's own, found as
+// encoding/json finds them (tags, embedded structs); FuzzScan and
+// TestScanLifecycles hold the scanner to json.Unmarshal.
+type scanner struct {
+	data  []byte
+	off   int
+	depth int
+	bad   bool // the scan failed: off is at the end, and every read is a no-op
+}
+
+// maxScanDepth bounds nesting; json.Unmarshal's own bound is deeper, so a
+// deeper payload is left to it.
+const maxScanDepth = 1000
+
+// unmarshal is json.Unmarshal(data, v) for v, a pointer to a zero struct
+// of the kinds planOf takes: data is scanned, and decoded with encoding/json
+// only when the scan fails.
+func unmarshal(data []byte, v any) error {
+	rv := reflect.ValueOf(v).Elem()
+	if scan(data, rv) {
+		return nil
+	}
+	rv.SetZero()
+	return json.Unmarshal(data, v)
+}
+
+// scan reads data, an object, into the struct v, and reports whether it could.
+func scan(data []byte, v reflect.Value) bool {
+	s := scanner{data: data}
+	s.object(v, planOf(v.Type()))
+	s.next()
+	return !s.bad && s.off == len(data)
+}
+
+func (s *scanner) fail() {
+	s.bad = true
+	s.off = len(s.data)
+}
+
+// next skips white space and returns the byte after it, 0 at the end.
+func (s *scanner) next() byte {
+	for ; s.off < len(s.data); s.off++ {
+		switch c := s.data[s.off]; c {
+		case ' ', '\t', '\n', '\r':
+		default:
+			return c
+		}
+	}
+	return 0
+}
+
+// key reads a member's key and the colon after it, and returns the key as
+// it stands between its quotes.
+func (s *scanner) key() []byte {
+	if s.next() != '"' {
+		s.fail()
+		return nil
+	}
+	key, _ := s.str()
+	if s.next() != ':' {
+		s.fail()
+		return nil
+	}
+	s.off++
+	return key
+}
+
+// stringByte classes the bytes of a JSON string: 0 for one that stands for
+// itself, 1 for the quote and the backslash, 2 for a control character
+// (invalid), 3 for a byte outside ASCII.
+var stringByte = func() (class [256]byte) {
+	for c := range 0x20 {
+		class[c] = 2
+	}
+	class['"'], class['\\'] = 1, 1
+	for c := utf8.RuneSelf; c < 256; c++ {
+		class[c] = 3
+	}
+	return class
+}()
+
+// str reads a string, at its opening quote, and returns what its quotes
+// hold; plain reports that this is its text (no escape, valid UTF-8).
+func (s *scanner) str() (inner []byte, plain bool) {
+	data := s.data
+	start, ascii, escaped := s.off+1, true, false
+	for i := start; i < len(data); i++ {
+		switch stringByte[data[i]] {
+		case 0:
+			continue
+		case 3:
+			ascii = false
+			continue
+		case 2:
+			s.fail()
+			return nil, false
+		}
+		if data[i] == '"' {
+			s.off = i + 1
+			inner = data[start:i]
+			return inner, !escaped && (ascii || utf8.Valid(inner))
+		}
+		escaped = true
+		if i++; i == len(data) {
+			break
+		}
+		switch data[i] {
+		case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+		case 'u':
+			if i+4 >= len(data) || !isHex(data[i+1]) || !isHex(data[i+2]) || !isHex(data[i+3]) || !isHex(data[i+4]) {
+				s.fail()
+				return nil, false
+			}
+			i += 4
+		default:
+			s.fail()
+			return nil, false
+		}
+	}
+	s.fail()
+	return nil, false
+}
+
+func isHex(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' }
+
+// number reads a number and returns it as it stands.
+func (s *scanner) number() []byte {
+	data, start := s.data, s.off
+	i := start
+	if i < len(data) && data[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(data) && data[i] == '0':
+		i++
+	case i < len(data) && '1' <= data[i] && data[i] <= '9':
+		i = digits(data, i)
+	default:
+		s.fail()
+		return nil
+	}
+	if i < len(data) && data[i] == '.' {
+		if i = digits(data, i+1); !isDigit(data[i-1]) {
+			s.fail()
+			return nil
+		}
+	}
+	if i < len(data) && (data[i] == 'e' || data[i] == 'E') {
+		if i++; i < len(data) && (data[i] == '+' || data[i] == '-') {
+			i++
+		}
+		if i = digits(data, i); !isDigit(data[i-1]) {
+			s.fail()
+			return nil
+		}
+	}
+	s.off = i
+	return data[start:i]
+}
+
+// digits returns the index after the run of digits at i.
+func digits(data []byte, i int) int {
+	for i < len(data) && isDigit(data[i]) {
+		i++
+	}
+	return i
+}
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+func (s *scanner) literal(lit string) {
+	if len(s.data)-s.off >= len(lit) && string(s.data[s.off:s.off+len(lit)]) == lit {
+		s.off += len(lit)
+		return
+	}
+	s.fail()
+}
+
+// skip reads a value of any kind.
+func (s *scanner) skip() {
+	switch c := s.next(); {
+	case c == '"':
+		s.str()
+	case c == '{':
+		s.sequence('}', func() {
+			s.key()
+			s.skip()
+		})
+	case c == '[':
+		s.sequence(']', s.skip)
+	case c == 't':
+		s.literal("true")
+	case c == 'f':
+		s.literal("false")
+	case c == 'n':
+		s.literal("null")
+	case c == '-' || isDigit(c):
+		s.number()
+	default:
+		s.fail()
+	}
+}
+
+// sequence reads the members of an object or the elements of an array, at
+// its opening brace or bracket, up to end ('}' or ']'), read reading each.
+func (s *scanner) sequence(end byte, read func()) {
+	s.off++
+	if s.depth++; s.depth > maxScanDepth {
+		s.fail()
+	}
+	defer func() { s.depth-- }()
+	if s.next() == end {
+		s.off++
+		return
+	}
+	for !s.bad {
+		read()
+		switch s.next() {
+		case ',':
+			s.off++
+		case end:
+			s.off++
+			return
+		default:
+			s.fail()
+		}
+	}
+}
+
+// raw reads a value of any kind and returns it as it stands.
+func (s *scanner) raw() []byte {
+	s.next()
+	start := s.off
+	s.skip()
+	return s.data[start:s.off]
+}
+
+// A typePlan is how the scanner reads a value of one type.
+type typePlan struct {
+	kind   reflect.Kind          // reflect.Interface for a json.Unmarshaler
+	fields map[string]*fieldPlan // a struct's, by JSON name
+	elem   *typePlan             // a pointer's or slice's
+}
+
+// fieldPlan is one field of a struct: its index (through embedded structs)
+// and its number in the struct, below 64.
+type fieldPlan struct {
+	index  []int
+	number int
+	plan   *typePlan
+}
+
+var (
+	plans           sync.Map // reflect.Type → *typePlan
+	unmarshalerType = reflect.TypeFor[json.Unmarshaler]()
+	textType        = reflect.TypeFor[encoding.TextUnmarshaler]()
+)
+
+// planOf is the plan of type t, made once. It panics for a type the
+// scanner does not read (it reads what decode's structs hold).
+func planOf(t reflect.Type) *typePlan {
+	if p, ok := plans.Load(t); ok {
+		return p.(*typePlan)
+	}
+	p := newPlan(t)
+	plans.Store(t, p)
+	return p
+}
+
+func newPlan(t reflect.Type) *typePlan {
+	switch {
+	case reflect.PointerTo(t).Implements(unmarshalerType):
+		return &typePlan{kind: reflect.Interface}
+	case reflect.PointerTo(t).Implements(textType):
+	case t.Kind() == reflect.String, t.Kind() == reflect.Bool, t.Kind() == reflect.Int64:
+		return &typePlan{kind: t.Kind()}
+	case t.Kind() == reflect.Pointer && t.Elem().Kind() == reflect.Struct, t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Struct:
+		return &typePlan{kind: t.Kind(), elem: newPlan(t.Elem())}
+	case t.Kind() == reflect.Struct:
+		p := &typePlan{kind: reflect.Struct, fields: map[string]*fieldPlan{}}
+		addFields(p, t)
+		if len(p.fields) > 64 {
+			panic(fmt.Sprintf("domain: the scanner reads structs of at most 64 fields, not %v", t))
+		}
+		return p
+	}
+	panic(fmt.Sprintf("domain: the scanner does not read %v", t))
+}
+
+// addFields adds to p the fields of struct t as encoding/json finds them:
+// a field's name is its tag's, else its own; an embedded struct without a
+// tag lends its fields, which fields of the same name nearer the top
+// hide; two of one name at one depth are beyond the scanner.
+func addFields(p *typePlan, t reflect.Type) {
+	type embedded struct {
+		t     reflect.Type
+		index []int
+	}
+	level := []embedded{{t: t}}
+	for len(level) > 0 {
+		var next []embedded
+		names := map[string]bool{} // at this depth
+		for _, e := range level {
+			for i := range e.t.NumField() {
+				f := e.t.Field(i)
+				tag := f.Tag.Get("json")
+				name, opts, _ := strings.Cut(tag, ",")
+				index := append(slices.Clip(e.index), i)
+				switch {
+				case f.Anonymous && tag == "" && f.Type.Kind() == reflect.Struct:
+					next = append(next, embedded{f.Type, index})
+					continue
+				case f.Anonymous || opts != "":
+					panic(fmt.Sprintf("domain: the scanner does not read field %s of %v", f.Name, e.t))
+				case !f.IsExported() || tag == "-":
+					continue
+				case name == "":
+					name = f.Name
+				}
+				if names[name] {
+					panic(fmt.Sprintf("domain: the scanner does not read %v, whose field %s is not alone at its depth", t, name))
+				}
+				names[name] = true
+				if p.fields[name] == nil {
+					p.fields[name] = &fieldPlan{index: index, number: len(p.fields), plan: newPlan(f.Type)}
+				}
+			}
+		}
+		level = next
+	}
+}
+
+// object reads an object into v, a struct; null leaves it as it is, as
+// json.Unmarshal does.
+func (s *scanner) object(v reflect.Value, p *typePlan) {
+	switch s.next() {
+	case 'n':
+		s.literal("null")
+		return
+	case '{':
+	default:
+		s.fail()
+		return
+	}
+	var seen uint64
+	s.sequence('}', func() {
+		key := s.key()
+		f := p.fields[string(key)]
+		switch {
+		case s.bad:
+		case f == nil && !lowerASCII(key): // json.Unmarshal's case folding may match it to a field
+			s.fail()
+		case f == nil:
+			s.skip()
+		case seen&(1<<f.number) != 0:
+			s.fail()
+		default:
+			seen |= 1 << f.number
+			s.value(v.FieldByIndex(f.index), f.plan)
+		}
+	})
+}
+
+// lowerASCII reports whether key, as it stands in the JSON, holds no
+// escape, no upper-case letter and no byte outside ASCII.
+func lowerASCII(key []byte) bool {
+	for _, c := range key {
+		if c == '\\' || 'A' <= c && c <= 'Z' || c >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}
+
+// value reads a value into v, which is zero, as p says: null leaves it
+// zero; an array (even empty) is a new slice; a value of another type than v's fails the
+// scan (json.Unmarshal would report it). A json.Unmarshaler is given the
+// value as it stands, null included, as json.Unmarshal gives it.
+func (s *scanner) value(v reflect.Value, p *typePlan) {
+	c := s.next()
+	switch {
+	case p.kind == reflect.Interface:
+		if raw := s.raw(); !s.bad && v.Addr().Interface().(json.Unmarshaler).UnmarshalJSON(raw) != nil {
+			s.fail()
+		}
+	case p.kind == reflect.Struct:
+		s.object(v, p)
+	case c == 'n': // v is zero: the scan reads a field once
+		s.literal("null")
+	case p.kind == reflect.String && c == '"':
+		start := s.off
+		inner, plain := s.str()
+		switch {
+		case s.bad:
+		case plain:
+			v.SetString(string(inner))
+		default: // escapes and invalid UTF-8, as encoding/json reads them
+			var text string
+			if json.Unmarshal(s.data[start:s.off], &text) != nil {
+				s.fail()
+			}
+			v.SetString(text)
+		}
+	case p.kind == reflect.Int64 && (c == '-' || isDigit(c)):
+		// as json.Unmarshal reads an int64: a fraction, an exponent or too
+		// many digits are its type error
+		if number := s.number(); !s.bad {
+			n, err := strconv.ParseInt(string(number), 10, 64)
+			if err != nil {
+				s.fail()
+			}
+			v.SetInt(n)
+		}
+	case p.kind == reflect.Bool && c == 't':
+		s.literal("true")
+		v.SetBool(true)
+	case p.kind == reflect.Bool && c == 'f':
+		s.literal("false")
+		v.SetBool(false)
+	case p.kind == reflect.Pointer && c == '{':
+		elem := reflect.New(v.Type().Elem())
+		s.object(elem.Elem(), p.elem)
+		v.Set(elem)
+	case p.kind == reflect.Slice && c == '[':
+		elems := reflect.MakeSlice(v.Type(), 0, 0)
+		s.sequence(']', func() {
+			elems = reflect.Append(elems, reflect.Zero(v.Type().Elem()))
+			s.object(elems.Index(elems.Len()-1), p.elem)
+		})
+		v.Set(elems)
+	default:
+		s.fail()
+	}
+}
