@@ -171,17 +171,15 @@ func decode(env Envelope, payload []byte, plans Plans, links *Links) (*Fact, err
 	case disputeObject:
 		var raw *rawDispute
 		if raw, err = readObject[rawDispute](env, kind, payload); err == nil {
-			if fact.Dispute, err = raw.dispute(env); err == nil {
-				fact.CustomerID = fact.Dispute.CustomerID
-			}
+			fact.Dispute = raw.dispute(env)
+			fact.CustomerID, err = raw.Charge.customer(env, "charge")
 			setLinks(links, &raw.rawObject, &raw.linkFields, expandable(raw.Charge.ID))
 		}
 	case invoicePaymentObject:
 		var raw *rawInvoicePayment
 		if raw, err = readObject[rawInvoicePayment](env, kind, payload); err == nil {
-			if fact.InvoicePayment, err = raw.invoicePayment(env); err == nil {
-				fact.CustomerID = fact.InvoicePayment.CustomerID
-			}
+			fact.InvoicePayment = raw.invoicePayment(env)
+			fact.CustomerID, err = raw.Invoice.customer(env, "invoice")
 			raw.linkFields.Invoice = expandable(raw.Invoice.ID)
 			setLinks(links, &raw.rawObject, &raw.linkFields, raw.Charge)
 		}
@@ -380,13 +378,7 @@ func (raw *rawSubscription) subscription(env Envelope, plans Plans) (*Subscripti
 	if periodEnd == 0 {
 		periodStart, periodEnd = raw.Items.period()
 	}
-	// One allocation for the record and its times.
-	rec := new(struct {
-		sub   Subscription
-		times [6]time.Time
-	})
-	times := rec.times[:0]
-	sub := &rec.sub
+	sub, times := withTimes[Subscription]()
 	*sub = Subscription{
 		Account:            env.Account,
 		ID:                 raw.ID,
@@ -549,13 +541,7 @@ func (raw *rawInvoice) invoice(env Envelope) (*Invoice, error) {
 		}
 		paidEnd = max(paidEnd, line.Period.End)
 	}
-	// One allocation for the record and its times.
-	rec := new(struct {
-		inv   Invoice
-		times [5]time.Time
-	})
-	times := rec.times[:0]
-	inv := &rec.inv
+	inv, times := withTimes[Invoice]()
 	*inv = Invoice{
 		Account:          env.Account,
 		ID:               raw.ID,
@@ -611,10 +597,7 @@ type rawDispute struct {
 	Amount     int64            `json:"amount"`
 }
 
-func (raw *rawDispute) dispute(env Envelope) (*Dispute, error) {
-	if raw.Charge.ID == "" {
-		return nil, decodeError(env, "data.object.charge is missing")
-	}
+func (raw *rawDispute) dispute(env Envelope) *Dispute {
 	return &Dispute{
 		Account:          env.Account,
 		ID:               raw.ID,
@@ -625,7 +608,7 @@ func (raw *rawDispute) dispute(env Envelope) (*Dispute, error) {
 		Amount:           raw.Amount,
 		LastEventID:      env.ID,
 		LastEventCreated: env.Created,
-	}, nil
+	}
 }
 
 // rawInvoicePayment is an InvoicePayment (API 2025-03-31+, stripe-go v82's
@@ -643,10 +626,7 @@ type rawInvoicePayment struct {
 	} `json:"status_transitions"`
 }
 
-func (raw *rawInvoicePayment) invoicePayment(env Envelope) (*InvoicePayment, error) {
-	if raw.Invoice.ID == "" {
-		return nil, decodeError(env, "data.object.invoice is missing")
-	}
+func (raw *rawInvoicePayment) invoicePayment(env Envelope) *InvoicePayment {
 	return &InvoicePayment{
 		Account:          env.Account,
 		ID:               raw.ID,
@@ -657,7 +637,7 @@ func (raw *rawInvoicePayment) invoicePayment(env Envelope) (*InvoicePayment, err
 		PaidAt:           unixTime(raw.StatusTransitions.PaidAt),
 		LastEventID:      env.ID,
 		LastEventCreated: env.Created,
-	}, nil
+	}
 }
 
 // expandableObject is an expandable field that names an object of a
@@ -681,8 +661,27 @@ func (c *expandableObject) UnmarshalJSON(data []byte) error {
 	return nil
 }
 
+// customer is the customer the object names (when it came expanded); an
+// EINVALID *Error when data.object's field names no object.
+func (c *expandableObject) customer(env Envelope, field string) (string, error) {
+	if c.ID == "" {
+		return "", decodeError(env, "data.object.%s is missing", field)
+	}
+	return c.CustomerID, nil
+}
+
 func decodeError(env Envelope, format string, args ...any) *Error {
 	return Errorf(EINVALID, "event %s (%s): "+format, append([]any{env.ID, env.Type}, args...)...)
+}
+
+// withTimes allocates a record and room for the times it points to (six
+// at most, see unixTimeIn) at once: one allocation for both.
+func withTimes[T any]() (*T, []time.Time) {
+	rec := new(struct {
+		record T
+		times  [6]time.Time
+	})
+	return &rec.record, rec.times[:0]
 }
 
 // unixTimeIn converts a Stripe timestamp, Stripe's null and 0 both meaning
