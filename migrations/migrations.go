@@ -4,10 +4,17 @@
 // backend's guard (003, 011, 012) included, because tern applies one gapless
 // sequence per database; each file's header names the package that owns its
 // tables (docs/operations.md lists them).
+//
+// The SQL functions are not numbered migrations: functions.sql defines each
+// as it is now, and Migrate applies it after the migrations whenever
+// functionsRevision is newer than the revision the database records, so a
+// function's definition stands in one place, not once per change.
 package migrations
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"embed"
 	"errors"
 	"fmt"
@@ -24,12 +31,29 @@ var files embed.FS
 // versionTable records which migrations have run.
 const versionTable = "ledger_schema_version"
 
+// functionsRevision numbers the text of functions.sql: bump it with every
+// change to that file. A database records the revision it has
+// (ledger_functions, migration 015); Migrate applies functions.sql only over
+// an older one, so an older binary that migrates during a rolling deploy (or
+// after a rollback) leaves the newer functions in place, as it leaves a
+// newer schema. TestSchemaCatalog fails on a change without a bump.
+const functionsRevision = 1
+
+//go:embed functions.sql
+var functionsSQL []byte
+
+// functionsLock is the advisory lock (0x4c46554e 'LFUN') that serialises
+// the processes applying functions.sql: concurrent CREATE OR REPLACE of one
+// function fails ("tuple concurrently updated").
+const functionsLock = 1279677774
+
 // FS returns the embedded migration files.
 func FS() fs.FS { return files }
 
 // Migrate creates the database named in databaseURL when it does not exist,
-// then applies every pending migration. It is idempotent and safe to run from
-// several processes at once (tern serialises them with an advisory lock).
+// then applies every pending migration, then functions.sql when the database
+// has an older revision of it. It is idempotent and safe to run from several
+// processes at once (each step serialises them with an advisory lock).
 func Migrate(ctx context.Context, databaseURL string) error {
 	if err := CreateDatabase(ctx, databaseURL); err != nil {
 		return err
@@ -49,7 +73,49 @@ func Migrate(ctx context.Context, databaseURL string) error {
 	if err := m.Migrate(ctx); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
+	if err := applyFunctions(ctx, conn); err != nil {
+		return fmt.Errorf("migrate: functions.sql: %w", err)
+	}
 	return nil
+}
+
+// applyFunctions runs functions.sql in one transaction unless the database
+// has its revision, or a newer one, already. The same revision with other
+// text is refused: two builds disagree about what it holds, and one would
+// silently replace the other's functions.
+func applyFunctions(ctx context.Context, conn *pgx.Conn) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", functionsLock); err != nil {
+		return err
+	}
+	sum := sha256.Sum256(functionsSQL)
+	var revision int
+	var applied []byte
+	err = tx.QueryRow(ctx, "SELECT revision, sha256 FROM ledger_functions").Scan(&revision, &applied)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		return err
+	case revision > functionsRevision:
+		return nil // a newer binary's: leave them
+	case revision == functionsRevision && bytes.Equal(applied, sum[:]):
+		return nil
+	case revision == functionsRevision:
+		return fmt.Errorf("the database has revision %d with other text than this binary's: a build changed functions.sql without bumping functionsRevision", revision)
+	}
+	if _, err := tx.Exec(ctx, string(functionsSQL)); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO ledger_functions (revision, sha256) VALUES ($1, $2)
+ON CONFLICT (singleton) DO UPDATE SET revision = excluded.revision, sha256 = excluded.sha256, applied_at = excluded.applied_at`,
+		functionsRevision, sum[:]); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
 }
 
 // CreateDatabase creates the database named in databaseURL if it is missing,
@@ -93,7 +159,8 @@ func CreateDatabase(ctx context.Context, databaseURL string) error {
 var ErrNotMigrated = errors.New("run `ledger migrate` (or `ledger serve --migrate`) first")
 
 // Check reports, without changing anything, whether the database named in
-// databaseURL exists and has every embedded migration applied. It fails
+// databaseURL exists and has every embedded migration applied, and
+// functions.sql at this binary's revision or a newer one. It fails
 // with an error wrapping ErrNotMigrated when it does not, and with another
 // error when the server cannot be asked. A schema newer than this binary
 // passes: during a rolling upgrade the new binary migrates first.
@@ -119,12 +186,20 @@ func Check(ctx context.Context, databaseURL string) error {
 	if err != nil {
 		return fmt.Errorf("read schema version of database %q: %w", cfg.Database, err)
 	}
-	names, err := fs.Glob(files, "*.sql")
+	names, err := migrate.FindMigrations(files)
 	if err != nil {
 		return err
 	}
 	if version < len(names) {
 		return fmt.Errorf("database %q has %d of the %d migrations this binary needs: %w", cfg.Database, version, len(names), ErrNotMigrated)
+	}
+	var revision int
+	err = conn.QueryRow(ctx, `SELECT coalesce((SELECT revision FROM ledger_functions), 0)`).Scan(&revision)
+	if err != nil {
+		return fmt.Errorf("read the functions revision of database %q: %w", cfg.Database, err)
+	}
+	if revision < functionsRevision {
+		return fmt.Errorf("database %q has revision %d of the SQL functions, this binary needs %d: %w", cfg.Database, revision, functionsRevision, ErrNotMigrated)
 	}
 	return nil
 }

@@ -1,7 +1,7 @@
 // Package postgres implements eventlog.Log on PostgreSQL (DESIGN §2).
 //
 // Records live in the events table of migrations/001_event_log.sql. Appends go
-// through the ledger_append and ledger_append_batch functions (005 and 006),
+// through the ledger_append and ledger_append_batch functions (migrations/functions.sql),
 // which serialise the appends of one stream under a transaction-scoped
 // advisory lock; appends to different streams commit concurrently.
 // Concurrent Appends are grouped into one ledger_append_batch call, one

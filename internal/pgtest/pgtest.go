@@ -51,14 +51,35 @@ func NewDatabase(tb testing.TB) string {
 	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE "+template.name); err != nil {
 		tb.Fatalf("pgtest: create database %s: %v", name, err)
 	}
+	dropWhenDone(tb, name)
+	return urlFor(tb, name)
+}
+
+// NewEmptyDatabase creates a uniquely named database without any migration,
+// drops it when the test ends, and returns its URL: for tests of the
+// migrations themselves.
+func NewEmptyDatabase(tb testing.TB) string {
+	tb.Helper()
+	ctx := context.Background()
+	name := "ledger_empty_" + randomSuffix()
+	admin := connect(tb, ServerURL())
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		tb.Fatalf("pgtest: create database %s: %v", name, err)
+	}
+	dropWhenDone(tb, name)
+	return urlFor(tb, name)
+}
+
+func dropWhenDone(tb testing.TB, name string) {
 	tb.Cleanup(func() {
+		ctx := context.Background()
 		c := connect(tb, ServerURL())
 		defer c.Close(ctx)
 		if _, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
 			tb.Errorf("pgtest: drop database %s: %v", name, err)
 		}
 	})
-	return urlFor(tb, name)
 }
 
 // NewPool opens a pool on a fresh database from NewDatabase, closed when the test ends.
