@@ -49,4 +49,5 @@ CREATE SEQUENCE events_global_position_seq CACHE 1 OWNED BY events.global_positi
 DROP FUNCTION IF EXISTS ledger_append_batch;
 DROP FUNCTION IF EXISTS ledger_horizon;
 DROP FUNCTION IF EXISTS ledger_append;
+DROP FUNCTION IF EXISTS ledger_append_guard;
 DROP TABLE events;

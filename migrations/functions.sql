@@ -45,6 +45,23 @@ BEGIN
 END
 $$;
 
+-- ledger_append_guard refuses, for the function named caller, a transaction
+-- an append cannot run in (see ledger_append: READ COMMITTED, and nothing
+-- written before it).
+CREATE OR REPLACE FUNCTION ledger_append_guard(caller text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION '% needs READ COMMITTED, not %', caller, current_setting('transaction_isolation')
+            USING ERRCODE = 'invalid_transaction_state';
+    END IF;
+    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+        RAISE EXCEPTION '% must be the first write of its transaction', caller
+            USING ERRCODE = 'invalid_transaction_state';
+    END IF;
+END
+$$;
+
 -- ledger_append's form before p_source (migration 001 until 005 replaced
 -- it): a database an older binary left at migration 001 to 004 still has it.
 DROP FUNCTION IF EXISTS ledger_append(text, text, text, text, timestamptz, text, bytea, text);
@@ -80,14 +97,7 @@ DECLARE
     v_prev bytea;
     v_sha  bytea := sha256(p_payload);
 BEGIN
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'ledger_append needs READ COMMITTED, not %', current_setting('transaction_isolation')
-            USING ERRCODE = 'invalid_transaction_state';
-    END IF;
-    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
-        RAISE EXCEPTION 'ledger_append must be the first write of its transaction'
-            USING ERRCODE = 'invalid_transaction_state';
-    END IF;
+    PERFORM ledger_append_guard('ledger_append');
     duplicate := true;
     -- Stripe retries deliveries: answer a stored id without waiting for the lock.
     SELECT e.stream_version, e.tx, e.global_position INTO stream_version, tx, global_position
@@ -156,14 +166,7 @@ DECLARE
     v_sha  bytea;
     r      record;
 BEGIN
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'ledger_append_batch needs READ COMMITTED, not %', current_setting('transaction_isolation')
-            USING ERRCODE = 'invalid_transaction_state';
-    END IF;
-    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
-        RAISE EXCEPTION 'ledger_append_batch must be the first write of its transaction'
-            USING ERRCODE = 'invalid_transaction_state';
-    END IF;
+    PERFORM ledger_append_guard('ledger_append_batch');
     -- Stripe retries deliveries: streams whose events are all stored already
     -- are not locked, so a retry does not wait behind that stream's appends.
     FOR v_key IN

@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -386,45 +387,57 @@ func appendInTx(t *testing.T, tx pgx.Tx, e eventlog.Event) eventlog.Position {
 	return pos
 }
 
-// TestAppendGuards checks the conditions gap safety and dedup rest on.
+// TestAppendGuards checks the conditions gap safety and dedup rest on, in
+// ledger_append and ledger_append_batch alike.
 func TestAppendGuards(t *testing.T) {
 	t.Parallel()
 	pool, _ := pgtest.NewPool(t)
-	ledgerAppend := func(tx pgx.Tx) error {
-		e := eventlogtest.NewEvent(eventlogtest.NewStream("guard"))
-		_, err := tx.Exec(t.Context(), `SELECT * FROM ledger_append($1, $2, $3, $4, $5, $6, $7, $8)`,
-			e.ID, e.Stream, e.Type, e.APIVersion, e.Created, e.Account, e.Payload, e.Signature)
-		return err
-	}
-	for _, tc := range []struct {
-		name   string
-		iso    pgx.TxIsoLevel
-		before func(pgx.Tx) error // in the same transaction
-	}{
-		{"refuses repeatable read", pgx.RepeatableRead, nil},
-		{"refuses serializable", pgx.Serializable, nil},
-		{"refuses a transaction that wrote", pgx.ReadCommitted, func(tx pgx.Tx) error {
-			_, err := tx.Exec(t.Context(), `CREATE TEMP TABLE scratch (x int)`)
+	appends := map[string]func(pgx.Tx) error{
+		"ledger_append": func(tx pgx.Tx) error {
+			e := eventlogtest.NewEvent(eventlogtest.NewStream("guard"))
+			_, err := tx.Exec(t.Context(), `SELECT * FROM ledger_append($1, $2, $3, $4, $5, $6, $7, $8)`,
+				e.ID, e.Stream, e.Type, e.APIVersion, e.Created, e.Account, e.Payload, e.Signature)
 			return err
-		}},
-		{"refuses a second append", pgx.ReadCommitted, ledgerAppend},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			tx, err := pool.BeginTx(t.Context(), pgx.TxOptions{IsoLevel: tc.iso})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tx.Rollback(context.Background()) //nolint:errcheck // the transaction failed
-			if tc.before != nil {
-				if err := tc.before(tx); err != nil {
+		},
+		"ledger_append_batch": func(tx pgx.Tx) error {
+			e := eventlogtest.NewEvent(eventlogtest.NewStream("guard"))
+			_, err := tx.Exec(t.Context(), `SELECT * FROM ledger_append_batch(ARRAY[$1], ARRAY[$2], ARRAY[$3], ARRAY[$4],
+       ARRAY[$5::timestamptz], ARRAY[$6], ARRAY[$7::bytea], ARRAY[$8], ARRAY['webhook'])`,
+				e.ID, e.Stream, e.Type, e.APIVersion, e.Created, e.Account, e.Payload, e.Signature)
+			return err
+		},
+	}
+	for fn, ledgerAppend := range appends {
+		for _, tc := range []struct {
+			name   string
+			iso    pgx.TxIsoLevel
+			before func(pgx.Tx) error // in the same transaction
+		}{
+			{"refuses repeatable read", pgx.RepeatableRead, nil},
+			{"refuses serializable", pgx.Serializable, nil},
+			{"refuses a transaction that wrote", pgx.ReadCommitted, func(tx pgx.Tx) error {
+				_, err := tx.Exec(t.Context(), `CREATE TEMP TABLE scratch (x int)`)
+				return err
+			}},
+			{"refuses a second append", pgx.ReadCommitted, ledgerAppend},
+		} {
+			t.Run(fn+" "+tc.name, func(t *testing.T) {
+				tx, err := pool.BeginTx(t.Context(), pgx.TxOptions{IsoLevel: tc.iso})
+				if err != nil {
 					t.Fatal(err)
 				}
-			}
-			err = ledgerAppend(tx)
-			if pgErr, ok := errors.AsType[*pgconn.PgError](err); !ok || pgErr.Code != "25000" {
-				t.Errorf("ledger_append = %v, want invalid_transaction_state (25000)", err)
-			}
-		})
+				defer tx.Rollback(context.Background()) //nolint:errcheck // the transaction failed
+				if tc.before != nil {
+					if err := tc.before(tx); err != nil {
+						t.Fatal(err)
+					}
+				}
+				err = ledgerAppend(tx)
+				if pgErr, ok := errors.AsType[*pgconn.PgError](err); !ok || pgErr.Code != "25000" || !strings.HasPrefix(pgErr.Message, fn+" ") {
+					t.Errorf("%s = %v, want invalid_transaction_state (25000) naming %s", fn, err, fn)
+				}
+			})
+		}
 	}
 }
 
