@@ -134,6 +134,40 @@ func TestFunctionsRevision(t *testing.T) {
 	}
 }
 
+// TestNoMigrationDefinesAFunctionOfFunctionsSQL: a numbered migration that
+// created or replaced a function of functions.sql would be undone by it
+// (functions.sql runs after the migrations); change functions.sql instead.
+func TestNoMigrationDefinesAFunctionOfFunctionsSQL(t *testing.T) {
+	t.Parallel()
+	create := regexp.MustCompile(`(?im)^\s*CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+(\w+)`)
+	functions, err := os.ReadFile("functions.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defined := map[string]bool{}
+	for _, m := range create.FindAllStringSubmatch(string(functions), -1) {
+		defined[strings.ToLower(m[1])] = true
+	}
+	if len(defined) == 0 {
+		t.Fatal("functions.sql defines no function")
+	}
+	names, err := migrate.FindMigrations(migrations.FS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		sql, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range create.FindAllStringSubmatch(string(sql), -1) {
+			if defined[strings.ToLower(m[1])] {
+				t.Errorf("%s creates %s, which functions.sql defines: change it there and bump functionsRevision", name, m[1])
+			}
+		}
+	}
+}
+
 // TestConcurrentMigrate runs Migrate from several processes' worth of
 // connections at once on a new database: every one succeeds.
 func TestConcurrentMigrate(t *testing.T) {
