@@ -5,6 +5,9 @@ package domain
 
 import (
 	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -34,6 +37,8 @@ type ObjectRef struct {
 	URL  string `json:"url"` // the API path to fetch it, e.g. /v1/subscriptions/sub_…
 }
 
+// rawEnvelope is what ParseEnvelope reads of an event, data.object
+// included, in one pass.
 type rawEnvelope struct {
 	ID         string    `json:"id"`
 	Object     string    `json:"object"`
@@ -42,12 +47,21 @@ type rawEnvelope struct {
 	Created    eventTime `json:"created"`
 	Account    string    `json:"account"`
 	Data       *struct {
-		Object json.RawMessage `json:"object"`
+		Object rawObject `json:"object"`
 	} `json:"data"`
 
 	Context       string     `json:"context"` // thin events: the Connect account
 	SnapshotEvent string     `json:"snapshot_event"`
 	RelatedObject *ObjectRef `json:"related_object"`
+}
+
+// envelopeApart is rawEnvelope with data.object left unread, for a
+// data.object that is not the object it should be.
+type envelopeApart struct {
+	rawEnvelope
+	Data *struct {
+		Object json.RawMessage `json:"object"`
+	} `json:"data"`
 }
 
 // eventTime is an event's created: Unix seconds in v1 events, an RFC 3339
@@ -65,8 +79,9 @@ func (t *eventTime) UnmarshalJSON(data []byte) error {
 		}
 		return nil
 	}
-	var sec int64
-	if json.Unmarshal(data, &sec) == nil {
+	// A JSON number token that is an int64 (no fraction, no exponent), as
+	// json.Unmarshal into an int64 would read it.
+	if sec, err := strconv.ParseInt(string(data), 10, 64); err == nil {
 		*t = eventTime(sec)
 	}
 	return nil
@@ -102,17 +117,38 @@ func (o *rawObject) customer() string {
 // verified event is still stored (DESIGN §2: none is ever dropped), filed
 // under object-unknown-<event id>, and left to the projections to
 // dead-letter. A missing created is the zero time.
+//
+// The payload is decoded once, data.object included; only a data.object
+// that is not the object it should be (a string, an id that is a number) is
+// read again, the envelope first and the object apart, so that its
+// mistakes never refuse the event.
 func ParseEnvelope(payload []byte) (Envelope, error) {
 	var raw rawEnvelope
-	if err := json.Unmarshal(payload, &raw); err != nil {
+	err := json.Unmarshal(payload, &raw)
+	var wrong *json.UnmarshalTypeError
+	if errors.As(err, &wrong) && (wrong.Field == "data.object" || strings.HasPrefix(wrong.Field, "data.object.")) {
+		// json.Unmarshal reports the first wrong type only: the envelope's
+		// own fields are checked again without the object.
+		var apart envelopeApart
+		if err = json.Unmarshal(payload, &apart); err == nil {
+			raw = apart.rawEnvelope
+			if apart.Data != nil {
+				raw.Data = &struct {
+					Object rawObject `json:"object"`
+				}{}
+				_ = json.Unmarshal(apart.Data.Object, &raw.Data.Object) // not an object: filed as unknown
+			}
+		}
+	}
+	if err != nil {
 		return Envelope{}, Errorf(EINVALID, "malformed JSON: %v", err)
 	}
 	if raw.ID == "" {
 		return Envelope{}, Errorf(EINVALID, "event has no id")
 	}
 	var obj rawObject
-	if raw.Data != nil && len(raw.Data.Object) > 0 {
-		_ = json.Unmarshal(raw.Data.Object, &obj) // not an object: filed as unknown
+	if raw.Data != nil {
+		obj = raw.Data.Object
 	}
 	var created time.Time
 	if raw.Created > 0 {

@@ -22,27 +22,32 @@ var (
 )
 
 // Verify checks a Stripe-Signature header against payload under each secret
-// (several during secret rotation). The signature is checked before the
-// timestamp, so that "stale" is only ever said of an authentic delivery; with
-// tolerance > 0 an authentic signature older than tolerance is ErrStale, with
-// 0 its age is not checked (auditing stored events). The payload's
-// api_version is never compared with stripe-go's pin.
+// (several during secret rotation). "Stale" is only ever said of an
+// authentic delivery; with tolerance > 0 an authentic signature older than
+// tolerance is ErrStale, with 0 its age is not checked (auditing stored
+// events). The payload's api_version is never compared with stripe-go's pin.
+// A fresh authentic delivery costs one HMAC per secret tried; only an old
+// timestamp is checked a second time, without the tolerance, to tell a
+// stale delivery from a forged one.
 func Verify(payload []byte, header string, secrets []string, tolerance time.Duration) error {
 	if header == "" {
 		return ErrMissing
 	}
 	for _, secret := range secrets {
-		err := webhook.ValidatePayloadIgnoringTolerance(payload, header, secret)
-		if errors.Is(err, webhook.ErrInvalidHeader) || errors.Is(err, webhook.ErrNotSigned) {
+		var err error
+		if tolerance > 0 {
+			err = webhook.ValidatePayloadWithTolerance(payload, header, secret, tolerance)
+		} else {
+			err = webhook.ValidatePayloadIgnoringTolerance(payload, header, secret)
+		}
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, webhook.ErrInvalidHeader) || errors.Is(err, webhook.ErrNotSigned):
 			return ErrMalformed
-		}
-		if err != nil {
-			continue
-		}
-		if tolerance > 0 && webhook.ValidatePayloadWithTolerance(payload, header, secret, tolerance) != nil {
+		case errors.Is(err, webhook.ErrTooOld) && webhook.ValidatePayloadIgnoringTolerance(payload, header, secret) == nil:
 			return ErrStale
 		}
-		return nil
 	}
 	return ErrMismatch
 }

@@ -37,6 +37,7 @@ func TestVerify(t *testing.T) {
 		{"no secret configured", payload, sign("whsec_a", now), nil, 5 * time.Minute, stripesig.ErrMismatch},
 		{"tampered payload", append([]byte(" "), payload...), sign("whsec_a", now), []string{"whsec_a"}, 5 * time.Minute, stripesig.ErrMismatch},
 		{"stale and authentic", payload, sign("whsec_a", old), []string{"whsec_a"}, 5 * time.Minute, stripesig.ErrStale},
+		{"stale and authentic under the second secret", payload, sign("whsec_b", old), []string{"whsec_a", "whsec_b"}, 5 * time.Minute, stripesig.ErrStale},
 		{"stale under another secret is a mismatch", payload, sign("whsec_other", old), []string{"whsec_a"}, 5 * time.Minute, stripesig.ErrMismatch},
 		{"age unchecked with tolerance 0", payload, sign("whsec_a", old), []string{"whsec_a"}, 0, nil},
 	}
