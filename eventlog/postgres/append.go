@@ -95,6 +95,7 @@ func (l *Log) startCommitters() {
 // commit takes the waiting appends, a batch at a time, and stores them,
 // until Close.
 func (l *Log) commit() {
+	var batch []*appendRequest // reused: store is done with it when it returns
 	for {
 		var first *appendRequest
 		select {
@@ -102,13 +103,16 @@ func (l *Log) commit() {
 		case <-l.closing:
 			return
 		}
-		l.store(l.gather(first))
+		batch = l.gather(append(batch[:0], first))
+		l.store(batch)
+		clear(batch) // let the answered requests go
 	}
 }
 
-// gather returns first and the appends waiting behind it, within the batch limits.
-func (l *Log) gather(first *appendRequest) []*appendRequest {
-	batch, size := []*appendRequest{first}, len(first.e.Payload)
+// gather appends to batch (holding the first request) the appends waiting
+// behind it, within the batch limits.
+func (l *Log) gather(batch []*appendRequest) []*appendRequest {
+	size := len(batch[0].e.Payload)
 	for len(batch) < l.maxBatch && size < l.maxBatchBytes {
 		select {
 		case req := <-l.appends:
@@ -161,6 +165,15 @@ func (l *Log) store(batch []*appendRequest) {
 // appendBatch runs ledger_append (one event) or ledger_append_batch on batch. Its context ends when every
 // request in the batch has given up waiting.
 func (l *Log) appendBatch(batch []*appendRequest) ([]eventlog.AppendResult, error) {
+	if len(batch) == 1 {
+		// Its context ends with its one request's.
+		e := batch[0].e
+		var res eventlog.AppendResult
+		err := l.pool.QueryRow(batch[0].ctx, appendSQL, e.ID, e.Stream, e.Type, e.APIVersion, e.Created, e.Account, e.Payload, e.Signature,
+			string(e.Source.OrWebhook())).
+			Scan(&res.Duplicate, &res.StreamVersion, &res.Position.Commit, &res.Position.Prepare)
+		return []eventlog.AppendResult{res}, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	waiting := make(chan struct{}, len(batch))
@@ -172,15 +185,6 @@ func (l *Log) appendBatch(batch []*appendRequest) ([]eventlog.AppendResult, erro
 			}
 		})
 		defer stop()
-	}
-
-	if len(batch) == 1 {
-		e := batch[0].e
-		var res eventlog.AppendResult
-		err := l.pool.QueryRow(ctx, appendSQL, e.ID, e.Stream, e.Type, e.APIVersion, e.Created, e.Account, e.Payload, e.Signature,
-			string(e.Source.OrWebhook())).
-			Scan(&res.Duplicate, &res.StreamVersion, &res.Position.Commit, &res.Position.Prepare)
-		return []eventlog.AppendResult{res}, err
 	}
 	n := len(batch)
 	var (
