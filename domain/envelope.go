@@ -118,13 +118,13 @@ func (o *rawObject) customer() string {
 // under object-unknown-<event id>, and left to the projections to
 // dead-letter. A missing created is the zero time.
 //
-// The payload is decoded once, data.object included; only a data.object
-// that is not the object it should be (a string, an id that is a number) is
-// read again, the envelope first and the object apart, so that its
-// mistakes never refuse the event.
+// The payload is read once, data.object included (by the scanner, else by
+// encoding/json); only a data.object that is not the object it should be
+// (a string, an id that is a number) is read again, the envelope first and
+// the object apart, so that its mistakes never refuse the event.
 func ParseEnvelope(payload []byte) (Envelope, error) {
 	var raw rawEnvelope
-	err := json.Unmarshal(payload, &raw)
+	err := unmarshal(payload, &raw) // scan.go: one pass over the payload
 	var wrong *json.UnmarshalTypeError
 	if errors.As(err, &wrong) && (wrong.Field == "data.object" || strings.HasPrefix(wrong.Field, "data.object.")) {
 		// json.Unmarshal reports the first wrong type only: the envelope's
