@@ -152,28 +152,43 @@ $$;
 --   the unique index (ON CONFLICT) and reported the same way, without taking
 --   a version of the stream.
 --
+-- It looks each id up once, before the locks (revision 3; it used to look
+-- again per event after them): a copy stored by then is the answer, as a
+-- stored row never changes, and only the streams of the other events are
+-- locked, so a retry does not wait behind a stream's appends. The lookup
+-- probes the event_id index per id (a LATERAL subquery with LIMIT is never
+-- made a hash join), and a stream's head is read in the insert itself.
+--
 -- One row per input event, with its 1-based index in ord.
 CREATE OR REPLACE FUNCTION ledger_append_batch(
     p_event_ids text[], p_streams text[], p_types text[], p_api_versions text[],
     p_created timestamptz[], p_accounts text[], p_payloads bytea[], p_signatures text[], p_sources text[])
 RETURNS TABLE (ord bigint, duplicate boolean, stream_version bigint, tx xid8, global_position bigint)
 -- Custom plans would be re-planned on every call (their estimates know the
--- array lengths), which cost more than the appends themselves.
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+-- array lengths), which cost more than the appends themselves. The generic
+-- plans stay in the connection's cache as events grows: planned while it was
+-- near empty, revision 2's lock query was a hash anti join over a sequential
+-- scan of events, which then read the whole log for every batch. Hence no
+-- sequential scans here.
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 DECLARE
-    v_key  integer;
-    v_prev bytea;
-    v_sha  bytea;
-    r      record;
+    v_keys      integer[];
+    v_key       integer;
+    v_versions  bigint[];
+    v_txs       xid8[];
+    v_positions bigint[];
+    v_sha       bytea;
+    r           record;
 BEGIN
     PERFORM ledger_append_guard('ledger_append_batch');
-    -- Stripe retries deliveries: streams whose events are all stored already
-    -- are not locked, so a retry does not wait behind that stream's appends.
-    FOR v_key IN
-        SELECT DISTINCT hashtext(b.stream) FROM unnest(p_event_ids, p_streams) AS b(event_id, stream)
-         WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = b.event_id)
-         ORDER BY 1
-    LOOP
+    SELECT array_agg(e.stream_version ORDER BY b.ord), array_agg(e.tx ORDER BY b.ord),
+           array_agg(e.global_position ORDER BY b.ord),
+           array_agg(DISTINCT hashtext(b.stream) ORDER BY hashtext(b.stream)) FILTER (WHERE e.event_id IS NULL)
+      INTO v_versions, v_txs, v_positions, v_keys
+      FROM unnest(p_event_ids, p_streams) WITH ORDINALITY AS b(event_id, stream, ord)
+      LEFT JOIN LATERAL (SELECT s.event_id, s.stream_version, s.tx, s.global_position FROM events s
+                          WHERE s.event_id = b.event_id LIMIT 1) AS e ON true;
+    FOREACH v_key IN ARRAY coalesce(v_keys, '{}') LOOP
         PERFORM pg_advisory_xact_lock(1279612500, v_key); -- 0x4c455654 'LEVT', as ledger_append
     END LOOP;
     FOR r IN
@@ -182,32 +197,30 @@ BEGIN
     LOOP
         ord := r.ord;
         duplicate := true;
-        SELECT e.stream_version, e.tx, e.global_position INTO stream_version, tx, global_position
-          FROM events e WHERE e.event_id = r.event_id;
-        IF FOUND THEN
+        IF v_txs[r.ord] IS NOT NULL THEN
+            stream_version := v_versions[r.ord];
+            tx := v_txs[r.ord];
+            global_position := v_positions[r.ord];
             RETURN NEXT;
             CONTINUE;
         END IF;
-        SELECT e.stream_version + 1, e.hash INTO stream_version, v_prev
-          FROM events e WHERE e.stream = r.stream
-         ORDER BY e.stream_version DESC LIMIT 1;
-        IF NOT FOUND THEN
-            stream_version := 0;
-            v_prev := '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea;
-        END IF;
         v_sha := sha256(r.payload);
         -- nextval may assign the transaction id (when it WAL-logs): after the locks.
-        global_position := nextval('events_global_position_seq');
         INSERT INTO events AS e (global_position, event_id, stream, stream_version, type, api_version,
                             created, account, payload, signature, source, payload_sha256, prev_hash, hash)
-        VALUES (global_position, r.event_id, r.stream, stream_version, r.type, r.api_version,
-                r.created, r.account, r.payload, r.signature, r.source, v_sha, v_prev, sha256(v_prev || v_sha))
+        SELECT nextval('events_global_position_seq'), r.event_id, r.stream, coalesce(h.next_version, 0), r.type, r.api_version,
+               r.created, r.account, r.payload, r.signature, r.source, v_sha, coalesce(h.hash, genesis.hash),
+               sha256(coalesce(h.hash, genesis.hash) || v_sha)
+          FROM (VALUES ('\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)) AS genesis(hash)
+          LEFT JOIN (SELECT l.stream_version + 1 AS next_version, l.hash FROM events l
+                      WHERE l.stream = r.stream ORDER BY l.stream_version DESC LIMIT 1) AS h ON true
         ON CONFLICT (event_id) DO NOTHING
-        RETURNING e.tx INTO tx;
+        RETURNING e.stream_version, e.tx, e.global_position INTO stream_version, tx, global_position;
         IF FOUND THEN
             duplicate := false;
         ELSE
-            -- Appended concurrently and committed while this insert waited on the index.
+            -- Stored earlier in this batch, or appended concurrently and
+            -- committed while this insert waited on the index.
             SELECT e.stream_version, e.tx, e.global_position INTO STRICT stream_version, tx, global_position
               FROM events e WHERE e.event_id = r.event_id;
         END IF;

@@ -287,3 +287,51 @@ func sameSet(a, b []string) bool {
 	slices.Sort(b)
 	return slices.Equal(a, b)
 }
+
+// TestAppendBatchProbesTheIndex: ledger_append_batch finds stored ids and
+// stream heads through the indexes even on a connection whose plans were
+// cached while events was empty (force_generic_plan keeps them for the
+// connection's life); revision 2's lock query then read the whole table for
+// every batch, so a batch cost what the log's size did.
+func TestAppendBatchProbesTheIndex(t *testing.T) {
+	t.Parallel()
+	pool, _ := pgtest.NewPool(t)
+	ctx := t.Context()
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	stream := eventlogtest.NewStream("probe")
+	var stored eventlog.Event
+	for round := range 3 {
+		events := []eventlog.Event{eventlogtest.NewEvent(stream), eventlogtest.NewEvent(stream), eventlogtest.NewEvent(eventlogtest.NewStream("probe"))}
+		if round > 0 {
+			events = append(events, stored) // a redelivery: the duplicate's path too
+		}
+		stored = events[0]
+		cols := make([][]string, 8)
+		var created []time.Time
+		var payloads [][]byte
+		for _, e := range events {
+			for i, v := range []string{e.ID, e.Stream, e.Type, e.APIVersion, e.Account, e.Signature, string(e.Source.OrWebhook())} {
+				cols[i] = append(cols[i], v)
+			}
+			created, payloads = append(created, e.Created), append(payloads, e.Payload)
+		}
+		var seqScans, dups int64
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			if err := tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE duplicate) FROM ledger_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+				cols[0], cols[1], cols[2], cols[3], created, cols[4], payloads, cols[5], cols[6]).Scan(&dups); err != nil {
+				return err
+			}
+			return tx.QueryRow(ctx, `SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'events'`).Scan(&seqScans)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seqScans != 0 || dups != int64(min(round, 1)) {
+			t.Errorf("batch %d: %d sequential scans of events and %d duplicates, want none and %d", round, seqScans, dups, min(round, 1))
+		}
+	}
+}
