@@ -35,15 +35,13 @@ const selectCheckpointSQL = `SELECT version, schema_name, position, prepare, pla
 // loadCheckpoint reads name's checkpoint; ok is false when it has none.
 // suffix is appended to the query (FOR UPDATE, FOR SHARE).
 func loadCheckpoint(ctx context.Context, q pgxQuerier, name, suffix string) (cp checkpoint, ok bool, err error) {
-	var commit, prepare int64
-	err = q.QueryRow(ctx, selectCheckpointSQL+suffix, name).Scan(&cp.Version, &cp.Schema, &commit, &prepare, &cp.Plans)
+	err = q.QueryRow(ctx, selectCheckpointSQL+suffix, name).Scan(&cp.Version, &cp.Schema, &cp.Position.Commit, &cp.Position.Prepare, &cp.Plans)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return checkpoint{}, false, nil
 	}
 	if err != nil {
 		return checkpoint{}, false, fmt.Errorf("read checkpoint of %s: %w", name, err)
 	}
-	cp.Position = eventlog.Position{Commit: uint64(commit), Prepare: uint64(prepare)}
 	return cp, true, nil
 }
 

@@ -42,12 +42,8 @@ func ReadDeadLetters(ctx context.Context, pool *pgxpool.Pool) ([]DeadLetter, err
 		return nil, fmt.Errorf("list dead letters: %w", err)
 	}
 	letters, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (DeadLetter, error) {
-		var (
-			l               DeadLetter
-			commit, prepare int64
-		)
-		err := row.Scan(&l.Projection, &l.Version, &l.EventID, &l.EventType, &commit, &prepare, &l.Stream, &l.StreamVersion, &l.Error, &l.RecordedAt)
-		l.Position = eventlog.Position{Commit: uint64(commit), Prepare: uint64(prepare)}
+		var l DeadLetter
+		err := row.Scan(&l.Projection, &l.Version, &l.EventID, &l.EventType, &l.Position.Commit, &l.Position.Prepare, &l.Stream, &l.StreamVersion, &l.Error, &l.RecordedAt)
 		return l, err
 	})
 	if err != nil {

@@ -41,12 +41,8 @@ func ReadStatus(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log) ([]St
 		return nil, fmt.Errorf("projection status: %w", err)
 	}
 	statuses, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Status, error) {
-		var (
-			s               Status
-			commit, prepare int64
-		)
-		err := row.Scan(&s.Name, &s.Version, &s.Schema, &commit, &prepare, &s.UpdatedAt, &s.Plans, &s.DeadLetters)
-		s.Position = eventlog.Position{Commit: uint64(commit), Prepare: uint64(prepare)}
+		var s Status
+		err := row.Scan(&s.Name, &s.Version, &s.Schema, &s.Position.Commit, &s.Position.Prepare, &s.UpdatedAt, &s.Plans, &s.DeadLetters)
 		return s, err
 	})
 	if err != nil {
