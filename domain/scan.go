@@ -297,7 +297,11 @@ func newPlan(t reflect.Type) *typePlan {
 	case t.Kind() == reflect.String, t.Kind() == reflect.Bool, t.Kind() == reflect.Int64:
 		return &typePlan{kind: t.Kind()}
 	case t.Kind() == reflect.Pointer && t.Elem().Kind() == reflect.Struct, t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Struct:
-		return &typePlan{kind: t.Kind(), elem: newPlan(t.Elem())}
+		// value reads the element as an object of fields, never through
+		// its own UnmarshalJSON
+		if elem := newPlan(t.Elem()); elem.kind == reflect.Struct {
+			return &typePlan{kind: t.Kind(), elem: elem}
+		}
 	case t.Kind() == reflect.Struct:
 		p := &typePlan{kind: reflect.Struct, fields: map[string]*fieldPlan{}}
 		addFields(p, t)
