@@ -14,7 +14,7 @@ func ScanAgrees(payload []byte) (scanned []string, err error) {
 	for _, check := range []func([]byte) (string, bool, error){
 		scanAgrees[rawObject], scanAgrees[rawLinked], scanAgrees[rawCustomer], scanAgrees[rawSubscription],
 		scanAgrees[rawInvoice], scanAgrees[rawCharge], scanAgrees[rawDispute], scanAgrees[rawInvoicePayment],
-		scanAgrees[rawSubscriptionItems],
+		scanAgrees[rawSubscriptionItems], scanAgrees[rawEnvelope],
 	} {
 		name, ok, err := check(payload)
 		if err != nil {
