@@ -59,8 +59,10 @@ func BenchmarkRebuild(b *testing.B) {
 
 // BenchmarkCatchUp measures a Runner's first start on a log of
 // LEDGER_BENCH_EVENTS stored events (default 100,000): it makes an empty
-// version live and follows the log from position 0, batch by batch through
-// Subscribe, until its checkpoint reaches the head. Reports events/s.
+// version live and follows the log from position 0 until its checkpoint
+// reaches the head. Reports events/s and the CPU per event of this process
+// and of the database's backends (those still connected at the end: the
+// runner's).
 func BenchmarkCatchUp(b *testing.B) {
 	n := benchEvents(b)
 	for range b.N {
@@ -78,6 +80,7 @@ func BenchmarkCatchUp(b *testing.B) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
+		goBefore, pgBefore := processCPU(b), backendsCPU(b, pool)
 		b.StartTimer()
 		start := time.Now()
 		go func() { done <- r.Run(ctx) }()
@@ -89,11 +92,15 @@ func BenchmarkCatchUp(b *testing.B) {
 		}
 		elapsed := time.Since(start)
 		b.StopTimer()
+		// Before cancel: the runner's backends are still there to be read.
+		goCPU, pgCPU := processCPU(b)-goBefore, backendsCPU(b, pool)-pgBefore
 		cancel()
 		if err := <-done; err != nil {
 			b.Fatal(err)
 		}
 		b.ReportMetric(float64(n)/elapsed.Seconds(), "events/s")
+		b.ReportMetric(float64(goCPU.Microseconds())/float64(n), "go-cpu-µs/event")
+		b.ReportMetric(float64(pgCPU.Microseconds())/float64(n), "pg-cpu-µs/event")
 	}
 }
 
@@ -111,14 +118,26 @@ func benchEvents(b *testing.B) int {
 }
 
 // cpuTime is the CPU time used so far by this process and by the server
-// processes of pool's database (Linux: /proc/<pid>/stat of each backend).
+// processes of pool's database.
 func cpuTime(b *testing.B, pool *pgxpool.Pool) time.Duration {
+	return processCPU(b) + backendsCPU(b, pool)
+}
+
+// processCPU is the CPU time this process has used so far.
+func processCPU(b *testing.B) time.Duration {
 	b.Helper()
 	var self syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &self); err != nil {
 		b.Fatal(err)
 	}
-	total := time.Duration(self.Utime.Nano() + self.Stime.Nano())
+	return time.Duration(self.Utime.Nano() + self.Stime.Nano())
+}
+
+// backendsCPU is the CPU time used so far by the server processes of pool's
+// database that are still connected (Linux: /proc/<pid>/stat of each).
+func backendsCPU(b *testing.B, pool *pgxpool.Pool) time.Duration {
+	b.Helper()
+	var total time.Duration
 	rows, err := pool.Query(context.Background(), `SELECT pid FROM pg_stat_activity WHERE datname = current_database()`)
 	if err != nil {
 		b.Fatal(err)

@@ -151,7 +151,7 @@ func (b *builder) dropSchema(ctx context.Context, schema string) error {
 // batch, until it meets the head (or passes until, when set), and returns
 // the position of the last record folded.
 func (b *builder) catchUp(ctx context.Context, schema string, from eventlog.Position, until *eventlog.Position) (eventlog.Position, error) {
-	pos, err := b.foldLog(ctx, from, until, b.batchSize, func(ctx context.Context, bt *batch) (*batch, error) {
+	pos, err := b.foldLog(ctx, from, until, batchSizes{b.batchSize, b.batchSize}, func(ctx context.Context, bt *batch) (*batch, error) {
 		return foldBatch(ctx, b.pool, b.logger, b.p, schema, bt, nil)
 	}, nil)
 	if err != nil {
@@ -160,24 +160,33 @@ func (b *builder) catchUp(ctx context.Context, schema string, from eventlog.Posi
 	return pos, nil
 }
 
-// foldLog reads the records after from in batches of size until it meets
+// batchSizes bounds the batches of a fold of the log: the first read takes
+// first records, and each read that comes back full doubles the next, up to
+// max. So a fold far behind the head takes big batches (few transactions,
+// rows written once for many events), and one near it small ones.
+type batchSizes struct{ first, max int }
+
+// foldLog reads the records after from in batches of sizes until it meets
 // the head (or passes until, when set), decodes each and hands it to apply,
 // which returns the batch as applied; then it calls finish, when given. It
-// reports progress and metrics, and returns the position of the last record
-// applied. Reading, decoding and applying overlap: each stage hands the next
-// one batch ahead.
-func (b *builder) foldLog(ctx context.Context, from eventlog.Position, until *eventlog.Position, size int,
+// reports progress (counting the log first) and metrics, and returns the
+// position of the last record applied. Reading, decoding and applying
+// overlap: each stage hands the next one batch ahead.
+func (b *builder) foldLog(ctx context.Context, from eventlog.Position, until *eventlog.Position, sizes batchSizes,
 	apply func(context.Context, *batch) (*batch, error), finish func(context.Context) error) (eventlog.Position, error) {
 	start := time.Now()
-	total, err := b.log.CountAfter(ctx, eventlog.Start)
-	if err != nil {
-		return from, err
+	var total int64
+	if b.progress != nil {
+		var err error
+		if total, err = b.log.CountAfter(ctx, eventlog.Start); err != nil {
+			return from, err
+		}
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	read, batches := make(chan []eventlog.Record, 1), make(chan *batch, 1)
 	g.Go(func() error {
 		defer close(read)
-		for pos := from; ; {
+		for pos, size := from, sizes.first; ; size = min(2*size, sizes.max) {
 			recs, done, err := b.read(gctx, pos, until, size)
 			if err != nil || len(recs) == 0 {
 				return err

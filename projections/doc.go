@@ -12,7 +12,12 @@
 //
 // # Applying events
 //
-// A Runner subscribes to the log from the checkpoint. Each batch is one
+// A Runner behind the head first reads the log itself from the checkpoint
+// (ReadAll), in batches that grow from 1,000 to 16,000 records while each
+// read comes back full, reading and decoding the next batch while the
+// current one is folded; at the first short read it subscribes to the log
+// from there and folds the log's own, small, live batches (a live batch of
+// 1,000 records or more sends it back to reading). Each batch is one
 // transaction: it first advances the checkpoint by compare-and-set on the
 // previous position and schema (0 rows: another runner or a swap got there
 // first, so the batch is rolled back and the runner restarts from the stored
@@ -77,7 +82,7 @@
 // # Connections
 //
 // A Runner holds two pooled connections while it follows the log (its lock,
-// the subscription) plus one per batch transaction; while it builds, two
+// the subscription or a read of its catch-up) plus one per batch transaction; while it builds, two
 // locks, the transaction and a read of the log. Give the pool room for that
 // besides the API: pool_max_conns of 10 or more.
 //

@@ -81,7 +81,8 @@ func (b *builder) fill(ctx context.Context, schema string, until *eventlog.Posit
 func (b *builder) fillCopy(ctx context.Context, schema string, until *eventlog.Position) (eventlog.Position, error) {
 	f := &filler{b: b, schema: schema, states: map[domain.CustomerKey]*domain.CustomerState{},
 		stored: map[domain.CustomerKey]bool{}, touched: map[objectKey]eventlog.Position{}, seen: map[domain.CustomerKey]int{}}
-	pos, err := b.foldLog(ctx, eventlog.Start, until, cmp.Or(b.fillChunk, fillChunk), func(ctx context.Context, bt *batch) (*batch, error) {
+	chunk := cmp.Or(b.fillChunk, fillChunk)
+	pos, err := b.foldLog(ctx, eventlog.Start, until, batchSizes{chunk, chunk}, func(ctx context.Context, bt *batch) (*batch, error) {
 		if err := f.fold(ctx, bt); err != nil {
 			return nil, err
 		}

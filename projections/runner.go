@@ -28,7 +28,21 @@ type Runner struct {
 	retry     backoff.Policy // after an error; capped short: the runner resumes soon after the database returns
 	batchSize int            // of builds; live batches are the log's
 	fillChunk int            // records per read of a build's fill; 0: fillChunk
+	catchUp   batchSizes     // of the catch-up before following the log live
 }
+
+// Catch-up batches: a runner behind the head reads the log itself, in
+// batches growing from catchUpFirst to catchUpMax records, before it
+// follows the log live in the log's own (small) batches; a live batch of
+// catchUpFirst records or more means it fell behind again.
+const (
+	catchUpFirst = 1000
+	catchUpMax   = 16_000
+)
+
+// errBehind reports that the runner fell behind while following the log
+// live: it catches up again in big batches.
+var errBehind = errors.New("the runner fell behind the log")
 
 // NewRunner returns a Runner of p that reads log and writes the read model
 // through pool. Its metrics are registered with reg (nil: not registered);
@@ -49,6 +63,7 @@ func NewRunner(pool *pgxpool.Pool, log eventlog.Log, p Projection, logger *slog.
 	return &Runner{
 		pool: pool, log: log, p: p, logger: logger.With("projection", p.Name), metrics: m,
 		lockRetry: 3 * time.Second, retry: backoff.Policy{Min: time.Second, Max: 2 * time.Second}, batchSize: buildBatchSize,
+		catchUp: batchSizes{catchUpFirst, catchUpMax},
 	}, nil
 }
 
@@ -109,16 +124,42 @@ func (r *Runner) runLocked(ctx context.Context) error {
 			continue
 		}
 		r.logger.InfoContext(ctx, "projection following the log", "version", cp.Version, "schema", cp.Schema, "from", cp.Position.String())
-		if cs, ok := r.log.(eventlog.CheckpointSubscriber); ok {
-			err = cs.SubscribeCheckpoints(ctx, cp.Position, r.apply(&cp), r.skipTo(&cp))
-		} else {
-			err = r.log.Subscribe(ctx, cp.Position, r.apply(&cp))
-		}
-		if !errors.Is(err, errCheckpointMoved) {
+		err = r.follow(ctx, &cp)
+		switch {
+		case errors.Is(err, errBehind):
+		case errors.Is(err, errCheckpointMoved):
+			r.logger.InfoContext(ctx, "checkpoint moved under the runner; restarting from the stored one")
+		default:
 			return err
 		}
-		r.logger.InfoContext(ctx, "checkpoint moved under the runner; restarting from the stored one")
 	}
+}
+
+// follow catches cp up with the head of the log in big batches, then
+// follows the log live from there.
+func (r *Runner) follow(ctx context.Context, cp *checkpoint) error {
+	if err := r.catchUpLive(ctx, cp); err != nil {
+		return err
+	}
+	if cs, ok := r.log.(eventlog.CheckpointSubscriber); ok {
+		return cs.SubscribeCheckpoints(ctx, cp.Position, r.apply(cp), r.skipTo(cp))
+	}
+	return r.log.Subscribe(ctx, cp.Position, r.apply(cp))
+}
+
+// catchUpLive folds the records after cp into the live schema until a read
+// comes back short (the head), each batch in one transaction with its
+// checkpoint, as the live batches are; reading the next batch and decoding
+// it overlap with the fold of the current one (foldLog). A first start
+// folds its whole log here, deriving every notification as it goes: the
+// COPY fill derives none, so it serves only builds beside a live version,
+// whose runner derived them.
+func (r *Runner) catchUpLive(ctx context.Context, cp *checkpoint) error {
+	b := &builder{pool: r.pool, log: r.log, p: r.p, logger: r.logger, metrics: r.metrics}
+	_, err := b.foldLog(ctx, cp.Position, nil, r.catchUp, func(ctx context.Context, bt *batch) (*batch, error) {
+		return r.fold(ctx, cp, bt)
+	}, nil)
+	return err
 }
 
 // buildVersion makes r's version live, under the build lock: an empty
@@ -140,20 +181,33 @@ func (r *Runner) buildVersion(ctx context.Context) error {
 }
 
 // apply returns the handler that folds each batch into the live schema and
-// advances cp, in one transaction.
+// advances cp, in one transaction; after a batch of catch-up size, errBehind.
 func (r *Runner) apply(cp *checkpoint) eventlog.Handler {
 	return func(ctx context.Context, recs []eventlog.Record) error {
-		b := r.p.decode(recs)
-		b, err := foldBatch(ctx, r.pool, r.logger, r.p, cp.Schema, b, func(tx pgx.Tx) error {
-			return advance(ctx, tx, r.p.Name, *cp, b.last)
-		})
+		b, err := r.fold(ctx, cp, r.p.decode(recs))
 		if err != nil {
 			return err
 		}
-		cp.Position = b.last
 		r.metrics.observe(ctx, r.logger, r.p.Name, b)
+		if len(recs) >= r.catchUp.first {
+			return errBehind
+		}
 		return nil
 	}
+}
+
+// fold folds b into the live schema and advances cp past it, in one
+// transaction, and returns b as committed.
+func (r *Runner) fold(ctx context.Context, cp *checkpoint, b *batch) (*batch, error) {
+	last := b.last
+	b, err := foldBatch(ctx, r.pool, r.logger, r.p, cp.Schema, b, func(tx pgx.Tx) error {
+		return advance(ctx, tx, r.p.Name, *cp, last)
+	})
+	if err != nil {
+		return nil, err
+	}
+	cp.Position = last
+	return b, nil
 }
 
 // skipTo returns the callback that advances cp past records that are not the

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -134,7 +135,9 @@ func TestRunnerRestartMidStream(t *testing.T) {
 	restarts := 0
 	for ; ; restarts++ {
 		paused := make(chan struct{})
-		stop := startRunner(t, newRunner(t, pool, &pausingLog{Log: log, after: 3, paused: paused}, p))
+		r := newRunner(t, pool, &pausingLog{Log: log, after: 3, paused: paused}, p)
+		r.catchUp = batchSizes{10, 40} // a catch-up of many batches, interrupted too
+		stop := startRunner(t, r)
 		select {
 		case <-paused:
 		case <-time.After(waitTimeout):
@@ -160,31 +163,54 @@ func TestRunnerRestartMidStream(t *testing.T) {
 	}
 }
 
-// pausingLog lets its subscriber apply `after` batches, then closes paused
-// and holds the next batch until the subscriber's context is cancelled; a
-// subscriber that catches up with the head first gets paused closed then.
+// pausingLog lets its reader take `after` batches (reads of a catch-up,
+// then batches of the subscription), then closes paused and holds the next
+// one until the reader's context is cancelled; a reader that catches up
+// with the head first gets paused closed then.
 type pausingLog struct {
 	eventlog.Log
 	after  int
 	paused chan struct{}
+	n      int // batches taken; the catch-up's reads and the subscription's run one after the other
+	once   sync.Once
+}
+
+// pause holds the reader until ctx is done, when it has taken its batches.
+func (l *pausingLog) pause(ctx context.Context) error {
+	if l.n < l.after {
+		l.n++
+		return nil
+	}
+	l.once.Do(func() { close(l.paused) })
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// caughtUp reports that the reader has met the head at pos, never to pause again.
+func (l *pausingLog) caughtUp(ctx context.Context, pos eventlog.Position) {
+	if head, _ := l.Head(ctx); pos == head {
+		l.once.Do(func() { close(l.paused) })
+		l.n = -1 << 30
+	}
+}
+
+func (l *pausingLog) ReadAll(ctx context.Context, from eventlog.Position, limit int) ([]eventlog.Record, error) {
+	if err := l.pause(ctx); err != nil {
+		return nil, err
+	}
+	return l.Log.ReadAll(ctx, from, limit)
 }
 
 func (l *pausingLog) Subscribe(ctx context.Context, from eventlog.Position, h eventlog.Handler) error {
-	n := 0
+	l.caughtUp(ctx, from) // by the catch-up
 	return l.Log.Subscribe(ctx, from, func(ctx context.Context, batch []eventlog.Record) error {
-		if n == l.after {
-			close(l.paused)
-			<-ctx.Done()
-			return ctx.Err()
+		if err := l.pause(ctx); err != nil {
+			return err
 		}
-		n++
 		if err := h(ctx, batch); err != nil {
 			return err
 		}
-		if head, _ := l.Head(ctx); batch[len(batch)-1].Position == head {
-			close(l.paused)
-			n = l.after + 1 // caught up: never pause
-		}
+		l.caughtUp(ctx, batch[len(batch)-1].Position)
 		return nil
 	})
 }
