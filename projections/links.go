@@ -67,30 +67,23 @@ func (b *batch) addLinks(rec eventlog.Record, l domain.Links) {
 // customer; the rest wait in pending_disputes. Invoice payments do the same
 // by their invoice, in pending_invoice_payments.
 func link(ctx context.Context, tx pgx.Tx, schema string, b *batch) error {
+	// One batch names the same links over and over (every event of an
+	// invoice names its charge and payment intent): each is written once.
+	b.links, b.streamLinks = distinct(b.links), distinct(b.streamLinks)
 	var w pgx.Batch
 	linksTable.queueInsert(&w, schema, b.links, keepStored)
 	streamLinksTable.queueInsert(&w, schema, b.streamLinks, keepStored)
-	pendingDisputesTable.queueInsert(&w, schema, b.pending, keepStored)
-	pendingInvoicePaymentsTable.queueInsert(&w, schema, b.payments, keepStored)
-	if len(b.links) > 0 || len(b.pending) > 0 || len(b.payments) > 0 {
-		// Every pending dispute whose charge is now linked, and every pending
-		// invoice payment whose invoice is, this batch's included.
-		accounts, objects := pendingKeys(b)
-		queueResolved(&w, b, schema, pendingDisputesTable, "charge_id", accounts, objects, func(customer string, p pendingDispute) domain.Fact {
-			d := p.fact.Dispute
-			d.Account, d.CustomerID, d.LastEventID = p.account, customer, p.fact.EventID
-			return domain.Fact{EventID: d.LastEventID, Created: d.LastEventCreated, Account: d.Account, CustomerID: customer, Dispute: d}
-		})
-		queueResolved(&w, b, schema, pendingInvoicePaymentsTable, "invoice_id", accounts, objects, func(customer string, p pendingPayment) domain.Fact {
-			// As decoded: UTC, and no customer (the event named none).
-			ip := p.fact.InvoicePayment
-			ip.Account, ip.LastEventID, ip.LastEventCreated = p.account, p.fact.EventID, ip.LastEventCreated.UTC()
-			if ip.PaidAt != nil {
-				at := ip.PaidAt.UTC()
-				ip.PaidAt = &at
-			}
-			return domain.Fact{EventID: ip.LastEventID, Created: ip.LastEventCreated, Account: ip.Account, CustomerID: customer, InvoicePayment: ip}
-		})
+	queuePending(&w, b, schema, pendingDisputesTable, "charge_id", b.pending, disputeFact)
+	queuePending(&w, b, schema, pendingInvoicePaymentsTable, "invoice_id", b.payments, invoicePaymentFact)
+	if len(b.links) > 0 {
+		// Every stored pending dispute whose charge b links, and every
+		// stored pending invoice payment whose invoice it links.
+		accounts, objects := make([]string, len(b.links)), make([]string, len(b.links))
+		for i, l := range b.links {
+			accounts[i], objects[i] = l.account, l.object
+		}
+		queueResolved(&w, b, schema, pendingDisputesTable, "charge_id", accounts, objects, disputeFact)
+		queueResolved(&w, b, schema, pendingInvoicePaymentsTable, "invoice_id", accounts, objects, invoicePaymentFact)
 	}
 	if err := tx.SendBatch(ctx, &w).Close(); err != nil {
 		return fmt.Errorf("link objects in %s: %w", schema, err)
@@ -98,15 +91,57 @@ func link(ctx context.Context, tx pgx.Tx, schema string, b *batch) error {
 	return nil
 }
 
+// disputeFact is the fact of a pending dispute, of customer.
+func disputeFact(customer string, p pendingDispute) domain.Fact {
+	d := p.fact.Dispute
+	d.Account, d.CustomerID, d.LastEventID = p.account, customer, p.fact.EventID
+	return domain.Fact{EventID: d.LastEventID, Created: d.LastEventCreated, Account: d.Account, CustomerID: customer, Dispute: d}
+}
+
+// invoicePaymentFact is the fact of a pending invoice payment, of customer.
+func invoicePaymentFact(customer string, p pendingPayment) domain.Fact {
+	// As decoded: UTC, and no customer (the event named none).
+	ip := p.fact.InvoicePayment
+	ip.Account, ip.LastEventID, ip.LastEventCreated = p.account, p.fact.EventID, ip.LastEventCreated.UTC()
+	if ip.PaidAt != nil {
+		at := ip.PaidAt.UTC()
+		ip.PaidAt = &at
+	}
+	return domain.Fact{EventID: ip.LastEventID, Created: ip.LastEventCreated, Account: ip.Account, CustomerID: customer, InvoicePayment: ip}
+}
+
+// queuePending queues the store of rows, pending facts of b that wait in t
+// for the link of the object its via column names: those whose object is
+// linked already (by b or earlier) are not stored but become facts of its
+// customer at once (fact makes them), and only the rest wait in t. So a
+// batch that brings a charge and its dispute writes no pending row.
+func queuePending[T any](w *pgx.Batch, b *batch, schema string, t table[T], via string, rows []T, fact func(customer string, row T) domain.Fact) {
+	if len(rows) == 0 {
+		return
+	}
+	source, args := t.unnest(rows)
+	links := ident(schema) + "." + linksTable.name
+	linked := "l.account = p.account AND l.object_id = p." + via
+	waiting := t.insertSQL(schema, "p WHERE NOT EXISTS (SELECT FROM "+links+" l WHERE "+linked+")", keepStored)
+	queueFacts(w, b, t, fmt.Sprintf(`WITH p (%s) AS (SELECT * FROM %s), waiting AS (%s)
+SELECT l.customer_id, %s FROM p JOIN %s l ON %s`, t.columnList(""), source, waiting, t.columnList("p."), links, linked), args, fact)
+}
+
 // queueResolved queues the delete of t's pending facts that are now linked
 // (by accounts and objects, which the via column of t names), adding the
 // fact that fact makes of each, with its customer, to b's facts.
 func queueResolved[T any](w *pgx.Batch, b *batch, schema string, t table[T], via string, accounts, objects []string, fact func(customer string, row T) domain.Fact) {
-	sql := fmt.Sprintf(`DELETE FROM %[1]s.%[2]s p USING %[1]s.%[3]s l
+	queueFacts(w, b, t, fmt.Sprintf(`DELETE FROM %[1]s.%[2]s p USING %[1]s.%[3]s l
  WHERE l.account = p.account AND l.object_id = p.%[4]s
    AND (p.account, p.%[4]s) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-RETURNING l.customer_id, %[5]s`, ident(schema), t.name, linksTable.name, via, t.columnList("p."))
-	w.Queue(sql, accounts, objects).Query(func(rows pgx.Rows) error {
+RETURNING l.customer_id, %[5]s`, ident(schema), t.name, linksTable.name, via, t.columnList("p.")), []any{accounts, objects}, fact)
+}
+
+// queueFacts queues sql, which returns pending facts of t that are linked,
+// each as its customer and t's columns, adding the fact that fact makes of
+// each to b's facts.
+func queueFacts[T any](w *pgx.Batch, b *batch, t table[T], sql string, args []any, fact func(customer string, row T) domain.Fact) {
+	w.Queue(sql, args...).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var (
 				customer string
@@ -122,18 +157,15 @@ RETURNING l.customer_id, %[5]s`, ident(schema), t.name, linksTable.name, via, t.
 	})
 }
 
-// pendingKeys are the (account, object) pairs whose pending disputes and
-// invoice payments b may resolve: the objects b links, the charges of b's
-// pending disputes and the invoices of its pending invoice payments.
-func pendingKeys(b *batch) (accounts, objects []string) {
-	for _, l := range b.links {
-		accounts, objects = append(accounts, l.account), append(objects, l.object)
+// distinct returns rows without their repeats, in the order first seen.
+func distinct[T comparable](rows []T) []T {
+	seen := make(map[T]struct{}, len(rows))
+	out := rows[:0:0]
+	for _, r := range rows {
+		if _, ok := seen[r]; !ok {
+			seen[r] = struct{}{}
+			out = append(out, r)
+		}
 	}
-	for _, p := range b.pending {
-		accounts, objects = append(accounts, p.account), append(objects, p.fact.Dispute.ChargeID)
-	}
-	for _, p := range b.payments {
-		accounts, objects = append(accounts, p.account), append(objects, p.fact.InvoicePayment.InvoiceID)
-	}
-	return accounts, objects
+	return out
 }

@@ -161,19 +161,26 @@ func (t table[T]) queueInsert(b *pgx.Batch, schema string, rows []T, conflict st
 	if len(rows) == 0 {
 		return
 	}
+	source, args := t.unnest(rows)
+	b.Queue(t.insertSQL(schema, source, conflict), args...)
+}
+
+// unnest returns the unnest of one array parameter per column that selects
+// rows, and those arrays.
+func (t table[T]) unnest(rows []T) (source string, args []any) {
 	arrays := make([][]any, len(t.columns))
 	for i := range rows {
 		for j, f := range t.fields(&rows[i]) {
 			arrays[j] = append(arrays[j], f)
 		}
 	}
-	args := make([]any, len(arrays))
+	args = make([]any, len(arrays))
 	params := make([]string, len(arrays))
 	for i, a := range arrays {
 		args[i] = a
 		params[i] = fmt.Sprintf("$%d::%s[]", i+1, t.columns[i].sqlType())
 	}
-	b.Queue(t.insertSQL(schema, "unnest("+strings.Join(params, ", ")+")", conflict), args...)
+	return "unnest(" + strings.Join(params, ", ") + ")", args
 }
 
 // customerTables are the tables of customers and their objects: each has a
