@@ -70,8 +70,18 @@ func Migrate(ctx context.Context, databaseURL string) error {
 	if err := m.LoadMigrations(files); err != nil {
 		return fmt.Errorf("migrate: load: %w", err)
 	}
-	if err := m.Migrate(ctx); err != nil {
+	// A schema newer than this binary's (a newer binary migrated it: a
+	// rolling deploy, a rollback) is left as it is, as Check accepts it;
+	// tern would refuse it ("current version … is outside the valid
+	// versions"), and an older replica's serve --migrate would not start.
+	current, err := m.GetCurrentVersion(ctx)
+	if err != nil {
 		return fmt.Errorf("migrate: %w", err)
+	}
+	if int(current) <= len(m.Migrations) {
+		if err := m.Migrate(ctx); err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
 	}
 	if err := applyFunctions(ctx, conn); err != nil {
 		return fmt.Errorf("migrate: functions.sql: %w", err)

@@ -134,6 +134,28 @@ func TestFunctionsRevision(t *testing.T) {
 	}
 }
 
+// TestMigrateLeavesANewerSchema: over a schema a newer binary migrated
+// (one more migration than this binary has), Migrate succeeds and changes
+// nothing, as Check accepts it: an older replica's serve --migrate starts
+// during a rolling deploy or after a rollback.
+func TestMigrateLeavesANewerSchema(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	conn := connect(t, url)
+	exec(t, conn, "UPDATE ledger_schema_version SET version = version + 1")
+	want := catalog(t, url)
+	if err := migrations.Migrate(ctx, url); err != nil {
+		t.Fatalf("migrate over a newer schema: %v", err)
+	}
+	if got := catalog(t, url); got != want {
+		t.Errorf("migrate changed a newer schema:\n%s", lineDiff(want, got))
+	}
+	if err := migrations.Check(ctx, url); err != nil {
+		t.Fatalf("check over a newer schema: %v", err)
+	}
+}
+
 // TestNoMigrationDefinesAFunctionOfFunctionsSQL: a numbered migration that
 // created or replaced a function of functions.sql would be undone by it
 // (functions.sql runs after the migrations); change functions.sql instead.
