@@ -242,12 +242,25 @@ func TestNotificationsWaitHoldsNoPooledConnection(t *testing.T) {
 			woke <- len(page)
 		}()
 	}
-	time.Sleep(500 * time.Millisecond) // the polls are waiting
-	for range 5 {
-		if held := feedPool.Stat().AcquiredConns(); held != 0 {
-			t.Fatalf("%d long polls waiting hold %d of their pool's %d connections", polls, held, feedPool.Config().MaxConns)
+	// Once every poll waits and their first reads are done, the pool stays
+	// free: five samples in a row, 100 ms apart, see no connection held. A
+	// poll that held a connection while waiting would keep the pool's two
+	// busy and never let five samples in a row pass. Under load the first
+	// reads take a while, hence the deadline rather than a fixed sleep.
+	settled := time.Now().Add(15 * time.Second)
+	for free := 0; free < 5; time.Sleep(100 * time.Millisecond) {
+		feed.mu.Lock()
+		waiting := feed.waiting
+		feed.mu.Unlock()
+		held := feedPool.Stat().AcquiredConns()
+		if waiting == polls && held == 0 {
+			free++
+			continue
 		}
-		time.Sleep(100 * time.Millisecond)
+		free = 0
+		if time.Now().After(settled) {
+			t.Fatalf("%d of %d long polls waiting hold %d of their pool's %d connections", waiting, polls, held, feedPool.Config().MaxConns)
+		}
 	}
 	p := Billing(testPlans(t))
 	appendAll(t, log, lifecycles(3, 2))
