@@ -44,6 +44,7 @@ type subscriptionJSON struct {
 	CanceledAt         *time.Time `json:"canceled_at"`
 	EndedAt            *time.Time `json:"ended_at"`
 	TrialEnd           *time.Time `json:"trial_end"`
+	CollectionMethod   string     `json:"collection_method"` // charge_automatically or send_invoice
 	Deleted            bool       `json:"deleted"`
 }
 
@@ -71,7 +72,7 @@ func newSubscriptionJSON(sub domain.Subscription) subscriptionJSON {
 		ProductID: sub.ProductID, Plan: sub.Plan, Quantity: sub.Quantity,
 		CurrentPeriodStart: utc(sub.CurrentPeriodStart), CurrentPeriodEnd: utc(sub.CurrentPeriodEnd),
 		CancelAtPeriodEnd: sub.CancelAtPeriodEnd, CancelAt: utc(sub.CancelAt), CanceledAt: utc(sub.CanceledAt), EndedAt: utc(sub.EndedAt),
-		TrialEnd: utc(sub.TrialEnd), Deleted: sub.Deleted,
+		TrialEnd: utc(sub.TrialEnd), CollectionMethod: sub.CollectionMethod, Deleted: sub.Deleted,
 	}
 }
 

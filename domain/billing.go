@@ -49,6 +49,7 @@ type Subscription struct {
 	CanceledAt         *time.Time
 	EndedAt            *time.Time
 	TrialEnd           *time.Time
+	CollectionMethod   string // charge_automatically (Stripe charges the payment method) or send_invoice (the customer pays each invoice)
 	LatestInvoiceID    string
 	Items              string // every item's price and quantity, "price_a*1 price_b*2": what a change of items changes
 	Deleted            bool   // customer.subscription.deleted was seen; terminal

@@ -297,6 +297,7 @@ type rawSubscription struct {
 	CanceledAt         int64                `json:"canceled_at"`
 	EndedAt            int64                `json:"ended_at"`
 	TrialEnd           int64                `json:"trial_end"`
+	CollectionMethod   string               `json:"collection_method"`
 	LatestInvoice      expandable           `json:"latest_invoice"`
 	CurrentPeriodStart int64                `json:"current_period_start"` // up to 2025-02-24
 	CurrentPeriodEnd   int64                `json:"current_period_end"`   // up to 2025-02-24
@@ -391,6 +392,7 @@ func (raw *rawSubscription) subscription(env Envelope, plans Plans) (*Subscripti
 		CanceledAt:         unixTimeIn(&times, raw.CanceledAt),
 		EndedAt:            unixTimeIn(&times, raw.EndedAt),
 		TrialEnd:           unixTimeIn(&times, raw.TrialEnd),
+		CollectionMethod:   raw.CollectionMethod,
 		LatestInvoiceID:    string(raw.LatestInvoice),
 		Items:              raw.Items.key(),
 		Deleted:            env.Type == "customer.subscription.deleted",
@@ -428,10 +430,10 @@ func previousAttributes(env Envelope, raw json.RawMessage) (map[string]string, e
 		}
 		var err error
 		switch name {
-		case "status":
-			var status string
-			err = json.Unmarshal(v, &status)
-			out[name] = status
+		case "status", "collection_method":
+			var text string
+			err = json.Unmarshal(v, &text)
+			out[name] = text
 		case "cancel_at_period_end":
 			var b bool
 			err = json.Unmarshal(v, &b)

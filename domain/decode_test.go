@@ -51,7 +51,7 @@ func TestDecode(t *testing.T) {
 					ID: "sub_1OaLegacy", CustomerID: "cus_Legacy", Status: "active",
 					PriceID: "price_pro_monthly", ProductID: "prod_pro", LookupKey: "pro_monthly", Plan: "pro", Quantity: 3,
 					CurrentPeriodStart: ts(1706745600), CurrentPeriodEnd: ts(1709251200), TrialEnd: ts(1706745600),
-					LatestInvoiceID: "in_1OaLegacy", Items: "price_pro_monthly*3",
+					CollectionMethod: "charge_automatically", LatestInvoiceID: "in_1OaLegacy", Items: "price_pro_monthly*3",
 					Previous:    map[string]string{"status": "trialing", "current_period_start": "1704067200", "current_period_end": "1706745600"},
 					LastEventID: "evt_1OaLegacySubUpd", LastEventCreated: at(1706745600),
 				},
@@ -66,8 +66,23 @@ func TestDecode(t *testing.T) {
 					PriceID: "price_team_yearly", ProductID: "prod_team", Plan: "price_team_yearly", Quantity: 1,
 					CurrentPeriodStart: ts(1743465600), CurrentPeriodEnd: ts(1746057600),
 					CancelAtPeriodEnd: true, CancelAt: ts(1746057600), CanceledAt: ts(1744675200), EndedAt: ts(1746057600),
-					Items: "price_team_yearly*1", Deleted: true,
+					CollectionMethod: "charge_automatically", Items: "price_team_yearly*1", Deleted: true,
 					LastEventID: "evt_1RbBasilSubDel", LastEventCreated: at(1746057600),
+				},
+			},
+		},
+		{
+			// Switched to paying by invoice: the change chain knows the method it was before.
+			file: "subscription_updated_2025-09-30.json",
+			want: domain.Fact{
+				EventID: "evt_1SeCloverSubUpd", Created: at(1760000000), CustomerID: "cus_Clover",
+				Subscription: &domain.Subscription{
+					ID: "sub_1SeClover", CustomerID: "cus_Clover", Status: "active",
+					PriceID: "price_pro_monthly", ProductID: "prod_pro", Plan: "pro", Quantity: 1,
+					CurrentPeriodStart: ts(1759276800), CurrentPeriodEnd: ts(1761955200),
+					CollectionMethod: "send_invoice", LatestInvoiceID: "in_1SeClover", Items: "price_pro_monthly*1",
+					Previous:    map[string]string{"collection_method": "charge_automatically"},
+					LastEventID: "evt_1SeCloverSubUpd", LastEventCreated: at(1760000000),
 				},
 			},
 		},

@@ -75,8 +75,8 @@ var classChecks = map[domaintest.Class]func(platform, connected *domain.Customer
 	},
 	domaintest.ClassIntervalDowngrade: func(c, _ *domain.CustomerState) error {
 		sub := only(c)
-		return want(sub.Status == "unpaid" && sub.PriceID == "price_pro_monthly" && !c.Entitled && c.Plan == domain.FreePlan,
-			"unpaid on the monthly price after the downgrade, not entitled")
+		return want(sub.Status == "unpaid" && sub.PriceID == "price_pro_monthly" && sub.CollectionMethod == "send_invoice" &&
+			!c.Entitled && c.Plan == domain.FreePlan, "unpaid on the monthly price, paid by invoice, after the downgrade, not entitled")
 	},
 	domaintest.ClassItemRemoved: func(c, _ *domain.CustomerState) error {
 		sub := only(c)

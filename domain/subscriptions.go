@@ -29,7 +29,7 @@ import (
 // change chain compares; Stripe's other previous_attributes are ignored.
 var chainAttributes = []string{
 	"status", "items", "current_period_start", "current_period_end", "cancel_at_period_end", "cancel_at",
-	"canceled_at", "ended_at", "trial_end", "latest_invoice",
+	"canceled_at", "ended_at", "trial_end", "collection_method", "latest_invoice",
 }
 
 // attribute is the snapshot's value of a chain attribute in canonical text:
@@ -54,6 +54,8 @@ func (s *Subscription) attribute(name string) string {
 		return unixText(s.EndedAt)
 	case "trial_end":
 		return unixText(s.TrialEnd)
+	case "collection_method":
+		return s.CollectionMethod
 	case "latest_invoice":
 		return s.LatestInvoiceID
 	}

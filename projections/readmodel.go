@@ -230,12 +230,12 @@ var (
 			{"price_id", text}, {"product_id", text}, {"lookup_key", text}, {"plan", text}, {"quantity", bigint},
 			{"current_period_start", nullTime}, {"current_period_end", nullTime}, {"cancel_at_period_end", boolean},
 			{"cancel_at", nullTime}, {"canceled_at", nullTime}, {"ended_at", nullTime}, {"trial_end", nullTime},
-			{"latest_invoice_id", text}, {"items", text}, {"deleted", boolean}, {"previous_attributes", nullJSON},
+			{"collection_method", text}, {"latest_invoice_id", text}, {"items", text}, {"deleted", boolean}, {"previous_attributes", nullJSON},
 			{"last_event_id", text}, {"last_event_created", timestamptz}, {"snapshots", jsonb}},
 		fields: func(s *domain.Subscription) []any {
 			return []any{&s.Account, &s.ID, &s.CustomerID, &s.Status, &s.PriceID, &s.ProductID, &s.LookupKey, &s.Plan, &s.Quantity,
 				&s.CurrentPeriodStart, &s.CurrentPeriodEnd, &s.CancelAtPeriodEnd, &s.CancelAt, &s.CanceledAt, &s.EndedAt, &s.TrialEnd,
-				&s.LatestInvoiceID, &s.Items, &s.Deleted, &s.Previous, &s.LastEventID, &s.LastEventCreated, &s.Snapshots}
+				&s.CollectionMethod, &s.LatestInvoiceID, &s.Items, &s.Deleted, &s.Previous, &s.LastEventID, &s.LastEventCreated, &s.Snapshots}
 		},
 	}
 	invoicesTable = table[domain.Invoice]{

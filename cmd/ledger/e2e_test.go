@@ -154,6 +154,7 @@ type customerView struct {
 		CancelAtPeriodEnd bool       `json:"cancel_at_period_end"`
 		CanceledAt        *time.Time `json:"canceled_at"`
 		CurrentPeriodEnd  *time.Time `json:"current_period_end"`
+		CollectionMethod  string     `json:"collection_method"`
 	} `json:"subscriptions"`
 }
 
@@ -231,14 +232,19 @@ func requireCustomers(t *testing.T, base string, want map[domain.CustomerKey]*do
 		for _, sub := range got.Subscriptions {
 			w := st.Subscriptions[sub.SubscriptionID]
 			if sub.Status != w.Status || sub.Plan != w.Plan || sub.PriceID != w.PriceID || sub.CancelAtPeriodEnd != w.CancelAtPeriodEnd ||
-				!sameTime(sub.CanceledAt, w.CanceledAt) || !sameTime(sub.CurrentPeriodEnd, w.CurrentPeriodEnd) {
-				t.Errorf("customer %v: subscription %s: status=%s plan=%s price=%s cancel_at_period_end=%v canceled_at=%v period_end=%v, want %s %s %s %v %v %v",
-					key, sub.SubscriptionID, sub.Status, sub.Plan, sub.PriceID, sub.CancelAtPeriodEnd, sub.CanceledAt, sub.CurrentPeriodEnd,
-					w.Status, w.Plan, w.PriceID, w.CancelAtPeriodEnd, w.CanceledAt, w.CurrentPeriodEnd)
+				!sameTime(sub.CanceledAt, w.CanceledAt) || !sameTime(sub.CurrentPeriodEnd, w.CurrentPeriodEnd) || sub.CollectionMethod != w.CollectionMethod {
+				t.Errorf("customer %v: subscription %s: status=%s plan=%s price=%s cancel_at_period_end=%v canceled_at=%v period_end=%v collection_method=%s, want %s %s %s %v %v %v %s",
+					key, sub.SubscriptionID, sub.Status, sub.Plan, sub.PriceID, sub.CancelAtPeriodEnd, sub.CanceledAt, sub.CurrentPeriodEnd, sub.CollectionMethod,
+					w.Status, w.Plan, w.PriceID, w.CancelAtPeriodEnd, w.CanceledAt, w.CurrentPeriodEnd, w.CollectionMethod)
 			}
-			var one struct{ Status string }
-			if status := getV1(t, base+"/v1/subscriptions/"+sub.SubscriptionID+query, &one); status != http.StatusOK || one.Status != w.Status {
-				t.Errorf("GET subscription %s%s: %d %q, want 200 %q", sub.SubscriptionID, query, status, one.Status, w.Status)
+			var one struct {
+				Status           string
+				CollectionMethod string `json:"collection_method"`
+			}
+			if status := getV1(t, base+"/v1/subscriptions/"+sub.SubscriptionID+query, &one); status != http.StatusOK ||
+				one.Status != w.Status || one.CollectionMethod != w.CollectionMethod {
+				t.Errorf("GET subscription %s%s: %d %q %q, want 200 %q %q", sub.SubscriptionID, query, status, one.Status, one.CollectionMethod,
+					w.Status, w.CollectionMethod)
 			}
 		}
 	}

@@ -51,8 +51,12 @@ func TestEndToEndLifecycleClasses(t *testing.T) {
 		sub := c.Subscriptions[0]
 		var ok bool
 		switch class {
-		case domaintest.ClassTrialEndedEarly, domaintest.ClassIntervalDowngrade:
-			ok = !c.Entitled && c.Plan == domain.FreePlan && sub.Status == "unpaid" && sub.PriceID == "price_pro_monthly"
+		case domaintest.ClassTrialEndedEarly:
+			ok = !c.Entitled && c.Plan == domain.FreePlan && sub.Status == "unpaid" && sub.PriceID == "price_pro_monthly" &&
+				sub.CollectionMethod == "charge_automatically"
+		case domaintest.ClassIntervalDowngrade:
+			ok = !c.Entitled && c.Plan == domain.FreePlan && sub.Status == "unpaid" && sub.PriceID == "price_pro_monthly" &&
+				sub.CollectionMethod == "send_invoice"
 		case domaintest.ClassItemRemoved:
 			ok = c.Entitled && sub.Status == "active" && sub.CancelAtPeriodEnd && sub.CanceledAt != nil
 		case domaintest.ClassSameSecondRecovery:

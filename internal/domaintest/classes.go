@@ -21,7 +21,8 @@ const (
 	// the first renewal is never paid: past_due, then unpaid.
 	ClassTrialEndedEarly Class = "trial_ended_early"
 	// A yearly price changed to a monthly one (the period restarts and ends
-	// sooner); the first monthly renewal is never paid: past_due, then unpaid.
+	// sooner) and to paying by invoice (collection_method send_invoice); the
+	// first monthly invoice is never paid: past_due, then unpaid.
 	ClassIntervalDowngrade Class = "interval_downgrade"
 	// A yearly add-on item removed from a monthly subscription (flexible
 	// billing: the period ends sooner), then canceled at period end.
@@ -77,7 +78,7 @@ func (g *generator) classLife(class Class) {
 		s.price, s.end = teamYearly, addYear(t)
 		g.signUp(s, &charges)
 		m := t + (20+g.rng.Int64N(60))*day
-		s.price, s.start, s.end = prices[0], m, addMonth(m) // billing_cycle_anchor=now
+		s.price, s.start, s.end, s.sendInvoice = prices[0], m, addMonth(m), true // billing_cycle_anchor=now
 		g.invoiceLifeWith(s, "subscription_update", m, m, m, s.end, s.price.amount, "pay", &charges,
 			func() { g.emitSubscription("customer.subscription.updated", m, *s) })
 		g.renewUnpaid(s)

@@ -128,6 +128,7 @@ type subscription struct {
 	created, start, end                       int64
 	trialStart, trialEnd, canceledAt, endedAt int64
 	cancelAtPeriodEnd                         bool
+	sendInvoice                               bool // collection_method send_invoice, not charge_automatically
 	latestInvoice                             string
 	addOns                                    []addOn // items after the first, each with its own period
 }
@@ -579,12 +580,16 @@ func (g *generator) subscriptionObject(s subscription, basil bool) map[string]an
 		}
 		items = append(items, addOn)
 	}
+	collection, daysUntilDue := "charge_automatically", any(nil)
+	if s.sendInvoice {
+		collection, daysUntilDue = "send_invoice", 30
+	}
 	obj := map[string]any{
 		"id": s.id, "object": "subscription", "customer": cus, "status": s.status,
 		"cancel_at_period_end": s.cancelAtPeriodEnd, "canceled_at": orNullTime(s.canceledAt),
 		"ended_at": orNullTime(s.endedAt), "trial_start": orNullTime(s.trialStart), "trial_end": orNullTime(s.trialEnd),
 		"created": s.created, "start_date": s.created, "billing_cycle_anchor": s.start,
-		"collection_method": "charge_automatically", "currency": "usd", "livemode": false, "metadata": map[string]any{},
+		"collection_method": collection, "days_until_due": daysUntilDue, "currency": "usd", "livemode": false, "metadata": map[string]any{},
 		"latest_invoice": orNull(s.latestInvoice), "cancel_at": nil,
 		"items": map[string]any{
 			"object": "list", "data": items, "has_more": false, "total_count": len(items),
