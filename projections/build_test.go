@@ -21,6 +21,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
 	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/report"
 )
 
 // TestVersionChange changes the projection's logic (a new plan mapping,
@@ -111,7 +112,7 @@ func checkPlanDiff(t *testing.T, pool *pgxpool.Pool, log eventlog.Log, p Project
 	t.Helper()
 	ctx := context.Background()
 	var progress []Progress
-	report, err := Diff(ctx, pool, log, p, Options{Progress: func(pr Progress) { progress = append(progress, pr) }})
+	diff, err := Diff(ctx, pool, log, p, Options{Progress: func(pr Progress) { progress = append(progress, pr) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,11 +133,11 @@ UNION ALL SELECT 'customers', customer_id, customer_id FROM readmodel.customers 
 		t.Fatal("no basic subscription in the lifecycles: the test proves nothing")
 	}
 	got := map[[3]string]bool{}
-	for _, c := range report.Customers {
+	for _, c := range diff.Customers {
 		for _, row := range c.Rows {
 			got[[3]string{c.CustomerID, row.Table, row.Key}] = true
-			plan := []ColumnDiff{{Column: "plan", Live: "basic", Candidate: "starter"}}
-			if row.Change != RowChanged || !slices.Equal(row.Columns, plan) {
+			plan := []report.ColumnDiff{{Column: "plan", Live: "basic", Candidate: "starter"}}
+			if row.Change != report.RowChanged || !slices.Equal(row.Columns, plan) {
 				t.Errorf("%s %s: %s %+v, want plan basic -> starter", row.Table, row.Key, row.Change, row.Columns)
 			}
 		}
@@ -166,7 +167,7 @@ func TestRebuildWhileRunning(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Rebuild(ctx, pool, log, p, Options{}); !errors.Is(err, ErrBuildInProgress) {
+	if err := Rebuild(ctx, pool, log, p, Options{}); !errors.Is(err, report.ErrBuildInProgress) {
 		t.Errorf("Rebuild while another build holds the lock: %v, want ErrBuildInProgress", err)
 	}
 	held.Release()

@@ -3,7 +3,6 @@ package projections
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -14,26 +13,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/internal/report"
 )
-
-// DeadLetter is an event a projection's live version could not apply
-// (ledger projections dead-letters).
-type DeadLetter struct {
-	Projection string            `json:"projection"`
-	Version    int               `json:"version"`
-	EventID    string            `json:"event_id"`
-	EventType  string            `json:"event_type"`
-	Position   eventlog.Position `json:"position"`
-	Stream     string            `json:"stream"` // empty when recorded before streams were kept
-	// StreamVersion is the event's place in Stream, which Retry reads it back by.
-	StreamVersion int64     `json:"stream_version"`
-	Error         string    `json:"error"`
-	RecordedAt    time.Time `json:"recorded_at"`
-}
 
 // ReadDeadLetters lists the dead letters of every projection's live
 // version, in log order.
-func ReadDeadLetters(ctx context.Context, pool *pgxpool.Pool) ([]DeadLetter, error) {
+func ReadDeadLetters(ctx context.Context, pool *pgxpool.Pool) ([]report.DeadLetter, error) {
 	rows, err := pool.Query(ctx, `SELECT d.projection, d.version, d.event_id, d.event_type, d.position, d.prepare,
        coalesce(d.stream, ''), coalesce(d.stream_version, -1), d.error, d.recorded_at
   FROM projection_dead_letters d JOIN projection_checkpoints c ON c.schema_name = d.schema_name
@@ -41,8 +26,8 @@ func ReadDeadLetters(ctx context.Context, pool *pgxpool.Pool) ([]DeadLetter, err
 	if err != nil {
 		return nil, fmt.Errorf("list dead letters: %w", err)
 	}
-	letters, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (DeadLetter, error) {
-		var l DeadLetter
+	letters, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (report.DeadLetter, error) {
+		var l report.DeadLetter
 		err := row.Scan(&l.Projection, &l.Version, &l.EventID, &l.EventType, &l.Position.Commit, &l.Position.Prepare, &l.Stream, &l.StreamVersion, &l.Error, &l.RecordedAt)
 		return l, err
 	})
@@ -52,16 +37,6 @@ func ReadDeadLetters(ctx context.Context, pool *pgxpool.Pool) ([]DeadLetter, err
 	return letters, nil
 }
 
-// RetryResult is what Retry did.
-type RetryResult struct {
-	Applied      []string `json:"applied"`       // event ids applied this time
-	DeadLettered []string `json:"dead_lettered"` // event ids that failed again, recorded anew
-}
-
-// ErrNoDeadLetter reports that Retry was given an event id that is not a
-// dead letter of the projection's live version.
-var ErrNoDeadLetter = errors.New("not a dead letter of the live version")
-
 // Retry applies again the dead letters of p's live version whose event ids
 // are given (none: every one), after a fix: each is read back from the log
 // and folded into the live read model; those that fail again are
@@ -69,11 +44,11 @@ var ErrNoDeadLetter = errors.New("not a dead letter of the live version")
 // checkpoint's row lock, and the fold is order-independent (DESIGN §4), so
 // applying an old event late gives the state applying it in order would
 // have. Rebuilds re-drive dead letters as well.
-func Retry(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log, p Projection, logger *slog.Logger, eventIDs ...string) (RetryResult, error) {
+func Retry(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log, p Projection, logger *slog.Logger, eventIDs ...string) (report.RetryResult, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	var res RetryResult
+	var res report.RetryResult
 	cp, ok, err := loadCheckpoint(ctx, pool, p.Name, "")
 	if err != nil || !ok {
 		return res, cmp.Or(err, fmt.Errorf("projection %s has no live version", p.Name))
@@ -85,12 +60,12 @@ func Retry(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log, p Projecti
 	if err != nil {
 		return res, err
 	}
-	letters = slices.DeleteFunc(letters, func(l DeadLetter) bool {
+	letters = slices.DeleteFunc(letters, func(l report.DeadLetter) bool {
 		return l.Projection != p.Name || (len(eventIDs) > 0 && !slices.Contains(eventIDs, l.EventID))
 	})
 	for _, id := range eventIDs {
-		if !slices.ContainsFunc(letters, func(l DeadLetter) bool { return l.EventID == id }) {
-			return res, fmt.Errorf("%s: %w", id, ErrNoDeadLetter)
+		if !slices.ContainsFunc(letters, func(l report.DeadLetter) bool { return l.EventID == id }) {
+			return res, fmt.Errorf("%s: %w", id, report.ErrNoDeadLetter)
 		}
 	}
 	if len(letters) == 0 {
@@ -135,7 +110,7 @@ func Retry(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log, p Projecti
 }
 
 // readDeadLetter reads l's record back from the log by its stream version.
-func readDeadLetter(ctx context.Context, log eventlog.Log, l DeadLetter) (eventlog.Record, error) {
+func readDeadLetter(ctx context.Context, log eventlog.Log, l report.DeadLetter) (eventlog.Record, error) {
 	if l.Stream == "" || l.StreamVersion < 0 {
 		return eventlog.Record{}, fmt.Errorf("dead letter %s was recorded without its stream: rebuild to re-drive it", l.EventID)
 	}

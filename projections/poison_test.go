@@ -21,6 +21,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
 	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
+	"github.com/stripe-ledger/stripe-ledger/internal/report"
 	"github.com/stripe-ledger/stripe-ledger/internal/tcpproxy"
 )
 
@@ -171,7 +172,7 @@ func TestPoisonIsDeadLetteredAlone(t *testing.T) {
 		t.Fatalf("Retry(all) = %+v, %v; want all %d dead-lettered again", res, err, len(wantDead))
 	}
 	checkDeadLetters(t, pool, wantDead)
-	if _, err := Retry(ctx, pool, log, p, testLogger(t), "evt_not_dead"); !errors.Is(err, ErrNoDeadLetter) {
+	if _, err := Retry(ctx, pool, log, p, testLogger(t), "evt_not_dead"); !errors.Is(err, report.ErrNoDeadLetter) {
 		t.Fatalf("Retry(evt_not_dead) = %v, want ErrNoDeadLetter", err)
 	}
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
+	"github.com/stripe-ledger/stripe-ledger/internal/report"
 )
 
 // live is the schema of views over the live version's tables.
@@ -91,23 +91,10 @@ func (q *Queries) LiveCustomerIDs(ctx context.Context, account string) ([]string
 	return ids, nil
 }
 
-// CustomerMatch is a customer of the live read model found by FindCustomers.
-type CustomerMatch struct {
-	Account     string // the Connect account, "" for the platform
-	CustomerID  string
-	Email       string
-	Name        string
-	Deleted     bool
-	Plan        string
-	Entitled    bool
-	AccessUntil *time.Time
-	UpdatedAt   time.Time
-}
-
 // FindCustomers finds up to limit customers of the live read model whose id
 // is query, or whose email is query (case-insensitively), platform first,
 // then by account and id. Without a live version yet it finds none.
-func (q *Queries) FindCustomers(ctx context.Context, query string, limit int) ([]CustomerMatch, error) {
+func (q *Queries) FindCustomers(ctx context.Context, query string, limit int) ([]report.CustomerMatch, error) {
 	rows, err := customersTable.list(ctx, q.pool, live,
 		"WHERE customer_id = $1 OR (email <> '' AND lower(email) = lower($1)) ORDER BY account, customer_id LIMIT $2", query, limit)
 	if undefinedTable(err) {
@@ -116,9 +103,9 @@ func (q *Queries) FindCustomers(ctx context.Context, query string, limit int) ([
 	if err != nil {
 		return nil, fmt.Errorf("find customers %q: %w", query, err)
 	}
-	found := make([]CustomerMatch, len(rows))
+	found := make([]report.CustomerMatch, len(rows))
 	for i, r := range rows {
-		found[i] = CustomerMatch{Account: r.Account, CustomerID: r.ID, Email: r.Email, Name: r.Name, Deleted: r.Deleted,
+		found[i] = report.CustomerMatch{Account: r.Account, CustomerID: r.ID, Email: r.Email, Name: r.Name, Deleted: r.Deleted,
 			Plan: r.Plan, Entitled: r.Entitled, AccessUntil: r.AccessUntil, UpdatedAt: r.UpdatedAt}
 	}
 	return found, nil

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
+	"github.com/stripe-ledger/stripe-ledger/internal/report"
 )
 
 // The read model's tables, declared once. Each build's schema is created
@@ -275,10 +276,10 @@ var (
 	// apiVersionsTable holds the Stripe API versions of the events folded
 	// (ledger projections status lists those the decoder was not tested
 	// with), each with its least event id.
-	apiVersionsTable = table[APIVersion]{
+	apiVersionsTable = table[report.APIVersion]{
 		name: "api_versions", key: 1,
 		columns: []column{{"api_version", text}, {"tested", boolean}, {"first_event_id", text}},
-		fields:  func(v *APIVersion) []any { return []any{&v.Version, &v.Tested, &v.FirstEventID} },
+		fields:  func(v *report.APIVersion) []any { return []any{&v.Version, &v.Tested, &v.FirstEventID} },
 	}
 
 	// The tables of links (DESIGN §8; links.go): object -> customer from

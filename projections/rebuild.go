@@ -11,11 +11,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/internal/report"
 )
-
-// ErrBuildInProgress reports that another process is building the projection
-// (a new version, a rebuild or a diff) and Options.Wait was not set.
-var ErrBuildInProgress = errors.New("another build of this projection is in progress")
 
 // Options configure Rebuild and Diff.
 type Options struct {
@@ -43,7 +40,7 @@ func lockBuild(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log, p Proj
 		l, err = tryLock(ctx, pool, buildLockClass, p.Name, logger)
 	}
 	if errors.Is(err, errLocked) {
-		return nil, nil, fmt.Errorf("%s: %w", p.Name, ErrBuildInProgress)
+		return nil, nil, fmt.Errorf("%s: %w", p.Name, report.ErrBuildInProgress)
 	}
 	if err != nil {
 		return nil, nil, err

@@ -8,24 +8,12 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/stripe-ledger/stripe-ledger/internal/report"
 )
 
-// ReceiverStatus is one push receiver's progress (ledger notifications status).
-type ReceiverStatus struct {
-	Receiver     string     `json:"receiver"`
-	Position     int64      `json:"position"`  // the last notification acknowledged
-	Pending      int64      `json:"pending"`   // notifications after it
-	Delivered    int64      `json:"delivered"` // acknowledged in all
-	FailingID    string     `json:"failing_id,omitempty"`
-	FailingSince *time.Time `json:"failing_since,omitempty"`
-	Attempts     int        `json:"attempts"`
-	LastError    string     `json:"last_error,omitempty"`
-	Abandoned    int64      `json:"abandoned"` // skipped after the retry window
-	UpdatedAt    time.Time  `json:"updated_at"`
-}
-
 // ReceiverStatuses reads every receiver's row, by name.
-func ReceiverStatuses(ctx context.Context, pool *pgxpool.Pool) ([]ReceiverStatus, error) {
+func ReceiverStatuses(ctx context.Context, pool *pgxpool.Pool) ([]report.ReceiverStatus, error) {
 	rows, err := pool.Query(ctx, `SELECT r.receiver, r.position,
        (SELECT count(*) FROM notifications n WHERE n.position > r.position),
        r.delivered, r.failing_id, r.failing_since, r.attempts, r.last_error,
@@ -34,8 +22,8 @@ func ReceiverStatuses(ctx context.Context, pool *pgxpool.Pool) ([]ReceiverStatus
 	if err != nil {
 		return nil, fmt.Errorf("read notification receivers: %w", err)
 	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (ReceiverStatus, error) {
-		var st ReceiverStatus
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (report.ReceiverStatus, error) {
+		var st report.ReceiverStatus
 		err := row.Scan(&st.Receiver, &st.Position, &st.Pending, &st.Delivered, &st.FailingID, &st.FailingSince, &st.Attempts, &st.LastError, &st.Abandoned, &st.UpdatedAt)
 		return st, err
 	})

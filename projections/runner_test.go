@@ -17,6 +17,7 @@ import (
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/report"
 )
 
 func TestRunnerFollowsTheLog(t *testing.T) {
@@ -365,7 +366,7 @@ func TestUntestedAPIVersions(t *testing.T) {
 	if err != nil || len(statuses) != 1 {
 		t.Fatalf("ReadStatus = %v, %v", statuses, err)
 	}
-	var untested []APIVersion
+	var untested []report.APIVersion
 	tested := 0
 	for _, v := range statuses[0].APIVersions {
 		if v.Tested {
@@ -374,7 +375,7 @@ func TestUntestedAPIVersions(t *testing.T) {
 			untested = append(untested, v)
 		}
 	}
-	if want := []APIVersion{{Version: future, FirstEventID: "evt_future_0"}}; !slices.Equal(untested, want) || tested == 0 {
+	if want := []report.APIVersion{{Version: future, FirstEventID: "evt_future_0"}}; !slices.Equal(untested, want) || tested == 0 {
 		t.Errorf("status lists untested versions %+v and %d tested; want %+v and some tested", untested, tested, want)
 	}
 	var st struct{ Email string }

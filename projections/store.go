@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
+	"github.com/stripe-ledger/stripe-ledger/internal/report"
 	"github.com/stripe-ledger/stripe-ledger/notify"
 )
 
@@ -177,9 +178,9 @@ func appendChanged[T any](rows []T, before, after map[string]T, differ func(a, b
 // api_versions (ledger projections status lists them), each with the least
 // event id seen: idempotent and order independent, like the fold.
 func queueAPIVersions(b *pgx.Batch, schema string, versions map[string]versionSeen) {
-	rows := make([]APIVersion, 0, len(versions))
+	rows := make([]report.APIVersion, 0, len(versions))
 	for v, seen := range versions {
-		rows = append(rows, APIVersion{Version: v, Tested: domain.TestedAPIVersion(v), FirstEventID: seen.firstEventID})
+		rows = append(rows, report.APIVersion{Version: v, Tested: domain.TestedAPIVersion(v), FirstEventID: seen.firstEventID})
 	}
 	apiVersionsTable.queueInsert(b, schema, rows,
 		"ON CONFLICT (api_version) DO UPDATE SET first_event_id = least(api_versions.first_event_id, EXCLUDED.first_event_id)")

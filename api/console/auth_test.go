@@ -59,6 +59,20 @@ func postLogin(c *Console, ck *http.Cookie, csrf, token string) *httptest.Respon
 	return rec
 }
 
+// logIn logs in to c with token and returns the session cookie.
+func logIn(t *testing.T, c *Console, token string) *http.Cookie {
+	t.Helper()
+	ck, csrf := loginForm(t, c)
+	rec := postLogin(c, ck, csrf, token)
+	for _, k := range rec.Result().Cookies() {
+		if k.Name == sessionCookie {
+			return k
+		}
+	}
+	t.Fatalf("login: %d, no session cookie: %v", rec.Code, rec.Result().Cookies())
+	return nil
+}
+
 // TestFormBodyLimit: the console reads a small urlencoded form only, before
 // any session: a big body is refused with 413 and a multipart one (which
 // net/http would spill to temporary files) with 415, unread.
@@ -196,17 +210,7 @@ func TestSessionCookieAttributes(t *testing.T) {
 	t.Parallel()
 	now := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
 	c := newAuthConsole(t, Config{Token: "secret-token", SecureCookie: true, SessionTTL: time.Hour, Now: func() time.Time { return now }})
-	ck, csrf := loginForm(t, c)
-	rec := postLogin(c, ck, csrf, "secret-token")
-	var s *http.Cookie
-	for _, k := range rec.Result().Cookies() {
-		if k.Name == sessionCookie {
-			s = k
-		}
-	}
-	if s == nil {
-		t.Fatalf("no session cookie: %v", rec.Result().Cookies())
-	}
+	s := logIn(t, c, "secret-token")
 	if !s.HttpOnly || !s.Secure || s.SameSite != http.SameSiteStrictMode || s.Path != "/console/" {
 		t.Errorf("session cookie %v: want HttpOnly, Secure, SameSite=Strict, Path=/console/", s)
 	}

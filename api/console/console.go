@@ -23,7 +23,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
-	"github.com/stripe-ledger/stripe-ledger/projections"
+	"github.com/stripe-ledger/stripe-ledger/internal/report"
 )
 
 // Prefix is where the console is mounted.
@@ -32,7 +32,7 @@ const Prefix = "/console"
 // ReadModel is what the console reads from the live read model.
 type ReadModel interface {
 	// FindCustomers finds customers by id or email, at most limit.
-	FindCustomers(ctx context.Context, query string, limit int) ([]projections.CustomerMatch, error)
+	FindCustomers(ctx context.Context, query string, limit int) ([]report.CustomerMatch, error)
 	// Customer reads a customer's current state; found is false when the read model has no such customer.
 	Customer(ctx context.Context, account, customerID string) (st *domain.CustomerState, found bool, err error)
 	// CustomerStreams are the streams of a customer's history: its own first, then its linked objects' (DESIGN §8).
@@ -65,14 +65,14 @@ type Verification struct {
 
 // Engineer is the projections side: status, dead letters, retry and diff.
 type Engineer interface {
-	Status(ctx context.Context) ([]projections.Status, error)
-	DeadLetters(ctx context.Context) ([]projections.DeadLetter, error)
+	Status(ctx context.Context) ([]report.Status, error)
+	DeadLetters(ctx context.Context) ([]report.DeadLetter, error)
 	// Receivers are the push receivers' delivery progress and failures (ledger notifications status).
-	Receivers(ctx context.Context) ([]projections.ReceiverStatus, error)
+	Receivers(ctx context.Context) ([]report.ReceiverStatus, error)
 	// Retry applies the dead letters of eventIDs again (none: all).
-	Retry(ctx context.Context, eventIDs ...string) (projections.RetryResult, error)
+	Retry(ctx context.Context, eventIDs ...string) (report.RetryResult, error)
 	// Diff builds the projection into a scratch schema and compares it with the live version.
-	Diff(ctx context.Context) (*projections.Report, error)
+	Diff(ctx context.Context) (*report.Diff, error)
 }
 
 // Revocations are the sessions logged out before their expiry, shared by

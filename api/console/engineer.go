@@ -7,7 +7,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/stripe-ledger/stripe-ledger/projections"
+	"github.com/stripe-ledger/stripe-ledger/internal/report"
 )
 
 func (c *Console) handleProjections(ec echo.Context) error {
@@ -42,7 +42,7 @@ func (c *Console) handleRetry(ec echo.Context) error {
 		ids = append(ids, id)
 	}
 	res, err := c.cfg.Engineer.Retry(ec.Request().Context(), ids...)
-	if errors.Is(err, projections.ErrNoDeadLetter) {
+	if errors.Is(err, report.ErrNoDeadLetter) {
 		return c.projectionsPage(ec, http.StatusNotFound, map[string]any{"RetryError": err.Error()})
 	}
 	if err != nil {
@@ -52,12 +52,12 @@ func (c *Console) handleRetry(ec echo.Context) error {
 }
 
 func (c *Console) handleDiff(ec echo.Context) error {
-	report, err := c.cfg.Engineer.Diff(ec.Request().Context())
-	if errors.Is(err, projections.ErrBuildInProgress) {
+	diff, err := c.cfg.Engineer.Diff(ec.Request().Context())
+	if errors.Is(err, report.ErrBuildInProgress) {
 		return c.projectionsPage(ec, http.StatusConflict, map[string]any{"DiffError": "A build of the projection is in progress; try again once it is done."})
 	}
 	if err != nil {
 		return err
 	}
-	return c.projectionsPage(ec, http.StatusOK, map[string]any{"Diff": report})
+	return c.projectionsPage(ec, http.StatusOK, map[string]any{"Diff": diff})
 }

@@ -12,9 +12,8 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
+	"github.com/stripe-ledger/stripe-ledger/internal/report"
 	"github.com/stripe-ledger/stripe-ledger/internal/stripeapi"
-	"github.com/stripe-ledger/stripe-ledger/internal/stripesync"
-	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
 // Rebuilder rebuilds a projection blue/green and swaps it live, as ledger
@@ -30,7 +29,7 @@ type Rebuilder interface {
 // Reconciler compares one customer with Stripe without appending anything,
 // as ledger reconcile --customer --dry-run does.
 type Reconciler interface {
-	ReconcileDryRun(ctx context.Context, customer, account string) (stripesync.ReconcileReport, error)
+	ReconcileDryRun(ctx context.Context, customer, account string) (report.Reconciliation, error)
 }
 
 // rebuildWait is how long a rebuild's POST waits for the rebuild before it
@@ -86,7 +85,7 @@ func (r *rebuilds) start(projection string, now time.Time, rebuild func(context.
 		r.mu.Lock()
 		run.Finished = time.Now()
 		if err != nil {
-			run.Err, run.Refused = err.Error(), errors.Is(err, projections.ErrBuildInProgress)
+			run.Err, run.Refused = err.Error(), errors.Is(err, report.ErrBuildInProgress)
 			logger("console rebuild failed", "projection", projection, "err", err)
 		}
 		r.mu.Unlock()

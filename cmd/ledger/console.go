@@ -12,6 +12,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
+	"github.com/stripe-ledger/stripe-ledger/internal/report"
 	"github.com/stripe-ledger/stripe-ledger/internal/stripesync"
 	"github.com/stripe-ledger/stripe-ledger/projections"
 )
@@ -23,7 +24,7 @@ type consoleBackend struct {
 	billing projections.Projection
 }
 
-func (b consoleBackend) FindCustomers(ctx context.Context, query string, limit int) ([]projections.CustomerMatch, error) {
+func (b consoleBackend) FindCustomers(ctx context.Context, query string, limit int) ([]report.CustomerMatch, error) {
 	return b.svc.ReadModel.FindCustomers(ctx, query, limit)
 }
 
@@ -77,23 +78,23 @@ func (b consoleBackend) VerifyCustomer(ctx context.Context, account, customerID 
 	return v, nil
 }
 
-func (b consoleBackend) Status(ctx context.Context) ([]projections.Status, error) {
+func (b consoleBackend) Status(ctx context.Context) ([]report.Status, error) {
 	return projections.ReadStatus(ctx, b.svc.Pool, b.svc.Log)
 }
 
-func (b consoleBackend) DeadLetters(ctx context.Context) ([]projections.DeadLetter, error) {
+func (b consoleBackend) DeadLetters(ctx context.Context) ([]report.DeadLetter, error) {
 	return projections.ReadDeadLetters(ctx, b.svc.Pool)
 }
 
-func (b consoleBackend) Receivers(ctx context.Context) ([]projections.ReceiverStatus, error) {
+func (b consoleBackend) Receivers(ctx context.Context) ([]report.ReceiverStatus, error) {
 	return projections.ReceiverStatuses(ctx, b.svc.Pool)
 }
 
-func (b consoleBackend) Retry(ctx context.Context, eventIDs ...string) (projections.RetryResult, error) {
+func (b consoleBackend) Retry(ctx context.Context, eventIDs ...string) (report.RetryResult, error) {
 	return projections.Retry(ctx, b.svc.Pool, b.svc.Log, b.billing, b.svc.logger, eventIDs...)
 }
 
-func (b consoleBackend) Diff(ctx context.Context) (*projections.Report, error) {
+func (b consoleBackend) Diff(ctx context.Context) (*report.Diff, error) {
 	return projections.Diff(ctx, b.svc.Pool, b.svc.Log, b.billing, projections.Options{Logger: b.svc.logger})
 }
 
@@ -110,7 +111,7 @@ func (b consoleBackend) Rebuild(ctx context.Context, projection string) error {
 }
 
 // ReconcileDryRun is ledger reconcile --customer --account --dry-run.
-func (b consoleBackend) ReconcileDryRun(ctx context.Context, customer, account string) (stripesync.ReconcileReport, error) {
+func (b consoleBackend) ReconcileDryRun(ctx context.Context, customer, account string) (report.Reconciliation, error) {
 	return b.svc.sync.Reconcile(ctx, stripesync.ReconcileOptions{Customer: customer, Account: account, DryRun: true})
 }
 

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stripe-ledger/stripe-ledger/internal/report"
 	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
@@ -14,10 +15,10 @@ import (
 func newProjectionsDeadLettersCmd(c *cli) *cobra.Command {
 	return newListCmd(c, "dead-letters", "List the events the live projections could not apply, with the reason",
 		"PROJECTION\tEVENT\tTYPE\tPOSITION\tRECORDED\tREASON",
-		func(ctx context.Context, b *Backends) ([]projections.DeadLetter, error) {
+		func(ctx context.Context, b *Backends) ([]report.DeadLetter, error) {
 			return projections.ReadDeadLetters(ctx, b.Pool)
 		},
-		func(l projections.DeadLetter) string {
+		func(l report.DeadLetter) string {
 			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s", l.Projection, l.EventID, l.EventType, l.Position,
 				l.RecordedAt.UTC().Format("2006-01-02T15:04:05Z"), l.Error)
 		})

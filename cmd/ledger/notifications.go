@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stripe-ledger/stripe-ledger/internal/report"
 	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
@@ -14,10 +15,10 @@ import (
 func newNotificationsStatusCmd(c *cli) *cobra.Command {
 	return newListCmd(c, "status", "Show each receiver's cursor, pending and delivered notifications, and the delivery it is failing",
 		"RECEIVER\tPOSITION\tPENDING\tDELIVERED\tABANDONED\tFAILING\tSINCE\tATTEMPTS\tLAST ERROR",
-		func(ctx context.Context, b *Backends) ([]projections.ReceiverStatus, error) {
+		func(ctx context.Context, b *Backends) ([]report.ReceiverStatus, error) {
 			return projections.ReceiverStatuses(ctx, b.Pool)
 		},
-		func(st projections.ReceiverStatus) string {
+		func(st report.ReceiverStatus) string {
 			since := ""
 			if st.FailingSince != nil {
 				since = st.FailingSince.UTC().Format("2006-01-02T15:04:05Z")

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/internal/report"
 	"github.com/stripe-ledger/stripe-ledger/projections"
 )
 
@@ -18,10 +19,10 @@ import (
 func newProjectionsStatusCmd(c *cli) *cobra.Command {
 	return newListCmd(c, "status", "Show each projection's version, position, lag and dead letters",
 		"NAME\tVERSION\tPOSITION\tHEAD\tLAG\tDEAD LETTERS\tUPDATED\tPLANS\tUNTESTED API VERSIONS",
-		func(ctx context.Context, b *Backends) ([]projections.Status, error) {
+		func(ctx context.Context, b *Backends) ([]report.Status, error) {
 			return projections.ReadStatus(ctx, b.Pool, b.Log)
 		},
-		func(s projections.Status) string {
+		func(s report.Status) string {
 			plans := "(not recorded)"
 			if s.Plans != nil {
 				plans = *s.Plans

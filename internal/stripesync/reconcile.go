@@ -11,6 +11,7 @@ import (
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/internal/report"
 	"github.com/stripe-ledger/stripe-ledger/internal/stripeapi"
 	"github.com/stripe-ledger/stripe-ledger/projections"
 )
@@ -22,27 +23,6 @@ type ReconcileOptions struct {
 	DryRun   bool   // report the drift, append nothing
 }
 
-// Drift is one field on which the read model and Stripe disagree.
-type Drift struct {
-	Object   string `json:"object"` // customer, subscription or invoice
-	ID       string `json:"id"`
-	Customer string `json:"customer"`
-	Account  string `json:"account,omitempty"`
-	Field    string `json:"field"` // a read-model column, or "exists" for an object the ledger has never seen
-	Ledger   string `json:"ledger"`
-	Stripe   string `json:"stripe"`
-}
-
-// ReconcileReport is what Reconcile found and did.
-type ReconcileReport struct {
-	Customers     int     `json:"customers"`
-	Subscriptions int     `json:"subscriptions"`
-	Invoices      int     `json:"invoices"`
-	Drift         []Drift `json:"drift"`
-	Appended      int     `json:"appended"` // observed snapshots added to the log (none with DryRun)
-	DryRun        bool    `json:"dry_run"`
-}
-
 // Reconcile lists the account's customers, subscriptions (status=all) and
 // invoices from Stripe (or one customer's), compares each with the read
 // model, and, unless DryRun, appends every object that differs as an
@@ -51,8 +31,8 @@ type ReconcileReport struct {
 // read model converges to what Stripe said, and a rebuild reproduces it.
 // Objects that agree are not appended, so a ledger in step with Stripe does
 // not grow. The projection applies the snapshots asynchronously.
-func (s *Syncer) Reconcile(ctx context.Context, opts ReconcileOptions) (ReconcileReport, error) {
-	rep := ReconcileReport{Drift: []Drift{}, DryRun: opts.DryRun}
+func (s *Syncer) Reconcile(ctx context.Context, opts ReconcileOptions) (report.Reconciliation, error) {
+	rep := report.Reconciliation{Drift: []report.Drift{}, DryRun: opts.DryRun}
 	if s.API == nil {
 		return rep, ErrNoAPIKey
 	}
@@ -103,7 +83,7 @@ func (s *Syncer) Reconcile(ctx context.Context, opts ReconcileOptions) (Reconcil
 // reconcileGoneCustomers looks up, one by one, the customers the read model
 // holds as live that Stripe's list left out: Stripe lists no deleted
 // customer, but retrieving one answers {"deleted": true}.
-func (s *Syncer) reconcileGoneCustomers(ctx context.Context, opts ReconcileOptions, listed map[string]bool, rep *ReconcileReport) error {
+func (s *Syncer) reconcileGoneCustomers(ctx context.Context, opts ReconcileOptions, listed map[string]bool, rep *report.Reconciliation) error {
 	ids, err := projections.NewQueries(s.DB).LiveCustomerIDs(ctx, opts.Account)
 	if errors.Is(err, projections.ErrNotBuilt) {
 		return nil
@@ -132,7 +112,7 @@ func (s *Syncer) reconcileGoneCustomers(ctx context.Context, opts ReconcileOptio
 
 // reconcileObject compares one fetched object with the read model and, on
 // drift, appends it as an observed snapshot.
-func (s *Syncer) reconcileObject(ctx context.Context, opts ReconcileOptions, obj json.RawMessage, rep *ReconcileReport) error {
+func (s *Syncer) reconcileObject(ctx context.Context, opts ReconcileOptions, obj json.RawMessage, rep *report.Reconciliation) error {
 	payload, env, err := domain.ObservedEvent(domain.Observation{
 		Object: obj, Account: opts.Account, APIVersion: stripeapi.APIVersion, FetchedAt: s.now(), Source: string(eventlog.SourceReconcile),
 	})
@@ -146,7 +126,7 @@ func (s *Syncer) reconcileObject(ctx context.Context, opts ReconcileOptions, obj
 	if f == nil {
 		return nil
 	}
-	var drift []Drift
+	var drift []report.Drift
 	switch {
 	case f.Customer != nil:
 		drift, err = s.customerDrift(ctx, opts.Account, f.Customer)
@@ -180,11 +160,11 @@ type value struct{ name, text string }
 
 // diff compares the read model's values of an object with Stripe's: the
 // same fields, in the same order, each side made by the same function.
-func diff(ledger, stripe []value) []Drift {
-	var out []Drift
+func diff(ledger, stripe []value) []report.Drift {
+	var out []report.Drift
 	for i, l := range ledger {
 		if l.text != stripe[i].text {
-			out = append(out, Drift{Field: l.name, Ledger: l.text, Stripe: stripe[i].text})
+			out = append(out, report.Drift{Field: l.name, Ledger: l.text, Stripe: stripe[i].text})
 		}
 	}
 	return out
@@ -198,14 +178,14 @@ func notHeld(err error) bool {
 }
 
 // missing is the drift of an object the read model does not hold.
-func missing(err error) ([]Drift, error) {
+func missing(err error) ([]report.Drift, error) {
 	if notHeld(err) {
-		return []Drift{{Field: "exists", Ledger: "false", Stripe: "true"}}, nil
+		return []report.Drift{{Field: "exists", Ledger: "false", Stripe: "true"}}, nil
 	}
 	return nil, fmt.Errorf("read the read model: %w", err)
 }
 
-func (s *Syncer) customerDrift(ctx context.Context, account string, c *domain.Customer) ([]Drift, error) {
+func (s *Syncer) customerDrift(ctx context.Context, account string, c *domain.Customer) ([]report.Drift, error) {
 	st, err := projections.NewQueries(s.DB).Customer(ctx, domain.CustomerKey{Account: account, ID: c.ID})
 	if err != nil {
 		if c.Deleted && notHeld(err) {
@@ -223,7 +203,7 @@ func customerValues(c domain.Customer) []value {
 	return []value{{"email", c.Email}, {"name", c.Name}, {"deleted", fmtBool(c.Deleted)}}
 }
 
-func (s *Syncer) subscriptionDrift(ctx context.Context, account string, sub *domain.Subscription) ([]Drift, error) {
+func (s *Syncer) subscriptionDrift(ctx context.Context, account string, sub *domain.Subscription) ([]report.Drift, error) {
 	l, err := projections.NewQueries(s.DB).Subscription(ctx, account, sub.ID)
 	if err != nil {
 		return missing(err)
@@ -248,7 +228,7 @@ func subscriptionValues(s domain.Subscription) []value {
 	}
 }
 
-func (s *Syncer) invoiceDrift(ctx context.Context, account string, inv *domain.Invoice) ([]Drift, error) {
+func (s *Syncer) invoiceDrift(ctx context.Context, account string, inv *domain.Invoice) ([]report.Drift, error) {
 	l, err := projections.NewQueries(s.DB).Invoice(ctx, account, inv.ID)
 	if err != nil {
 		return missing(err)

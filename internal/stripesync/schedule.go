@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/stripe-ledger/stripe-ledger/internal/report"
 )
 
 // EventGenerationFailureResolved is the event Stripe sends when it could not
@@ -55,7 +57,7 @@ func (s *Syncer) RunReconciler(ctx context.Context, interval time.Duration, trig
 
 // reconcileLocked runs one Reconcile under the reconcile lock; ran is false
 // when another session holds it.
-func (s *Syncer) reconcileLocked(ctx context.Context) (ran bool, rep ReconcileReport, err error) {
+func (s *Syncer) reconcileLocked(ctx context.Context) (ran bool, rep report.Reconciliation, err error) {
 	conn, err := s.DB.Acquire(ctx)
 	if err != nil {
 		return false, rep, fmt.Errorf("acquire a connection for the reconcile lock: %w", err)
