@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"time"
 
@@ -335,16 +334,6 @@ func viewsSQL(schema string) string {
 		fmt.Fprintf(&sql, "CREATE VIEW readmodel.%s AS SELECT * FROM %s.%s;\n", name, ident(schema), name)
 	}
 	return "DROP VIEW IF EXISTS " + strings.Join(views, ", ") + ";\n" + sql.String()
-}
-
-// viewedTables are the tables of a build, each seen by readers through a
-// view: the customer tables and the links.
-func viewedTables() []string {
-	var names []string
-	for _, t := range slices.Concat(customerTables, linkTables) {
-		names = append(names, t.tableName())
-	}
-	return names
 }
 
 // tableList lists the read model tables of schema, comma-separated.

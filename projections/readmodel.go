@@ -200,6 +200,16 @@ func schemaTables() []schemaTable {
 	return slices.Concat(customerTables, []schemaTable{apiVersionsTable}, linkTables)
 }
 
+// viewedTables are the tables of a build, each seen by readers through a
+// view: the customer tables and the links.
+func viewedTables() []string {
+	var names []string
+	for _, t := range slices.Concat(customerTables, linkTables) {
+		names = append(names, t.tableName())
+	}
+	return names
+}
+
 // Column definitions, by what a column holds.
 const (
 	text        = "text NOT NULL"

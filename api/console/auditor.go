@@ -16,12 +16,6 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
 )
 
-// Timeline page sizes.
-const (
-	defaultPageSize = 50
-	maxPageSize     = 500
-)
-
 func (c *Console) handleFind(ec echo.Context) error {
 	q := strings.TrimSpace(ec.QueryParam("q"))
 	data := map[string]any{"Title": "Find a customer", "Query": q}
@@ -75,6 +69,12 @@ type timelineEntry struct {
 	eventlog.Record
 	Signature string // audit.SignatureStatus
 }
+
+// Timeline page sizes (?limit=).
+const (
+	defaultPageSize = 50
+	maxPageSize     = 500
+)
 
 func (c *Console) handleCustomer(ec echo.Context) error {
 	ref, err := c.customer(ec)

@@ -174,17 +174,20 @@ func New(cfg Config) (*Console, error) {
 	g := e.Group(Prefix, c.requireSession)
 	g.POST("/logout", c.handleLogout)
 	g.GET("/", c.handleFind)
-	g.GET("/customers/:id", c.handleCustomer)
-	g.GET("/customers/:id/events/:event_id", c.handleEvent)
-	g.GET("/customers/:id/state", c.handleState)
-	g.POST("/customers/:id/verify", c.handleVerify)
-	g.GET("/customers/:id/events.csv", c.handleExport)
-	g.GET("/customers/:id/events.jsonl", c.handleExport)
+	// An engineer's pages.
 	g.GET("/projections", c.handleProjections)
 	g.POST("/projections/retry", c.handleRetry)
 	g.POST("/projections/diff", c.handleDiff)
 	g.POST("/projections/rebuild", c.handleRebuild)
 	g.GET("/reconcile", c.handleReconcile)
+	// An auditor's pages of one customer.
+	const customer = "/customers/:id"
+	g.GET(customer, c.handleCustomer)
+	g.GET(customer+"/state", c.handleState)
+	g.POST(customer+"/verify", c.handleVerify)
+	g.GET(customer+"/events/:event_id", c.handleEvent)
+	g.GET(customer+"/events.csv", c.handleExport)
+	g.GET(customer+"/events.jsonl", c.handleExport)
 	return c, nil
 }
 
