@@ -40,6 +40,13 @@ type Entitlement struct {
 	AccessUntil *time.Time `json:"access_until"`
 }
 
+// Equal reports whether e and o grant the same: entitlement, plan and
+// access_until (the same instant, or both null).
+func (e Entitlement) Equal(o Entitlement) bool {
+	return e.Entitled == o.Entitled && e.Plan == o.Plan && (e.AccessUntil == nil) == (o.AccessUntil == nil) &&
+		(e.AccessUntil == nil || e.AccessUntil.Equal(*o.AccessUntil))
+}
+
 // EntitlementData is the Data of customer.entitlement_changed.
 type EntitlementData struct {
 	Before Entitlement `json:"before"`

@@ -43,7 +43,7 @@ func BenchmarkRebuild(b *testing.B) {
 	b.ResetTimer()
 	start := time.Now()
 	for range b.N {
-		if err := Rebuild(ctx, pool, log, p, Options{Logger: testLogger(b)}); err != nil {
+		if _, err := Rebuild(ctx, pool, log, p, Options{Logger: testLogger(b)}); err != nil {
 			b.Fatal(err)
 		}
 	}

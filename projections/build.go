@@ -63,42 +63,56 @@ type builder struct {
 	batchSize int            // records per transaction of catchUp
 	fillChunk int            // records per read of fill; 0: fillChunk
 	fillMax   int            // objects fill holds before it writes them; 0: fillMaxObjects
+	added     int64          // notifications the build added to the outbox
+}
+
+// Built is what a build did.
+type Built struct {
+	// Notifications is how many notifications the build added to the
+	// outbox: 0 for a build with the live version's logic, whose every
+	// notification the live runner derived already.
+	Notifications int64
 }
 
 // build makes a new schema of b.p live. With fill it first folds the whole
 // log into it, beside the live version; without, it swaps in the empty
-// schema at once (first start: there is nothing to keep serving).
-func (b *builder) build(ctx context.Context, fill bool) error {
+// schema at once (first start: there is nothing to keep serving). Once live,
+// what its final state implies is announced (announceFinal).
+func (b *builder) build(ctx context.Context, fill bool) (Built, error) {
 	if err := b.dropStale(ctx); err != nil {
-		return err
+		return Built{}, err
 	}
 	schema, err := b.createSchema(ctx)
 	if err != nil {
-		return err
+		return Built{}, err
 	}
 	pos := eventlog.Start
 	if fill {
 		b.logger.InfoContext(ctx, "building projection beside the live one", "version", b.p.Version, "schema", schema)
 		if pos, err = b.fill(ctx, schema, nil); err != nil {
-			return err
+			return Built{}, err
 		}
 		// Readers get a good plan from the first query after the swap.
 		if _, err := b.pool.Exec(ctx, "ANALYZE "+tableList(schema)); err != nil {
-			return fmt.Errorf("analyze %s: %w", schema, err)
+			return Built{}, fmt.Errorf("analyze %s: %w", schema, err)
 		}
 	}
 	old, err := b.swap(ctx, schema, pos, fill)
 	if err != nil {
-		return err
+		return Built{}, err
 	}
-	b.logger.InfoContext(ctx, "projection swapped in", "version", b.p.Version, "schema", schema, "old_schema", old)
+	if err := b.announceFinal(ctx, schema); err != nil {
+		return Built{}, err
+	}
+	b.logger.InfoContext(ctx, "projection swapped in", "version", b.p.Version, "schema", schema, "old_schema", old,
+		"notifications_added", b.added)
 	if old != "" {
 		if err := b.dropSchema(ctx, old); err != nil {
 			// Harmless: the next build drops every unreferenced schema.
 			b.logger.WarnContext(ctx, "could not drop the old projection schema", "schema", old, "err", err)
 		}
 	}
-	return nil
+	return Built{Notifications: b.added}, nil
 }
 
 // createSchema creates an empty schema for a build of b.p.
@@ -146,12 +160,12 @@ func (b *builder) dropSchema(ctx context.Context, schema string) error {
 	})
 }
 
-// catchUp folds the records after from into schema, one transaction per
+// catchUp folds the records after from into schema as p, one transaction per
 // batch, until it meets the head (or passes until, when set), and returns
 // the position of the last record folded.
-func (b *builder) catchUp(ctx context.Context, schema string, from eventlog.Position, until *eventlog.Position) (eventlog.Position, error) {
+func (b *builder) catchUp(ctx context.Context, p Projection, schema string, from eventlog.Position, until *eventlog.Position) (eventlog.Position, error) {
 	pos, err := b.foldLog(ctx, from, until, batchSizes{b.batchSize, b.batchSize}, func(ctx context.Context, bt *batch) (*batch, error) {
-		return foldBatch(ctx, b.pool, b.logger, b.p, schema, bt, nil)
+		return foldBatch(ctx, b.pool, b.logger, p, schema, bt, nil)
 	}, nil)
 	if err != nil {
 		return from, fmt.Errorf("build %s: %w", schema, err)
@@ -219,6 +233,7 @@ func (b *builder) foldLog(ctx context.Context, from eventlog.Position, until *ev
 			if err != nil {
 				return err
 			}
+			b.added += bt.notified
 			b.metrics.observe(gctx, b.logger, b.p.Name, bt)
 			pos, done = bt.last, done+int64(bt.events)
 			if b.progress != nil {
@@ -275,7 +290,7 @@ func (b *builder) swap(ctx context.Context, schema string, pos eventlog.Position
 			return "", fmt.Errorf("swap in %s: the live version %d of %s is newer than this binary's %d", schema, cp.Version, b.p.Name, b.p.Version)
 		}
 		if catchUp {
-			if pos, err = b.catchUp(ctx, schema, pos, nil); err != nil {
+			if pos, err = b.catchUp(ctx, b.p, schema, pos, nil); err != nil {
 				return "", err
 			}
 		}

@@ -20,7 +20,7 @@ import (
 // scratch schema and reports the differences (ledger projections diff). It
 // swaps nothing.
 func Diff(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log, p Projection, opts Options) (*report.Diff, error) {
-	p.scratch = true // a diff's build must not add to the outbox
+	p.outbox = outboxNone // a diff's build must not add to the outbox
 	b, l, err := lockBuild(ctx, pool, log, p, opts)
 	if err != nil {
 		return nil, err
@@ -86,7 +86,7 @@ func Diff(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log, p Projectio
 			return nil, fmt.Errorf("diff %s: %w", p.Name, err)
 		}
 		if diff == nil && pos.Less(live.Position) {
-			if _, err := b.catchUp(ctx, schema, pos, &live.Position); err != nil {
+			if _, err := b.catchUp(ctx, b.p, schema, pos, &live.Position); err != nil {
 				return nil, err
 			}
 			pos = live.Position

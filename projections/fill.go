@@ -43,8 +43,9 @@ type filler struct {
 	b       *builder
 	schema  string
 	states  map[domain.CustomerKey]*domain.CustomerState
-	stored  map[domain.CustomerKey]bool // customers whose rows are in the schema; held ones are upserted again
-	objects int                         // objects held in states
+	lines   map[domain.CustomerKey]timeline // the entitlement timelines of the states held
+	stored  map[domain.CustomerKey]bool     // customers whose rows are in the schema; held ones are upserted again
+	objects int                             // objects held in states
 	touched map[objectKey]eventlog.Position
 	seen    map[domain.CustomerKey]int // the chunk that last named each customer held
 	chunk   int                        // chunks folded
@@ -75,11 +76,11 @@ func (b *builder) fill(ctx context.Context, schema string, until *eventlog.Posit
 	if _, err := b.pool.Exec(ctx, createSchemaSQL(schema)); err != nil {
 		return eventlog.Start, fmt.Errorf("create schema %s: %w", schema, err)
 	}
-	return b.catchUp(ctx, schema, eventlog.Start, until)
+	return b.catchUp(ctx, b.p.quiet(), schema, eventlog.Start, until)
 }
 
 func (b *builder) fillCopy(ctx context.Context, schema string, until *eventlog.Position) (eventlog.Position, error) {
-	f := &filler{b: b, schema: schema, states: map[domain.CustomerKey]*domain.CustomerState{},
+	f := &filler{b: b, schema: schema, states: map[domain.CustomerKey]*domain.CustomerState{}, lines: map[domain.CustomerKey]timeline{},
 		stored: map[domain.CustomerKey]bool{}, touched: map[objectKey]eventlog.Position{}, seen: map[domain.CustomerKey]int{}}
 	chunk := cmp.Or(b.fillChunk, fillChunk)
 	pos, err := b.foldLog(ctx, eventlog.Start, until, batchSizes{chunk, chunk}, func(ctx context.Context, bt *batch) (*batch, error) {
@@ -125,9 +126,9 @@ func (f *filler) fold(ctx context.Context, bt *batch) error {
 			return nil
 		}
 		slices.SortFunc(reload, domain.CustomerKey.Compare)
-		states, err := loadStates(ctx, tx, f.schema, reload)
+		states, lines, err := loadStates(ctx, tx, f.schema, reload)
 		for k, s := range states {
-			f.states[k] = s
+			f.states[k], f.lines[k] = s, lines[k]
 			f.objects += heldObjects(s)
 		}
 		return err
@@ -143,7 +144,9 @@ func (f *filler) fold(ctx context.Context, bt *batch) error {
 		at[r.ID] = r.Position
 	}
 	f.chunk++
-	for k, facts := range bt.facts {
+	eventType, upTo := bt.eventTypes(), bt.upTo()
+	for _, k := range bt.customers() {
+		facts := bt.facts[k]
 		f.seen[k] = f.chunk
 		s := f.states[k]
 		if s == nil {
@@ -152,8 +155,15 @@ func (f *filler) fold(ctx context.Context, bt *batch) error {
 		} else {
 			f.objects -= heldObjects(s)
 		}
+		// What the fill derives is not written: the build announces its
+		// final state once it is live (announceFinal).
+		_, f.lines[k], err = foldCustomer(ctx, nil, s, f.lines[k], facts, eventType, func(ctx context.Context) ([]domain.Fact, error) {
+			return customerFacts(ctx, f.b.pool, f.b.p.log, f.schema, k, f.b.p.Plans, upTo)
+		})
+		if err != nil {
+			return err
+		}
 		for _, fact := range facts {
-			s.Apply(fact)
 			pos, ok := at[fact.EventID]
 			if !ok {
 				pos = bt.last // a pending dispute or invoice payment resolved by this chunk's links
@@ -220,7 +230,7 @@ func (f *filler) flush(ctx context.Context, keep int) error {
 		if f.stored[k] {
 			to = &again
 		}
-		to.customers = append(to.customers, newCustomerRow(s))
+		to.customers = append(to.customers, newCustomerRow(s, f.lines[k]))
 		to.subscriptions = appendOwned(to.subscriptions, f, owners, subscriptionsTable.name, k, s.Subscriptions)
 		to.invoices = appendOwned(to.invoices, f, owners, invoicesTable.name, k, s.Invoices)
 		to.charges = appendOwned(to.charges, f, owners, chargesTable.name, k, s.Charges)
@@ -265,6 +275,7 @@ func (f *filler) flush(ctx context.Context, keep int) error {
 		forget(f, k, chargesTable.name, s.Charges)
 		forget(f, k, disputesTable.name, s.Disputes)
 		delete(f.states, k)
+		delete(f.lines, k)
 		delete(f.seen, k)
 		f.stored[k] = true
 	}

@@ -29,7 +29,7 @@ func TestFillEqualsIncrementalFold(t *testing.T) {
 	ctx := context.Background()
 	pool := newPool(t, pgtest.NewDatabase(t))
 	log := postgres.New(pool, testLogger(t))
-	p := Billing(testPlans(t))
+	p := Billing(testPlans(t)).reading(log)
 	rng := rand.New(rand.NewPCG(17, 17))
 	ds := lifecycles(17, 30)
 	var events []eventlog.Event

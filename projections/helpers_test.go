@@ -226,9 +226,36 @@ func scratch(t testing.TB, pool *pgxpool.Pool, p Projection) string {
 	return schema
 }
 
+// recordStreams are the streams of records that were never appended to a
+// log, as a log would hold them: the first record of each event id, in
+// order, versions 0, 1, 2…; a fold reads a late fact's history from them.
+type recordStreams map[string][]eventlog.Record
+
+func streamsOf(batches ...[]eventlog.Record) recordStreams {
+	s, seen := recordStreams{}, map[string]bool{}
+	for _, recs := range batches {
+		for _, r := range recs {
+			if !seen[r.ID] {
+				seen[r.ID] = true
+				r.StreamVersion = int64(len(s[r.Stream]))
+				s[r.Stream] = append(s[r.Stream], r)
+			}
+		}
+	}
+	return s
+}
+
+func (s recordStreams) ReadStream(_ context.Context, stream string, from int64, limit int) ([]eventlog.Record, error) {
+	recs := s[stream][min(from, int64(len(s[stream]))):]
+	return slices.Clone(recs[:min(limit, len(recs))]), nil
+}
+
 // foldAll folds recs into schema in one transaction per batch of the given sizes.
 func foldAll(t testing.TB, pool *pgxpool.Pool, p Projection, schema string, batches ...[]eventlog.Record) {
 	t.Helper()
+	if p.log == nil {
+		p = p.reading(streamsOf(batches...))
+	}
 	for _, recs := range batches {
 		err := pgx.BeginFunc(context.Background(), pool, func(tx pgx.Tx) error {
 			return fold(context.Background(), tx, p, schema, p.decode(recs))

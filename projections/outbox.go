@@ -1,30 +1,36 @@
 package projections
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/notify"
 )
 
-// The outbox (DESIGN §12): fold derives notifications from the transitions
-// each fact makes to a customer's state, one fact at a time, and writes them
-// to the notifications table in the transaction of the batch.
+// The outbox (DESIGN §12): fold derives notifications in the transaction of
+// the batch and writes them to the notifications table. Subscription status
+// changes, invoices paid and failed and disputes opened come from the
+// transition each fact makes to a customer's state, one fact at a time in
+// log order; entitlement changes from the customer's timeline (timeline.go).
 //
 // A notification's id is a hash of its type, customer and what identifies
 // the transition (the invoice for invoice.paid, the dispute for
 // charge.dispute.opened, the invoice and attempt for invoice.payment_failed,
-// the causing event for the other two), never of the batch or the time it
-// was derived. Facts are applied in log order whatever the batch size, so a
-// rebuild derives the same transitions with the same ids, and the insert
-// keeps the row already there (ON CONFLICT DO NOTHING): a rebuild adds
-// nothing that was derived before, and every delivery cursor (a position)
-// stays valid.
+// the subscription and causing event for subscription.status_changed, the
+// after-state and occurrence for customer.entitlement_changed), never of the
+// batch or the time it was derived, and the insert keeps the row already
+// there (ON CONFLICT DO NOTHING), so every delivery cursor (a position) stays
+// valid. A build writes none while it folds and, once live, inserts what
+// its final state implies (announceFinal), which the live runner derived
+// already when the logic is the same.
 
 // notificationLockClass is the transaction-scoped advisory lock that every
 // writer of notifications holds from taking positions to its commit, so that
@@ -37,9 +43,9 @@ const notificationLockClass = 0x4c4e5446 // 'LNTF'
 const NotificationsChannel = "ledger_notifications"
 
 // applyNoting applies f to s and appends to out the notifications its
-// transition makes. eventType names the type of a batch's event by id.
+// transition makes, but for entitlement changes, which follow the timeline
+// (timeline.go). eventType names the type of a batch's event by id.
 func applyNoting(out []notify.Notification, s *domain.CustomerState, f domain.Fact, eventType func(string) string) []notify.Notification {
-	was := entitlementOf(s)
 	var oldSub domain.Subscription
 	if f.Subscription != nil {
 		oldSub = s.Subscriptions[f.Subscription.ID]
@@ -52,31 +58,10 @@ func applyNoting(out []notify.Notification, s *domain.CustomerState, f domain.Fa
 	}
 	s.Apply(f)
 	add := func(typ, key string, data any) {
-		raw, _ := json.Marshal(data) // plain structs: never fails
-		n := notify.Notification{
+		out = append(out, notify.Notification{
 			ID: notificationID(typ, s.Account, s.Customer.ID, key), Type: typ, Account: s.Account, CustomerID: s.Customer.ID,
-			EventIDs: []string{f.EventID}, OccurredAt: f.Created.UTC(), Data: raw,
-		}
-		// One event may carry several facts of the same customer: its
-		// transition is one notification, from the first before to the last after.
-		if last := len(out) - 1; last >= 0 && out[last].ID == n.ID {
-			if typ == notify.EntitlementChanged {
-				var prev notify.EntitlementData
-				_ = json.Unmarshal(out[last].Data, &prev)
-				now := data.(notify.EntitlementData)
-				if sameEntitlement(prev.Before, now.After) {
-					out = out[:last]
-					return
-				}
-				n.Data, _ = json.Marshal(notify.EntitlementData{Before: prev.Before, After: now.After})
-			}
-			out[last] = n
-			return
-		}
-		out = append(out, n)
-	}
-	if now := entitlementOf(s); !sameEntitlement(was, now) {
-		add(notify.EntitlementChanged, f.EventID, notify.EntitlementData{Before: was, After: now})
+			EventIDs: []string{f.EventID}, OccurredAt: f.Created.UTC(), Data: mustJSON(data),
+		})
 	}
 	if f.Subscription != nil {
 		sub := s.Subscriptions[f.Subscription.ID]
@@ -101,6 +86,12 @@ func applyNoting(out []notify.Notification, s *domain.CustomerState, f domain.Fa
 	return out
 }
 
+// mustJSON encodes the plain structs of notification data, which never fails.
+func mustJSON(data any) []byte {
+	raw, _ := json.Marshal(data)
+	return raw
+}
+
 // factInvoice is the invoice f is about, "" when none.
 func factInvoice(f domain.Fact) string {
 	switch {
@@ -122,13 +113,6 @@ func entitlementOf(s *domain.CustomerState) notify.Entitlement {
 		e.AccessUntil = &t
 	}
 	return e
-}
-
-func sameEntitlement(a, b notify.Entitlement) bool {
-	if a.Entitled != b.Entitled || a.Plan != b.Plan || (a.AccessUntil == nil) != (b.AccessUntil == nil) {
-		return false
-	}
-	return a.AccessUntil == nil || a.AccessUntil.Equal(*b.AccessUntil)
 }
 
 func invoiceData(inv domain.Invoice) notify.InvoiceData {
@@ -163,8 +147,9 @@ func (b *batch) eventTypes() func(string) string {
 }
 
 // queueNotifications queues the insert of notes, new ids only, in their
-// order, under notificationLockClass, and the signal to listeners.
-func queueNotifications(b *pgx.Batch, notes []notify.Notification) {
+// order, under notificationLockClass, and the signal to listeners; the
+// rows inserted are added to added once the batch has run.
+func queueNotifications(b *pgx.Batch, notes []notify.Notification, added *int64) {
 	if len(notes) == 0 {
 		return
 	}
@@ -186,6 +171,81 @@ SELECT n.id, nextval('notifications_position_seq'), n.type, n.account, n.custome
        WITH ORDINALITY AS n(id, type, account, customer_id, event_ids, occurred_at, data, ord)
  WHERE NOT EXISTS (SELECT FROM notifications o WHERE o.id = n.id)
  ORDER BY n.ord
-ON CONFLICT (id) DO NOTHING`, ids, types, accounts, customers, events, occurred, data)
+ON CONFLICT (id) DO NOTHING`, ids, types, accounts, customers, events, occurred, data).Exec(func(tag pgconn.CommandTag) error {
+		*added += tag.RowsAffected()
+		return nil
+	})
 	b.Queue(`SELECT pg_notify($1, '')`, NotificationsChannel)
+}
+
+// announceFinal adds to the outbox, once a build made schema live, the
+// notifications its final state implies: every entitlement change of every
+// customer's timeline, every paid invoice, every dispute of a customer. The
+// live runner announced each of them when it first held it (a timeline's
+// transitions as they appear in it, an invoice when it becomes paid, which
+// it stays, a dispute when it is first seen), so with the live version's
+// logic nothing is added: the count says so. Subscription status changes
+// and failed attempts are announced per event in log order, which the
+// final state does not keep: a build does not derive them again.
+func (b *builder) announceFinal(ctx context.Context, schema string) error {
+	if b.p.outbox != outboxBuild {
+		return nil
+	}
+	err := announceRows(ctx, b, customersTable, schema, "true", func(r customerRow) (string, string) { return r.Account, r.ID },
+		func(r customerRow) []notify.Notification {
+			notes := make([]notify.Notification, 0, len(r.Timeline))
+			for _, tr := range r.Timeline {
+				notes = append(notes, tr.note(r.Account, r.ID, nil))
+			}
+			return notes
+		})
+	if err == nil {
+		err = announceRows(ctx, b, invoicesTable, schema, "status = 'paid'", func(inv domain.Invoice) (string, string) { return inv.Account, inv.ID },
+			func(inv domain.Invoice) []notify.Notification {
+				return []notify.Notification{{ID: notificationID(notify.InvoicePaid, inv.Account, inv.CustomerID, inv.ID), Type: notify.InvoicePaid,
+					Account: inv.Account, CustomerID: inv.CustomerID, EventIDs: []string{inv.LastEventID}, OccurredAt: inv.LastEventCreated.UTC(),
+					Data: mustJSON(invoiceData(inv))}}
+			})
+	}
+	if err == nil {
+		err = announceRows(ctx, b, disputesTable, schema, "customer_id <> ''", func(d domain.Dispute) (string, string) { return d.Account, d.ID },
+			func(d domain.Dispute) []notify.Notification {
+				return []notify.Notification{{ID: notificationID(notify.DisputeOpened, d.Account, d.CustomerID, d.ID), Type: notify.DisputeOpened,
+					Account: d.Account, CustomerID: d.CustomerID, EventIDs: []string{d.LastEventID}, OccurredAt: d.LastEventCreated.UTC(),
+					Data: mustJSON(notify.DisputeData{DisputeID: d.ID, ChargeID: d.ChargeID, Status: d.Status, Amount: d.Amount, Currency: d.Currency})}}
+			})
+	}
+	return err
+}
+
+// announceRows inserts into the outbox the notifications of the rows of t
+// in schema that where selects, a page of rows at a time in key order.
+func announceRows[T any](ctx context.Context, b *builder, t table[T], schema, where string, key func(T) (account, id string),
+	notes func(T) []notify.Notification) error {
+	const page = 1000
+	sql := fmt.Sprintf("WHERE %s AND (account, %s) > ($1, $2) ORDER BY account, %[2]s LIMIT $3", where, t.keyColumn())
+	for account, id := "", ""; ; {
+		rows, err := t.list(ctx, b.pool, schema, sql, account, id, page)
+		if err != nil {
+			return fmt.Errorf("read %s.%s: %w", schema, t.name, err)
+		}
+		var out []notify.Notification
+		for _, r := range rows {
+			out = append(out, notes(r)...)
+			account, id = key(r)
+		}
+		if len(out) > 0 {
+			err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+				var w pgx.Batch
+				queueNotifications(&w, out, &b.added)
+				return tx.SendBatch(ctx, &w).Close()
+			})
+			if err != nil {
+				return fmt.Errorf("announce %s of %s: %w", t.name, schema, err)
+			}
+		}
+		if len(rows) < page {
+			return nil
+		}
+	}
 }

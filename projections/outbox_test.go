@@ -2,41 +2,85 @@ package projections
 
 import (
 	"context"
-	"encoding/json"
+	"fmt"
+	"log/slog"
+	"maps"
 	"math/rand/v2"
+	"net/http/httptest"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/logtest"
 	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 	"github.com/stripe-ledger/stripe-ledger/notify"
 )
 
 // deriveInMemory folds recs in chunks of size (0: one chunk) through
-// applyNoting into states kept in memory, as fold does batch by batch.
-func deriveInMemory(p Projection, recs []eventlog.Record, size int) ([]notify.Notification, map[domain.CustomerKey]*domain.CustomerState) {
-	states := map[domain.CustomerKey]*domain.CustomerState{}
+// foldCustomer into states kept in memory, as fold does batch by batch (an
+// invoice payment once an invoice fact links its invoice), a late fact's
+// history being the customer's facts of the chunks so far; like the outbox,
+// it keeps the first notification of each id.
+func deriveInMemory(t testing.TB, p Projection, recs []eventlog.Record, size int) ([]notify.Notification,
+	map[domain.CustomerKey]*domain.CustomerState, map[domain.CustomerKey]timeline) {
+	t.Helper()
+	states, lines, seen := map[domain.CustomerKey]*domain.CustomerState{}, map[domain.CustomerKey]timeline{}, map[domain.CustomerKey][]domain.Fact{}
 	var notes []notify.Notification
 	if size == 0 {
 		size = len(recs)
 	}
+	stored := map[string]bool{}
+	owners := map[string]domain.CustomerKey{} // invoice → customer, as links record it
+	var pending []domain.Fact                 // invoice payments whose invoice is not linked yet
 	for chunk := range slices.Chunk(recs, size) {
 		b := p.decode(chunk)
+		for _, facts := range b.facts {
+			for _, f := range facts {
+				if f.Invoice != nil {
+					owners[f.Account+"/"+f.Invoice.ID] = f.Key()
+				}
+			}
+		}
+		for _, pp := range b.payments {
+			pending = append(pending, pp.fact)
+		}
+		pending = slices.DeleteFunc(pending, func(f domain.Fact) bool {
+			k, ok := owners[f.Account+"/"+f.InvoicePayment.InvoiceID]
+			if ok {
+				f.CustomerID = k.ID
+				b.facts[k] = append(b.facts[k], f)
+			}
+			return ok
+		})
 		types := b.eventTypes()
+		var derived []notify.Notification
 		for _, k := range b.customers() {
 			if states[k] == nil {
 				states[k] = &domain.CustomerState{}
 			}
-			for _, f := range b.facts[k] {
-				notes = applyNoting(notes, states[k], f, types)
+			seen[k] = append(seen[k], b.facts[k]...)
+			var err error
+			derived, lines[k], err = foldCustomer(context.Background(), derived, states[k], lines[k], b.facts[k], types,
+				func(context.Context) ([]domain.Fact, error) { return seen[k], nil })
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, n := range derived {
+			if !stored[n.ID] {
+				stored[n.ID] = true
+				notes = append(notes, n)
 			}
 		}
 	}
-	return notes, states
+	return notes, states, lines
 }
 
 func ids(notes []notify.Notification, typ string) []string {
@@ -51,19 +95,24 @@ func ids(notes []notify.Notification, typ string) []string {
 }
 
 // TestNotificationsBatchIndependent: the same log folded in batches of any
-// size derives the same notifications, ids and all; this is why a rebuild
-// (big batches) re-derives exactly the outbox the live runner wrote.
+// size derives the same per-event notifications (subscription status,
+// invoice paid and failed, dispute opened), by id; entitlement changes
+// follow the timeline instead (TestEntitlementTimelineAnyOrder).
 func TestNotificationsBatchIndependent(t *testing.T) {
 	t.Parallel()
 	p := Billing(testPlans(t))
 	recs := records(t, lifecycles(16, 40))
-	want, _ := deriveInMemory(p, recs, 1)
+	perEvent := func(notes []notify.Notification) []notify.Notification {
+		return slices.DeleteFunc(notes, func(n notify.Notification) bool { return n.Type == notify.EntitlementChanged })
+	}
+	all, _, _ := deriveInMemory(t, p, recs, 1)
+	want := perEvent(all)
 	if len(want) == 0 {
 		t.Fatal("no notifications derived from 40 lifecycles")
 	}
 	for _, size := range []int{7, 100, 0} {
-		got, _ := deriveInMemory(p, recs, size)
-		if !slices.EqualFunc(sortedByID(want), sortedByID(got), sameNotification) {
+		got, _, _ := deriveInMemory(t, p, recs, size)
+		if got = perEvent(got); !slices.EqualFunc(sortedByID(want), sortedByID(got), func(a, b notify.Notification) bool { return a.ID == b.ID }) {
 			t.Fatalf("batches of %d derive %d notifications, one by one %d, or they differ", size, len(got), len(want))
 		}
 	}
@@ -89,29 +138,23 @@ func sameNotification(a, b notify.Notification) bool {
 	return a.ID == b.ID && a.Type == b.Type && string(a.Data) == string(b.Data) && slices.Equal(a.EventIDs, b.EventIDs) && a.OccurredAt.Equal(b.OccurredAt)
 }
 
-// TestNotificationsProperty: permutations and duplicates of lifecycles give
-// one invoice.paid per paid invoice (the same set as in order), never two
-// notifications with one id, failures only of attempts that happened, and
-// per customer a chain of entitlement changes that ends at the final state.
+// TestNotificationsProperty: permutations and duplicates of lifecycles, in
+// batches of random sizes, give one invoice.paid per paid invoice (the same
+// set as in order), failures only of attempts that happened, and every
+// customer's entitlement timeline as Stripe's history has it, each of its
+// transitions announced.
 func TestNotificationsProperty(t *testing.T) {
 	t.Parallel()
 	p := Billing(testPlans(t))
 	ds := lifecycles(61, 30)
-	inOrder, _ := deriveInMemory(p, records(t, ds), 25)
+	inOrder, _, _ := deriveInMemory(t, p, records(t, ds), 25)
 	wantPaid, wantFailed := ids(inOrder, notify.InvoicePaid), ids(inOrder, notify.InvoicePaymentFailed)
 	if len(wantPaid) == 0 || len(wantFailed) == 0 {
 		t.Fatalf("lifecycles derive %d invoice.paid and %d invoice.payment_failed: too few to test", len(wantPaid), len(wantFailed))
 	}
 	rng := rand.New(rand.NewPCG(16, 12))
 	for round := range 20 {
-		notes, states := deriveInMemory(p, records(t, domaintest.Redeliver(rng, ds)), 1+rng.IntN(50))
-		seen := map[string]bool{}
-		for _, n := range notes {
-			if seen[n.ID] {
-				t.Fatalf("round %d: notification %s (%s) derived twice", round, n.ID, n.Type)
-			}
-			seen[n.ID] = true
-		}
+		notes, states, lines := deriveInMemory(t, p, records(t, domaintest.Redeliver(rng, ds)), 1+rng.IntN(50))
 		if got := ids(notes, notify.InvoicePaid); !slices.Equal(got, wantPaid) {
 			t.Fatalf("round %d: %d invoice.paid, in order %d", round, len(got), len(wantPaid))
 		}
@@ -131,35 +174,44 @@ func TestNotificationsProperty(t *testing.T) {
 				t.Fatalf("round %d: invoice.payment_failed %s of an attempt delivery in order does not report", round, id)
 			}
 		}
-		last := map[domain.CustomerKey]notify.Entitlement{}
-		for _, n := range notes {
-			if n.Type != notify.EntitlementChanged {
-				continue
-			}
-			var d notify.EntitlementData
-			if err := json.Unmarshal(n.Data, &d); err != nil {
-				t.Fatal(err)
-			}
-			k := domain.CustomerKey{Account: n.Account, ID: n.CustomerID}
-			prev, ok := last[k]
-			if !ok {
-				prev = notify.Entitlement{Plan: domain.FreePlan}
-			}
-			if !sameEntitlement(prev, d.Before) || sameEntitlement(d.Before, d.After) {
-				t.Fatalf("round %d: %s: entitlement change %+v → %+v does not follow %+v", round, k.ID, d.Before, d.After, prev)
-			}
-			last[k] = d.After
-		}
-		for k, s := range states {
-			final, ok := last[k]
-			if !ok {
-				final = notify.Entitlement{Plan: domain.FreePlan}
-			}
-			if !sameEntitlement(final, entitlementOf(s)) {
-				t.Fatalf("round %d: %s: last entitlement notified %+v, final state %+v", round, k.ID, final, entitlementOf(s))
-			}
+		checkTimelines(t, p, ds, notes, lines, fmt.Sprintf("round %d", round))
+	}
+}
+
+// checkTimelines fails unless every customer's entitlement transitions in
+// Stripe's history (domaintest.Timeline, computed apart from the projection)
+// are among notes, each identified by its after-state and occurrence, and
+// states (folded from ds in any order) hold those transitions; it returns
+// how many entitlement notifications notes hold beyond them (announcements
+// made before a late event, of states that did not last).
+func checkTimelines(t *testing.T, p Projection, ds []domaintest.Delivery, notes []notify.Notification,
+	lines map[domain.CustomerKey]timeline, what string) (extra int) {
+	t.Helper()
+	announced := map[string]bool{}
+	for _, n := range notes {
+		if n.Type == notify.EntitlementChanged {
+			announced[n.ID] = true
 		}
 	}
+	real := 0
+	for k, facts := range domaintest.CustomerFacts(ds, p.Plans) {
+		want := domaintest.Timeline(facts)
+		wantIDs := transitionIDs(k, want)
+		got := lines[k]
+		if len(got) != len(want) {
+			t.Fatalf("%s: %s: timeline of %d transitions, Stripe's history has %d", what, k.ID, len(got), len(want))
+		}
+		for i, tr := range want {
+			if !got[i].At.Equal(tr.At) || !got[i].Before.Equal(tr.Before) || !got[i].After.Equal(tr.After) {
+				t.Fatalf("%s: %s: transition %d is %+v, Stripe's history %+v", what, k.ID, i, got[i], tr)
+			}
+			if !announced[wantIDs[i]] {
+				t.Fatalf("%s: %s: transition %d (%+v → %+v at %s) was never announced", what, k.ID, i, tr.Before, tr.After, tr.At)
+			}
+			real++
+		}
+	}
+	return len(announced) - real
 }
 
 // TestOutboxSurvivesRebuild runs the live runner, then rebuilds: the outbox
@@ -186,7 +238,7 @@ func TestOutboxSurvivesRebuild(t *testing.T) {
 	if len(ids(before, notify.DisputeOpened)) == 0 {
 		t.Fatal("no charge.dispute.opened derived")
 	}
-	if err := Rebuild(ctx, pool, log, p, Options{Logger: testLogger(t)}); err != nil {
+	if _, err := Rebuild(ctx, pool, log, p, Options{Logger: testLogger(t)}); err != nil {
 		t.Fatal(err)
 	}
 	waitCaughtUp(t, pool, log, p)
@@ -194,6 +246,14 @@ func TestOutboxSurvivesRebuild(t *testing.T) {
 		t.Fatal(err)
 	}
 	after := allNotifications(t, feed)
+	for _, n := range after[min(len(before), len(after)):] {
+		t.Logf("DEBUG added %s %s %s %s %s", n.Type, n.CustomerID, n.OccurredAt, n.Data, n.EventIDs)
+		for _, m := range before {
+			if m.CustomerID == n.CustomerID && m.Type == n.Type {
+				t.Logf("DEBUG   had %s %s %s", m.OccurredAt, m.Data, m.EventIDs)
+			}
+		}
+	}
 	if !slices.EqualFunc(before, after, func(a, b notify.Notification) bool { return a.Position == b.Position && sameNotification(a, b) }) {
 		t.Fatalf("the rebuild changed the outbox: %d notifications before, %d after", len(before), len(after))
 	}
@@ -277,4 +337,194 @@ func TestNotificationsWaitHoldsNoPooledConnection(t *testing.T) {
 			t.Fatalf("%d of %d long polls did not wake with the runner's notifications", polls-i, polls)
 		}
 	}
+}
+
+// TestEntitlementTimelineAnyOrder: in order, shuffled with duplicates, and
+// newest first, one event per batch or in random batches, the stored
+// timelines are Stripe's history and every transition of it is announced;
+// in one batch, every order announces exactly those transitions, the same
+// set of ids. One event at a time, what is announced beyond them are states
+// that held only while an older event was missing (counted, not zero).
+func TestEntitlementTimelineAnyOrder(t *testing.T) {
+	t.Parallel()
+	p := Billing(testPlans(t))
+	ds := lifecycles(5, 12)
+	rng := rand.New(rand.NewPCG(5, 5))
+	reversed := slices.Clone(ds)
+	slices.Reverse(reversed)
+	orders := map[string][]domaintest.Delivery{"in order": ds, "shuffled": domaintest.Redeliver(rng, ds), "newest first": reversed}
+	var whole []string
+	for name, order := range orders {
+		recs := records(t, order)
+		for _, size := range []int{0, 1, 1 + rng.IntN(40)} {
+			notes, _, lines := deriveInMemory(t, p, recs, size)
+			extra := checkTimelines(t, p, ds, notes, lines, fmt.Sprintf("%s in batches of %d", name, size))
+			t.Logf("%s in batches of %d: %d entitlement changes announced beyond the timeline's", name, size, extra)
+			if size == 0 {
+				if extra != 0 {
+					t.Fatalf("%s in one batch announced %d entitlement changes that are not transitions of the timeline", name, extra)
+				}
+				got := ids(notes, notify.EntitlementChanged)
+				if whole == nil {
+					whole = got
+				} else if !slices.Equal(whole, got) {
+					t.Fatalf("%s in one batch announced %d entitlement changes, another order %d, or other ids", name, len(got), len(whole))
+				}
+			}
+		}
+	}
+}
+
+// TestLateTransitionAnnouncedOnce: through the fold and the outbox table,
+// a customer's events in order but for those of one renewal invoice, which
+// arrive last: its transition (access until the end of the period it paid
+// for) is announced once, when they arrive, and the next renewal's, whose
+// before-state they change, not again; the same batch folded again (a
+// duplicate delivery) adds nothing, nor does half the log folded again.
+func TestLateTransitionAnnouncedOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := fastPool(t)
+	p := Billing(testPlans(t))
+	ds := lifecycles(9, 20)
+	// An invoice without whose events the timeline has one transition fewer.
+	invoiceOf := func(f domain.Fact) string { return factInvoice(f) }
+	var key domain.CustomerKey
+	var invoice string
+	customers := domaintest.CustomerFacts(ds, p.Plans)
+	for _, k := range slices.SortedFunc(maps.Keys(customers), domain.CustomerKey.Compare) {
+		facts := customers[k]
+		full := transitionIDs(k, domaintest.Timeline(facts))
+		for _, f := range facts {
+			id := invoiceOf(f)
+			if id == "" || invoice != "" {
+				continue
+			}
+			without := transitionIDs(k, domaintest.Timeline(slices.DeleteFunc(slices.Clone(facts), func(g domain.Fact) bool { return invoiceOf(g) == id })))
+			if len(without) == len(full)-1 && len(without) > 2 && !slices.Equal(without, full[:len(without)]) &&
+				!slices.ContainsFunc(without, func(id string) bool { return !slices.Contains(full, id) }) {
+				key, invoice = k, id // a transition in the middle, the others as they were
+			}
+		}
+	}
+	if invoice == "" {
+		t.Fatal("no invoice whose absence removes one transition")
+	}
+	var first, late []domaintest.Delivery
+	for _, d := range ds {
+		if f, err := domain.ParseFact(d.Payload, p.Plans); err == nil && f != nil && invoiceOf(*f) == invoice {
+			late = append(late, d)
+		} else {
+			first = append(first, d)
+		}
+	}
+	schema := scratch(t, pool, p)
+	recs := records(t, append(first, late...))
+	p = p.reading(streamsOf(recs))
+	fold1 := func(recs []eventlog.Record) {
+		if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return fold(ctx, tx, p, schema, p.decode(recs)) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	announced := func() (n int) {
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM notifications WHERE customer_id = $1 AND type = $2`, key.ID, notify.EntitlementChanged).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for part := range slices.Chunk(recs[:len(first)], 50) {
+		fold1(part)
+	}
+	before := announced()
+	fold1(recs[len(first):])
+	if n := announced() - before; n != 1 {
+		t.Fatalf("the late events of %s added %d entitlement changes, want the one of their transition", invoice, n)
+	}
+	fold1(recs[len(first):])
+	fold1(recs[:len(recs)/2])
+	if n := announced() - before; n != 1 {
+		t.Fatalf("folded again, the log added %d entitlement changes more", n-1)
+	}
+	var rows []string
+	r, err := pool.Query(ctx, `SELECT occurred_at::text || ' ' || data::text FROM notifications WHERE customer_id = $1 AND type = $2 ORDER BY position`,
+		key.ID, notify.EntitlementChanged)
+	if err == nil {
+		rows, err = pgx.CollectRows(r, pgx.RowTo[string])
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s, %d late events of %s:\n%s", key.ID, len(late), invoice, strings.Join(rows, "\n"))
+}
+
+// transitionIDs are the notification ids of the transitions of k's timeline.
+func transitionIDs(k domain.CustomerKey, tl []domaintest.Transition) []string {
+	var ids []string
+	for i, tr := range tl {
+		occurrence := 0
+		for _, prev := range tl[:i] {
+			if prev.After.Equal(tr.After) {
+				occurrence++
+			}
+		}
+		ids = append(ids, transition{At: tr.At, Before: tr.Before, After: tr.After, Occurrence: occurrence}.note(k.Account, k.ID, nil).ID)
+	}
+	return ids
+}
+
+// TestRebuildAnnouncesNothingNew: once a real receiver has every
+// notification the live runner derived from a shuffled, duplicated corpus,
+// a blue/green rebuild adds no row to the outbox and reports 0, and the
+// receiver gets nothing new: through the COPY fill, and through its
+// event-by-event fallback (a value PostgreSQL refuses in the fill).
+func TestRebuildAnnouncesNothingNew(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, log := newLog(t)
+	p := Billing(testPlans(t))
+	appendAll(t, log, domaintest.Redeliver(rand.New(rand.NewPCG(31, 31)), lifecycles(31, 20)))
+	stopRunner := startRunner(t, newRunner(t, pool, log, p))
+	defer func() { _ = stopRunner() }()
+	rr := &recordingReceiver{}
+	srv := httptest.NewServer(rr)
+	defer srv.Close()
+	defer runSender(newTestSender(t, pool, srv.URL))()
+	feed := NewNotifications(pool)
+
+	rebuild := func(path string) {
+		t.Helper()
+		waitCaughtUp(t, pool, log, p)
+		outbox := allNotifications(t, feed)
+		if len(ids(outbox, notify.EntitlementChanged)) == 0 || len(ids(outbox, notify.InvoicePaid)) == 0 {
+			t.Fatalf("%s: the outbox holds %d notifications, too few kinds to test", path, len(outbox))
+		}
+		waitFor(t, "the receiver has every notification", func() bool { return rr.hasAll(outbox) })
+		got := len(rr.received())
+		var logs logtest.Buffer
+		built, err := Rebuild(ctx, pool, log, p, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fellBack := strings.Contains(logs.String(), "building the schema again event by event"); fellBack != (path == "event by event") {
+			t.Fatalf("%s: the fill fell back to event by event: %v", path, fellBack)
+		}
+		if built.Notifications != 0 || !strings.Contains(logs.String(), "notifications_added=0") {
+			t.Fatalf("%s: the rebuild added %d notifications; log:\n%s", path, built.Notifications, logs.String())
+		}
+		waitCaughtUp(t, pool, log, p)
+		time.Sleep(500 * time.Millisecond) // what a new row would take to reach the receiver, several times over
+		if after := allNotifications(t, feed); len(after) != len(outbox) {
+			t.Fatalf("%s: the outbox held %d notifications, %d after the rebuild", path, len(outbox), len(after))
+		}
+		if n := len(rr.received()); n != got {
+			t.Fatalf("%s: the receiver got %d notifications during the rebuild", path, n-got)
+		}
+	}
+	rebuild("COPY")
+	nul := subscriptionEvent("evt_nul_rebuild", "cus_nul_rebuild", "sub_nul_rebuild", "active", "price_pro_monthly", 1709251200, 1711929600)
+	nul.Payload = slices.Concat(nul.Payload[:len(nul.Payload)-2], []byte(`,"previous_attributes":{"status":"past\u0000due"}}}`))
+	if _, err := log.Append(ctx, nul); err != nil {
+		t.Fatal(err)
+	}
+	rebuild("event by event")
 }

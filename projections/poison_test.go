@@ -177,7 +177,7 @@ func TestPoisonIsDeadLetteredAlone(t *testing.T) {
 	}
 
 	// A rebuild reads the poison again (in batches of thousands) and completes.
-	if err := Rebuild(ctx, pool, log, p, Options{Logger: testLogger(t)}); err != nil {
+	if _, err := Rebuild(ctx, pool, log, p, Options{Logger: testLogger(t)}); err != nil {
 		t.Fatal(err)
 	}
 	rebuilt := waitCaughtUp(t, pool, log, p)

@@ -11,6 +11,8 @@ import (
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/eventlog/audit"
+	"github.com/stripe-ledger/stripe-ledger/notify"
 )
 
 // BillingVersion is the version of the billing projection's logic. Bump it
@@ -26,7 +28,55 @@ type Projection struct {
 	Version int
 	Plans   domain.Plans
 
-	scratch bool // folds into a schema that never goes live (Diff): derives no notifications
+	outbox outboxMode         // what its folds write to the outbox
+	log    audit.StreamReader // the event log, where a late fact's customer history is read (timeline.go)
+}
+
+// outboxMode is what a fold writes to the notifications outbox.
+type outboxMode int
+
+const (
+	// outboxLive writes every notification a batch derives: the Runner's.
+	outboxLive outboxMode = iota
+	// outboxBuild writes a batch's notifications but for entitlement
+	// changes, which a build announces from the final timelines once it is
+	// live (announceFinal): the intermediate timelines of its batches,
+	// unlike the final ones, need not be any that the live runner derived.
+	// The fill of a build, and its event-by-event fallback, write none.
+	outboxBuild
+	// outboxNone writes none: a schema that never goes live (Diff).
+	outboxNone
+)
+
+// keep is what of notes m writes.
+func (m outboxMode) keep(notes []notify.Notification) []notify.Notification {
+	switch m {
+	case outboxBuild:
+		return slices.DeleteFunc(notes, func(n notify.Notification) bool { return n.Type == notify.EntitlementChanged })
+	case outboxNone:
+		return nil
+	}
+	return notes
+}
+
+// quiet is p writing nothing to the outbox.
+func (p Projection) quiet() Projection {
+	p.outbox = outboxNone
+	return p
+}
+
+// reading is p reading late facts' histories from log.
+func (p Projection) reading(log audit.StreamReader) Projection {
+	p.log = log
+	return p
+}
+
+// building is p as a build folds it.
+func (p Projection) building() Projection {
+	if p.outbox == outboxLive {
+		p.outbox = outboxBuild
+	}
+	return p
 }
 
 // Billing is the projection of customers, subscriptions, invoices, charges
@@ -61,6 +111,7 @@ type batch struct {
 	apiVersions map[string]versionSeen // the events of each Stripe API version
 	events      int
 	last        eventlog.Position
+	notified    int64 // notifications its fold added to the outbox
 }
 
 // deadLetter is an event the projection could not apply.
@@ -178,6 +229,18 @@ func (b *batch) noteAPIVersion(version string, seen versionSeen) {
 		seen.firstEventID = min(seen.firstEventID, old.firstEventID)
 	}
 	b.apiVersions[version] = seen
+}
+
+// upTo is the greatest position of b's records: a fold of b has folded
+// every record of the log up to it.
+func (b *batch) upTo() eventlog.Position {
+	pos := b.last
+	for _, r := range b.recs {
+		if pos.Less(r.Position) {
+			pos = r.Position
+		}
+	}
+	return pos
 }
 
 // customers are the customers b names, sorted so that concurrent writers

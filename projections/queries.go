@@ -44,7 +44,7 @@ func (q *Queries) Ping(ctx context.Context) error {
 func (q *Queries) Customer(ctx context.Context, key domain.CustomerKey) (*domain.CustomerState, error) {
 	var st *domain.CustomerState
 	err := pgx.BeginTxFunc(ctx, q.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		states, err := loadStates(ctx, tx, live, []domain.CustomerKey{key})
+		states, _, err := loadStates(ctx, tx, live, []domain.CustomerKey{key})
 		st = states[key]
 		return err
 	})
@@ -118,13 +118,7 @@ func (q *Queries) FindCustomers(ctx context.Context, query string, limit int) ([
 func (q *Queries) CustomerStreams(ctx context.Context, account, customerID string) ([]string, error) {
 	own := domain.Envelope{CustomerID: customerID, Account: account}.Stream()
 	streams := []string{own}
-	var linked []string
-	rows, err := q.pool.Query(ctx, `SELECT DISTINCT s.stream FROM readmodel.links l
-  JOIN readmodel.stream_links s ON s.account = l.account AND s.object_id = l.object_id
- WHERE l.account = $1 AND l.customer_id = $2 ORDER BY 1`, account, customerID)
-	if err == nil {
-		linked, err = pgx.CollectRows(rows, pgx.RowTo[string])
-	}
+	linked, err := linkedStreams(ctx, q.pool, "readmodel", domain.CustomerKey{Account: account, ID: customerID})
 	if undefinedTable(err) {
 		// The live version predates links (a rebuild to this one is under
 		// way), or none is live: the customer's own stream until it is.
@@ -144,6 +138,24 @@ func (t table[T]) get(ctx context.Context, q pgxQuerier, schema, account, id str
 		return v, false, nil
 	}
 	return v, err == nil, err
+}
+
+// rowsQuerier is what pools and transactions have in common to query rows.
+type rowsQuerier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// linkedStreams are the streams of schema's stream_links linked to an
+// object of customer key through its links.
+func linkedStreams(ctx context.Context, q rowsQuerier, schema string, key domain.CustomerKey) ([]string, error) {
+	s := ident(schema)
+	rows, err := q.Query(ctx, `SELECT DISTINCT s.stream FROM `+s+`.links l
+  JOIN `+s+`.stream_links s ON s.account = l.account AND s.object_id = l.object_id
+ WHERE l.account = $1 AND l.customer_id = $2 ORDER BY 1`, key.Account, key.ID)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
 // list reads the rows of t in schema that the clause after FROM selects.

@@ -229,10 +229,11 @@ var (
 		name: "customers", key: 2,
 		columns: []column{{"account", text}, {"customer_id", text}, {"email", text + " DEFAULT ''"}, {"name", text + " DEFAULT ''"},
 			{"deleted", boolean + " DEFAULT false"}, {"plan", text}, {"entitled", boolean}, {"access_until", nullTime},
-			{"updated_at", timestamptz}, {"last_event_id", text + " DEFAULT ''"}, {"last_event_created", nullTime}},
+			{"updated_at", timestamptz}, {"last_event_id", text + " DEFAULT ''"}, {"last_event_created", nullTime},
+			{"entitlement_timeline", jsonb + " DEFAULT '[]'"}}, // the entitlement's transitions in time (timeline.go)
 		fields: func(r *customerRow) []any {
 			return []any{&r.Account, &r.ID, &r.Email, &r.Name, &r.Deleted, &r.Plan, &r.Entitled, &r.AccessUntil, &r.UpdatedAt,
-				&r.LastEventID, &r.LastEventCreated}
+				&r.LastEventID, &r.LastEventCreated, &r.Timeline}
 		},
 	}
 	subscriptionsTable = table[domain.Subscription]{

@@ -49,17 +49,18 @@ func lockBuild(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log, p Proj
 	if progress == nil {
 		progress = logProgress(ctx, logger)
 	}
-	return &builder{pool: pool, log: log, p: p, logger: logger, metrics: m, progress: progress, batchSize: buildBatchSize}, l, nil
+	return &builder{pool: pool, log: log, p: p.reading(log), logger: logger, metrics: m, progress: progress, batchSize: buildBatchSize}, l, nil
 }
 
 // Rebuild builds p afresh from the whole log beside the live version and
 // swaps it in (ledger projections rebuild). A Runner on any replica keeps the
 // live version current meanwhile and follows the new schema after the swap.
-// It returns once the new version is live.
-func Rebuild(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log, p Projection, opts Options) error {
-	b, l, err := lockBuild(ctx, pool, log, p, opts)
+// It returns once the new version is live, with what the build added to
+// the outbox.
+func Rebuild(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log, p Projection, opts Options) (Built, error) {
+	b, l, err := lockBuild(ctx, pool, log, p.building(), opts)
 	if err != nil {
-		return err
+		return Built{}, err
 	}
 	defer l.Release()
 	// Under the build lock nobody else swaps, so the mapping checked here is
@@ -67,10 +68,10 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log, p Projec
 	// back by the Runners of servers configured with the live one: refuse it.
 	cp, ok, err := loadCheckpoint(l.Context(), pool, p.Name, "")
 	if err != nil {
-		return err
+		return Built{}, err
 	}
 	if ok && cp.Version == p.Version && cp.Plans.Valid && !cp.foldedWith(p) {
-		return plansChanged(cp, p)
+		return Built{}, plansChanged(cp, p)
 	}
 	return b.build(l.Context(), true)
 }

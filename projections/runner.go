@@ -61,7 +61,7 @@ func NewRunner(pool *pgxpool.Pool, log eventlog.Log, p Projection, logger *slog.
 		}
 	}
 	return &Runner{
-		pool: pool, log: log, p: p, logger: logger.With("projection", p.Name), metrics: m,
+		pool: pool, log: log, p: p.reading(log), logger: logger.With("projection", p.Name), metrics: m,
 		lockRetry: 3 * time.Second, retry: backoff.Policy{Min: time.Second, Max: 2 * time.Second}, batchSize: buildBatchSize,
 		catchUp: batchSizes{catchUpFirst, catchUpMax},
 	}, nil
@@ -175,9 +175,10 @@ func (r *Runner) buildVersion(ctx context.Context) error {
 	if err != nil || (ok && cp.Version == r.p.Version && cp.foldedWith(r.p)) {
 		return err // or a build that held the lock made it live
 	}
-	b := &builder{pool: r.pool, log: r.log, p: r.p, logger: r.logger, metrics: r.metrics, batchSize: r.batchSize,
+	b := &builder{pool: r.pool, log: r.log, p: r.p.building(), logger: r.logger, metrics: r.metrics, batchSize: r.batchSize,
 		fillChunk: r.fillChunk, progress: logProgress(ctx, r.logger)}
-	return b.build(ctx, ok)
+	_, err = b.build(ctx, ok)
+	return err
 }
 
 // apply returns the handler that folds each batch into the live schema and

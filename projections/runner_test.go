@@ -71,8 +71,8 @@ func TestCheckpointCompareAndSet(t *testing.T) {
 	appendAll(t, log, lifecycles(11, 2))
 	ctx := context.Background()
 	r := newRunner(t, pool, log, p)
-	b := &builder{pool: pool, log: log, p: p, logger: testLogger(t), metrics: r.metrics, batchSize: 10}
-	if err := b.build(ctx, false); err != nil {
+	b := &builder{pool: pool, log: log, p: p.reading(log), logger: testLogger(t), metrics: r.metrics, batchSize: 10}
+	if _, err := b.build(ctx, false); err != nil {
 		t.Fatal(err)
 	}
 	recs, err := log.ReadAll(ctx, eventlog.Start, 10)

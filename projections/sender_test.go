@@ -200,7 +200,7 @@ func TestSenderDeliversThroughFailuresRestartsAndRebuilds(t *testing.T) {
 
 	// A rebuild re-derives the outbox: nothing new reaches anyone.
 	flakyBefore, lateBefore := len(flaky.received()), len(late.received())
-	if err := Rebuild(ctx, pool, log, p, Options{Logger: testLogger(t)}); err != nil {
+	if _, err := Rebuild(ctx, pool, log, p, Options{Logger: testLogger(t)}); err != nil {
 		t.Fatal(err)
 	}
 	waitCaughtUp(t, pool, log, p)

@@ -3,7 +3,6 @@ package projections
 import (
 	"context"
 	"fmt"
-	"maps"
 	"reflect"
 	"time"
 
@@ -26,13 +25,17 @@ type customerRow struct {
 	UpdatedAt        time.Time
 	LastEventID      string
 	LastEventCreated *time.Time // NULL until a customer.* event is seen
+	Timeline         timeline   // the entitlement's transitions (timeline.go)
 }
 
-func newCustomerRow(s *domain.CustomerState) customerRow {
+func newCustomerRow(s *domain.CustomerState, tl timeline) customerRow {
 	r := customerRow{
 		Account: s.Account, ID: s.Customer.ID, Email: s.Customer.Email, Name: s.Customer.Name, Deleted: s.Customer.Deleted,
 		Plan: s.Plan, Entitled: s.Entitled, AccessUntil: s.AccessUntil, UpdatedAt: s.UpdatedAt,
-		LastEventID: s.Customer.LastEventID,
+		LastEventID: s.Customer.LastEventID, Timeline: tl,
+	}
+	if r.Timeline == nil {
+		r.Timeline = timeline{} // stored as [], never null
 	}
 	if !s.Customer.LastEventCreated.IsZero() {
 		r.LastEventCreated = &s.Customer.LastEventCreated
@@ -64,7 +67,7 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 		return err
 	}
 	ids := b.customers()
-	states, err := loadStates(ctx, tx, schema, ids)
+	states, timelines, err := loadStates(ctx, tx, schema, ids)
 	if err != nil {
 		return err
 	}
@@ -77,16 +80,19 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 		disputes      []domain.Dispute
 		notes         []notify.Notification
 		eventType     = b.eventTypes()
+		upTo          = b.upTo()
 	)
 	for _, id := range ids {
 		s := states[id]
-		before := *s
-		before.Subscriptions, before.Invoices = maps.Clone(s.Subscriptions), maps.Clone(s.Invoices)
-		before.Charges, before.Disputes = maps.Clone(s.Charges), maps.Clone(s.Disputes)
-		for _, f := range b.facts[id] {
-			notes = applyNoting(notes, s, f, eventType)
+		before := cloneState(s)
+		var tl timeline
+		notes, tl, err = foldCustomer(ctx, notes, s, timelines[id], b.facts[id], eventType, func(ctx context.Context) ([]domain.Fact, error) {
+			return customerFacts(ctx, tx, p.log, schema, id, p.Plans, upTo)
+		})
+		if err != nil {
+			return err
 		}
-		customers = append(customers, newCustomerRow(s))
+		customers = append(customers, newCustomerRow(s, tl))
 		subscriptions = appendChanged(subscriptions, before.Subscriptions, s.Subscriptions, subscriptionChanged)
 		invoices = appendChanged(invoices, before.Invoices, s.Invoices,
 			func(a, b domain.Invoice) bool {
@@ -104,25 +110,27 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 	disputesTable.queueUpsert(&w, schema, disputes)
 	queueDeadLetters(&w, p, schema, b.deadLetters)
 	queueAPIVersions(&w, schema, b.apiVersions)
-	if !p.scratch {
-		queueNotifications(&w, notes) // last: its lock is held until the commit
-	}
+	queueNotifications(&w, p.outbox.keep(notes), &b.notified) // last: its lock is held until the commit
 	if err := tx.SendBatch(ctx, &w).Close(); err != nil {
 		return fmt.Errorf("write read model %s: %w", schema, err)
 	}
 	return nil
 }
 
-// loadStates reads the stored state of customers from schema; customers
-// without rows get an empty state.
-func loadStates(ctx context.Context, tx pgx.Tx, schema string, customers []domain.CustomerKey) (map[domain.CustomerKey]*domain.CustomerState, error) {
+// loadStates reads the stored state and entitlement timeline of customers
+// from schema; customers without rows get an empty state.
+func loadStates(ctx context.Context, tx pgx.Tx, schema string, customers []domain.CustomerKey) (map[domain.CustomerKey]*domain.CustomerState,
+	map[domain.CustomerKey]timeline, error) {
 	states := make(map[domain.CustomerKey]*domain.CustomerState, len(customers))
+	timelines := make(map[domain.CustomerKey]timeline, len(customers))
 	for _, k := range customers {
 		states[k] = &domain.CustomerState{}
 	}
 	key := func(account, id string) domain.CustomerKey { return domain.CustomerKey{Account: account, ID: id} }
 	var b pgx.Batch
-	customersTable.queueLoad(&b, schema, customers, func(r customerRow) { states[key(r.Account, r.ID)] = r.state() })
+	customersTable.queueLoad(&b, schema, customers, func(r customerRow) {
+		states[key(r.Account, r.ID)], timelines[key(r.Account, r.ID)] = r.state(), r.Timeline
+	})
 	subscriptionsTable.queueLoad(&b, schema, customers, func(s domain.Subscription) {
 		objects(states[key(s.Account, s.CustomerID)]).Subscriptions[s.ID] = s
 	})
@@ -136,9 +144,9 @@ func loadStates(ctx context.Context, tx pgx.Tx, schema string, customers []domai
 		objects(states[key(d.Account, d.CustomerID)]).Disputes[d.ID] = d
 	})
 	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
-		return nil, fmt.Errorf("load read model %s: %w", schema, err)
+		return nil, nil, fmt.Errorf("load read model %s: %w", schema, err)
 	}
-	return states, nil
+	return states, timelines, nil
 }
 
 // objects readies the object maps of s, which the customers row left nil.

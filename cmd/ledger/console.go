@@ -107,7 +107,8 @@ func (b consoleBackend) Rebuild(ctx context.Context, projection string) error {
 	if projection != b.billing.Name {
 		return fmt.Errorf("unknown projection %q", projection)
 	}
-	return projections.Rebuild(ctx, b.svc.Pool, b.svc.Log, b.billing, projections.Options{Logger: b.svc.logger})
+	_, err := projections.Rebuild(ctx, b.svc.Pool, b.svc.Log, b.billing, projections.Options{Logger: b.svc.logger})
+	return err
 }
 
 // ReconcileDryRun is ledger reconcile --customer --account --dry-run.

@@ -88,10 +88,10 @@ func runBuild(ctx context.Context, c *cli, sub string, args []string, wait bool,
 		opts.Progress = func(pr projections.Progress) { progress(pr.Done) }
 	}
 	if sub == "rebuild" {
-		err = projections.Rebuild(ctx, b.Pool, b.Log, p, opts)
+		built, err := projections.Rebuild(ctx, b.Pool, b.Log, p, opts)
 		finish()
 		if err == nil {
-			fmt.Fprintf(c.stdout, "projection %s version %d rebuilt and live\n", p.Name, p.Version)
+			fmt.Fprintf(c.stdout, "projection %s version %d rebuilt and live; %d new notifications\n", p.Name, p.Version, built.Notifications)
 		}
 		return err
 	}

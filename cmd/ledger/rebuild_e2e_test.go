@@ -101,7 +101,7 @@ func TestRebuildUnderTraffic(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	log := postgres.New(pool, logger)
 	defer log.Close()
-	if err := projections.Rebuild(ctx, pool, log, v2, projections.Options{Logger: logger, Wait: true}); err != nil {
+	if _, err := projections.Rebuild(ctx, pool, log, v2, projections.Options{Logger: logger, Wait: true}); err != nil {
 		t.Fatalf("rebuild to version 2: %v", err)
 	}
 

@@ -8,12 +8,17 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 )
 
+// StreamReader is what the merges of streams read: every eventlog.Log is one.
+type StreamReader interface {
+	ReadStream(ctx context.Context, stream string, fromVersion int64, limit int) ([]eventlog.Record, error)
+}
+
 // EachInStreams hands f the records of streams positioned after `after`,
 // merged into global order, a batch of up to batch records at a time, until
 // every stream ends or f fails. It reads each stream a batch at a time, so
 // memory is O(len(streams) × batch). A customer's history is its stream
 // merged with its linked objects' (DESIGN §8).
-func EachInStreams(ctx context.Context, l eventlog.Log, streams []string, after eventlog.Position, batch int, f func([]eventlog.Record) error) error {
+func EachInStreams(ctx context.Context, l StreamReader, streams []string, after eventlog.Position, batch int, f func([]eventlog.Record) error) error {
 	cursors := make([]*streamCursor, 0, len(streams))
 	for _, s := range streams {
 		c := &streamCursor{stream: s}
@@ -77,7 +82,7 @@ type streamCursor struct {
 	done   bool
 }
 
-func (c *streamCursor) fill(ctx context.Context, l eventlog.Log, batch int) error {
+func (c *streamCursor) fill(ctx context.Context, l StreamReader, batch int) error {
 	if len(c.buf) > 0 || c.done {
 		return nil
 	}
@@ -95,7 +100,7 @@ func (c *streamCursor) fill(ctx context.Context, l eventlog.Log, batch int) erro
 // firstAfter is the first version of stream positioned after pos (the
 // stream's length when there is none). A stream's versions come in global
 // order, so it gallops then bisects with one-record reads: O(log n) reads.
-func firstAfter(ctx context.Context, l eventlog.Log, stream string, pos eventlog.Position) (int64, error) {
+func firstAfter(ctx context.Context, l StreamReader, stream string, pos eventlog.Position) (int64, error) {
 	// Versions below lo are at or before pos; versions at hi or above are after it, or absent.
 	after := func(v int64) (bool, error) {
 		recs, err := l.ReadStream(ctx, stream, v, 1)

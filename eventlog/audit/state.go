@@ -18,12 +18,23 @@ type Folded struct {
 // FoldState folds the records of a customer's history (streams: its own
 // first, then its linked objects', DESIGN §8) that include keeps, in log
 // order, with domain's fold, batch by batch: memory is the customer's state,
-// not its history. A dispute or invoice payment met in a linked stream is
-// the customer's.
-func FoldState(ctx context.Context, l eventlog.Log, streams []string, key domain.CustomerKey, plans domain.Plans, include func(eventlog.Record) bool) (Folded, error) {
+// not its history.
+func FoldState(ctx context.Context, l StreamReader, streams []string, key domain.CustomerKey, plans domain.Plans, include func(eventlog.Record) bool) (Folded, error) {
 	st := &domain.CustomerState{Account: key.Account, Customer: domain.Customer{Account: key.Account, ID: key.ID}}
 	st.Derive()
-	res := Folded{State: st}
+	res, err := EachFact(ctx, l, streams, key, plans, include, st.Apply)
+	res.State = st
+	return res, err
+}
+
+// EachFact hands each the facts of the customer key in the records of its
+// history (streams: its own first, then its linked objects') that include
+// keeps, in log order. A dispute or invoice payment met in a linked stream
+// is the customer's, as the projection links it. The result counts what was
+// read; its State is nil.
+func EachFact(ctx context.Context, l StreamReader, streams []string, key domain.CustomerKey, plans domain.Plans, include func(eventlog.Record) bool,
+	each func(domain.Fact)) (Folded, error) {
+	var res Folded
 	err := EachInStreams(ctx, l, streams, eventlog.Start, BatchSize, func(batch []eventlog.Record) error {
 		for _, r := range batch {
 			res.Total++
@@ -31,7 +42,9 @@ func FoldState(ctx context.Context, l eventlog.Log, streams []string, key domain
 				continue
 			}
 			res.Folded++
-			f, err := domain.ParseFact(r.Payload, plans)
+			// The log parsed and stored the envelope when it took the event in.
+			env := domain.Envelope{ID: r.ID, Type: r.Type, APIVersion: r.APIVersion, Created: r.Created, Account: r.Account}
+			f, err := domain.Decode(env, r.Payload, plans)
 			if err != nil {
 				res.Undecodable++
 				continue
@@ -47,7 +60,7 @@ func FoldState(ctx context.Context, l eventlog.Log, streams []string, key domain
 				f.CustomerID = key.ID // linked through its invoice, as the projection links it
 			}
 			if f.Key() == key {
-				st.Apply(*f)
+				each(*f)
 			}
 		}
 		return nil
