@@ -419,7 +419,7 @@ func previousAttributes(env Envelope, raw json.RawMessage) (map[string]string, e
 		return nil, nil
 	}
 	var prev map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &prev); err != nil {
+	if err := unmarshal(raw, &prev); err != nil {
 		return nil, decodeError(env, "data.previous_attributes: %v", err)
 	}
 	out := map[string]string{}

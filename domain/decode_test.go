@@ -390,3 +390,41 @@ func TestCustomerStreamOf(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeStorableNamesTheField: a fact the read model cannot hold fails
+// with the path of the field at fault, and text it can hold once cleaned
+// is cleaned, in nested records too.
+func TestDecodeStorableNamesTheField(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name, eventType, object, wantErr string
+	}{
+		{"time past 9999", "customer.subscription.updated",
+			`{"id":"sub_1","object":"subscription","customer":"cus_1","status":"active","current_period_end":253402300800}`,
+			"fact.Subscription.CurrentPeriodEnd is out of range (10000-01-01T00:00:00Z)"},
+		{"control character in a key", "customer.subscription.updated",
+			`{"id":"sub_\u0001","object":"subscription","customer":"cus_1","status":"active"}`,
+			"fact.Subscription.ID holds a control character"},
+		{"overlong id", "invoice.paid",
+			`{"id":"in_1","object":"invoice","customer":"cus_1","status":"paid","subscription":"sub_` + strings.Repeat("x", 300) + `"}`,
+			"fact.Invoice.SubscriptionID is 304 bytes long, over 255"},
+		{"NUL in text", "customer.updated", `{"id":"cus_1","object":"customer","name":"a\u0000b"}`, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			payload := []byte(`{"id":"evt_1","object":"event","type":"` + c.eventType + `","created":1700000000,"data":{"object":` + c.object + `}}`)
+			env := domain.Envelope{ID: "evt_1", Type: c.eventType, Created: time.Unix(1700000000, 0).UTC()}
+			f, err := domain.DecodeStorable(env, payload, nil)
+			switch {
+			case c.wantErr == "" && err != nil:
+				t.Fatal(err)
+			case c.wantErr == "":
+				if f.Customer.Name != "ab" {
+					t.Fatalf("name %q, want the NUL cleaned away", f.Customer.Name)
+				}
+			case err == nil || !strings.Contains(err.Error(), c.wantErr) || domain.ErrorCode(err) != domain.EINVALID:
+				t.Fatalf("error %v, want EINVALID %q", err, c.wantErr)
+			}
+		})
+	}
+}

@@ -1,6 +1,7 @@
 package domain
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"reflect"
@@ -14,7 +15,7 @@ func ScanAgrees(payload []byte) (scanned []string, err error) {
 	for _, check := range []func([]byte) (string, bool, error){
 		scanAgrees[rawObject], scanAgrees[rawLinked], scanAgrees[rawCustomer], scanAgrees[rawSubscription],
 		scanAgrees[rawInvoice], scanAgrees[rawCharge], scanAgrees[rawDispute], scanAgrees[rawInvoicePayment],
-		scanAgrees[rawSubscriptionItems], scanAgrees[rawEnvelope],
+		scanAgrees[rawSubscriptionItems], scanAgrees[rawEnvelope], scanAgrees[map[string]json.RawMessage],
 	} {
 		name, ok, err := check(payload)
 		if err != nil {
@@ -28,7 +29,7 @@ func ScanAgrees(payload []byte) (scanned []string, err error) {
 }
 
 func scanAgrees[T any](payload []byte) (name string, ok bool, err error) {
-	name = reflect.TypeFor[T]().Name()
+	name = cmp.Or(reflect.TypeFor[T]().Name(), reflect.TypeFor[T]().String())
 	if ok, err := agrees[event[T]](payload); err != nil {
 		return name, ok, fmt.Errorf("%s in an event: %w", name, err)
 	} else if !ok {

@@ -35,7 +35,7 @@ type scanner struct {
 const maxScanDepth = 1000
 
 // unmarshal is json.Unmarshal(data, v) for v, a pointer to a zero struct
-// of the kinds planOf takes: data is scanned, and decoded with encoding/json
+// (or map) of the kinds planOf takes: data is scanned, and decoded with encoding/json
 // only when the scan fails.
 func unmarshal(data []byte, v any) error {
 	rv := reflect.ValueOf(v).Elem()
@@ -46,10 +46,10 @@ func unmarshal(data []byte, v any) error {
 	return json.Unmarshal(data, v)
 }
 
-// scan reads data, an object, into the struct v, and reports whether it could.
+// scan reads data into v, and reports whether it could.
 func scan(data []byte, v reflect.Value) bool {
 	s := scanner{data: data}
-	s.object(v, planOf(v.Type()))
+	s.value(v, planOf(v.Type()))
 	s.next()
 	return !s.bad && s.off == len(data)
 }
@@ -72,19 +72,19 @@ func (s *scanner) next() byte {
 }
 
 // key reads a member's key and the colon after it, and returns the key as
-// it stands between its quotes.
-func (s *scanner) key() []byte {
+// it stands between its quotes; plain as str says.
+func (s *scanner) key() (key []byte, plain bool) {
 	if s.next() != '"' {
 		s.fail()
-		return nil
+		return nil, false
 	}
-	key, _ := s.str()
+	key, plain = s.str()
 	if s.next() != ':' {
 		s.fail()
-		return nil
+		return nil, false
 	}
 	s.off++
-	return key
+	return key, plain
 }
 
 // stringByte classes the bytes of a JSON string: 0 for one that stands for
@@ -261,7 +261,7 @@ func (s *scanner) raw() []byte {
 type typePlan struct {
 	kind   reflect.Kind          // reflect.Interface for a json.Unmarshaler
 	fields map[string]*fieldPlan // a struct's, by JSON name
-	elem   *typePlan             // a pointer's or slice's
+	elem   *typePlan             // a pointer's, slice's or map's
 }
 
 // fieldPlan is one field of a struct: its index (through embedded structs)
@@ -302,6 +302,8 @@ func newPlan(t reflect.Type) *typePlan {
 		if elem := newPlan(t.Elem()); elem.kind == reflect.Struct {
 			return &typePlan{kind: t.Kind(), elem: elem}
 		}
+	case t.Kind() == reflect.Map && t.Key() == reflect.TypeFor[string]():
+		return &typePlan{kind: t.Kind(), elem: newPlan(t.Elem())} // each value read by value, as its plan says
 	case t.Kind() == reflect.Struct:
 		p := &typePlan{kind: reflect.Struct, fields: map[string]*fieldPlan{}}
 		addFields(p, t)
@@ -370,7 +372,7 @@ func (s *scanner) object(v reflect.Value, p *typePlan) {
 	}
 	var seen uint64
 	s.sequence('}', func() {
-		key := s.key()
+		key, _ := s.key()
 		f := p.fields[string(key)]
 		switch {
 		case s.bad:
@@ -447,6 +449,20 @@ func (s *scanner) value(v reflect.Value, p *typePlan) {
 		elem := reflect.New(v.Type().Elem())
 		s.object(elem.Elem(), p.elem)
 		v.Set(elem)
+	case p.kind == reflect.Map && c == '{':
+		// a key given twice is the last one's, as in json.Unmarshal
+		m := reflect.MakeMap(v.Type())
+		s.sequence('}', func() {
+			key, plain := s.key()
+			if !plain { // escapes and invalid UTF-8 are left to encoding/json
+				s.fail()
+				return
+			}
+			elem := reflect.New(v.Type().Elem()).Elem()
+			s.value(elem, p.elem)
+			m.SetMapIndex(reflect.ValueOf(string(key)), elem)
+		})
+		v.Set(m)
 	case p.kind == reflect.Slice && c == '[':
 		elems := reflect.MakeSlice(v.Type(), 0, 0)
 		s.sequence(']', func() {

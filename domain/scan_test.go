@@ -112,6 +112,8 @@ func FuzzScan(f *testing.F) {
 		`{"data":{"object":{"id":"dp_1","object":"dispute","charge":{"id":"ch_1","customer":"cus_1"},"payment_intent":"pi_1"}}}`,
 		`{"data":{"object":{"id":"inpay_1","object":"invoice_payment","invoice":{"id":"in_1","customer":"cus_1"},"status_transitions":{"paid_at":7}}}}`,
 		`{"data":{"object":{"id":"sub_1"},"previous_attributes":{"status":"trialing","items":{"data":[]}}}}`,
+		`{"data":{"object":{"status":"a","status":"b","Status":"c","st\u0061tus":"d"}}}`,
+		"{\"data\":{\"object\":{\"st\xffatus\":\"a\",\"\u00e9\":{}}}}",
 		`{"data":{"object":{"id":"sub_1","metadata":{"ID":"x","Id":[1,{"a":null}],"\u00e9":true}}}}`,
 		`{"data":{"object":{"id":"sub_1"}}} x`,
 		`{"data":{"object":{"id":"sub_1"}},}`,

@@ -4,6 +4,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 )
@@ -183,12 +184,27 @@ func StorableText(s string) string {
 
 var timeType = reflect.TypeFor[time.Time]()
 
+// fieldNames are the names of struct type t's fields, by index.
+var fieldNames sync.Map // reflect.Type → []string
+
+func namesOf(t reflect.Type) []string {
+	if names, ok := fieldNames.Load(t); ok {
+		return names.([]string)
+	}
+	names := make([]string, t.NumField())
+	for i := range names {
+		names[i] = t.Field(i).Name
+	}
+	fieldNames.Store(t, names)
+	return names
+}
+
 // makeStorable cleans and checks the fields of the struct v (path names it
 // in messages), following pointers to structs; it returns what is wrong, ""
 // when nothing is.
 func makeStorable(v reflect.Value, path string) string {
-	for i := range v.NumField() {
-		f, name := v.Field(i), v.Type().Field(i).Name
+	for i, name := range namesOf(v.Type()) {
+		f := v.Field(i)
 		if f.Kind() == reflect.Pointer {
 			if f.IsNil() {
 				continue
@@ -197,7 +213,7 @@ func makeStorable(v reflect.Value, path string) string {
 		}
 		switch {
 		case f.Type() == timeType:
-			if t := f.Interface().(time.Time); !t.IsZero() && (t.Before(minStorableTime) || t.After(maxStorableTime)) {
+			if t := f.Addr().Interface().(*time.Time); !t.IsZero() && (t.Before(minStorableTime) || t.After(maxStorableTime)) {
 				return path + "." + name + " is out of range (" + t.Format(time.RFC3339) + ")"
 			}
 		case f.Kind() == reflect.String && keyFields[name]:
@@ -212,8 +228,8 @@ func makeStorable(v reflect.Value, path string) string {
 		case f.Kind() == reflect.String:
 			f.SetString(StorableText(f.String()))
 		case f.Kind() == reflect.Struct:
-			if msg := makeStorable(f, path+"."+name); msg != "" {
-				return msg
+			if msg := makeStorable(f, name); msg != "" {
+				return path + "." + msg
 			}
 		}
 	}
