@@ -189,8 +189,10 @@ func (p Projection) decodeParallel(recs []eventlog.Record) *batch {
 	wg.Wait()
 	b := decoded[0]
 	for _, d := range decoded[1:] {
+		d.recs = nil // b.recs is set to all of recs below, not copied part by part
 		b.merge(d)
 	}
+	b.recs = recs
 	return b
 }
 

@@ -228,7 +228,7 @@ const readStreamSQL = `SELECT ` + recordColumns + `
 
 // ReadStream implements eventlog.Log.
 func (l *Log) ReadStream(ctx context.Context, stream string, fromVersion int64, limit int) ([]eventlog.Record, error) {
-	recs, err := queryRecords(ctx, l.pool, readStreamSQL, stream, fromVersion, limit)
+	recs, err := queryRecords(ctx, l.pool, limit, readStreamSQL, stream, fromVersion, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read stream %s from version %d: %w", stream, fromVersion, err)
 	}
@@ -241,7 +241,7 @@ const streamHeadSQL = `SELECT ` + recordColumns + `
 
 // StreamHead implements eventlog.Log.
 func (l *Log) StreamHead(ctx context.Context, stream string) (eventlog.Record, bool, error) {
-	recs, err := queryRecords(ctx, l.pool, streamHeadSQL, stream)
+	recs, err := queryRecords(ctx, l.pool, 1, streamHeadSQL, stream)
 	if err != nil {
 		return eventlog.Record{}, false, fmt.Errorf("read the head of stream %s: %w", stream, err)
 	}
@@ -272,7 +272,7 @@ const readAllSQL = `SELECT ` + recordColumns + `
 
 // readAll is shared by ReadAll (on the pool) and Subscribe (on its own connection).
 func readAll(ctx context.Context, q querier, horizon uint64, from eventlog.Position, limit int) ([]eventlog.Record, error) {
-	return queryRecords(ctx, q, readAllSQL, from.Commit, prepareArg(from), limit, horizon)
+	return queryRecords(ctx, q, limit, readAllSQL, from.Commit, prepareArg(from), limit, horizon)
 }
 
 const headSQL = `SELECT tx, global_position FROM events WHERE tx < $1::xid8
@@ -362,17 +362,23 @@ type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
 
-func queryRecords(ctx context.Context, q querier, sql string, args ...any) ([]eventlog.Record, error) {
+// queryRecords runs sql, a query of recordColumns that returns at most limit
+// rows, and returns its records. The slice is made for limit records (up to
+// maxReserved), not grown row by row: a rebuild reads chunks of 10,000.
+func queryRecords(ctx context.Context, q querier, limit int, sql string, args ...any) ([]eventlog.Record, error) {
 	rows, err := q.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, classify(err)
 	}
-	recs, err := pgx.CollectRows(rows, scanRecord)
+	recs, err := pgx.AppendRows(make([]eventlog.Record, 0, min(max(limit, 0), maxReserved)), rows, scanRecord)
 	if err != nil {
 		return nil, classify(err)
 	}
 	return recs, nil
 }
+
+// maxReserved bounds the records queryRecords makes room for at once.
+const maxReserved = 10_000
 
 func scanRecord(row pgx.CollectableRow) (eventlog.Record, error) {
 	var r eventlog.Record
