@@ -7,8 +7,9 @@ import (
 	"reflect"
 )
 
-// ScanAgrees scans payload into each of decode's structs, as an event's
-// data.object and alone, and holds every scan that succeeds to
+// ScanAgrees scans payload into each of decode's structs (and
+// ParseEnvelope's), as an event's data.object and, whether or not that
+// scan succeeds, alone, and holds every scan that succeeds to
 // json.Unmarshal: it returns the structs the scanner read an event into
 // (by name) and the first disagreement.
 func ScanAgrees(payload []byte) (scanned []string, err error) {
@@ -30,15 +31,14 @@ func ScanAgrees(payload []byte) (scanned []string, err error) {
 
 func scanAgrees[T any](payload []byte) (name string, ok bool, err error) {
 	name = cmp.Or(reflect.TypeFor[T]().Name(), reflect.TypeFor[T]().String())
-	if ok, err := agrees[event[T]](payload); err != nil {
+	ok, err = agrees[event[T]](payload)
+	if err != nil {
 		return name, ok, fmt.Errorf("%s in an event: %w", name, err)
-	} else if !ok {
-		return name, false, nil
 	}
 	if _, err := agrees[T](payload); err != nil {
-		return name, true, fmt.Errorf("%s alone: %w", name, err)
+		return name, ok, fmt.Errorf("%s alone: %w", name, err)
 	}
-	return name, true, nil
+	return name, ok, nil
 }
 
 // agrees scans payload into a T and, when it could, decodes it with json.Unmarshal.
