@@ -105,6 +105,36 @@ func TestVersionChange(t *testing.T) {
 	checkFromScratch(t, pool, log, v2)
 }
 
+// TestVersion7WithoutTimelineIsRebuilt: a live billing model of version 7
+// as the binaries of 4a21f76..9409154 built it, whose customers table has no
+// entitlement_timeline (0286a8b added the column without a BillingVersion
+// bump), is rebuilt by this binary's runner: followed, every batch would
+// write the column into a table without it, and fail.
+func TestVersion7WithoutTimelineIsRebuilt(t *testing.T) {
+	t.Parallel()
+	pool, log := newLog(t)
+	ctx := context.Background()
+	ds := lifecycles(7, 10)
+	split := len(ds) / 2
+	appendAll(t, log, ds[:split])
+	v7 := Billing(testPlans(t))
+	v7.Version = 7
+	stop := startRunner(t, newRunner(t, pool, log, v7))
+	cp := waitCaughtUp(t, pool, log, v7)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, "ALTER TABLE "+ident(cp.Schema)+".customers DROP COLUMN entitlement_timeline CASCADE;\n"+viewsSQL(cp.Schema)); err != nil {
+		t.Fatal(err)
+	}
+	appendAll(t, log, ds[split:])
+	p := Billing(testPlans(t))
+	startRunner(t, newRunner(t, pool, log, p))
+	if got := waitCaughtUp(t, pool, log, p); got.Schema == cp.Schema {
+		t.Errorf("version %d follows the version 7 schema %s instead of rebuilding", p.Version, cp.Schema)
+	}
+}
+
 // checkPlanDiff checks that Diff of p, which maps price_basic_monthly to
 // "starter", reports exactly the subscriptions of that price and the
 // customers on the basic plan, with their plan changed.

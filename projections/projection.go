@@ -18,7 +18,7 @@ import (
 // BillingVersion is the version of the billing projection's logic. Bump it
 // with every change that alters what the read model holds for the same events
 // (decoding, folding, the tables of readmodel.go): the next Runner to start rebuilds.
-const BillingVersion = 7
+const BillingVersion = 8
 
 // Projection is a read model folded from the event log: its name (the key of
 // projection_checkpoints), the version of its logic, and the plan mapping it
