@@ -97,11 +97,15 @@ func (b *builder) build(ctx context.Context, fill bool) (Built, error) {
 			return Built{}, fmt.Errorf("analyze %s: %w", schema, err)
 		}
 	}
+	live, _, err := loadCheckpoint(ctx, b.pool, b.p.Name, "") // Version 0 without one
+	if err != nil {
+		return Built{}, err
+	}
 	old, err := b.swap(ctx, schema, pos, fill)
 	if err != nil {
 		return Built{}, err
 	}
-	if err := b.announceFinal(ctx, schema); err != nil {
+	if err := b.announceFinal(ctx, schema, live.Version); err != nil {
 		return Built{}, err
 	}
 	b.logger.InfoContext(ctx, "projection swapped in", "version", b.p.Version, "schema", schema, "old_schema", old,

@@ -187,18 +187,25 @@ ON CONFLICT (id) DO NOTHING`, ids, types, accounts, customers, events, occurred,
 // logic nothing is added: the count says so. Subscription status changes
 // and failed attempts are announced per event in log order, which the
 // final state does not keep: a build does not derive them again.
-func (b *builder) announceFinal(ctx context.Context, schema string) error {
+//
+// replaced is the live version the build replaced, 0 for none. One older
+// than timelineIDsSince announced entitlement changes under ids of their
+// causing event: under timeline ids every one of them would be new, and
+// announcing them would send every customer's whole entitlement history
+// again, years old. So a build that replaces such a version announces no
+// entitlement change (the live runner announces the next ones), and logs
+// that it held them back.
+func (b *builder) announceFinal(ctx context.Context, schema string, replaced int) error {
 	if b.p.outbox != outboxBuild {
 		return nil
 	}
-	err := announceRows(ctx, b, customersTable, schema, "true", func(r customerRow) (string, string) { return r.Account, r.ID },
-		func(r customerRow) []notify.Notification {
-			notes := make([]notify.Notification, 0, len(r.Timeline))
-			for _, tr := range r.Timeline {
-				notes = append(notes, tr.note(r.Account, r.ID, nil))
-			}
-			return notes
-		})
+	var err error
+	if replaced == 0 || replaced >= timelineIDsSince {
+		err = b.announceTimelines(ctx, schema)
+	} else {
+		b.logger.InfoContext(ctx, "entitlement changes not announced again: the replaced version identified them by their causing event",
+			"replaced_version", replaced)
+	}
 	if err == nil {
 		err = announceRows(ctx, b, invoicesTable, schema, "status = 'paid'", func(inv domain.Invoice) (string, string) { return inv.Account, inv.ID },
 			func(inv domain.Invoice) []notify.Notification {
@@ -216,6 +223,24 @@ func (b *builder) announceFinal(ctx context.Context, schema string) error {
 			})
 	}
 	return err
+}
+
+// timelineIDsSince is the first BillingVersion whose entitlement changes
+// are identified by their place in the customer's timeline (after-state and
+// occurrence) rather than by the event that caused them.
+const timelineIDsSince = 7
+
+// announceTimelines adds every transition of every customer's timeline in
+// schema to the outbox.
+func (b *builder) announceTimelines(ctx context.Context, schema string) error {
+	return announceRows(ctx, b, customersTable, schema, "true", func(r customerRow) (string, string) { return r.Account, r.ID },
+		func(r customerRow) []notify.Notification {
+			notes := make([]notify.Notification, 0, len(r.Timeline))
+			for _, tr := range r.Timeline {
+				notes = append(notes, tr.note(r.Account, r.ID, nil))
+			}
+			return notes
+		})
 }
 
 // announceRows inserts into the outbox the notifications of the rows of t

@@ -528,3 +528,43 @@ func TestRebuildAnnouncesNothingNew(t *testing.T) {
 	}
 	rebuild("event by event")
 }
+
+// TestUpgradeFromEventIDsAnnouncesNoHistory: a build that replaces a live
+// version older than timelineIDsSince, whose entitlement changes carried ids
+// of their causing event, does not announce every customer's entitlement
+// history again under timeline ids; paid invoices and disputes keep their
+// ids and add nothing either.
+func TestUpgradeFromEventIDsAnnouncesNoHistory(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, log := newLog(t)
+	p := Billing(testPlans(t))
+	old := p
+	old.Version = timelineIDsSince - 1
+	appendAll(t, log, lifecycles(37, 12))
+	stop := startRunner(t, newRunner(t, pool, log, old))
+	waitCaughtUp(t, pool, log, old)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	// The old version's ids: other than the timeline's for the same changes.
+	tag, err := pool.Exec(ctx, `UPDATE notifications SET id = id || '_by_event' WHERE type = $1`, notify.EntitlementChanged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tag.RowsAffected() == 0 {
+		t.Fatal("the old version announced no entitlement change: nothing to test")
+	}
+	var logs logtest.Buffer
+	built, err := Rebuild(ctx, pool, log, p, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if built.Notifications != 0 {
+		t.Fatalf("the upgrade from version %d announced %d notifications again (%d entitlement changes were announced before); log:\n%s",
+			old.Version, built.Notifications, tag.RowsAffected(), logs.String())
+	}
+	if !strings.Contains(logs.String(), "entitlement changes not announced again") {
+		t.Fatalf("the upgrade does not say it held entitlement changes back; log:\n%s", logs.String())
+	}
+}
