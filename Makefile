@@ -23,6 +23,7 @@ test:
 	LEDGER_CONSOLE_SCREENSHOTS="$(CURDIR)/bin/console-screenshots" $(GO) test -race -count=1 -timeout 20m ./...
 	$(GO) test -run '^$$' -fuzz '^FuzzParseEnvelope$$' -fuzztime 3s ./domain/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeApply$$' -fuzztime 3s ./domain/
+	$(GO) test -run '^$$' -fuzz '^FuzzScan$$' -fuzztime 3s ./domain/
 
 # The event-log contract suite against a real EventStoreDB/KurrentDB
 # (`docker compose up -d kurrentdb`), with the local PostgreSQL for the dedup guard.
