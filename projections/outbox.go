@@ -227,8 +227,10 @@ func (b *builder) announceFinal(ctx context.Context, schema string, replaced int
 
 // timelineIDsSince is the first BillingVersion whose entitlement changes
 // are identified by their place in the customer's timeline (after-state and
-// occurrence) rather than by the event that caused them.
-const timelineIDsSince = 7
+// occurrence) rather than by the event that caused them: 0286a8b's, which
+// BillingVersion 8 numbers (version 7, 4a21f76..9409154, still used the
+// causing event's ids).
+const timelineIDsSince = 8
 
 // announceTimelines adds every transition of every customer's timeline in
 // schema to the outbox.

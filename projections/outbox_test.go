@@ -540,7 +540,7 @@ func TestUpgradeFromEventIDsAnnouncesNoHistory(t *testing.T) {
 	pool, log := newLog(t)
 	p := Billing(testPlans(t))
 	old := p
-	old.Version = timelineIDsSince - 1
+	old.Version = 7 // the last with ids of the causing event: 4a21f76..9409154 built it
 	appendAll(t, log, lifecycles(37, 12))
 	stop := startRunner(t, newRunner(t, pool, log, old))
 	waitCaughtUp(t, pool, log, old)
