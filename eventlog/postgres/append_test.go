@@ -75,13 +75,15 @@ func (h heldStream) commit(t *testing.T) {
 	}
 }
 
-// waitForLockWaiters waits until n of the log's connections wait for a stream lock.
+// waitForLockWaiters waits until n of the log's connections wait for a stream lock. pg_locks and
+// pg_stat_activity span the cluster: the tests of this package run in parallel, each in its own
+// database with the same application name, so only this database's sessions count.
 func (f *groupFixture) waitForLockWaiters(t *testing.T, n int) {
 	t.Helper()
 	waitUntil(t, "appends wait for a stream lock", func() bool {
 		var waiting int
 		err := f.admin.QueryRow(t.Context(), `SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-			WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = 'ledger-group'`).Scan(&waiting)
+			WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = 'ledger-group' AND a.datname = current_database()`).Scan(&waiting)
 		return err == nil && waiting == n
 	})
 }
