@@ -97,17 +97,14 @@ func (b *builder) build(ctx context.Context, fill bool) (Built, error) {
 			return Built{}, fmt.Errorf("analyze %s: %w", schema, err)
 		}
 	}
-	live, _, err := loadCheckpoint(ctx, b.pool, b.p.Name, "") // Version 0 without one
+	replaced, err := b.swap(ctx, schema, pos, fill)
 	if err != nil {
 		return Built{}, err
 	}
-	old, err := b.swap(ctx, schema, pos, fill)
-	if err != nil {
+	if err := b.announceFinal(ctx, schema, replaced.Version); err != nil {
 		return Built{}, err
 	}
-	if err := b.announceFinal(ctx, schema, live.Version); err != nil {
-		return Built{}, err
-	}
+	old := replaced.Schema
 	b.logger.InfoContext(ctx, "projection swapped in", "version", b.p.Version, "schema", schema, "old_schema", old,
 		"notifications_added", b.added)
 	if old != "" {
@@ -274,7 +271,7 @@ func (b *builder) read(ctx context.Context, pos eventlog.Position, until *eventl
 }
 
 // swap makes schema, folded up to pos, the live version of b.p, and returns
-// the schema it replaced ("" when none). With catchUp it first folds
+// the checkpoint of the version it replaced (the zero checkpoint when none). With catchUp it first folds
 // whatever was appended after pos, so that the new version is never behind
 // the live one it replaces: readers never see a change go back.
 //
@@ -284,18 +281,18 @@ func (b *builder) read(ctx context.Context, pos eventlog.Position, until *eventl
 // then, in one short transaction, re-points the views and moves the
 // checkpoint by compare-and-set, provided the live version has not advanced
 // past what the new one holds; else it tries again.
-func (b *builder) swap(ctx context.Context, schema string, pos eventlog.Position, catchUp bool) (old string, err error) {
+func (b *builder) swap(ctx context.Context, schema string, pos eventlog.Position, catchUp bool) (replaced checkpoint, err error) {
 	for attempt := 1; ; attempt++ {
 		cp, ok, err := loadCheckpoint(ctx, b.pool, b.p.Name, "")
 		if err != nil {
-			return "", err
+			return checkpoint{}, err
 		}
 		if ok && cp.Version > b.p.Version {
-			return "", fmt.Errorf("swap in %s: the live version %d of %s is newer than this binary's %d", schema, cp.Version, b.p.Name, b.p.Version)
+			return checkpoint{}, fmt.Errorf("swap in %s: the live version %d of %s is newer than this binary's %d", schema, cp.Version, b.p.Name, b.p.Version)
 		}
 		if catchUp {
 			if pos, err = b.catchUp(ctx, b.p, schema, pos, nil); err != nil {
-				return "", err
+				return checkpoint{}, err
 			}
 		}
 		var swapped bool
@@ -331,13 +328,13 @@ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING`,
 		})
 		switch {
 		case err != nil:
-			return "", err
+			return checkpoint{}, err
 		case swapped && ok:
-			return cp.Schema, nil
+			return cp, nil
 		case swapped:
-			return "", nil
+			return checkpoint{}, nil
 		case attempt == swapAttempts*10:
-			return "", fmt.Errorf("swap in %s: the live version kept moving ahead in %d attempts", schema, attempt)
+			return checkpoint{}, fmt.Errorf("swap in %s: the live version kept moving ahead in %d attempts", schema, attempt)
 		}
 		b.logger.InfoContext(ctx, "live projection moved during the swap; folding the rest and retrying", "schema", schema, "attempt", attempt)
 	}

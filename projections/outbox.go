@@ -188,7 +188,7 @@ ON CONFLICT (id) DO NOTHING`, ids, types, accounts, customers, events, occurred,
 // and failed attempts are announced per event in log order, which the
 // final state does not keep: a build does not derive them again.
 //
-// replaced is the live version the build replaced, 0 for none. One older
+// replaced is the live version the build's swap replaced, 0 for none. One older
 // than timelineIDsSince announced entitlement changes under ids of their
 // causing event: under timeline ids every one of them would be new, and
 // announcing them would send every customer's whole entitlement history
