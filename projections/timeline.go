@@ -160,25 +160,37 @@ func foldCustomer(ctx context.Context, out []notify.Notification, s *domain.Cust
 		}
 	}
 	from := entitlementOf(in)
-	var events []string
-	for i, f := range ordered {
+	eachSecond(ordered, func(f domain.Fact) {
 		if sorted {
 			out = applyNoting(out, s, f, eventType)
 		} else {
 			in.Apply(f)
 		}
-		events = append(events, f.EventID)
-		if i+1 < len(ordered) && ordered[i+1].Created.Equal(f.Created) {
-			continue
-		}
+	}, func(at time.Time, events []string) {
 		to := entitlementOf(in)
 		var tr *transition
-		if tl, tr = tl.advance(f.Created, from, to); tr != nil {
+		if tl, tr = tl.advance(at, from, to); tr != nil {
 			out = append(out, tr.note(s.Account, s.Customer.ID, events))
 		}
-		from, events = to, nil
-	}
+		from = to
+	})
 	return out, tl, nil
+}
+
+// eachSecond applies facts, which are in created order, one by one with
+// apply, and after the last fact of each second calls settle with that
+// second and the ids of its facts (a slice of its own each time).
+func eachSecond(facts []domain.Fact, apply func(domain.Fact), settle func(at time.Time, events []string)) {
+	var events []string
+	for i, f := range facts {
+		apply(f)
+		events = append(events, f.EventID)
+		if i+1 < len(facts) && facts[i+1].Created.Equal(f.Created) {
+			continue
+		}
+		settle(f.Created, events)
+		events = nil
+	}
 }
 
 // timelineOf is the entitlement timeline of a customer's facts: their fold
@@ -191,15 +203,11 @@ func timelineOf(facts []domain.Fact) timeline {
 		tl timeline
 	)
 	from := entitlementOf(&s)
-	for i, f := range facts {
-		s.Apply(f)
-		if i+1 < len(facts) && facts[i+1].Created.Equal(f.Created) {
-			continue
-		}
+	eachSecond(facts, s.Apply, func(at time.Time, _ []string) {
 		to := entitlementOf(&s)
-		tl, _ = tl.advance(f.Created, from, to)
+		tl, _ = tl.advance(at, from, to)
 		from = to
-	}
+	})
 	return tl
 }
 
@@ -230,10 +238,10 @@ func cloneState(s *domain.CustomerState) domain.CustomerState {
 func customerFacts(ctx context.Context, q rowsQuerier, log audit.StreamReader, schema string, key domain.CustomerKey, plans domain.Plans,
 	upTo eventlog.Position) ([]domain.Fact, error) {
 	linked, err := linkedStreams(ctx, q, schema, key)
-	streams := append([]string{domain.Envelope{CustomerID: key.ID, Account: key.Account}.Stream()}, linked...)
 	if err != nil {
 		return nil, fmt.Errorf("streams of %s: %w", key.ID, err)
 	}
+	streams := append([]string{domain.Envelope{CustomerID: key.ID, Account: key.Account}.Stream()}, linked...)
 	var facts []domain.Fact
 	// Only what can change the entitlement is decoded (charges and disputes cannot).
 	include := func(r eventlog.Record) bool {
