@@ -55,6 +55,7 @@ Stops gracefully on SIGINT or SIGTERM.`,
 			if err != nil {
 				return err
 			}
+			defer tuneGC()()
 			return runServe(cmd.Context(), cfg, logger, migrate)
 		},
 	}

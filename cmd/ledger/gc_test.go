@@ -1,0 +1,38 @@
+package main
+
+import (
+	"os"
+	"runtime"
+	"runtime/metrics"
+	"testing"
+	"time"
+)
+
+// TestTuneGC: after a collection the percentage gives the test's small live
+// heap gcHeadroom to grow; stop puts back GOGC=100. Not parallel: the
+// percentage is the process's.
+func TestTuneGC(t *testing.T) {
+	if os.Getenv("GOGC") != "" {
+		t.Skip("GOGC is set: tuneGC leaves the collector alone")
+	}
+	percent := func() uint64 {
+		s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+		metrics.Read(s)
+		return s[0].Value.Uint64()
+	}
+	stop := tuneGC()
+	for deadline := time.Now().Add(10 * time.Second); percent() <= 100; {
+		if time.Now().After(deadline) {
+			stop()
+			t.Fatalf("GOGC is still %d after collections", percent())
+		}
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond) // the cleanup runs on its own goroutine
+	}
+	stop()
+	runtime.GC()
+	time.Sleep(10 * time.Millisecond)
+	if got := percent(); got != 100 {
+		t.Fatalf("GOGC is %d after stop, want 100", got)
+	}
+}
