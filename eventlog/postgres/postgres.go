@@ -5,7 +5,9 @@
 // which serialise the appends of one stream under a transaction-scoped
 // advisory lock; appends to different streams commit concurrently.
 // Concurrent Appends are grouped into one ledger_append_batch call, one
-// transaction and one WAL flush (group commit, see Append).
+// transaction and one WAL flush (group commit, see Append); those of one
+// stream always go to the same batch or the next, so that they do not
+// wait for each other's lock.
 //
 // The global order is (tx, global_position): the appending transaction's id,
 // then a sequence number, exposed as eventlog.Position{Commit: tx, Prepare:
@@ -44,6 +46,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"math"
 	"strconv"
@@ -69,14 +72,16 @@ type Log struct {
 	settleTimeout time.Duration
 	completeReads bool // a settle that times out is an error, not a shorter answer
 
-	// Group commit (append.go): Append hands its event to one of committers
-	// goroutines, started by the first append and stopped by Close, which
-	// store what is waiting in batches of up to maxBatch events and
+	// Group commit (append.go): Append hands its event to the committer
+	// goroutine its stream maps to (appends[i] feeds committer i; seed keys
+	// the map), started by the first append and stopped by Close, which
+	// stores what is waiting in batches of up to maxBatch events and
 	// maxBatchBytes of payload.
 	committers    int
 	maxBatch      int
 	maxBatchBytes int
-	appends       chan *appendRequest
+	appends       []chan *appendRequest
+	seed          maphash.Seed
 	commitOnce    sync.Once
 	committing    sync.WaitGroup
 	closing       chan struct{}
@@ -163,9 +168,13 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, opts ...Option) *Log {
 	}
 	l := &Log{pool: pool, logger: logger, batchSize: 1000, pollInterval: 5 * time.Second, settleTimeout: time.Second,
 		committers: defaultCommitters, maxBatch: defaultMaxBatch, maxBatchBytes: defaultMaxBatchBytes,
-		appends: make(chan *appendRequest), closing: make(chan struct{}), wake: make(chan struct{}, 1)}
+		seed: maphash.MakeSeed(), closing: make(chan struct{}), wake: make(chan struct{}, 1)}
 	for _, opt := range opts {
 		opt(l)
+	}
+	l.appends = make([]chan *appendRequest, l.committers)
+	for i := range l.appends {
+		l.appends[i] = make(chan *appendRequest)
 	}
 	return l
 }
