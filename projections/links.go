@@ -120,11 +120,13 @@ func queuePending[T any](w *pgx.Batch, b *batch, schema string, t table[T], via 
 		return
 	}
 	source, args := t.unnest(rows)
-	links := ident(schema) + "." + linksTable.name
-	linked := "l.account = p.account AND l.object_id = p." + via
-	waiting := t.insertSQL(schema, "p WHERE NOT EXISTS (SELECT FROM "+links+" l WHERE "+linked+")", keepStored)
-	queueFacts(w, b, t, fmt.Sprintf(`WITH p (%s) AS (SELECT * FROM %s), waiting AS (%s)
-SELECT l.customer_id, %s FROM p JOIN %s l ON %s`, t.columnList(""), source, waiting, t.columnList("p."), links, linked), args, fact)
+	// One lookup of the link per row, whose result both the insert of the
+	// waiting rows and the answer read.
+	waiting := t.insertSQL(schema, "(SELECT "+t.columnList("p.")+" FROM p WHERE p.linked_customer IS NULL) w", keepStored)
+	queueFacts(w, b, t, fmt.Sprintf(`WITH p AS (SELECT l.customer_id AS linked_customer, s.* FROM %s AS s (%s)
+  LEFT JOIN %s.%s l ON l.account = s.account AND l.object_id = s.%s), waiting AS (%s)
+SELECT p.linked_customer, %s FROM p WHERE p.linked_customer IS NOT NULL`,
+		source, t.columnList(""), ident(schema), linksTable.name, via, waiting, t.columnList("p.")), args, fact)
 }
 
 // queueResolved queues the delete of t's pending facts that are now linked

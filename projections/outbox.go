@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -127,6 +128,29 @@ func notificationID(typ, account, customer, key string) string {
 	return "ntf_" + hex.EncodeToString(h[:16])
 }
 
+// arrayLiteral is ss as the text of a PostgreSQL text[], every element
+// quoted, so that any string (commas, braces, quotes, "NULL") reads back
+// as itself.
+func arrayLiteral(ss []string) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, s := range ss {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('"')
+		for _, c := range []byte(s) {
+			if c == '"' || c == '\\' {
+				b.WriteByte('\\')
+			}
+			b.WriteByte(c)
+		}
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.String()
+}
+
 func itoa(n int64) string {
 	b, _ := json.Marshal(n)
 	return string(b)
@@ -148,7 +172,10 @@ func (b *batch) eventTypes() func(string) string {
 
 // queueNotifications queues the insert of notes, new ids only, in their
 // order, under notificationLockClass, and the signal to listeners; the
-// rows inserted are added to added once the batch has run.
+// rows inserted are added to added once the batch has run. Each
+// notification's event ids travel as one text[] literal (arrayLiteral),
+// which the insert casts: PostgreSQL arrays cannot be ragged, and
+// unpacking a JSON array per row cost a subquery per row.
 func queueNotifications(b *pgx.Batch, notes []notify.Notification, added *int64) {
 	if len(notes) == 0 {
 		return
@@ -160,13 +187,12 @@ func queueNotifications(b *pgx.Batch, notes []notify.Notification, added *int64)
 	)
 	for _, n := range notes {
 		ids, types, accounts, customers = append(ids, n.ID), append(types, n.Type), append(accounts, n.Account), append(customers, n.CustomerID)
-		ev, _ := json.Marshal(n.EventIDs)
-		events, occurred, data = append(events, string(ev)), append(occurred, n.OccurredAt), append(data, string(n.Data))
+		events, occurred, data = append(events, arrayLiteral(n.EventIDs)), append(occurred, n.OccurredAt), append(data, string(n.Data))
 	}
 	b.Queue(`SELECT pg_advisory_xact_lock($1)`, int64(notificationLockClass))
 	b.Queue(`INSERT INTO notifications (id, position, type, account, customer_id, event_ids, occurred_at, data)
 SELECT n.id, nextval('notifications_position_seq'), n.type, n.account, n.customer_id,
-       ARRAY(SELECT jsonb_array_elements_text(n.event_ids::jsonb)), n.occurred_at, n.data::jsonb
+       n.event_ids::text[], n.occurred_at, n.data::jsonb
   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
        WITH ORDINALITY AS n(id, type, account, customer_id, event_ids, occurred_at, data, ord)
  WHERE NOT EXISTS (SELECT FROM notifications o WHERE o.id = n.id)

@@ -568,3 +568,18 @@ func TestUpgradeFromEventIDsAnnouncesNoHistory(t *testing.T) {
 		t.Fatalf("the upgrade does not say it held entitlement changes back; log:\n%s", logs.String())
 	}
 }
+
+// TestArrayLiteral: every list of event ids, however odd its strings, reads
+// back from arrayLiteral as itself, the empty list included.
+func TestArrayLiteral(t *testing.T) {
+	pool, _ := pgtest.NewPool(t)
+	for _, ids := range [][]string{{}, {"evt_1"}, {"evt_1", "evt_2"}, {`a"b`, `c\d`, "{e,f}", "NULL", "", " g ", "ü"}} {
+		var got []string
+		if err := pool.QueryRow(context.Background(), `SELECT $1::text::text[]`, arrayLiteral(ids)).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, ids) {
+			t.Errorf("arrayLiteral(%q) read back as %q", ids, got)
+		}
+	}
+}
