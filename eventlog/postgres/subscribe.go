@@ -88,18 +88,22 @@ func (s *subscription) follow(ctx context.Context) error {
 	}
 	s.listened = true
 	heldBackPoll := backoff.New(heldBackPolling)
-	var last time.Time
+	var (
+		last    time.Time
+		spacing time.Duration
+	)
 	for {
-		// Under a stream of commits, each read takes what a few of them
+		// Under a stream of commits, each read takes what several of them
 		// wrote, instead of paying a horizon and a handler call for each.
-		if err := backoff.Sleep(ctx, time.Until(last.Add(minCatchUpInterval))); err != nil {
+		if err := backoff.Sleep(ctx, time.Until(last.Add(spacing))); err != nil {
 			return err
 		}
 		last = time.Now()
-		heldBack, err := s.catchUp(ctx, conn)
+		delivered, heldBack, err := s.catchUp(ctx, conn)
 		if err != nil {
 			return err
 		}
+		spacing = readSpacing(delivered, time.Since(last))
 		timeout := s.pollInterval
 		if heldBack {
 			timeout = min(heldBackPoll.Next(), s.pollInterval)
@@ -112,10 +116,35 @@ func (s *subscription) follow(ctx context.Context) error {
 	}
 }
 
-// minCatchUpInterval is the least time between the starts of two reads of
-// one subscription after it has caught up: the most a live record waits for
-// the commits that follow it.
-const minCatchUpInterval = 10 * time.Millisecond
+// The spacing of a subscription's reads once it has caught up: the least
+// time between the starts of two reads. A read that found records and took
+// d (the horizon, the read and the handler: for a projection, its fold)
+// spaces the next one readDuty times d after its start, within
+// minCatchUpInterval and maxCatchUpInterval; one that found none,
+// minCatchUpInterval. So the subscription spends at most about 1/readDuty
+// of its time reading and handling, and while commits stream in each read
+// takes what the commits of that time wrote: a handler's fixed cost per
+// call (a projection's statements and round trips) is shared by more
+// records as the load grows, or as the machine slows under it. The price
+// is delay: a record waits up to the spacing for its read, which grows with
+// the load (a bigger batch takes longer, spacing the next one further) up
+// to maxCatchUpInterval. A record that commits after an idle spell waits
+// for none of this: the last read is long past, so the notification is
+// read at once.
+const (
+	minCatchUpInterval = 10 * time.Millisecond
+	maxCatchUpInterval = 100 * time.Millisecond
+	readDuty           = 2
+)
+
+// readSpacing is the least time from the start of a read that delivered
+// records and took took to the start of the next.
+func readSpacing(delivered int, took time.Duration) time.Duration {
+	if delivered == 0 {
+		return minCatchUpInterval
+	}
+	return min(max(readDuty*took, minCatchUpInterval), maxCatchUpInterval)
+}
 
 // heldBackPolling spaces the reads while committed records are held back
 // (never beyond the poll interval): exact doubling, as a poll, not a retry.
@@ -131,27 +160,28 @@ const horizonSQL = `SELECT h.h, coalesce((SELECT tx FROM events ORDER BY tx DESC
   FROM (SELECT ledger_horizon() AS h OFFSET 0) h`
 
 // catchUp hands h every record after s.pos below the horizon, batch by
-// batch. heldBack reports whether records committed when it took the horizon
-// were left for later; a record that commits after that notifies after it.
-func (s *subscription) catchUp(ctx context.Context, conn *pgx.Conn) (heldBack bool, err error) {
+// batch, and returns how many it delivered. heldBack reports whether records
+// committed when it took the horizon were left for later; a record that
+// commits after that notifies after it.
+func (s *subscription) catchUp(ctx context.Context, conn *pgx.Conn) (delivered int, heldBack bool, err error) {
 	var horizon uint64
 	if err := conn.QueryRow(ctx, horizonSQL).Scan(&horizon, &heldBack); err != nil {
-		return false, fmt.Errorf("subscribe: read horizon: %w", classify(err))
+		return 0, false, fmt.Errorf("subscribe: read horizon: %w", classify(err))
 	}
 	for {
 		batch, err := readAll(ctx, conn, horizon, s.pos, s.batchSize)
 		if err != nil {
-			return false, fmt.Errorf("subscribe: read after %s: %w", s.pos, err)
+			return delivered, false, fmt.Errorf("subscribe: read after %s: %w", s.pos, err)
 		}
 		if len(batch) == 0 {
-			return heldBack, nil
+			return delivered, heldBack, nil
 		}
 		if err := s.h(ctx, batch); err != nil {
-			return false, handlerError{err}
+			return delivered, false, handlerError{err}
 		}
-		s.pos = batch[len(batch)-1].Position
+		s.pos, delivered = batch[len(batch)-1].Position, delivered+len(batch)
 		if len(batch) < s.batchSize {
-			return heldBack, nil
+			return delivered, heldBack, nil
 		}
 	}
 }
