@@ -255,3 +255,24 @@ func (b *batch) customers() []domain.CustomerKey {
 	slices.SortFunc(keys, domain.CustomerKey.Compare)
 	return keys
 }
+
+// customersWith are the customers among ids (b.customers()) with a charge
+// fact in b and those with a dispute fact, in ids' order. Nothing else of a
+// fold reads a customer's charges or disputes: the entitlement derives from
+// its subscriptions and invoices, a charge fact is compared with its stored
+// snapshot, and a dispute fact with its own, to announce a new dispute once.
+func (b *batch) customersWith(ids []domain.CustomerKey) (charges, disputes []domain.CustomerKey) {
+	for _, id := range ids {
+		var charge, dispute bool
+		for _, f := range b.facts[id] {
+			charge, dispute = charge || f.Charge != nil, dispute || f.Dispute != nil
+		}
+		if charge {
+			charges = append(charges, id)
+		}
+		if dispute {
+			disputes = append(disputes, id)
+		}
+	}
+	return charges, disputes
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -133,8 +134,12 @@ func (t table[T]) upsert() string {
 	return fmt.Sprintf("ON CONFLICT (%s) DO UPDATE SET %s", strings.Join(t.columnNames()[:t.key], ", "), strings.Join(sets, ", "))
 }
 
-// queueLoad queues the select of the rows of customers, handing each to each.
+// queueLoad queues the select of the rows of customers, handing each to
+// each; with no customers, none.
 func (t table[T]) queueLoad(b *pgx.Batch, schema string, customers []domain.CustomerKey, each func(T)) {
+	if len(customers) == 0 {
+		return
+	}
 	accounts, ids := make([]string, len(customers)), make([]string, len(customers))
 	for i, k := range customers {
 		accounts[i], ids[i] = k.Account, k.ID
@@ -169,20 +174,64 @@ func (t table[T]) queueInsert(b *pgx.Batch, schema string, rows []T, conflict st
 // unnest returns the unnest of one array parameter per column that selects
 // rows, and those arrays.
 func (t table[T]) unnest(rows []T) (source string, args []any) {
-	arrays := make([][]any, len(t.columns))
+	arrays := make([]columnArray, len(t.columns))
 	for i := range rows {
 		for j, f := range t.fields(&rows[i]) {
-			arrays[j] = append(arrays[j], f)
+			if arrays[j] == nil {
+				arrays[j] = newColumnArray(f, len(rows))
+			}
+			arrays[j].add(f)
 		}
 	}
 	args = make([]any, len(arrays))
 	params := make([]string, len(arrays))
 	for i, a := range arrays {
-		args[i] = a
+		if a != nil {
+			args[i] = a.value()
+		}
 		params[i] = fmt.Sprintf("$%d::%s[]", i+1, t.columns[i].sqlType())
 	}
 	return "unnest(" + strings.Join(params, ", ") + ")", args
 }
+
+// columnArray collects one column's values, given as the addresses that a
+// table's fields returns, into the array parameter of an unnest.
+type columnArray interface {
+	add(field any)
+	value() any
+}
+
+// newColumnArray returns the columnArray for fields like field, made for n
+// values. Strings, integers, booleans and times go into slices of their
+// type, which pgx encodes without reflection: a catch-up batch writes
+// thousands of rows, and encoding them as []any of pointers, element by
+// element through reflection, cost a sixth of its Go CPU. Other fields
+// (nullable times, JSON) stay pointers, encoded as before.
+func newColumnArray(field any, n int) columnArray {
+	switch field.(type) {
+	case *string:
+		return &valueArray[string]{values: make([]string, 0, n)}
+	case *int64:
+		return &valueArray[int64]{values: make([]int64, 0, n)}
+	case *bool:
+		return &valueArray[bool]{values: make([]bool, 0, n)}
+	case *time.Time:
+		return &valueArray[time.Time]{values: make([]time.Time, 0, n)}
+	}
+	return &pointerArray{values: make([]any, 0, n)}
+}
+
+// valueArray holds the values of fields of type *T.
+type valueArray[T any] struct{ values []T }
+
+func (a *valueArray[T]) add(field any) { a.values = append(a.values, *field.(*T)) }
+func (a *valueArray[T]) value() any    { return a.values }
+
+// pointerArray holds the fields themselves, for pgx to dereference.
+type pointerArray struct{ values []any }
+
+func (a *pointerArray) add(field any) { a.values = append(a.values, field) }
+func (a *pointerArray) value() any    { return a.values }
 
 // customerTables are the tables of customers and their objects: each has a
 // customer_id, which loads select on and Diff compares by.

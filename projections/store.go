@@ -67,7 +67,8 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 		return err
 	}
 	ids := b.customers()
-	states, timelines, err := loadStates(ctx, tx, schema, ids)
+	withCharges, withDisputes := b.customersWith(ids)
+	states, timelines, err := loadStatesOf(ctx, tx, schema, ids, withCharges, withDisputes)
 	if err != nil {
 		return err
 	}
@@ -121,6 +122,16 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 // from schema; customers without rows get an empty state.
 func loadStates(ctx context.Context, tx pgx.Tx, schema string, customers []domain.CustomerKey) (map[domain.CustomerKey]*domain.CustomerState,
 	map[domain.CustomerKey]timeline, error) {
+	return loadStatesOf(ctx, tx, schema, customers, customers, customers)
+}
+
+// loadStatesOf is loadStates reading the charges of withCharges and the
+// disputes of withDisputes alone, customers among customers; the states of
+// the others hold none. A fold reads a customer's stored charges and
+// disputes only to fold a charge or dispute fact (see customersWith), and
+// most batches hold none: their selects are not sent.
+func loadStatesOf(ctx context.Context, tx pgx.Tx, schema string, customers, withCharges, withDisputes []domain.CustomerKey) (
+	map[domain.CustomerKey]*domain.CustomerState, map[domain.CustomerKey]timeline, error) {
 	states := make(map[domain.CustomerKey]*domain.CustomerState, len(customers))
 	timelines := make(map[domain.CustomerKey]timeline, len(customers))
 	for _, k := range customers {
@@ -137,10 +148,10 @@ func loadStates(ctx context.Context, tx pgx.Tx, schema string, customers []domai
 	invoicesTable.queueLoad(&b, schema, customers, func(i domain.Invoice) {
 		objects(states[key(i.Account, i.CustomerID)]).Invoices[i.ID] = i
 	})
-	chargesTable.queueLoad(&b, schema, customers, func(c domain.Charge) {
+	chargesTable.queueLoad(&b, schema, withCharges, func(c domain.Charge) {
 		objects(states[key(c.Account, c.CustomerID)]).Charges[c.ID] = c
 	})
-	disputesTable.queueLoad(&b, schema, customers, func(d domain.Dispute) {
+	disputesTable.queueLoad(&b, schema, withDisputes, func(d domain.Dispute) {
 		objects(states[key(d.Account, d.CustomerID)]).Disputes[d.ID] = d
 	})
 	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
