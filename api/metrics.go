@@ -5,9 +5,12 @@ import (
 )
 
 type metrics struct {
-	webhooks      *prometheus.CounterVec // by outcome
-	appendSeconds prometheus.Histogram
-	inflight      prometheus.Gauge // webhook requests being served
+	webhooks *prometheus.CounterVec // by outcome
+	// The outcomes of a 200, resolved once: WithLabelValues hashes the label
+	// and takes the vector's lock on each call.
+	stored, duplicate prometheus.Counter
+	appendSeconds     prometheus.Histogram
+	inflight          prometheus.Gauge // webhook requests being served
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -26,6 +29,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Webhook requests being served now, slow senders included (capped by LEDGER_WEBHOOK_MAX_INFLIGHT).",
 		}),
 	}
+	m.stored, m.duplicate = m.webhooks.WithLabelValues("stored"), m.webhooks.WithLabelValues("duplicate")
 	for _, c := range []prometheus.Collector{m.webhooks, m.appendSeconds, m.inflight} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

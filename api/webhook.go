@@ -89,11 +89,11 @@ func (s *Server) handleWebhook(c echo.Context) error {
 			return s.reject(c, payload, domain.Errorf(domain.EUNAVAILABLE, "could not queue the thin event's fetch; retry later"), "unavailable", "err", err)
 		}
 	}
-	outcome := "stored"
+	outcome, counter := "stored", s.metrics.stored
 	if res.Duplicate {
-		outcome = "duplicate"
+		outcome, counter = "duplicate", s.metrics.duplicate
 	}
-	s.metrics.webhooks.WithLabelValues(outcome).Inc()
+	counter.Inc()
 	if s.cfg.Logger.Enabled(c.Request().Context(), slog.LevelDebug) { // its arguments cost allocations even when not logged
 		s.cfg.Logger.Debug("webhook", "event_id", env.ID, "type", env.Type, "stream", stream, "source", string(source), "outcome", outcome)
 	}
