@@ -20,8 +20,9 @@ const gcHeadroom = 64 << 20
 // to let the heap grow after each collection by gcHeadroom or by the live
 // heap (what GOGC=100 allows), whichever is more, until the returned stop
 // puts back GOGC=100. A large live heap (a rebuild started from the console)
-// is thus collected as by default, and a small one never has more than
-// gcHeadroom beyond it; GOMEMLIMIT, when set, still bounds the heap.
+// is thus collected as by default, and a small one lets about gcHeadroom
+// accumulate beyond it (a little more: the pacer counts stacks and globals
+// too); GOMEMLIMIT, when set, still bounds the heap.
 //
 // The percentage follows the live heap each collection measures: the
 // cleanup of a value left unreachable runs once the collection that found it
