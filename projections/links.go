@@ -73,17 +73,21 @@ func link(ctx context.Context, tx pgx.Tx, schema string, b *batch) error {
 	var w pgx.Batch
 	linksTable.queueInsert(&w, schema, b.links, keepStored)
 	streamLinksTable.queueInsert(&w, schema, b.streamLinks, keepStored)
-	queuePending(&w, b, schema, pendingDisputesTable, "charge_id", b.pending, disputeFact)
-	queuePending(&w, b, schema, pendingInvoicePaymentsTable, "invoice_id", b.payments, invoicePaymentFact)
-	if len(b.links) > 0 {
-		// Every stored pending dispute whose charge b links, and every
-		// stored pending invoice payment whose invoice it links.
-		accounts, objects := make([]string, len(b.links)), make([]string, len(b.links))
-		for i, l := range b.links {
-			accounts[i], objects[i] = l.account, l.object
-		}
-		queueResolved(&w, b, schema, pendingDisputesTable, "charge_id", accounts, objects, disputeFact)
-		queueResolved(&w, b, schema, pendingInvoicePaymentsTable, "invoice_id", accounts, objects, invoicePaymentFact)
+	if len(b.pending) > 0 || len(b.payments) > 0 || len(b.links) > 0 {
+		queueCustomPlans(&w, func() {
+			queuePending(&w, b, schema, pendingDisputesTable, "charge_id", b.pending, disputeFact)
+			queuePending(&w, b, schema, pendingInvoicePaymentsTable, "invoice_id", b.payments, invoicePaymentFact)
+			if len(b.links) > 0 {
+				// Every stored pending dispute whose charge b links, and every
+				// stored pending invoice payment whose invoice it links.
+				accounts, objects := make([]string, len(b.links)), make([]string, len(b.links))
+				for i, l := range b.links {
+					accounts[i], objects[i] = l.account, l.object
+				}
+				queueResolved(&w, b, schema, pendingDisputesTable, "charge_id", accounts, objects, disputeFact)
+				queueResolved(&w, b, schema, pendingInvoicePaymentsTable, "invoice_id", accounts, objects, invoicePaymentFact)
+			}
+		})
 	}
 	if err := tx.SendBatch(ctx, &w).Close(); err != nil {
 		return fmt.Errorf("link objects in %s: %w", schema, err)

@@ -137,22 +137,27 @@ func loadStatesOf(ctx context.Context, tx pgx.Tx, schema string, customers, with
 	for _, k := range customers {
 		states[k] = &domain.CustomerState{}
 	}
+	if len(customers) == 0 {
+		return states, timelines, nil
+	}
 	key := func(account, id string) domain.CustomerKey { return domain.CustomerKey{Account: account, ID: id} }
 	var b pgx.Batch
-	customersTable.queueLoad(&b, schema, customers, func(r customerRow) {
-		states[key(r.Account, r.ID)], timelines[key(r.Account, r.ID)] = r.state(), r.Timeline
-	})
-	subscriptionsTable.queueLoad(&b, schema, customers, func(s domain.Subscription) {
-		objects(states[key(s.Account, s.CustomerID)]).Subscriptions[s.ID] = s
-	})
-	invoicesTable.queueLoad(&b, schema, customers, func(i domain.Invoice) {
-		objects(states[key(i.Account, i.CustomerID)]).Invoices[i.ID] = i
-	})
-	chargesTable.queueLoad(&b, schema, withCharges, func(c domain.Charge) {
-		objects(states[key(c.Account, c.CustomerID)]).Charges[c.ID] = c
-	})
-	disputesTable.queueLoad(&b, schema, withDisputes, func(d domain.Dispute) {
-		objects(states[key(d.Account, d.CustomerID)]).Disputes[d.ID] = d
+	queueCustomPlans(&b, func() {
+		customersTable.queueLoad(&b, schema, customers, func(r customerRow) {
+			states[key(r.Account, r.ID)], timelines[key(r.Account, r.ID)] = r.state(), r.Timeline
+		})
+		subscriptionsTable.queueLoad(&b, schema, customers, func(s domain.Subscription) {
+			objects(states[key(s.Account, s.CustomerID)]).Subscriptions[s.ID] = s
+		})
+		invoicesTable.queueLoad(&b, schema, customers, func(i domain.Invoice) {
+			objects(states[key(i.Account, i.CustomerID)]).Invoices[i.ID] = i
+		})
+		chargesTable.queueLoad(&b, schema, withCharges, func(c domain.Charge) {
+			objects(states[key(c.Account, c.CustomerID)]).Charges[c.ID] = c
+		})
+		disputesTable.queueLoad(&b, schema, withDisputes, func(d domain.Dispute) {
+			objects(states[key(d.Account, d.CustomerID)]).Disputes[d.ID] = d
+		})
 	})
 	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
 		return nil, nil, fmt.Errorf("load read model %s: %w", schema, err)
