@@ -583,3 +583,44 @@ func TestArrayLiteral(t *testing.T) {
 		}
 	}
 }
+
+// TestQueueNotificationsNewIDsOnce: an id already in the outbox keeps its
+// row, and one that a batch's notes repeat is inserted once, as its first.
+func TestQueueNotificationsNewIDsOnce(t *testing.T) {
+	pool, _ := pgtest.NewPool(t)
+	ctx := context.Background()
+	note := func(id, data string) notify.Notification {
+		return notify.Notification{ID: id, Type: notify.InvoicePaid, CustomerID: "cus_1", EventIDs: []string{"evt_" + data},
+			OccurredAt: time.Unix(1, 0).UTC(), Data: []byte(`{"n":"` + data + `"}`)}
+	}
+	insert := func(notes ...notify.Notification) int64 {
+		var added int64
+		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			var b pgx.Batch
+			queueNotifications(&b, notes, &added)
+			return tx.SendBatch(ctx, &b).Close()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return added
+	}
+	if added := insert(note("ntf_a", "1"), note("ntf_b", "2"), note("ntf_a", "3")); added != 2 {
+		t.Errorf("first insert added %d, want 2", added)
+	}
+	if added := insert(note("ntf_b", "4"), note("ntf_c", "5")); added != 1 {
+		t.Errorf("second insert added %d, want 1", added)
+	}
+	page, err := NewNotifications(pool).After(ctx, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, n := range page {
+		got = append(got, n.ID+" "+string(n.Data)+" "+strings.Join(n.EventIDs, ","))
+	}
+	want := []string{`ntf_a {"n": "1"} evt_1`, `ntf_b {"n": "2"} evt_2`, `ntf_c {"n": "5"} evt_5`}
+	if !slices.Equal(got, want) {
+		t.Errorf("outbox holds %q, want %q", got, want)
+	}
+}
