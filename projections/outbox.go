@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -161,18 +162,17 @@ func itoa(n int64) string {
 	return string(b)
 }
 
-// eventTypes returns the lookup of the type of b's events by id.
+// eventTypes returns the lookup of the type of b's events by id, safe for
+// concurrent use (the fill folds customers in parallel).
 func (b *batch) eventTypes() func(string) string {
-	var types map[string]string
-	return func(id string) string {
-		if types == nil {
-			types = make(map[string]string, len(b.recs))
-			for _, r := range b.recs {
-				types[r.ID] = r.Type
-			}
+	types := sync.OnceValue(func() map[string]string {
+		types := make(map[string]string, len(b.recs))
+		for _, r := range b.recs {
+			types[r.ID] = r.Type
 		}
-		return types[id]
-	}
+		return types
+	})
+	return func(id string) string { return types()[id] }
 }
 
 // queueNotifications queues the insert of notes, new ids only, in their
