@@ -154,6 +154,16 @@ type CheckpointSubscriber interface {
 	SubscribeCheckpoints(ctx context.Context, from Position, h Handler, cp func(ctx context.Context, pos Position) error) error
 }
 
+// FoldReader is implemented by logs that can read the global order without
+// what only an audit of a record needs: ReadAllFold is ReadAll, but the
+// records it returns carry no Signature, Source, ReceivedAt, PayloadSHA256,
+// PrevHash or Hash. Projections fold from the rest, and a rebuild or a
+// catch-up reads the whole log: reading less of each record spares the
+// database and the reader.
+type FoldReader interface {
+	ReadAllFold(ctx context.Context, from Position, limit int) ([]Record, error)
+}
+
 // PayloadLimiter is implemented by logs that cannot store payloads as large
 // as the webhook accepts (DESIGN §5: 1 MiB); the webhook refuses bodies over
 // MaxPayload with 413 before verifying them.

@@ -253,9 +253,14 @@ func (b *builder) foldLog(ctx context.Context, from eventlog.Position, until *ev
 }
 
 // read returns the next batch of up to size records after pos, cut at until
-// when set; done reports that nothing more is to be read.
+// when set; done reports that nothing more is to be read. It reads only what
+// a fold needs when the log can (eventlog.FoldReader).
 func (b *builder) read(ctx context.Context, pos eventlog.Position, until *eventlog.Position, size int) (recs []eventlog.Record, done bool, err error) {
-	recs, err = b.log.ReadAll(ctx, pos, size)
+	if r, ok := b.log.(eventlog.FoldReader); ok {
+		recs, err = r.ReadAllFold(ctx, pos, size)
+	} else {
+		recs, err = b.log.ReadAll(ctx, pos, size)
+	}
 	if err != nil {
 		return nil, false, err
 	}

@@ -179,7 +179,10 @@ func New(pool *pgxpool.Pool, logger *slog.Logger, opts ...Option) *Log {
 	return l
 }
 
-var _ eventlog.Log = (*Log)(nil)
+var (
+	_ eventlog.Log        = (*Log)(nil)
+	_ eventlog.FoldReader = (*Log)(nil)
+)
 
 // announce wakes subscribers (of every process) to a committed append at pos.
 func (l *Log) announce(pos eventlog.Position) {
@@ -278,6 +281,39 @@ func (l *Log) ReadAll(ctx context.Context, from eventlog.Position, limit int) ([
 const readAllSQL = `SELECT ` + recordColumns + `
   FROM events WHERE tx < $4::xid8 AND (tx, global_position) > ($1::xid8, $2::bigint)
  ORDER BY tx, global_position LIMIT $3`
+
+// ReadAllFold implements eventlog.FoldReader.
+func (l *Log) ReadAllFold(ctx context.Context, from eventlog.Position, limit int) ([]eventlog.Record, error) {
+	horizon, err := l.settle(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read all after %s: %w", from, err)
+	}
+	rows, err := l.pool.Query(ctx, readAllFoldSQL, from.Commit, prepareArg(from), limit, horizon)
+	if err != nil {
+		return nil, fmt.Errorf("read all after %s: %w", from, classify(err))
+	}
+	recs, err := pgx.AppendRows(make([]eventlog.Record, 0, min(max(limit, 0), maxReserved)), rows, scanFoldRecord)
+	if err != nil {
+		return nil, fmt.Errorf("read all after %s: %w", from, classify(err))
+	}
+	return recs, nil
+}
+
+// foldColumns are the columns of the records ReadAllFold returns.
+const foldColumns = `tx, global_position, event_id, stream, stream_version, type, api_version, created, account, payload`
+
+// readAllFoldSQL is readAllSQL reading only foldColumns.
+const readAllFoldSQL = `SELECT ` + foldColumns + `
+  FROM events WHERE tx < $4::xid8 AND (tx, global_position) > ($1::xid8, $2::bigint)
+ ORDER BY tx, global_position LIMIT $3`
+
+func scanFoldRecord(row pgx.CollectableRow) (eventlog.Record, error) {
+	var r eventlog.Record
+	err := row.Scan(&r.Position.Commit, &r.Position.Prepare, &r.ID, &r.Stream, &r.StreamVersion, &r.Type, &r.APIVersion,
+		&r.Created, &r.Account, &r.Payload)
+	r.Created = r.Created.UTC()
+	return r, err
+}
 
 // readAll is shared by ReadAll (on the pool) and Subscribe (on its own connection).
 func readAll(ctx context.Context, q querier, horizon uint64, from eventlog.Position, limit int) ([]eventlog.Record, error) {
