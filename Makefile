@@ -21,9 +21,9 @@ test:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	LEDGER_CONSOLE_SCREENSHOTS="$(CURDIR)/bin/console-screenshots" $(GO) test -race -count=1 -timeout 20m ./...
-	$(GO) test -run '^$$' -fuzz '^FuzzParseEnvelope$$' -fuzztime 3s ./domain/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeApply$$' -fuzztime 3s ./domain/
-	$(GO) test -run '^$$' -fuzz '^FuzzScan$$' -fuzztime 3s ./domain/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseEnvelope$$' -fuzztime 10000x ./domain/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeApply$$' -fuzztime 10000x ./domain/
+	$(GO) test -run '^$$' -fuzz '^FuzzScan$$' -fuzztime 10000x ./domain/
 
 # The event-log contract suite against a real EventStoreDB/KurrentDB
 # (`docker compose up -d kurrentdb`), with the local PostgreSQL for the dedup guard.
