@@ -240,7 +240,7 @@ const readStreamSQL = `SELECT ` + recordColumns + `
 
 // ReadStream implements eventlog.Log.
 func (l *Log) ReadStream(ctx context.Context, stream string, fromVersion int64, limit int) ([]eventlog.Record, error) {
-	recs, err := queryRecords(ctx, l.pool, limit, readStreamSQL, stream, fromVersion, limit)
+	recs, err := queryRecords(ctx, l.pool, limit, scanRecord, readStreamSQL, stream, fromVersion, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read stream %s from version %d: %w", stream, fromVersion, err)
 	}
@@ -253,7 +253,7 @@ const streamHeadSQL = `SELECT ` + recordColumns + `
 
 // StreamHead implements eventlog.Log.
 func (l *Log) StreamHead(ctx context.Context, stream string) (eventlog.Record, bool, error) {
-	recs, err := queryRecords(ctx, l.pool, 1, streamHeadSQL, stream)
+	recs, err := queryRecords(ctx, l.pool, 1, scanRecord, streamHeadSQL, stream)
 	if err != nil {
 		return eventlog.Record{}, false, fmt.Errorf("read the head of stream %s: %w", stream, err)
 	}
@@ -265,11 +265,23 @@ func (l *Log) StreamHead(ctx context.Context, stream string) (eventlog.Record, b
 
 // ReadAll implements eventlog.Log.
 func (l *Log) ReadAll(ctx context.Context, from eventlog.Position, limit int) ([]eventlog.Record, error) {
+	return l.readAllSettled(ctx, from, limit, readAllSQL, scanRecord)
+}
+
+// ReadAllFold implements eventlog.FoldReader.
+func (l *Log) ReadAllFold(ctx context.Context, from eventlog.Position, limit int) ([]eventlog.Record, error) {
+	return l.readAllSettled(ctx, from, limit, readAllFoldSQL, scanFoldRecord)
+}
+
+// readAllSettled reads with sql (readAllSQL or readAllFoldSQL) the records
+// after from below a settled horizon, scanned by scan.
+func (l *Log) readAllSettled(ctx context.Context, from eventlog.Position, limit int, sql string,
+	scan pgx.RowToFunc[eventlog.Record]) ([]eventlog.Record, error) {
 	horizon, err := l.settle(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("read all after %s: %w", from, err)
 	}
-	recs, err := readAll(ctx, l.pool, horizon, from, limit)
+	recs, err := queryRecords(ctx, l.pool, limit, scan, sql, from.Commit, prepareArg(from), limit, horizon)
 	if err != nil {
 		return nil, fmt.Errorf("read all after %s: %w", from, err)
 	}
@@ -278,34 +290,18 @@ func (l *Log) ReadAll(ctx context.Context, from eventlog.Position, limit int) ([
 
 // readAllSQL reads the rows after ($1, $2) in the global order, below the
 // horizon $4 taken by an earlier statement.
-const readAllSQL = `SELECT ` + recordColumns + `
+const readAllSQL = `SELECT ` + recordColumns + readAllAfter
+
+// readAllAfter is the part of readAllSQL and readAllFoldSQL after their columns.
+const readAllAfter = `
   FROM events WHERE tx < $4::xid8 AND (tx, global_position) > ($1::xid8, $2::bigint)
  ORDER BY tx, global_position LIMIT $3`
-
-// ReadAllFold implements eventlog.FoldReader.
-func (l *Log) ReadAllFold(ctx context.Context, from eventlog.Position, limit int) ([]eventlog.Record, error) {
-	horizon, err := l.settle(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("read all after %s: %w", from, err)
-	}
-	rows, err := l.pool.Query(ctx, readAllFoldSQL, from.Commit, prepareArg(from), limit, horizon)
-	if err != nil {
-		return nil, fmt.Errorf("read all after %s: %w", from, classify(err))
-	}
-	recs, err := pgx.AppendRows(make([]eventlog.Record, 0, min(max(limit, 0), maxReserved)), rows, scanFoldRecord)
-	if err != nil {
-		return nil, fmt.Errorf("read all after %s: %w", from, classify(err))
-	}
-	return recs, nil
-}
 
 // foldColumns are the columns of the records ReadAllFold returns.
 const foldColumns = `tx, global_position, event_id, stream, stream_version, type, api_version, created, account, payload`
 
 // readAllFoldSQL is readAllSQL reading only foldColumns.
-const readAllFoldSQL = `SELECT ` + foldColumns + `
-  FROM events WHERE tx < $4::xid8 AND (tx, global_position) > ($1::xid8, $2::bigint)
- ORDER BY tx, global_position LIMIT $3`
+const readAllFoldSQL = `SELECT ` + foldColumns + readAllAfter
 
 func scanFoldRecord(row pgx.CollectableRow) (eventlog.Record, error) {
 	var r eventlog.Record
@@ -315,9 +311,9 @@ func scanFoldRecord(row pgx.CollectableRow) (eventlog.Record, error) {
 	return r, err
 }
 
-// readAll is shared by ReadAll (on the pool) and Subscribe (on its own connection).
+// readAll is Subscribe's read, on its own connection, of what ReadAll reads.
 func readAll(ctx context.Context, q querier, horizon uint64, from eventlog.Position, limit int) ([]eventlog.Record, error) {
-	return queryRecords(ctx, q, limit, readAllSQL, from.Commit, prepareArg(from), limit, horizon)
+	return queryRecords(ctx, q, limit, scanRecord, readAllSQL, from.Commit, prepareArg(from), limit, horizon)
 }
 
 const headSQL = `SELECT tx, global_position FROM events WHERE tx < $1::xid8
@@ -407,15 +403,15 @@ type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
 
-// queryRecords runs sql, a query of recordColumns that returns at most limit
-// rows, and returns its records. The slice is made for limit records (up to
+// queryRecords runs sql, a query that returns at most limit rows of the
+// columns scan reads, and returns its records. The slice is made for limit records (up to
 // maxReserved), not grown row by row: a rebuild reads chunks of 10,000.
-func queryRecords(ctx context.Context, q querier, limit int, sql string, args ...any) ([]eventlog.Record, error) {
+func queryRecords(ctx context.Context, q querier, limit int, scan pgx.RowToFunc[eventlog.Record], sql string, args ...any) ([]eventlog.Record, error) {
 	rows, err := q.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, classify(err)
 	}
-	recs, err := pgx.AppendRows(make([]eventlog.Record, 0, min(max(limit, 0), maxReserved)), rows, scanRecord)
+	recs, err := pgx.AppendRows(make([]eventlog.Record, 0, min(max(limit, 0), maxReserved)), rows, scan)
 	if err != nil {
 		return nil, classify(err)
 	}
