@@ -19,7 +19,9 @@ func newHistoryCmd(c *cli) *cobra.Command {
 		Short: "Export a customer's events (or --all: every event) as JSON Lines or CSV",
 		Long: `Export one customer's history (its stream merged, in log order, with the
 streams of its disputes and refunds), or with --all every event of the log in global
-order, to stdout as JSON Lines or CSV, payloads byte for byte.
+order, to stdout as JSON Lines or CSV, payloads byte for byte. In CSV, a cell
+starting with = + - @ tab CR or ' gets a leading ' so that spreadsheets do not run
+it as a formula; drop it to get the stored value (verify --file reads JSON Lines).
 --since and --until take an RFC 3339 time or a plain date (2026-11-01); a
 plain --until date includes that whole day (UTC).`,
 		RunE: func(cmd *cobra.Command, args []string) error {

