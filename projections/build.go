@@ -63,6 +63,7 @@ type builder struct {
 	batchSize int            // records per transaction of catchUp
 	fillChunk int            // records per read of fill; 0: fillChunk
 	fillMax   int            // objects fill holds before it writes them; 0: fillMaxObjects
+	announced int            // rows per statement of announce; 0: announcePage
 	added     int64          // notifications the build added to the outbox
 }
 

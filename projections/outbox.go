@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -243,20 +244,24 @@ func (b *builder) announceFinal(ctx context.Context, schema string, replaced int
 			"replaced_version", replaced)
 	}
 	if err == nil {
-		err = announceRows(ctx, b, invoicesTable, schema, "status = 'paid'", func(inv domain.Invoice) (string, string) { return inv.Account, inv.ID },
-			func(inv domain.Invoice) []notify.Notification {
-				return []notify.Notification{{ID: notificationID(notify.InvoicePaid, inv.Account, inv.CustomerID, inv.ID), Type: notify.InvoicePaid,
-					Account: inv.Account, CustomerID: inv.CustomerID, EventIDs: []string{inv.LastEventID}, OccurredAt: inv.LastEventCreated.UTC(),
-					Data: mustJSON(invoiceData(inv))}}
-			})
+		// As invoiceData and applyNoting make them.
+		err = b.announce(ctx, invoicesTable, schema, "status = 'paid'", notify.InvoicePaid, `SELECT `+
+			notificationIDSQL("$4", "p.account", "p.customer_id", "p.invoice_id")+` AS id, p.account, p.customer_id,
+       ARRAY[p.last_event_id] AS event_ids, p.last_event_created AS occurred_at,
+       jsonb_build_object('invoice_id', p.invoice_id, 'subscription_id', p.subscription_id, 'status', p.status,
+         'amount_due', p.amount_due, 'amount_paid', p.amount_paid, 'currency', p.currency, 'attempt_count', p.attempt_count) AS data,
+       p.account AS k1, p.invoice_id AS k2, 0::bigint AS k3
+  FROM page p`)
 	}
 	if err == nil {
-		err = announceRows(ctx, b, disputesTable, schema, "customer_id <> ''", func(d domain.Dispute) (string, string) { return d.Account, d.ID },
-			func(d domain.Dispute) []notify.Notification {
-				return []notify.Notification{{ID: notificationID(notify.DisputeOpened, d.Account, d.CustomerID, d.ID), Type: notify.DisputeOpened,
-					Account: d.Account, CustomerID: d.CustomerID, EventIDs: []string{d.LastEventID}, OccurredAt: d.LastEventCreated.UTC(),
-					Data: mustJSON(notify.DisputeData{DisputeID: d.ID, ChargeID: d.ChargeID, Status: d.Status, Amount: d.Amount, Currency: d.Currency})}}
-			})
+		// As applyNoting makes them.
+		err = b.announce(ctx, disputesTable, schema, "customer_id <> ''", notify.DisputeOpened, `SELECT `+
+			notificationIDSQL("$4", "p.account", "p.customer_id", "p.dispute_id")+` AS id, p.account, p.customer_id,
+       ARRAY[p.last_event_id] AS event_ids, p.last_event_created AS occurred_at,
+       jsonb_build_object('dispute_id', p.dispute_id, 'charge_id', p.charge_id, 'status', p.status,
+         'amount', p.amount, 'currency', p.currency) AS data,
+       p.account AS k1, p.dispute_id AS k2, 0::bigint AS k3
+  FROM page p`)
 	}
 	return err
 }
@@ -269,46 +274,79 @@ func (b *builder) announceFinal(ctx context.Context, schema string, replaced int
 const timelineIDsSince = 8
 
 // announceTimelines adds every transition of every customer's timeline in
-// schema to the outbox.
+// schema to the outbox, each as transition.note makes it with no events:
+// the key is its after-state (untilText: the Unix second of access_until,
+// or -) and occurrence, the data its before and after entitlements as the
+// timeline stores them.
 func (b *builder) announceTimelines(ctx context.Context, schema string) error {
-	return announceRows(ctx, b, customersTable, schema, "true", func(r customerRow) (string, string) { return r.Account, r.ID },
-		func(r customerRow) []notify.Notification {
-			notes := make([]notify.Notification, 0, len(r.Timeline))
-			for _, tr := range r.Timeline {
-				notes = append(notes, tr.note(r.Account, r.ID, nil))
-			}
-			return notes
-		})
+	return b.announce(ctx, customersTable, schema, "true", notify.EntitlementChanged, `SELECT `+
+		notificationIDSQL("$4", "p.account", "p.customer_id", `(tr.t->'after'->>'entitled') || '/' || (tr.t->'after'->>'plan') || '/' ||
+         coalesce(floor(extract(epoch FROM (tr.t->'after'->>'access_until')::timestamptz))::bigint::text, '-') || '#' || (tr.t->>'occurrence')`)+
+		` AS id, p.account, p.customer_id, '{}'::text[] AS event_ids, (tr.t->>'at')::timestamptz AS occurred_at,
+       jsonb_build_object('before', tr.t->'before', 'after', tr.t->'after') AS data,
+       p.account AS k1, p.customer_id AS k2, tr.ord AS k3
+  FROM page p, jsonb_array_elements(p.entitlement_timeline) WITH ORDINALITY AS tr(t, ord)`)
 }
 
-// announceRows inserts into the outbox the notifications of the rows of t
-// in schema that where selects, a page of rows at a time in key order.
-func announceRows[T any](ctx context.Context, b *builder, t table[T], schema, where string, key func(T) (account, id string),
-	notes func(T) []notify.Notification) error {
-	const page = 1000
-	sql := fmt.Sprintf("WHERE %s AND (account, %s) > ($1, $2) ORDER BY account, %[2]s LIMIT $3", where, t.keyColumn())
+// announcePage is how many rows of a table one statement of announce
+// derives notifications from: each holds notificationLockClass, which the
+// live runner's writes of notifications wait for, for a few milliseconds.
+const announcePage = 5000
+
+// announce inserts into the outbox, new ids only, the notifications of type
+// typ ($4) that notes derives from the rows of t in schema that where
+// selects, a page of announcePage rows at a time in key order, each page
+// in one statement of a transaction of its own (b.announced rows, when set). notes selects from page (the
+// page's rows) each notification's id, account, customer_id, event_ids,
+// occurred_at and data, and k1, k2 and k3, the order its positions are
+// taken in. The notifications are derived in SQL from the rows where they
+// lie: read into Go, built and sent back, they cost a build about a fifth
+// of its time (129 µs a notification at 1M events).
+func (b *builder) announce(ctx context.Context, t schemaTable, schema, where, typ, notes string) error {
+	key := t.keyColumn()
+	sql := fmt.Sprintf(`WITH page AS (
+  SELECT * FROM %[1]s.%[2]s WHERE %[3]s AND (account, %[4]s) > ($1, $2) ORDER BY account, %[4]s LIMIT $3),
+n AS (%[5]s),
+added AS (
+  INSERT INTO notifications (id, position, type, account, customer_id, event_ids, occurred_at, data)
+  SELECT n.id, nextval('notifications_position_seq'), $4, n.account, n.customer_id, n.event_ids, n.occurred_at, n.data
+    FROM n WHERE NOT EXISTS (SELECT FROM notifications o WHERE o.id = n.id)
+   ORDER BY n.k1, n.k2, n.k3
+  RETURNING 1),
+last AS (SELECT account, %[4]s AS id FROM page ORDER BY account DESC, %[4]s DESC LIMIT 1)
+SELECT (SELECT count(*) FROM page), (SELECT count(*) FROM added), coalesce((SELECT account FROM last), ''), coalesce((SELECT id FROM last), '')`,
+		ident(schema), t.tableName(), where, key, notes)
+	page := int64(cmp.Or(b.announced, announcePage))
 	for account, id := "", ""; ; {
-		rows, err := t.list(ctx, b.pool, schema, sql, account, id, page)
-		if err != nil {
-			return fmt.Errorf("read %s.%s: %w", schema, t.name, err)
-		}
-		var out []notify.Notification
-		for _, r := range rows {
-			out = append(out, notes(r)...)
-			account, id = key(r)
-		}
-		if len(out) > 0 {
-			err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
-				var w pgx.Batch
-				queueNotifications(&w, out, &b.added)
-				return tx.SendBatch(ctx, &w).Close()
-			})
-			if err != nil {
-				return fmt.Errorf("announce %s of %s: %w", t.name, schema, err)
+		var rows, added int64
+		err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(notificationLockClass)); err != nil {
+				return err
 			}
+			if err := tx.QueryRow(ctx, sql, account, id, page, typ).Scan(&rows, &added, &account, &id); err != nil {
+				return err
+			}
+			if added > 0 {
+				_, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, NotificationsChannel)
+				return err
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("announce %s of %s: %w", t.tableName(), schema, err)
 		}
-		if len(rows) < page {
+		b.added += added
+		if rows < page {
 			return nil
 		}
 	}
+}
+
+// notificationIDSQL is the SQL of notificationID over the SQL text
+// expressions typ, account, customer and key: the bytes hashed are the
+// same, NULs included, which text cannot hold but bytea can.
+func notificationIDSQL(typ, account, customer, key string) string {
+	utf8 := func(expr string) string { return "convert_to(" + expr + ", 'UTF8')" }
+	return `'ntf_' || left(encode(sha256(` + strings.Join([]string{utf8(typ), utf8(account), utf8(customer), utf8(key)}, ` || '\x00'::bytea || `) +
+		`), 'hex'), 32)`
 }

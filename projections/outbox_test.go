@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
@@ -623,4 +624,83 @@ func TestQueueNotificationsNewIDsOnce(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("outbox holds %q, want %q", got, want)
 	}
+}
+
+// TestAnnounceFinalAsGoDerives: a build with no live version announces, in
+// SQL, exactly the notifications that its final rows imply as Go derives
+// them (transition.note, invoiceData, the dispute's data): every
+// transition of every timeline, every paid invoice, every dispute of a
+// customer, in that order of positions, over pages of a few rows; and
+// notificationIDSQL hashes what notificationID hashes, whatever the strings.
+func TestAnnounceFinalAsGoDerives(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, log := newLog(t)
+	p := Billing(testPlans(t))
+	appendAll(t, log, domaintest.Redeliver(rand.New(rand.NewPCG(43, 43)), lifecycles(43, 25)))
+	m, err := newMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &builder{pool: pool, log: log, p: p.building().reading(log), logger: testLogger(t), metrics: m, batchSize: 150, announced: 7}
+	built, err := b.build(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []notify.Notification
+	for _, r := range listed(t, pool, customersTable, "ORDER BY account, customer_id") {
+		for _, tr := range r.Timeline {
+			want = append(want, tr.note(r.Account, r.ID, nil))
+		}
+	}
+	for _, inv := range listed(t, pool, invoicesTable, "WHERE status = 'paid' ORDER BY account, invoice_id") {
+		want = append(want, notify.Notification{ID: notificationID(notify.InvoicePaid, inv.Account, inv.CustomerID, inv.ID), Type: notify.InvoicePaid,
+			Account: inv.Account, CustomerID: inv.CustomerID, EventIDs: []string{inv.LastEventID}, OccurredAt: inv.LastEventCreated.UTC(),
+			Data: mustJSON(invoiceData(inv))})
+	}
+	for _, d := range listed(t, pool, disputesTable, "WHERE customer_id <> '' ORDER BY account, dispute_id") {
+		want = append(want, notify.Notification{ID: notificationID(notify.DisputeOpened, d.Account, d.CustomerID, d.ID), Type: notify.DisputeOpened,
+			Account: d.Account, CustomerID: d.CustomerID, EventIDs: []string{d.LastEventID}, OccurredAt: d.LastEventCreated.UTC(),
+			Data: mustJSON(notify.DisputeData{DisputeID: d.ID, ChargeID: d.ChargeID, Status: d.Status, Amount: d.Amount, Currency: d.Currency})})
+	}
+	if len(ids(want, notify.EntitlementChanged)) <= 7 || len(ids(want, notify.InvoicePaid)) <= 7 || len(ids(want, notify.DisputeOpened)) == 0 {
+		t.Fatalf("%d notifications, too few of some kind to test pages of 7", len(want))
+	}
+	// The stored data reads back as jsonb's text; Go's encoding goes through it too.
+	canonical := func(n notify.Notification) notify.Notification {
+		if err := pool.QueryRow(ctx, `SELECT $1::jsonb::text`, string(n.Data)).Scan(&n.Data); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	got := allNotifications(t, NewNotifications(pool))
+	if built.Notifications != int64(len(want)) || len(got) != len(want) {
+		t.Fatalf("the build announced %d notifications (%d stored), its rows imply %d", built.Notifications, len(got), len(want))
+	}
+	for i := range want {
+		w := canonical(want[i])
+		if !sameNotification(got[i], w) || got[i].Account != w.Account || got[i].CustomerID != w.CustomerID {
+			t.Fatalf("notification %d is\n%+v\n%s, its row implies\n%+v\n%s", i, got[i], got[i].Data, w, w.Data)
+		}
+	}
+
+	for _, s := range [][4]string{{"a", "", "cus_1", "k#0"}, {"t", "acct_ü", `c"\x`, "{},'\\"}, {"", "", "", ""}} {
+		var id string
+		if err := pool.QueryRow(ctx, "SELECT "+notificationIDSQL("$1", "$2", "$3", "$4"), s[0], s[1], s[2], s[3]).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		if want := notificationID(s[0], s[1], s[2], s[3]); id != want {
+			t.Fatalf("notificationIDSQL%q = %s, notificationID %s", s, id, want)
+		}
+	}
+}
+
+// listed reads the rows of t that clause selects, through the readmodel views.
+func listed[T any](t *testing.T, pool *pgxpool.Pool, tb table[T], clause string) []T {
+	t.Helper()
+	rows, err := tb.list(context.Background(), pool, "readmodel", clause)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rows
 }
