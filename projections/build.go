@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -184,21 +185,33 @@ type batchSizes struct{ first, max int }
 // foldLog reads the records after from in batches of sizes until it meets
 // the head (or passes until, when set), decodes each and hands it to apply,
 // which returns the batch as applied; then it calls finish, when given. It
-// reports progress (counting the log first) and metrics, and returns the
+// reports progress (counting the log meanwhile) and metrics, and returns the
 // position of the last record applied. Reading, decoding and applying
 // overlap: each stage hands the next one batch ahead.
 func (b *builder) foldLog(ctx context.Context, from eventlog.Position, until *eventlog.Position, sizes batchSizes,
 	apply func(context.Context, *batch) (*batch, error), finish func(context.Context) error) (eventlog.Position, error) {
+	return b.foldStages(ctx, from, until, sizes, nil, apply, finish)
+}
+
+// foldStages is foldLog with a stage between decoding and applying, when
+// prepare is given: it takes each decoded batch before apply does, and
+// overlaps with the apply of the batch before.
+func (b *builder) foldStages(ctx context.Context, from eventlog.Position, until *eventlog.Position, sizes batchSizes,
+	prepare func(context.Context, *batch) error, apply func(context.Context, *batch) (*batch, error),
+	finish func(context.Context) error) (eventlog.Position, error) {
 	start := time.Now()
-	var total int64
-	if b.progress != nil {
-		var err error
-		if total, err = b.log.CountAfter(ctx, eventlog.Start); err != nil {
-			return from, err
-		}
-	}
 	g, gctx := errgroup.WithContext(ctx)
-	read, batches := make(chan []eventlog.Record, 1), make(chan *batch, 1)
+	var total atomic.Int64
+	if b.progress != nil {
+		// Beside the fold, not before it: a count of a million events takes
+		// the database most of a second.
+		g.Go(func() error {
+			n, err := b.log.CountAfter(gctx, eventlog.Start)
+			total.Store(n)
+			return err
+		})
+	}
+	read, decoded := make(chan []eventlog.Record, 1), make(chan *batch, 1)
 	g.Go(func() error {
 		defer close(read)
 		for pos, size := from, sizes.first; ; size = min(2*size, sizes.max) {
@@ -218,16 +231,35 @@ func (b *builder) foldLog(ctx context.Context, from eventlog.Position, until *ev
 		}
 	})
 	g.Go(func() error {
-		defer close(batches)
+		defer close(decoded)
 		for recs := range read {
 			select {
-			case batches <- b.p.decodeParallel(recs):
+			case decoded <- b.p.decodeParallel(recs):
 			case <-gctx.Done():
 				return gctx.Err()
 			}
 		}
 		return nil
 	})
+	batches := decoded
+	if prepare != nil {
+		prepared := make(chan *batch, 1)
+		batches = prepared
+		g.Go(func() error {
+			defer close(prepared)
+			for bt := range decoded {
+				if err := prepare(gctx, bt); err != nil {
+					return err
+				}
+				select {
+				case prepared <- bt:
+				case <-gctx.Done():
+					return gctx.Err()
+				}
+			}
+			return nil
+		})
+	}
 	pos, done := from, int64(0)
 	g.Go(func() error {
 		for bt := range batches {
@@ -239,7 +271,7 @@ func (b *builder) foldLog(ctx context.Context, from eventlog.Position, until *ev
 			b.metrics.observe(gctx, b.logger, b.p.Name, bt)
 			pos, done = bt.last, done+int64(bt.events)
 			if b.progress != nil {
-				b.progress(Progress{Done: done, Total: max(total, done), Position: pos, Elapsed: time.Since(start)})
+				b.progress(Progress{Done: done, Total: max(total.Load(), done), Position: pos, Elapsed: time.Since(start)})
 			}
 		}
 		if finish != nil {

@@ -27,7 +27,8 @@ import (
 // folded on, and written again with an upsert.
 //
 // Links, pending disputes and invoice payments, dead letters and API versions are written chunk
-// by chunk, as the incremental fold writes them. Poison stays isolated: an
+// by chunk, as the incremental fold writes them, each chunk's while the
+// chunk before folds. Poison stays isolated: an
 // event that cannot be decoded is dead-lettered alone as always, and should
 // PostgreSQL refuse a value in a COPY (what domain.DecodeStorable does not
 // catch), the fill gives up and the schema is built again incrementally,
@@ -51,6 +52,7 @@ type filler struct {
 	touched map[objectKey]eventlog.Position
 	seen    map[domain.CustomerKey]int // the chunk that last named each customer held
 	chunk   int                        // chunks folded
+	turn    chan struct{}              // holds a token while no chunk's fold reads links (link)
 }
 
 // objectKey names an object row of one customer's state, to choose between
@@ -83,9 +85,11 @@ func (b *builder) fill(ctx context.Context, schema string, until *eventlog.Posit
 
 func (b *builder) fillCopy(ctx context.Context, schema string, until *eventlog.Position) (eventlog.Position, error) {
 	f := &filler{b: b, schema: schema, states: map[domain.CustomerKey]*domain.CustomerState{}, lines: map[domain.CustomerKey]timeline{},
-		stored: map[domain.CustomerKey]bool{}, touched: map[objectKey]eventlog.Position{}, seen: map[domain.CustomerKey]int{}}
+		stored: map[domain.CustomerKey]bool{}, touched: map[objectKey]eventlog.Position{}, seen: map[domain.CustomerKey]int{},
+		turn: make(chan struct{}, 1)}
+	f.turn <- struct{}{}
 	chunk := cmp.Or(b.fillChunk, fillChunk)
-	pos, err := b.foldLog(ctx, eventlog.Start, until, batchSizes{chunk, chunk}, func(ctx context.Context, bt *batch) (*batch, error) {
+	pos, err := b.foldStages(ctx, eventlog.Start, until, batchSizes{chunk, chunk}, f.link, func(ctx context.Context, bt *batch) (*batch, error) {
 		if err := f.fold(ctx, bt); err != nil {
 			return nil, err
 		}
@@ -104,19 +108,16 @@ func (b *builder) fillCopy(ctx context.Context, schema string, until *eventlog.P
 	return pos, nil
 }
 
-// fold writes bt's links, dead letters and API versions, and folds its facts
-// into the states held.
-func (f *filler) fold(ctx context.Context, bt *batch) error {
-	var reload []domain.CustomerKey
+// link writes bt's links, dead letters and API versions, resolving its
+// pending disputes and invoice payments, while the chunk before folds
+// (they took about half of a fill's time one after the other). Its
+// transaction commits once that fold has folded its customers (f.turn): a
+// late fact's history (customerFacts) reads the links as the chunks up to
+// its own made them, as in the incremental fold, never the next chunk's.
+func (f *filler) link(ctx context.Context, bt *batch) error {
 	err := pgx.BeginFunc(ctx, f.b.pool, func(tx pgx.Tx) error {
 		if err := link(ctx, tx, f.schema, bt); err != nil {
 			return err
-		}
-		reload = reload[:0]
-		for k := range bt.facts {
-			if f.states[k] == nil && f.stored[k] {
-				reload = append(reload, k)
-			}
 		}
 		var w pgx.Batch
 		queueDeadLetters(&w, f.b.p, f.schema, bt.deadLetters)
@@ -124,22 +125,41 @@ func (f *filler) fold(ctx context.Context, bt *batch) error {
 		if err := tx.SendBatch(ctx, &w).Close(); err != nil {
 			return fmt.Errorf("write dead letters of %s: %w", f.schema, err)
 		}
-		if len(reload) == 0 {
+		select {
+		case <-f.turn:
 			return nil
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		slices.SortFunc(reload, domain.CustomerKey.Compare)
-		states, lines, err := loadStates(ctx, tx, f.schema, reload)
-		for k, s := range states {
-			f.states[k], f.lines[k] = s, lines[k]
-			f.objects += heldObjects(s)
-		}
-		return err
 	})
-	if err != nil {
-		if isDataError(err) {
-			return fmt.Errorf("%w: %w", errFillRefused, err)
+	if err != nil && isDataError(err) {
+		return fmt.Errorf("%w: %w", errFillRefused, err)
+	}
+	return err
+}
+
+// fold folds bt's facts, its links written (link), into the states held,
+// loading back those of the customers whose rows were written already.
+func (f *filler) fold(ctx context.Context, bt *batch) error {
+	var reload []domain.CustomerKey
+	for k := range bt.facts {
+		if f.states[k] == nil && f.stored[k] {
+			reload = append(reload, k)
 		}
-		return err
+	}
+	if len(reload) > 0 {
+		slices.SortFunc(reload, domain.CustomerKey.Compare)
+		err := pgx.BeginFunc(ctx, f.b.pool, func(tx pgx.Tx) error {
+			states, lines, err := loadStates(ctx, tx, f.schema, reload)
+			for k, s := range states {
+				f.states[k], f.lines[k] = s, lines[k]
+				f.objects += heldObjects(s)
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
 	}
 	at := make(map[string]eventlog.Position, len(bt.recs))
 	for _, r := range bt.recs {
@@ -162,6 +182,7 @@ func (f *filler) fold(ctx context.Context, bt *batch) error {
 	if err := f.foldCustomers(ctx, bt, keys, states, lines); err != nil {
 		return err
 	}
+	f.turn <- struct{}{} // the next chunk's links may commit
 	for i, k := range keys {
 		s, facts := states[i], bt.facts[k]
 		f.lines[k] = lines[i]
