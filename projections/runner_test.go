@@ -352,12 +352,22 @@ func TestUntestedAPIVersions(t *testing.T) {
 	}
 	stop := startRunner(t, r)
 	waitCaughtUp(t, pool, log, p)
+	// A batch is counted once its commit returned to the runner, which can
+	// be after the checkpoint is visible here: wait for the count before
+	// stopping, or a stop that cancels the commit's wait loses it.
+	var m dto.Metric
+	for deadline := time.Now().Add(waitTimeout); ; time.Sleep(20 * time.Millisecond) {
+		m.Reset()
+		err := r.metrics.apiVersions.WithLabelValues(future, "false").Write(&m)
+		if err == nil && m.GetCounter().GetValue() == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ledger_events_api_version_total{api_version=%q,known=false} = %v (%v), want 2", future, m.GetCounter().GetValue(), err)
+		}
+	}
 	if err := stop(); err != nil {
 		t.Fatal(err)
-	}
-	var m dto.Metric
-	if err := r.metrics.apiVersions.WithLabelValues(future, "false").Write(&m); err != nil || m.GetCounter().GetValue() != 2 {
-		t.Errorf("ledger_events_api_version_total{api_version=%q,known=false} = %v (%v), want 2", future, m.GetCounter().GetValue(), err)
 	}
 	if n := strings.Count(logs.String(), future); n != 1 {
 		t.Errorf("the untested version is logged %d times, want once:\n%s", n, logs.String())
