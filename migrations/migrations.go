@@ -44,8 +44,17 @@ var functionsSQL []byte
 
 // functionsLock is the advisory lock (0x4c46554e 'LFUN') that serialises
 // the processes applying functions.sql: concurrent CREATE OR REPLACE of one
-// function fails ("tuple concurrently updated").
+// function fails ("tuple concurrently updated"). migrateLock covers it now;
+// it stays for the binaries from before migrateLock, which take only it.
 const functionsLock = 1279677774
+
+// migrateLock is the advisory lock (0x4c4d4947 'LMIG') that Migrate holds
+// from its first look at the schema version to its last statement. Tern
+// locks each of its own steps, not the whole: an older binary (a rolling
+// deploy) could read the version, let a newer one migrate past it, then
+// ask tern to migrate to its own last migration, which tern refuses
+// ("current version … is outside the valid versions").
+const migrateLock = 1280133447
 
 // FS returns the embedded migration files.
 func FS() fs.FS { return files }
@@ -53,8 +62,15 @@ func FS() fs.FS { return files }
 // Migrate creates the database named in databaseURL when it does not exist,
 // then applies every pending migration, then functions.sql when the database
 // has an older revision of it. It is idempotent and safe to run from several
-// processes at once (each step serialises them with an advisory lock).
+// processes at once, also of different binaries (migrateLock serialises
+// them; a binary from before migrateLock still races with the others).
 func Migrate(ctx context.Context, databaseURL string) error {
+	return migrateWith(ctx, databaseURL, files)
+}
+
+// migrateWith is Migrate applying the numbered migrations of fsys (tests
+// give it an older binary's).
+func migrateWith(ctx context.Context, databaseURL string, fsys fs.FS) error {
 	if err := CreateDatabase(ctx, databaseURL); err != nil {
 		return err
 	}
@@ -63,11 +79,16 @@ func Migrate(ctx context.Context, databaseURL string) error {
 		return fmt.Errorf("migrate: connect: %w", err)
 	}
 	defer conn.Close(ctx)
+	// A session lock, released by closing the connection; tern's own locks
+	// nest in it.
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", migrateLock); err != nil {
+		return fmt.Errorf("migrate: lock: %w", err)
+	}
 	m, err := migrate.NewMigrator(ctx, conn, versionTable)
 	if err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
-	if err := m.LoadMigrations(files); err != nil {
+	if err := m.LoadMigrations(fsys); err != nil {
 		return fmt.Errorf("migrate: load: %w", err)
 	}
 	// A schema newer than this binary's (a newer binary migrated it: a

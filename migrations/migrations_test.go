@@ -5,11 +5,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"os"
 	"regexp"
 	"strings"
 	"sync"
 	"testing"
+	"testing/fstest"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/tern/v2/migrate"
@@ -208,6 +210,41 @@ func TestConcurrentMigrate(t *testing.T) {
 	for i, err := range errs {
 		if err != nil {
 			t.Errorf("migrate %d: %v", i, err)
+		}
+	}
+}
+
+// TestMigrateDuringARollingDeploy runs Migrate from an older binary (one
+// migration fewer) and a newer one at once, on new databases: both succeed,
+// the newer schema stands. Unserialised, the older one could read the
+// version before the newer one migrated past it, and tern would then refuse
+// to migrate "down" to its own last migration.
+func TestMigrateDuringARollingDeploy(t *testing.T) {
+	t.Parallel()
+	names, err := migrate.FindMigrations(migrations.FS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	older := fstest.MapFS{}
+	for _, name := range names[:len(names)-1] {
+		sql, err := fs.ReadFile(migrations.FS(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		older[name] = &fstest.MapFile{Data: sql}
+	}
+	for round := range 6 {
+		url := pgtest.NewEmptyDatabase(t)
+		var wg sync.WaitGroup
+		var olderErr, newerErr error
+		wg.Go(func() { olderErr = migrations.MigrateWith(context.Background(), url, older) })
+		wg.Go(func() { newerErr = migrations.Migrate(context.Background(), url) })
+		wg.Wait()
+		if olderErr != nil || newerErr != nil {
+			t.Fatalf("round %d: the older binary's migrate: %v; the newer one's: %v", round, olderErr, newerErr)
+		}
+		if err := migrations.Check(context.Background(), url); err != nil {
+			t.Fatalf("round %d: check after both: %v", round, err)
 		}
 	}
 }
