@@ -251,6 +251,33 @@ func TestReconcileRepairsAMissedCancellation(t *testing.T) {
 	}
 }
 
+// Stripe moved the subscription to paying by invoice and the ledger missed
+// the update: reconcile names collection_method, repairs it with the
+// observed snapshot, and a second reconcile finds no drift.
+func TestReconcileRepairsAMissedCollectionMethod(t *testing.T) {
+	t.Parallel()
+	api := stripefake.New(t, stripeKey)
+	url := migrated(t)
+	getenv := stripeEnv(url, api.URL)
+	base := startService(t, getenv)
+	created := time.Now().Add(-time.Hour).Unix()
+	automatic := strings.Replace(activeSub, `"status":"active"`, `"status":"active","collection_method":"charge_automatically"`, 1)
+	deliver(t, base, webhookEvent("evt_method_1", "customer.created", created, cancelCustomer))
+	deliver(t, base, webhookEvent("evt_method_2", "customer.subscription.created", created, automatic))
+	waitCaughtUp(t, base)
+
+	api.Put("", []byte(cancelCustomer))
+	api.Put("", []byte(strings.Replace(automatic, "charge_automatically", "send_invoice", 1)))
+	out, _, code := ledgerCmd(t, getenv, "reconcile")
+	if code != exitProblem || !regexpLine(out, `subscription\s+sub_missed\s+cus_missed\s+collection_method\s+charge_automatically\s+send_invoice`) {
+		t.Fatalf("reconcile exit %d:\n%s", code, out)
+	}
+	waitCaughtUp(t, base)
+	if out, _, code := ledgerCmd(t, getenv, "reconcile"); code != 0 || !strings.Contains(out, "0 drifting field(s)") {
+		t.Fatalf("second reconcile exit %d:\n%s", code, out)
+	}
+}
+
 func regexpLine(out, pattern string) bool {
 	for _, line := range strings.Split(out, "\n") {
 		if matched, _ := regexp.MatchString(pattern, line); matched {

@@ -224,6 +224,7 @@ func subscriptionValues(s domain.Subscription) []value {
 		{"canceled_at", fmtTime(s.CanceledAt)},
 		{"ended_at", fmtTime(s.EndedAt)},
 		{"trial_end", fmtTime(s.TrialEnd)},
+		{"collection_method", s.CollectionMethod},
 		{"deleted", fmtBool(s.Deleted)},
 	}
 }
