@@ -345,11 +345,11 @@ func (b *builder) swap(ctx context.Context, schema string, pos eventlog.Position
 					tag, err = tx.Exec(ctx, `UPDATE projection_checkpoints
    SET version = $2, schema_name = $3, position = $4, prepare = $5, plans = $7, updated_at = clock_timestamp()
  WHERE name = $1 AND schema_name = $6 AND (position, prepare) <= ($4, $5)`,
-						b.p.Name, b.p.Version, schema, int64(pos.Commit), int64(pos.Prepare), cp.Schema, canonicalPlans(b.p.Plans))
+						b.p.Name, b.p.Version, schema, pos.Commit, pos.Prepare, cp.Schema, canonicalPlans(b.p.Plans))
 				} else {
 					tag, err = tx.Exec(ctx, `INSERT INTO projection_checkpoints (name, version, schema_name, position, prepare, plans)
 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING`,
-						b.p.Name, b.p.Version, schema, int64(pos.Commit), int64(pos.Prepare), canonicalPlans(b.p.Plans))
+						b.p.Name, b.p.Version, schema, pos.Commit, pos.Prepare, canonicalPlans(b.p.Plans))
 				}
 				if err != nil {
 					return fmt.Errorf("record checkpoint of %s: %w", b.p.Name, err)

@@ -19,6 +19,9 @@ import (
 
 // checkpoint is a projection's row of projection_checkpoints: the live
 // version, its schema, and the position of the last event applied to it.
+// The position is written and read as it is held, eventlog.Position's
+// uint64s, into and out of bigint columns: pgx refuses a value beyond int64
+// either way rather than wrapping it.
 type checkpoint struct {
 	Version  int
 	Schema   string
@@ -59,7 +62,7 @@ func advance(ctx context.Context, tx pgx.Tx, name string, cp checkpoint, pos eve
 	tag, err := tx.Exec(ctx, `UPDATE projection_checkpoints
    SET position = $5, prepare = $6, updated_at = clock_timestamp()
  WHERE name = $1 AND schema_name = $2 AND position = $3 AND prepare = $4`,
-		name, cp.Schema, int64(cp.Position.Commit), int64(cp.Position.Prepare), int64(pos.Commit), int64(pos.Prepare))
+		name, cp.Schema, cp.Position.Commit, cp.Position.Prepare, pos.Commit, pos.Prepare)
 	if err != nil {
 		return fmt.Errorf("advance checkpoint of %s to %s: %w", name, pos, err)
 	}

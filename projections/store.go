@@ -215,12 +215,13 @@ func queueDeadLetters(b *pgx.Batch, p Projection, schema string, letters []deadL
 		return
 	}
 	var (
-		ids, types, errs, streams   []string
-		commits, prepares, versions []int64
+		ids, types, errs, streams []string
+		commits, prepares         []uint64
+		versions                  []int64
 	)
 	for _, l := range letters {
 		ids, types, errs = append(ids, l.eventID), append(types, l.eventType), append(errs, l.err)
-		commits, prepares = append(commits, int64(l.position.Commit)), append(prepares, int64(l.position.Prepare))
+		commits, prepares = append(commits, l.position.Commit), append(prepares, l.position.Prepare)
 		streams, versions = append(streams, l.stream), append(versions, l.streamVersion)
 	}
 	b.Queue(`INSERT INTO projection_dead_letters
