@@ -190,15 +190,7 @@ func webhookEvent(id, typ string, created int64, object string) []byte {
 // log gives the same read model (projections diff finds no change).
 func TestReconcileRepairsAMissedCancellation(t *testing.T) {
 	t.Parallel()
-	api := stripefake.New(t, stripeKey)
-	url := migrated(t)
-	getenv := stripeEnv(url, api.URL)
-	base := startService(t, getenv)
-	created := time.Now().Add(-time.Hour).Unix()
-	deliver(t, base, webhookEvent("evt_missed_1", "customer.created", created, cancelCustomer))
-	deliver(t, base, webhookEvent("evt_missed_2", "customer.subscription.created", created, activeSub))
-	waitCaughtUp(t, base)
-
+	api, url, getenv, base, created := ledgerHolding(t, activeSub)
 	canceled := strings.NewReplacer(`"status":"active"`, `"status":"canceled"`,
 		`"canceled_at":null,"ended_at":null`, fmt.Sprintf(`"canceled_at":%d,"ended_at":%d`, created+60, created+60)).Replace(activeSub)
 	api.Put("", []byte(cancelCustomer))
@@ -256,16 +248,8 @@ func TestReconcileRepairsAMissedCancellation(t *testing.T) {
 // observed snapshot, and a second reconcile finds no drift.
 func TestReconcileRepairsAMissedCollectionMethod(t *testing.T) {
 	t.Parallel()
-	api := stripefake.New(t, stripeKey)
-	url := migrated(t)
-	getenv := stripeEnv(url, api.URL)
-	base := startService(t, getenv)
-	created := time.Now().Add(-time.Hour).Unix()
 	automatic := strings.Replace(activeSub, `"status":"active"`, `"status":"active","collection_method":"charge_automatically"`, 1)
-	deliver(t, base, webhookEvent("evt_method_1", "customer.created", created, cancelCustomer))
-	deliver(t, base, webhookEvent("evt_method_2", "customer.subscription.created", created, automatic))
-	waitCaughtUp(t, base)
-
+	api, _, getenv, base, _ := ledgerHolding(t, automatic)
 	api.Put("", []byte(cancelCustomer))
 	api.Put("", []byte(strings.Replace(automatic, "charge_automatically", "send_invoice", 1)))
 	out, _, code := ledgerCmd(t, getenv, "reconcile")
@@ -276,6 +260,21 @@ func TestReconcileRepairsAMissedCollectionMethod(t *testing.T) {
 	if out, _, code := ledgerCmd(t, getenv, "reconcile"); code != 0 || !strings.Contains(out, "0 drifting field(s)") {
 		t.Fatalf("second reconcile exit %d:\n%s", code, out)
 	}
+}
+
+// ledgerHolding starts a ledger, on a fake Stripe, that holds cus_missed
+// (cancelCustomer) and sub, both created an hour ago (created) and projected.
+func ledgerHolding(t *testing.T, sub string) (api *stripefake.API, url string, getenv func(string) string, base string, created int64) {
+	t.Helper()
+	api = stripefake.New(t, stripeKey)
+	url = migrated(t)
+	getenv = stripeEnv(url, api.URL)
+	base = startService(t, getenv)
+	created = time.Now().Add(-time.Hour).Unix()
+	deliver(t, base, webhookEvent("evt_missed_1", "customer.created", created, cancelCustomer))
+	deliver(t, base, webhookEvent("evt_missed_2", "customer.subscription.created", created, sub))
+	waitCaughtUp(t, base)
+	return api, url, getenv, base, created
 }
 
 func regexpLine(out, pattern string) bool {
