@@ -146,18 +146,30 @@ $$;
 --   and each stream's versions still come in the global read order.
 -- - Events are stored in array order, one global_position each: the rows of
 --   one batch share tx and are ordered by global_position.
--- - An event id already stored, by an earlier transaction or earlier in the
---   same batch, is reported as a duplicate with the stored copy's version and
---   position. An id stored concurrently under another stream lock is found by
---   the unique index (ON CONFLICT) and reported the same way, without taking
---   a version of the stream.
+-- - An event id already stored by an earlier transaction, or earlier in the
+--   same batch, is reported as a duplicate with the stored copy's version
+--   and position.
 --
 -- It looks each id up once, before the locks (revision 3; it used to look
 -- again per event after them): a copy stored by then is the answer, as a
 -- stored row never changes, and only the streams of the other events are
 -- locked, so a retry does not wait behind a stream's appends. The lookup
 -- probes the event_id index per id (a LATERAL subquery with LIMIT is never
--- made a hash join), and a stream's head is read in the insert itself.
+-- made a hash join).
+--
+-- Since revision 4 the batch is one INSERT of all its new rows: the heads of
+-- its streams are read once, after the locks, and each new event's version,
+-- position and hash are worked out in PL/pgSQL arrays, in order, so that
+-- several events of one stream chain onto each other. (Revision 3 ran an
+-- INSERT … ON CONFLICT per event, each with its own executor start and head
+-- lookup: a batch of four cost a backend more than four lone appends.) So
+-- the insert has no ON CONFLICT: an id that another transaction, under
+-- another stream's lock, stores between the lookup and the insert makes the
+-- insert wait for that transaction on the event_id index and then fail with
+-- unique_violation, the whole batch with it, and eventlog/postgres stores
+-- the batch's events again one at a time (ledger_append, which answers that
+-- one as a duplicate). Skipping the row instead would leave a gap in its
+-- stream's versions, which the later events of the batch already took.
 --
 -- One row per input event, with its 1-based index in ord.
 CREATE OR REPLACE FUNCTION ledger_append_batch(
@@ -174,56 +186,75 @@ LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = o
 DECLARE
     v_keys      integer[];
     v_key       integer;
-    v_versions  bigint[];
-    v_txs       xid8[];
+    v_versions  bigint[];  -- per event: the stored copy's, or the one it takes
+    v_txs       xid8[];    -- per event: the stored copy's, else null
     v_positions bigint[];
-    v_sha       bytea;
-    r           record;
+    v_shas      bytea[];   -- per new event (null for a duplicate)
+    v_prevs     bytea[];
+    v_hashes    bytea[];
+    v_streams   text[];    -- the streams of the events not stored yet
+    v_next      bigint[];  -- per stream of v_streams: its next version
+    v_heads     bytea[];   -- and the hash of its last record
+    v_tx        xid8;
+    v_first     integer;
+    j           integer;
 BEGIN
     PERFORM ledger_append_guard('ledger_append_batch');
     SELECT array_agg(e.stream_version ORDER BY b.ord), array_agg(e.tx ORDER BY b.ord),
            array_agg(e.global_position ORDER BY b.ord),
-           array_agg(DISTINCT hashtext(b.stream) ORDER BY hashtext(b.stream)) FILTER (WHERE e.event_id IS NULL)
-      INTO v_versions, v_txs, v_positions, v_keys
+           array_agg(DISTINCT hashtext(b.stream) ORDER BY hashtext(b.stream)) FILTER (WHERE e.event_id IS NULL),
+           array_agg(DISTINCT b.stream) FILTER (WHERE e.event_id IS NULL)
+      INTO v_versions, v_txs, v_positions, v_keys, v_streams
       FROM unnest(p_event_ids, p_streams) WITH ORDINALITY AS b(event_id, stream, ord)
       LEFT JOIN LATERAL (SELECT s.event_id, s.stream_version, s.tx, s.global_position FROM events s
                           WHERE s.event_id = b.event_id LIMIT 1) AS e ON true;
-    FOREACH v_key IN ARRAY coalesce(v_keys, '{}') LOOP
-        PERFORM pg_advisory_xact_lock(1279612500, v_key); -- 0x4c455654 'LEVT', as ledger_append
-    END LOOP;
-    FOR r IN
-        SELECT * FROM unnest(p_event_ids, p_streams, p_types, p_api_versions, p_created, p_accounts, p_payloads, p_signatures, p_sources)
-               WITH ORDINALITY AS b(event_id, stream, type, api_version, created, account, payload, signature, source, ord)
-    LOOP
-        ord := r.ord;
-        duplicate := true;
-        IF v_txs[r.ord] IS NOT NULL THEN
-            stream_version := v_versions[r.ord];
-            tx := v_txs[r.ord];
-            global_position := v_positions[r.ord];
-            RETURN NEXT;
-            CONTINUE;
-        END IF;
-        v_sha := sha256(r.payload);
-        -- nextval may assign the transaction id (when it WAL-logs): after the locks.
-        INSERT INTO events AS e (global_position, event_id, stream, stream_version, type, api_version,
+    IF v_streams IS NOT NULL THEN
+        FOREACH v_key IN ARRAY v_keys LOOP
+            PERFORM pg_advisory_xact_lock(1279612500, v_key); -- 0x4c455654 'LEVT', as ledger_append
+        END LOOP;
+        SELECT array_agg(coalesce(h.next_version, 0) ORDER BY s.i),
+               array_agg(coalesce(h.hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) ORDER BY s.i)
+          INTO v_next, v_heads
+          FROM unnest(v_streams) WITH ORDINALITY AS s(stream, i)
+          LEFT JOIN LATERAL (SELECT l.stream_version + 1 AS next_version, l.hash FROM events l
+                              WHERE l.stream = s.stream ORDER BY l.stream_version DESC LIMIT 1) AS h ON true;
+        -- Filled at 1..n, not grown from null: unnest ignores an array's lower bound.
+        v_shas := array_fill(NULL::bytea, ARRAY[cardinality(p_event_ids)]);
+        v_prevs := v_shas;
+        v_hashes := v_shas;
+        FOR i IN 1..cardinality(p_event_ids) LOOP
+            CONTINUE WHEN v_txs[i] IS NOT NULL OR array_position(p_event_ids, p_event_ids[i]) < i;
+            j := array_position(v_streams, p_streams[i]);
+            v_versions[i] := v_next[j];
+            v_next[j] := v_next[j] + 1;
+            v_shas[i] := sha256(p_payloads[i]);
+            v_prevs[i] := v_heads[j];
+            v_hashes[i] := sha256(v_heads[j] || v_shas[i]);
+            v_heads[j] := v_hashes[i];
+            -- nextval may assign the transaction id (when it WAL-logs): after the locks.
+            v_positions[i] := nextval('events_global_position_seq');
+        END LOOP;
+        INSERT INTO events (global_position, event_id, stream, stream_version, type, api_version,
                             created, account, payload, signature, source, payload_sha256, prev_hash, hash)
-        SELECT nextval('events_global_position_seq'), r.event_id, r.stream, coalesce(h.next_version, 0), r.type, r.api_version,
-               r.created, r.account, r.payload, r.signature, r.source, v_sha, coalesce(h.hash, genesis.hash),
-               sha256(coalesce(h.hash, genesis.hash) || v_sha)
-          FROM (VALUES ('\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)) AS genesis(hash)
-          LEFT JOIN (SELECT l.stream_version + 1 AS next_version, l.hash FROM events l
-                      WHERE l.stream = r.stream ORDER BY l.stream_version DESC LIMIT 1) AS h ON true
-        ON CONFLICT (event_id) DO NOTHING
-        RETURNING e.stream_version, e.tx, e.global_position INTO stream_version, tx, global_position;
-        IF FOUND THEN
-            duplicate := false;
-        ELSE
-            -- Stored earlier in this batch, or appended concurrently and
-            -- committed while this insert waited on the index.
-            SELECT e.stream_version, e.tx, e.global_position INTO STRICT stream_version, tx, global_position
-              FROM events e WHERE e.event_id = r.event_id;
+        SELECT b.global_position, b.event_id, b.stream, b.stream_version, b.type, b.api_version,
+               b.created, b.account, b.payload, b.signature, b.source, b.sha, b.prev, b.hash
+          FROM unnest(p_event_ids, p_streams, p_types, p_api_versions, p_created, p_accounts, p_payloads, p_signatures,
+                      p_sources, v_positions, v_versions, v_shas, v_prevs, v_hashes)
+               AS b(event_id, stream, type, api_version, created, account, payload, signature,
+                    source, global_position, stream_version, sha, prev, hash)
+         WHERE b.sha IS NOT NULL;
+        v_tx := pg_current_xact_id();
+    END IF;
+    FOR i IN 1..cardinality(p_event_ids) LOOP
+        ord := i;
+        v_first := array_position(p_event_ids, p_event_ids[i]);
+        IF v_txs[i] IS NOT NULL THEN
+            v_first := i; -- stored before: its copy's
         END IF;
+        duplicate := v_first < i OR v_txs[i] IS NOT NULL;
+        stream_version := v_versions[v_first];
+        tx := coalesce(v_txs[v_first], v_tx);
+        global_position := v_positions[v_first];
         RETURN NEXT;
     END LOOP;
 END

@@ -80,10 +80,18 @@ func (h heldStream) commit(t *testing.T) {
 // database with the same application name, so only this database's sessions count.
 func (f *groupFixture) waitForLockWaiters(t *testing.T, n int) {
 	t.Helper()
-	waitUntil(t, "appends wait for a stream lock", func() bool {
+	f.waitForWaiters(t, "advisory", n)
+}
+
+// waitForWaiters waits until n of the log's connections wait for a lock of locktype (pg_locks):
+// advisory for a stream lock, transactionid for another transaction's row.
+func (f *groupFixture) waitForWaiters(t *testing.T, locktype string, n int) {
+	t.Helper()
+	waitUntil(t, "appends wait for a "+locktype+" lock", func() bool {
 		var waiting int
 		err := f.admin.QueryRow(t.Context(), `SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-			WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = 'ledger-group' AND a.datname = current_database()`).Scan(&waiting)
+			WHERE l.locktype = $1 AND NOT l.granted AND a.application_name = 'ledger-group' AND a.datname = current_database()`,
+			locktype).Scan(&waiting)
 		return err == nil && waiting == n
 	})
 }
@@ -194,6 +202,50 @@ func TestGroupCommitMixedBatch(t *testing.T) {
 	// stored, the held stream's two (the open transaction's and the blocking append), and the 10 new ones.
 	if total != 13 {
 		t.Errorf("the log holds %d records, want 13", total)
+	}
+}
+
+// TestGroupCommitConcurrentDuplicate: an id that another transaction stores,
+// under another stream's lock, after the batch looked it up fails the batch's
+// insert on the event_id index; the batch's events are then stored one at a
+// time, so that the copy is answered as a duplicate of the stored record and
+// the others are stored, with dense versions.
+func TestGroupCommitConcurrentDuplicate(t *testing.T) {
+	t.Parallel()
+	f := newGroupFixture(t)
+	ctx := t.Context()
+	racing := eventlogtest.NewEvent(eventlogtest.NewStream("race"))
+	tx, err := f.admin.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	stored := appendInTx(t, tx, racing)
+	copied := racing
+	copied.Stream = eventlogtest.NewStream("race") // the same id under another stream: no stream lock in common
+	events := []eventlog.Event{copied, eventlogtest.NewEvent(copied.Stream), eventlogtest.NewEvent(eventlogtest.NewStream("race"))}
+
+	answers := f.appendQueued(t, events, func() {
+		f.waitForWaiters(t, "transactionid", 1) // the batch's insert, on racing's index entry
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	if a := answers[0]; a.err != nil || !a.res.Duplicate || a.res.Position != stored {
+		t.Errorf("append of the copy = %+v, %v; want a duplicate of %s", a.res, a.err, stored)
+	}
+	for i, e := range events[1:] {
+		a := answers[i+1]
+		if a.err != nil || a.res.Duplicate {
+			t.Errorf("append of %s = %+v, %v; want it stored", e.ID, a.res, a.err)
+			continue
+		}
+		recs, err := f.log.ReadStream(ctx, e.Stream, 0, 10)
+		if err != nil || len(recs) != 1 || recs[0].ID != e.ID {
+			t.Errorf("stream %s holds %v, %v; want %s alone", e.Stream, eventlogtest.IDs(recs), err, e.ID)
+		}
+		checkChain(t, recs)
 	}
 }
 
