@@ -63,9 +63,9 @@ func BenchmarkRebuild(b *testing.B) {
 // BenchmarkCatchUp measures a Runner's first start on a log of
 // LEDGER_BENCH_EVENTS stored events (default 100,000): it makes an empty
 // version live and follows the log from position 0 until its checkpoint
-// reaches the head. Reports events/s and the CPU per event of this process
+// reaches the head. Reports events/s, the CPU per event of this process
 // and of the database's backends (those still connected at the end: the
-// runner's).
+// runner's), and the peak Go heap of the catch-up.
 func BenchmarkCatchUp(b *testing.B) {
 	n := benchEvents(b)
 	for range b.N {
@@ -83,6 +83,7 @@ func BenchmarkCatchUp(b *testing.B) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
+		peak := watchHeap(b)
 		goBefore, pgBefore := processCPU(b), backendsCPU(b, pool)
 		b.StartTimer()
 		start := time.Now()
@@ -104,6 +105,7 @@ func BenchmarkCatchUp(b *testing.B) {
 		b.ReportMetric(float64(n)/elapsed.Seconds(), "events/s")
 		b.ReportMetric(float64(goCPU.Microseconds())/float64(n), "go-cpu-µs/event")
 		b.ReportMetric(float64(pgCPU.Microseconds())/float64(n), "pg-cpu-µs/event")
+		b.ReportMetric(float64(peak())/(1<<20), "peak-heap-MB")
 	}
 }
 
