@@ -2,12 +2,16 @@ package projections
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"runtime"
+	runtimemetrics "runtime/metrics"
+	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +25,7 @@ import (
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 	"github.com/stripe-ledger/stripe-ledger/eventlog/postgres"
 	"github.com/stripe-ledger/stripe-ledger/internal/domaintest"
+	"github.com/stripe-ledger/stripe-ledger/internal/gctune"
 	"github.com/stripe-ledger/stripe-ledger/internal/pgtest"
 )
 
@@ -38,8 +43,11 @@ func BenchmarkRebuild(b *testing.B) {
 	p := Billing(testPlans(b))
 	ctx := context.Background()
 
+	defer gctune.Headroom(BuildGCHeadroom)()
+	statements := watchStatements(b, pool)
 	peak := watchHeap(b)
-	goBefore, pgBefore := processCPU(b), backendsCPU(b, pool)
+	goBefore, pgBefore, gcBefore := processCPU(b), backendsCPU(b, pool), gcCPU()
+	stopProfile := profileCPU(b)
 	b.ResetTimer()
 	start := time.Now()
 	for range b.N {
@@ -49,6 +57,8 @@ func BenchmarkRebuild(b *testing.B) {
 	}
 	elapsed := time.Since(start)
 	b.StopTimer()
+	stopProfile()
+	statements()
 	events := float64(n * b.N)
 	b.ReportMetric(events/elapsed.Seconds(), "events/s")
 	b.ReportMetric(float64(peak())/(1<<20), "peak-heap-MB")
@@ -58,6 +68,15 @@ func BenchmarkRebuild(b *testing.B) {
 	goCPU, pgCPU := processCPU(b)-goBefore, backendsCPU(b, pool)-pgBefore
 	b.ReportMetric(float64((goCPU+pgCPU).Microseconds())/events, "cpu-µs/event")
 	b.ReportMetric(float64(pgCPU.Microseconds())/events, "pg-cpu-µs/event")
+	b.ReportMetric(float64((gcCPU()-gcBefore).Microseconds())/events, "gc-cpu-µs/event")
+}
+
+// gcCPU is the CPU time the garbage collector has used so far, as the
+// runtime estimates it.
+func gcCPU() time.Duration {
+	s := []runtimemetrics.Sample{{Name: "/cpu/classes/gc/total:cpu-seconds"}}
+	runtimemetrics.Read(s)
+	return time.Duration(s[0].Value.Float64() * float64(time.Second))
 }
 
 // BenchmarkCatchUp measures a Runner's first start on a log of
@@ -204,6 +223,83 @@ func storeEvents(b *testing.B, pool *pgxpool.Pool, n int) {
 		b.Fatal(err)
 	}
 	b.Logf("stored %d events of %d customers, %.0f bytes of payload on average", n, len(streams), float64(payloadBytes)/float64(n))
+}
+
+// profileCPU writes a CPU profile of what follows, up to the call of stop,
+// to the file LEDGER_BENCH_CPUPROFILE names, if set: unlike -cpuprofile's,
+// it leaves out the benchmark's setup (storeEvents).
+func profileCPU(b *testing.B) (stop func()) {
+	path := os.Getenv("LEDGER_BENCH_CPUPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// watchStatements, when LEDGER_BENCH_STATEMENTS is set, prints at the call
+// of report (to standard error: a benchmark's log is cut at a few lines) the
+// statements of pool's database that took most of the server's
+// time since it was called, from pg_stat_statements (the extension's view,
+// created in this throwaway database; nothing is reset).
+func watchStatements(b *testing.B, pool *pgxpool.Pool) (report func()) {
+	if os.Getenv("LEDGER_BENCH_STATEMENTS") == "" {
+		return func() {}
+	}
+	ctx := context.Background()
+	const stats = `SELECT queryid, calls, total_exec_time, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 110)
+  FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())`
+	type stat struct {
+		calls int64
+		ms    float64
+		rows  int64
+		query string
+	}
+	read := func() map[int64]stat {
+		rows, err := pool.Query(ctx, stats)
+		if err != nil {
+			b.Fatal(err)
+		}
+		out := map[int64]stat{}
+		var id int64
+		var s stat
+		_, err = pgx.ForEachRow(rows, []any{&id, &s.calls, &s.ms, &s.rows, &s.query}, func() error {
+			out[id] = s
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return out
+	}
+	if _, err := pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`); err != nil {
+		b.Fatal(err)
+	}
+	before := read()
+	return func() {
+		var diff []stat
+		for id, s := range read() {
+			s.calls, s.ms, s.rows = s.calls-before[id].calls, s.ms-before[id].ms, s.rows-before[id].rows
+			if s.calls > 0 {
+				diff = append(diff, s)
+			}
+		}
+		slices.SortFunc(diff, func(x, y stat) int { return cmp.Compare(y.ms, x.ms) })
+		for _, s := range diff[:min(len(diff), 15)] {
+			fmt.Fprintf(os.Stderr, "%9.0f ms %7d calls %9d rows  %s\n", s.ms, s.calls, s.rows, s.query)
+		}
+	}
 }
 
 // watchHeap samples the Go heap until the benchmark ends; peak returns the

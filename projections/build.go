@@ -27,6 +27,14 @@ const (
 	buildBatchSize  = 2000
 )
 
+// BuildGCHeadroom is the least the heap of a process that builds the read
+// model (ledger projections rebuild and diff) may grow between two garbage
+// collections (gctune.Headroom). A build keeps a few hundred MB live (the
+// states a fill holds, the chunks in its stages), allocates about 20 KB an
+// event, and each collection marks all that is live: at Go's default
+// GOGC=100 the collector took about a quarter of the build's Go CPU.
+const BuildGCHeadroom = 512 << 20
+
 // Progress reports how far a build (Rebuild, Diff, a new version) has got.
 type Progress struct {
 	Done     int64             // events folded so far

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
+	"github.com/stripe-ledger/stripe-ledger/internal/gctune"
 	"github.com/stripe-ledger/stripe-ledger/internal/report"
 	"github.com/stripe-ledger/stripe-ledger/projections"
 )
@@ -78,6 +79,7 @@ func runBuild(ctx context.Context, c *cli, sub string, args []string, wait bool,
 		return err
 	}
 	defer b.Close()
+	defer gctune.Headroom(projections.BuildGCHeadroom)()
 	total, err := b.Log.CountAfter(ctx, eventlog.Start)
 	if err != nil {
 		return err

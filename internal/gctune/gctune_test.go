@@ -1,4 +1,4 @@
-package main
+package gctune
 
 import (
 	"os"
@@ -8,19 +8,19 @@ import (
 	"time"
 )
 
-// TestTuneGC: after a collection the percentage gives the test's small live
-// heap gcHeadroom to grow; stop puts back GOGC=100. Not parallel: the
-// percentage is the process's.
-func TestTuneGC(t *testing.T) {
+// TestHeadroom: after a collection the percentage gives the test's small
+// live heap its headroom to grow; stop puts back GOGC=100. Not parallel:
+// the percentage is the process's.
+func TestHeadroom(t *testing.T) {
 	if os.Getenv("GOGC") != "" {
-		t.Skip("GOGC is set: tuneGC leaves the collector alone")
+		t.Skip("GOGC is set: Headroom leaves the collector alone")
 	}
 	percent := func() uint64 {
 		s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
 		metrics.Read(s)
 		return s[0].Value.Uint64()
 	}
-	stop := tuneGC()
+	stop := Headroom(64 << 20)
 	for deadline := time.Now().Add(10 * time.Second); percent() <= 100; {
 		if time.Now().After(deadline) {
 			stop()
