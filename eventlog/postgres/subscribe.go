@@ -130,11 +130,14 @@ func (s *subscription) follow(ctx context.Context) error {
 // the load (a bigger batch takes longer, spacing the next one further) up
 // to maxCatchUpInterval. A record that commits after an idle spell waits
 // for none of this: the last read is long past, so the notification is
-// read at once.
+// read at once. Four times, up to 200 ms (twice, up to 100 ms, before): at
+// c=8 ingest the projection folded 46-47 batches in 8 s instead of 125-151,
+// for 9-14% less CPU per delivery, and the notification delay benchmark's
+// p50 88-92 ms, p99 246 ms against 45-58 ms, 131-191 ms (load average 10-13).
 const (
 	minCatchUpInterval = 10 * time.Millisecond
-	maxCatchUpInterval = 100 * time.Millisecond
-	readDuty           = 2
+	maxCatchUpInterval = 200 * time.Millisecond
+	readDuty           = 4
 )
 
 // readSpacing is the least time from the start of a read that delivered
