@@ -9,8 +9,9 @@ import (
 )
 
 // TestHeadroom: after a collection the percentage gives the test's small
-// live heap its headroom to grow; stop puts back GOGC=100. Not parallel:
-// the percentage is the process's.
+// live heap its headroom to grow, and no more than headroom over the
+// runtime's least heap (the test's live heap is below it); stop puts back
+// GOGC=100. Not parallel: the percentage is the process's.
 func TestHeadroom(t *testing.T) {
 	if os.Getenv("GOGC") != "" {
 		t.Skip("GOGC is set: Headroom leaves the collector alone")
@@ -20,7 +21,8 @@ func TestHeadroom(t *testing.T) {
 		metrics.Read(s)
 		return s[0].Value.Uint64()
 	}
-	stop := Headroom(64 << 20)
+	const headroom = 64 << 20
+	stop := Headroom(headroom)
 	for deadline := time.Now().Add(10 * time.Second); percent() <= 100; {
 		if time.Now().After(deadline) {
 			stop()
@@ -28,6 +30,10 @@ func TestHeadroom(t *testing.T) {
 		}
 		runtime.GC()
 		time.Sleep(10 * time.Millisecond) // the cleanup runs on its own goroutine
+	}
+	if got, most := percent(), uint64(headroom*100/minHeap); got > most {
+		stop()
+		t.Fatalf("GOGC is %d with a live heap below the least heap, want at most %d (headroom over %d bytes)", got, most, minHeap)
 	}
 	stop()
 	runtime.GC()
