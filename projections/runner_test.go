@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
@@ -355,17 +356,10 @@ func TestUntestedAPIVersions(t *testing.T) {
 	// A batch is counted once its commit returned to the runner, which can
 	// be after the checkpoint is visible here: wait for the count before
 	// stopping, or a stop that cancels the commit's wait loses it.
-	var m dto.Metric
-	for deadline := time.Now().Add(waitTimeout); ; time.Sleep(20 * time.Millisecond) {
-		m.Reset()
-		err := r.metrics.apiVersions.WithLabelValues(future, "false").Write(&m)
-		if err == nil && m.GetCounter().GetValue() == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("ledger_events_api_version_total{api_version=%q,known=false} = %v (%v), want 2", future, m.GetCounter().GetValue(), err)
-		}
-	}
+	untestedCount := r.metrics.apiVersions.WithLabelValues(future, "false")
+	waitFor(t, fmt.Sprintf("ledger_events_api_version_total{api_version=%q,known=false} = 2", future), func() bool {
+		return testutil.ToFloat64(untestedCount) == 2
+	})
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
