@@ -132,6 +132,9 @@ func (f *filler) link(ctx context.Context, bt *batch) error {
 		if err := tx.SendBatch(ctx, &w).Close(); err != nil {
 			return fmt.Errorf("write dead letters of %s: %w", f.schema, err)
 		}
+		if f.b.fillStep != nil {
+			f.b.fillStep(true, bt)
+		}
 		select {
 		case <-f.turn:
 			return nil
@@ -185,6 +188,9 @@ func (f *filler) fold(ctx context.Context, bt *batch) error {
 			f.objects -= heldObjects(s)
 		}
 		states[i], lines[i] = s, f.lines[k]
+	}
+	if f.b.fillStep != nil {
+		f.b.fillStep(false, bt)
 	}
 	if err := f.foldCustomers(ctx, bt, keys, states, lines); err != nil {
 		return err

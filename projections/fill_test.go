@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -108,4 +109,101 @@ func deadLetterDump(t *testing.T, q *pgxpool.Pool, schema string) []string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// TestFillLinksWaitForTheFoldBefore: the fill writes a chunk's links while
+// the chunk before folds, but they commit only once that fold has read the
+// links it needs (filler.turn), so a late fact's history holds the streams
+// linked up to its own chunk, as in the incremental fold, never those the
+// next chunk links. Invoice in_ft is Y's (its first event), so X's snapshot
+// of it does not link it to X, and the payment that marks it paid is Y's.
+// X's late snapshot makes X's fold read X's history; the next event, a
+// payment intent of X that names the payment inpay_ft as its invoice (no
+// Stripe shape, but a log may hold it), links the payment's stream to X:
+// read with that link, X's timeline would count in_ft paid. The fold of the
+// late snapshot's chunk is held until the next chunk's links either wait
+// for their turn or are committed, and the fill, one event a chunk, is
+// compared with the fold, one event a transaction.
+func TestFillLinksWaitForTheFoldBefore(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t, pgtest.NewDatabase(t))
+	log := postgres.New(pool, testLogger(t))
+	p := Billing(testPlans(t)).reading(log)
+	const at = 1709251200 // subscriptionEvent's created
+	invoice := func(id, customer string, created int64, sub string) eventlog.Event {
+		return rawEvent(id, "customer-"+customer, "invoice.finalized", fmt.Sprintf(`{"id":%q,"object":"event","api_version":"2023-10-16",`+
+			`"created":%d,"type":"invoice.finalized","data":{"object":{"id":"in_ft","object":"invoice","customer":%q,"status":"open",`+
+			`"amount_due":2900,"amount_paid":0,"currency":"usd","attempt_count":0,"subscription":%q,`+
+			`"lines":{"data":[{"type":"subscription","subscription":%q,"period":{"start":%d,"end":%d}}]}}}}`,
+			id, created, customer, sub, sub, at, at+30*86400))
+	}
+	events := []eventlog.Event{
+		invoice("evt_ft_y_inv", "cus_ft_y", at-300, ""),
+		rawEvent("evt_ft_pay", "object-invoice_payment-inpay_ft", "invoice_payment.paid", `{"id":"evt_ft_pay","object":"event",`+
+			`"api_version":"2025-03-31.basil","created":1709250900,"type":"invoice_payment.paid","data":{"object":{"id":"inpay_ft",`+
+			`"object":"invoice_payment","amount_paid":2900,"amount_requested":2900,"created":1709250900,"currency":"usd","invoice":"in_ft",`+
+			`"is_default":true,"payment":{"type":"payment_intent","payment_intent":"pi_ft"},"status":"paid",`+
+			`"status_transitions":{"canceled_at":null,"paid_at":1709250900}}}}`),
+		subscriptionEvent("evt_ft_sub", "cus_ft_x", "sub_ft", "active", "price_pro", at, at+30*86400),
+		invoice("evt_ft_x_inv", "cus_ft_x", at-100, "sub_ft"), // late: X's history is read
+		rawEvent("evt_ft_pi", "customer-cus_ft_x", "payment_intent.succeeded", `{"id":"evt_ft_pi","object":"event","api_version":"2023-10-16",`+
+			`"created":1709251210,"type":"payment_intent.succeeded","data":{"object":{"id":"pi_ft","object":"payment_intent","customer":"cus_ft_x","invoice":"inpay_ft"}}}`),
+	}
+	for i, created := range []int64{at - 300, at - 200, at, at - 100, at + 10} {
+		events[i].Created = time.Unix(created, 0).UTC()
+		if _, err := log.Append(ctx, events[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, err := log.ReadAll(ctx, eventlog.Start, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := scratch(t, pool, p)
+	for _, r := range recs {
+		if _, err := foldBatch(ctx, pool, testLogger(t), p, ref, p.decode([]eventlog.Record{r}), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	m, err := newMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema := scratch(t, pool, p)
+	holds := func(bt *batch, id string) bool {
+		return slices.ContainsFunc(bt.recs, func(r eventlog.Record) bool { return r.ID == id })
+	}
+	waiting, held := make(chan struct{}), false
+	step := func(wait bool, bt *batch) {
+		switch {
+		case wait && holds(bt, "evt_ft_pi"):
+			close(waiting)
+		case !wait && holds(bt, "evt_ft_x_inv"):
+			held = true
+			for linked := false; !linked; {
+				select {
+				case <-waiting:
+					return
+				case <-time.After(time.Millisecond):
+				}
+				err := pool.QueryRow(ctx, "SELECT EXISTS (SELECT FROM "+ident(schema)+".links WHERE object_id = 'pi_ft')").Scan(&linked)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}
+	}
+	b := &builder{pool: pool, log: log, p: p, logger: testLogger(t), metrics: m, fillChunk: 1, fillStep: step}
+	if _, err := b.fillCopy(ctx, schema, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !held {
+		t.Fatal("the fold of the late snapshot's chunk never started")
+	}
+	if d := diffDumps(dump(t, pool, ref), dump(t, pool, schema)); d != "" {
+		t.Fatalf("filled read model differs from the folded one: %s", d)
+	}
 }
