@@ -82,9 +82,13 @@
 // # Connections
 //
 // A Runner holds two pooled connections while it follows the log (its lock,
-// the subscription or a read of its catch-up) plus one per batch transaction; while it builds, two
-// locks, the transaction and a read of the log. Give the pool room for that
-// besides the API: pool_max_conns of 10 or more.
+// the subscription or a read of its catch-up) plus one per batch transaction.
+// While it builds: two locks, a read of the log, the count of the log beside
+// the first chunks, the next chunk's links transaction (open while it waits
+// for the fold before it), and the fold's reads of late facts' histories (up
+// to one per core) or the flush's transaction. Give the pool room for that
+// besides the API: pool_max_conns of 10 or more (serve's default pool is 16);
+// the fold waits for a free connection, never for the links transaction.
 //
 // The plan mapping (LEDGER_PLANS) is part of a version's identity: see plans.go.
 package projections
