@@ -88,8 +88,8 @@
 // for the fold before it), and the fold's reads of late facts' histories (up
 // to one per core) or the flush's transaction. Give the pool room for that
 // besides the API: pool_max_conns of 10 or more (serve's default pool is 16);
-// a pool of one or two would leave the fold waiting for the links transaction
-// that waits for it.
+// a pool smaller than a build needs can leave the fold waiting for a
+// connection the links transaction holds while it waits for that fold.
 //
 // The plan mapping (LEDGER_PLANS) is part of a version's identity: see plans.go.
 package projections
