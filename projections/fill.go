@@ -437,16 +437,16 @@ func noteWritten[T any](f *filler, t table[T], rows []T) {
 }
 
 // writtenKey is the hash under which f.written holds the key of row, an
-// object row of t: its table, account and id (its first two columns).
+// object row of t: its table and its primary key's columns (t.key; text in
+// every object table: account and id).
 func writtenKey[T any](f *filler, t table[T], row *T) uint64 {
-	fields := t.fields(row)
 	var h maphash.Hash
 	h.SetSeed(f.seed)
 	h.WriteString(t.name)
-	h.WriteByte(0)
-	h.WriteString(*fields[0].(*string))
-	h.WriteByte(0)
-	h.WriteString(*fields[1].(*string))
+	for _, field := range t.fields(row)[:t.key] {
+		h.WriteByte(0)
+		h.WriteString(*field.(*string))
+	}
 	return h.Sum64()
 }
 
