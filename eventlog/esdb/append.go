@@ -176,19 +176,15 @@ func (l *Log) lockEventID(ctx context.Context, eventID string) (*pgxpool.Conn, f
 
 // stored reports the committed copy of a Stripe event id.
 func (l *Log) stored(ctx context.Context, conn *pgxpool.Conn, eventID string) (eventlog.AppendResult, error) {
-	var rev, commitPos, preparePos int64
-	if err := conn.QueryRow(ctx, storedSQL, eventID).Scan(&rev, &commitPos, &preparePos); err != nil {
+	res := eventlog.AppendResult{Duplicate: true}
+	if err := conn.QueryRow(ctx, storedSQL, eventID).Scan(&res.StreamVersion, &res.Position.Commit, &res.Position.Prepare); err != nil {
 		return eventlog.AppendResult{}, guardError(err)
 	}
-	return eventlog.AppendResult{
-		Duplicate:     true,
-		StreamVersion: rev,
-		Position:      eventlog.Position{Commit: uint64(commitPos), Prepare: uint64(preparePos)},
-	}, nil
+	return res, nil
 }
 
 func commit(ctx context.Context, conn *pgxpool.Conn, eventID string, res eventlog.AppendResult) error {
-	_, err := conn.Exec(ctx, commitSQL, eventID, res.StreamVersion, int64(res.Position.Commit), int64(res.Position.Prepare))
+	_, err := conn.Exec(ctx, commitSQL, eventID, res.StreamVersion, res.Position.Commit, res.Position.Prepare)
 	return err
 }
 

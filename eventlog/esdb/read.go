@@ -145,22 +145,22 @@ const (
 // commit failed, see the package documentation) is not counted until the
 // next claim of its id resolves it.
 func (l *Log) Head(ctx context.Context) (eventlog.Position, error) {
-	var commitPos, preparePos int64
-	err := l.guard.QueryRow(ctx, headSQL).Scan(&commitPos, &preparePos)
+	var head eventlog.Position
+	err := l.guard.QueryRow(ctx, headSQL).Scan(&head.Commit, &head.Prepare)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return eventlog.Start, nil
 	}
 	if err != nil {
 		return eventlog.Start, fmt.Errorf("read head: %w", guardError(err))
 	}
-	return eventlog.Position{Commit: uint64(commitPos), Prepare: uint64(preparePos)}, nil
+	return head, nil
 }
 
 // CountAfter implements eventlog.Log from the dedup guard, like Head. It
 // counts at most CountAfterLimit records.
 func (l *Log) CountAfter(ctx context.Context, from eventlog.Position) (int64, error) {
 	var n int64
-	if err := l.guard.QueryRow(ctx, countAfterSQL, int64(from.Commit), int64(from.Prepare), CountAfterLimit).Scan(&n); err != nil {
+	if err := l.guard.QueryRow(ctx, countAfterSQL, from.Commit, from.Prepare, CountAfterLimit).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count records after %s: %w", from, guardError(err))
 	}
 	return n, nil

@@ -154,7 +154,7 @@ func (s *Sealer) Seal(ctx context.Context, wait bool) (sl Seal, ok bool, err err
 		sl.Hash = sl.ComputeHash()
 		if err := tx.QueryRow(ctx, `INSERT INTO seals (seal_id, commit_pos, prepare, streams, prev_hash, hash)
 VALUES ($1, $2, $3, $4, $5, $6) RETURNING sealed_at`,
-			sl.ID, int64(sl.Position.Commit), int64(sl.Position.Prepare), len(sl.Heads), sl.PrevHash, sl.Hash).Scan(&sl.SealedAt); err != nil {
+			sl.ID, sl.Position.Commit, sl.Position.Prepare, len(sl.Heads), sl.PrevHash, sl.Hash).Scan(&sl.SealedAt); err != nil {
 			return fmt.Errorf("insert seal %d: %w", sl.ID, err)
 		}
 		_, err = tx.CopyFrom(ctx, pgx.Identifier{"seal_heads"}, []string{"seal_id", "stream", "stream_version", "hash"},
@@ -180,16 +180,14 @@ const readBatch = 5000
 // latest returns the last seal, without its heads; the zero Seal when there is none.
 func latest(ctx context.Context, tx pgx.Tx) (Seal, error) {
 	var sl Seal
-	var commit, prepare int64
 	err := tx.QueryRow(ctx, `SELECT seal_id, sealed_at, commit_pos, prepare, prev_hash, hash FROM seals ORDER BY seal_id DESC LIMIT 1`).
-		Scan(&sl.ID, &sl.SealedAt, &commit, &prepare, &sl.PrevHash, &sl.Hash)
+		Scan(&sl.ID, &sl.SealedAt, &sl.Position.Commit, &sl.Position.Prepare, &sl.PrevHash, &sl.Hash)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Seal{}, nil
 	}
 	if err != nil {
 		return Seal{}, fmt.Errorf("read the last seal: %w", err)
 	}
-	sl.Position = eventlog.Position{Commit: uint64(commit), Prepare: uint64(prepare)}
 	return sl, nil
 }
 
@@ -215,22 +213,23 @@ func Each(ctx context.Context, q interface {
 	}
 	for rows.Next() {
 		var (
-			id, commit, prepare int64
-			sealedAt            time.Time
-			prevHash, hash      []byte
-			stream              *string
-			version             *int64
-			headHash            []byte
-			n                   int64
+			id             int64
+			pos            eventlog.Position
+			sealedAt       time.Time
+			prevHash, hash []byte
+			stream         *string
+			version        *int64
+			headHash       []byte
+			n              int64
 		)
-		if err := rows.Scan(&id, &sealedAt, &commit, &prepare, &n, &prevHash, &hash, &stream, &version, &headHash); err != nil {
+		if err := rows.Scan(&id, &sealedAt, &pos.Commit, &pos.Prepare, &n, &prevHash, &hash, &stream, &version, &headHash); err != nil {
 			return fmt.Errorf("read seals: %w", err)
 		}
 		if id != cur.ID {
 			if err := flush(); err != nil {
 				return err
 			}
-			cur = Seal{ID: id, SealedAt: sealedAt, Position: eventlog.Position{Commit: uint64(commit), Prepare: uint64(prepare)},
+			cur = Seal{ID: id, SealedAt: sealedAt, Position: pos,
 				PrevHash: prevHash, Hash: hash, Streams: n}
 		}
 		if stream != nil {
