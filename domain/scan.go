@@ -2,8 +2,11 @@ package domain
 
 import (
 	"encoding"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"math/bits"
 	"reflect"
 	"slices"
 	"strconv"
@@ -107,6 +110,14 @@ func (s *scanner) str() (inner []byte, plain bool) {
 	data := s.data
 	start, ascii, escaped := s.off+1, true, false
 	for i := start; i < len(data); i++ {
+		if i+8 <= len(data) { // eight bytes at a time up to the first that is not plain ASCII
+			m := special(binary.LittleEndian.Uint64(data[i:]))
+			if m == 0 {
+				i += 7
+				continue
+			}
+			i += bits.TrailingZeros64(m) / 8
+		}
 		switch stringByte[data[i]] {
 		case 0:
 			continue
@@ -141,6 +152,15 @@ func (s *scanner) str() (inner []byte, plain bool) {
 	}
 	s.fail()
 	return nil, false
+}
+
+// special marks, in the high bit of each of the eight bytes of x, those that
+// stringByte does not class 0: the lowest mark is the first such byte (the
+// marks above it may be false).
+func special(x uint64) uint64 {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	quote, backslash := x^(ones*'"'), x^(ones*'\\')
+	return ((quote-ones)&^quote | (backslash-ones)&^backslash | (x-ones*0x20)&^x | x) & highs
 }
 
 func isHex(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' }
@@ -204,12 +224,14 @@ func (s *scanner) skip() {
 	case c == '"':
 		s.str()
 	case c == '{':
-		s.sequence('}', func() {
+		for more := s.enter('}'); more; more = s.more('}') {
 			s.key()
 			s.skip()
-		})
+		}
 	case c == '[':
-		s.sequence(']', s.skip)
+		for more := s.enter(']'); more; more = s.more(']') {
+			s.skip()
+		}
 	case c == 't':
 		s.literal("true")
 	case c == 'f':
@@ -223,30 +245,40 @@ func (s *scanner) skip() {
 	}
 }
 
-// sequence reads the members of an object or the elements of an array, at
-// its opening brace or bracket, up to end ('}' or ']'), read reading each.
-func (s *scanner) sequence(end byte, read func()) {
+// enter reads the opening brace or bracket of an object or array, and
+// reports whether a member or element follows (false when end, '}' or ']',
+// closes it at once, or the scan failed). The members of an object are read
+// as
+//
+//	for more := s.enter('}'); more; more = s.more('}') { … }
+func (s *scanner) enter(end byte) bool {
 	s.off++
 	if s.depth++; s.depth > maxScanDepth {
 		s.fail()
+		return false
 	}
-	defer func() { s.depth-- }()
 	if s.next() == end {
 		s.off++
-		return
+		s.depth--
+		return false
 	}
-	for !s.bad {
-		read()
-		switch s.next() {
-		case ',':
-			s.off++
-		case end:
-			s.off++
-			return
-		default:
-			s.fail()
-		}
+	return !s.bad
+}
+
+// more reads what follows a member or element that enter or more said
+// follows: it reports whether a comma announces another, or reads the end.
+func (s *scanner) more(end byte) bool {
+	switch s.next() {
+	case ',':
+		s.off++
+		return !s.bad
+	case end:
+		s.off++
+		s.depth--
+		return false
 	}
+	s.fail()
+	return false
 }
 
 // raw reads a value of any kind and returns it as it stands.
@@ -261,15 +293,56 @@ func (s *scanner) raw() []byte {
 type typePlan struct {
 	kind   reflect.Kind          // reflect.Interface for a json.Unmarshaler
 	fields map[string]*fieldPlan // a struct's, by JSON name
+	slots  []*fieldPlan          // the same fields by keySlot, for field
+	shift  uint                  // keySlot's
 	elem   *typePlan             // a pointer's, slice's or map's
 }
 
-// fieldPlan is one field of a struct: its index (through embedded structs)
-// and its number in the struct, below 64.
+// fieldPlan is one field of a struct: its JSON name, its index (through
+// embedded structs) and its number in the struct, below 64; next is the
+// next field of its slot.
 type fieldPlan struct {
+	name   string
 	index  []int
 	number int
 	plan   *typePlan
+	next   *fieldPlan
+}
+
+// field is the struct's field named key, nil when it has none. Most keys
+// of a payload name no field, and most of those find their slot empty: a
+// hash of four of the key's bytes costs less than a map's look-up.
+func (p *typePlan) field(key []byte) *fieldPlan {
+	if len(key) == 0 || len(p.slots) == 0 {
+		return nil
+	}
+	for f := p.slots[keySlot(key, p.shift)]; f != nil; f = f.next {
+		if f.name == string(key) {
+			return f
+		}
+	}
+	return nil
+}
+
+// keySlot hashes key, not empty, from its length and its first, middle and
+// last bytes into 64-shift bits.
+func keySlot[K string | []byte](key K, shift uint) uint64 {
+	h := uint64(len(key)) | uint64(key[0])<<8 | uint64(key[len(key)/2])<<16 | uint64(key[len(key)-1])<<24
+	return h * 0x9e3779b97f4a7c15 >> shift
+}
+
+// addSlots makes p.slots, four or more slots a field.
+func (p *typePlan) addSlots() {
+	if len(p.fields) == 0 {
+		return
+	}
+	size := bits.Len(uint(len(p.fields))) + 2
+	p.shift, p.slots = uint(64-size), make([]*fieldPlan, 1<<size)
+	for _, name := range slices.Sorted(maps.Keys(p.fields)) {
+		f := p.fields[name]
+		slot := keySlot(name, p.shift)
+		f.next, p.slots[slot] = p.slots[slot], f
+	}
 }
 
 var (
@@ -310,6 +383,7 @@ func newPlan(t reflect.Type) *typePlan {
 		if len(p.fields) > 64 {
 			panic(fmt.Sprintf("domain: the scanner reads structs of at most 64 fields, not %v", t))
 		}
+		p.addSlots()
 		return p
 	}
 	panic(fmt.Sprintf("domain: the scanner does not read %v", t))
@@ -350,7 +424,7 @@ func addFields(p *typePlan, t reflect.Type) {
 				}
 				names[name] = true
 				if p.fields[name] == nil {
-					p.fields[name] = &fieldPlan{index: index, number: len(p.fields), plan: newPlan(f.Type)}
+					p.fields[name] = &fieldPlan{name: name, index: index, number: len(p.fields), plan: newPlan(f.Type)}
 				}
 			}
 		}
@@ -371,9 +445,9 @@ func (s *scanner) object(v reflect.Value, p *typePlan) {
 		return
 	}
 	var seen uint64
-	s.sequence('}', func() {
+	for more := s.enter('}'); more; more = s.more('}') {
 		key, _ := s.key()
-		f := p.fields[string(key)]
+		f := p.field(key)
 		switch {
 		case s.bad:
 		case f == nil && !lowerASCII(key): // json.Unmarshal's case folding may match it to a field
@@ -386,7 +460,7 @@ func (s *scanner) object(v reflect.Value, p *typePlan) {
 			seen |= 1 << f.number
 			s.value(v.FieldByIndex(f.index), f.plan)
 		}
-	})
+	}
 }
 
 // lowerASCII reports whether key, as it stands in the JSON, holds no
@@ -452,23 +526,23 @@ func (s *scanner) value(v reflect.Value, p *typePlan) {
 	case p.kind == reflect.Map && c == '{':
 		// a key given twice is the last one's, as in json.Unmarshal
 		m := reflect.MakeMap(v.Type())
-		s.sequence('}', func() {
+		for more := s.enter('}'); more; more = s.more('}') {
 			key, plain := s.key()
 			if !plain { // escapes and invalid UTF-8 are left to encoding/json
 				s.fail()
-				return
+				break
 			}
 			elem := reflect.New(v.Type().Elem()).Elem()
 			s.value(elem, p.elem)
 			m.SetMapIndex(reflect.ValueOf(string(key)), elem)
-		})
+		}
 		v.Set(m)
 	case p.kind == reflect.Slice && c == '[':
 		elems := reflect.MakeSlice(v.Type(), 0, 0)
-		s.sequence(']', func() {
+		for more := s.enter(']'); more; more = s.more(']') {
 			elems = reflect.Append(elems, reflect.Zero(v.Type().Elem()))
 			s.object(elems.Index(elems.Len()-1), p.elem)
-		})
+		}
 		v.Set(elems)
 	default:
 		s.fail()

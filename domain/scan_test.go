@@ -108,6 +108,8 @@ func FuzzScan(f *testing.F) {
 		`{"data":{"object":{"amount":"1","refunded":"true","status":1}}}`,
 		`{"data":{"object":{"id":"cus_\u00e9\n","name":"Zoë","email":"\ud83d\ude00 \ud800","object":"customer"}}}`,
 		"{\"data\":{\"object\":{\"id\":\"cus_1\",\"name\":\"\xff\xfe\",\"object\":\"customer\"}}}",
+		"{\"data\":{\"object\":{\"id\":\"sub_1234567\\\"89\",\"status\":\"abcdefgh\u00e9ijklmnop\\\\q\",\"name\":\"abcdefghijklmno\x7fp\",\"email\":\"abcdefghi\xc3\xa9j\xff\"}}}",
+		"{\"data\":{\"object\":{\"id\":\"sub_12345\x01\"}}}",
 		`{"data":{"object":{"id":"ch_1","object":"charge","customer":{"id":"cus_1"},"invoice":{"id":"in_1","customer":"cus_2"}}}}`,
 		`{"data":{"object":{"id":"dp_1","object":"dispute","charge":{"id":"ch_1","customer":"cus_1"},"payment_intent":"pi_1"}}}`,
 		`{"data":{"object":{"id":"inpay_1","object":"invoice_payment","invoice":{"id":"in_1","customer":"cus_1"},"status_transitions":{"paid_at":7}}}}`,
