@@ -334,18 +334,19 @@ func (items *rawSubscriptionItems) period() (start, end int64) {
 
 // key is Subscription.Items: every item's price id and quantity.
 func (items *rawSubscriptionItems) key() string {
-	var b strings.Builder
+	var room [64]byte // most subscriptions' whole key: one allocation, the string's
+	b := room[:0]
 	for i, item := range items.Data {
 		if i > 0 {
-			b.WriteByte(' ')
+			b = append(b, ' ')
 		}
 		if item.Price != nil {
-			b.WriteString(item.Price.ID)
+			b = append(b, item.Price.ID...)
 		}
-		b.WriteByte('*')
-		b.WriteString(strconv.FormatInt(item.Quantity, 10))
+		b = append(b, '*')
+		b = strconv.AppendInt(b, item.Quantity, 10)
 	}
-	return b.String()
+	return string(b)
 }
 
 // planItem is the item a subscription's plan comes from (DESIGN §4): the
@@ -418,25 +419,26 @@ func previousAttributes(env Envelope, raw json.RawMessage) (map[string]string, e
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, nil
 	}
-	var prev map[string]json.RawMessage
-	if err := unmarshal(raw, &prev); err != nil {
+	prev, err := chainValues(raw)
+	if err != nil {
 		return nil, decodeError(env, "data.previous_attributes: %v", err)
 	}
-	out := map[string]string{}
-	for _, name := range chainAttributes {
-		v, ok := prev[name]
-		if !ok {
+	var out map[string]string
+	for i, name := range chainAttributes {
+		v := prev[i]
+		if v == nil {
 			continue
+		}
+		if out == nil {
+			out = map[string]string{}
 		}
 		var err error
 		switch name {
 		case "status", "collection_method":
-			var text string
-			err = json.Unmarshal(v, &text)
-			out[name] = text
+			out[name], err = jsonText(v)
 		case "cancel_at_period_end":
 			var b bool
-			err = json.Unmarshal(v, &b)
+			b, err = jsonBool(v)
 			out[name] = strconv.FormatBool(b)
 		case "latest_invoice":
 			out[name] = expandableID(v)
@@ -444,28 +446,86 @@ func previousAttributes(env Envelope, raw json.RawMessage) (map[string]string, e
 			var items rawSubscriptionItems
 			if err = unmarshal(v, &items); err == nil {
 				out[name] = items.key()
-				if start, end := items.period(); end != 0 {
-					if _, named := prev["current_period_end"]; !named {
-						out["current_period_start"], out["current_period_end"] = unixText(unixTime(start)), unixText(unixTime(end))
-					}
+				if start, end := items.period(); end != 0 && prev[currentPeriodEnd] == nil {
+					out["current_period_start"], out["current_period_end"] = unixText(unixTime(start)), unixText(unixTime(end))
 				}
 			}
 		default: // a timestamp or null
-			var sec *int64
-			if err = json.Unmarshal(v, &sec); err == nil && sec != nil {
-				out[name] = unixText(unixTime(*sec))
-			} else if err == nil {
-				out[name] = ""
-			}
+			out[name], err = jsonTimestampText(v)
 		}
 		if err != nil {
 			return nil, decodeError(env, "data.previous_attributes.%s: %v", name, err)
 		}
 	}
-	if len(out) == 0 {
-		return nil, nil
-	}
 	return out, nil
+}
+
+// jsonText is json.Unmarshal of v, valid JSON, into a string, read in place
+// when v is a string without escapes.
+func jsonText(v json.RawMessage) (string, error) {
+	if v[0] == '"' {
+		if text, ok := plainString(v); ok {
+			return text, nil
+		}
+	}
+	var text string
+	err := json.Unmarshal(v, &text)
+	return text, err
+}
+
+// jsonBool is json.Unmarshal of v, valid JSON, into a bool.
+func jsonBool(v json.RawMessage) (bool, error) {
+	switch string(v) {
+	case "true":
+		return true, nil
+	case "false":
+		return false, nil
+	}
+	var b bool
+	err := json.Unmarshal(v, &b)
+	return b, err
+}
+
+// jsonTimestampText is v, valid JSON, a Stripe timestamp or null, in the
+// text Subscription.attribute gives times ("" for none), as json.Unmarshal
+// reads it into an *int64.
+func jsonTimestampText(v json.RawMessage) (string, error) {
+	if sec, err := strconv.ParseInt(string(v), 10, 64); err == nil { // as json.Unmarshal reads an int64 (v is JSON: no sign +)
+		return unixText(unixTime(sec)), nil
+	}
+	var sec *int64
+	if err := json.Unmarshal(v, &sec); err != nil || sec == nil {
+		return "", err
+	}
+	return unixText(unixTime(*sec)), nil
+}
+
+// currentPeriodEnd is the index of "current_period_end" in chainAttributes.
+var currentPeriodEnd = slices.Index(chainAttributes[:], "current_period_end")
+
+// chainValues are the values that previous_attributes, JSON, gives the
+// chainAttributes, as they stand: nil for one it does not name, the last
+// for one named twice (as json.Unmarshal into a map keeps it). They are
+// read in place by the scanner unless a key has escapes (encoding/json
+// reads those, and says what is wrong with what is not an object).
+func chainValues(raw []byte) (values [len(chainAttributes)]json.RawMessage, err error) {
+	if eachMember(raw, func(key, value []byte) {
+		for i, name := range chainAttributes {
+			if name == string(key) {
+				values[i] = value
+			}
+		}
+	}) {
+		return values, nil
+	}
+	var prev map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &prev); err != nil {
+		return values, err
+	}
+	for i, name := range chainAttributes {
+		values[i] = prev[name]
+	}
+	return values, nil
 }
 
 type rawInvoice struct {

@@ -289,6 +289,29 @@ func (s *scanner) raw() []byte {
 	return s.data[start:s.off]
 }
 
+// eachMember calls each with the key and value, as they stand, of every
+// member of data, and reports whether data is a JSON object whose keys have
+// no escapes and are valid UTF-8 (each may have been called for the
+// members before what makes it not).
+func eachMember(data []byte, each func(key, value []byte)) bool {
+	s := scanner{data: data}
+	if s.next() != '{' {
+		return false
+	}
+	for more := s.enter('}'); more; more = s.more('}') {
+		key, plain := s.key()
+		if !plain {
+			s.fail()
+			break
+		}
+		if value := s.raw(); !s.bad {
+			each(key, value)
+		}
+	}
+	s.next()
+	return !s.bad && s.off == len(data)
+}
+
 // A typePlan is how the scanner reads a value of one type.
 type typePlan struct {
 	kind   reflect.Kind          // reflect.Interface for a json.Unmarshaler

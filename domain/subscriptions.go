@@ -27,7 +27,7 @@ import (
 
 // chainAttributes are the subscription attributes whose previous values the
 // change chain compares; Stripe's other previous_attributes are ignored.
-var chainAttributes = []string{
+var chainAttributes = [...]string{
 	"status", "items", "current_period_start", "current_period_end", "cancel_at_period_end", "cancel_at",
 	"canceled_at", "ended_at", "trial_end", "collection_method", "latest_invoice",
 }
