@@ -240,7 +240,7 @@ const readStreamSQL = `SELECT ` + recordColumns + `
 
 // ReadStream implements eventlog.Log.
 func (l *Log) ReadStream(ctx context.Context, stream string, fromVersion int64, limit int) ([]eventlog.Record, error) {
-	recs, err := queryRecords(ctx, l.pool, limit, scanRecord, readStreamSQL, stream, fromVersion, limit)
+	recs, err := queryRecords(ctx, l.pool, limit, (*rowScanner).record, readStreamSQL, stream, fromVersion, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read stream %s from version %d: %w", stream, fromVersion, err)
 	}
@@ -253,7 +253,7 @@ const streamHeadSQL = `SELECT ` + recordColumns + `
 
 // StreamHead implements eventlog.Log.
 func (l *Log) StreamHead(ctx context.Context, stream string) (eventlog.Record, bool, error) {
-	recs, err := queryRecords(ctx, l.pool, 1, scanRecord, streamHeadSQL, stream)
+	recs, err := queryRecords(ctx, l.pool, 1, (*rowScanner).record, streamHeadSQL, stream)
 	if err != nil {
 		return eventlog.Record{}, false, fmt.Errorf("read the head of stream %s: %w", stream, err)
 	}
@@ -265,18 +265,20 @@ func (l *Log) StreamHead(ctx context.Context, stream string) (eventlog.Record, b
 
 // ReadAll implements eventlog.Log.
 func (l *Log) ReadAll(ctx context.Context, from eventlog.Position, limit int) ([]eventlog.Record, error) {
-	return l.readAllSettled(ctx, from, limit, readAllSQL, scanRecord)
+	return l.readAllSettled(ctx, from, limit, readAllSQL, (*rowScanner).record)
 }
 
-// ReadAllFold implements eventlog.FoldReader.
+// ReadAllFold implements eventlog.FoldReader. The payloads of the records
+// of one call are cut from shared blocks of 256 KiB (see rowScanner): a
+// record kept keeps its block.
 func (l *Log) ReadAllFold(ctx context.Context, from eventlog.Position, limit int) ([]eventlog.Record, error) {
-	return l.readAllSettled(ctx, from, limit, readAllFoldSQL, scanFoldRecord)
+	return l.readAllSettled(ctx, from, limit, readAllFoldSQL, (*rowScanner).foldRecord)
 }
 
 // readAllSettled reads with sql (readAllSQL or readAllFoldSQL) the records
 // after from below a settled horizon, scanned by scan.
 func (l *Log) readAllSettled(ctx context.Context, from eventlog.Position, limit int, sql string,
-	scan pgx.RowToFunc[eventlog.Record]) ([]eventlog.Record, error) {
+	scan scanFunc) ([]eventlog.Record, error) {
 	horizon, err := l.settle(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("read all after %s: %w", from, err)
@@ -303,17 +305,9 @@ const foldColumns = `tx, global_position, event_id, stream, stream_version, type
 // readAllFoldSQL is readAllSQL reading only foldColumns.
 const readAllFoldSQL = `SELECT ` + foldColumns + readAllAfter
 
-func scanFoldRecord(row pgx.CollectableRow) (eventlog.Record, error) {
-	var r eventlog.Record
-	err := row.Scan(&r.Position.Commit, &r.Position.Prepare, &r.ID, &r.Stream, &r.StreamVersion, &r.Type, &r.APIVersion,
-		&r.Created, &r.Account, &r.Payload)
-	r.Created = r.Created.UTC()
-	return r, err
-}
-
 // readAll is Subscribe's read, on its own connection, of what ReadAll reads.
 func readAll(ctx context.Context, q querier, horizon uint64, from eventlog.Position, limit int) ([]eventlog.Record, error) {
-	return queryRecords(ctx, q, limit, scanRecord, readAllSQL, from.Commit, prepareArg(from), limit, horizon)
+	return queryRecords(ctx, q, limit, (*rowScanner).record, readAllSQL, from.Commit, prepareArg(from), limit, horizon)
 }
 
 const headSQL = `SELECT tx, global_position FROM events WHERE tx < $1::xid8
@@ -404,14 +398,16 @@ type querier interface {
 }
 
 // queryRecords runs sql, a query that returns at most limit rows of the
-// columns scan reads, and returns its records. The slice is made for limit records (up to
+// columns scan reads, and returns its records, scanned by one rowScanner. The slice is made for limit records (up to
 // maxReserved), not grown row by row: a rebuild reads chunks of 10,000.
-func queryRecords(ctx context.Context, q querier, limit int, scan pgx.RowToFunc[eventlog.Record], sql string, args ...any) ([]eventlog.Record, error) {
+func queryRecords(ctx context.Context, q querier, limit int, scan scanFunc, sql string, args ...any) ([]eventlog.Record, error) {
 	rows, err := q.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, classify(err)
 	}
-	recs, err := pgx.AppendRows(make([]eventlog.Record, 0, min(max(limit, 0), maxReserved)), rows, scan)
+	rs := &rowScanner{texts: map[string]string{}}
+	recs, err := pgx.AppendRows(make([]eventlog.Record, 0, min(max(limit, 0), maxReserved)), rows,
+		func(row pgx.CollectableRow) (eventlog.Record, error) { return scan(rs, row) })
 	if err != nil {
 		return nil, classify(err)
 	}
@@ -420,15 +416,6 @@ func queryRecords(ctx context.Context, q querier, limit int, scan pgx.RowToFunc[
 
 // maxReserved bounds the records queryRecords makes room for at once.
 const maxReserved = 10_000
-
-func scanRecord(row pgx.CollectableRow) (eventlog.Record, error) {
-	var r eventlog.Record
-	err := row.Scan(&r.Position.Commit, &r.Position.Prepare, &r.ID, &r.Stream, &r.StreamVersion, &r.Type, &r.APIVersion,
-		&r.Created, &r.ReceivedAt, &r.Account, &r.Payload, &r.Signature, &r.Source,
-		&r.PayloadSHA256, &r.PrevHash, &r.Hash)
-	r.Created, r.ReceivedAt = r.Created.UTC(), r.ReceivedAt.UTC()
-	return r, err
-}
 
 // prepareArg is p.Prepare as a global_position bound. No global_position
 // exceeds math.MaxInt64, so a larger Prepare means the same as MaxInt64.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -475,6 +476,47 @@ func TestReadAllFromForeignPosition(t *testing.T) {
 		if n, err := l.CountAfter(t.Context(), tc.from); err != nil || n != int64(tc.want) {
 			t.Errorf("CountAfter(%s) = %d, %v; want %d", tc.from, n, err, tc.want)
 		}
+	}
+}
+
+// TestReadAllFold: ReadAllFold's records are ReadAll's without what only an
+// audit needs, their payloads apart from one another (the fold read cuts
+// them from shared blocks: appending to one leaves the next as it was).
+func TestReadAllFold(t *testing.T) {
+	t.Parallel()
+	pool, _ := pgtest.NewPool(t)
+	l := postgres.New(pool, testLogger(t))
+	streams := []string{eventlogtest.NewStream("fold"), "acct_1/" + eventlogtest.NewStream("fold")}
+	for i := range 40 {
+		e := eventlogtest.NewEvent(streams[i%2])
+		if i%2 == 1 {
+			e.Account = "acct_1"
+		}
+		if i%3 == 0 {
+			e.Type = "invoice.paid"
+		}
+		if _, err := l.Append(t.Context(), e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all, err := l.ReadAll(t.Context(), eventlog.Start, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fold, err := l.ReadAllFold(t.Context(), eventlog.Start, 100)
+	if err != nil || len(fold) != len(all) || len(all) != 40 {
+		t.Fatalf("ReadAllFold: %d records, %v; ReadAll %d", len(fold), err, len(all))
+	}
+	for i, r := range all {
+		want := eventlog.Record{Event: r.Event, StreamVersion: r.StreamVersion, Position: r.Position}
+		want.Signature, want.Source = "", ""
+		if got := fold[i]; !reflect.DeepEqual(got, want) {
+			t.Fatalf("record %d: ReadAllFold\n%+v\nReadAll without the audit's fields\n%+v", i, got, want)
+		}
+	}
+	_ = append(fold[0].Payload, "overwritten"...)
+	if !bytes.Equal(fold[1].Payload, all[1].Payload) {
+		t.Fatalf("appending to a payload changed the next: %q", fold[1].Payload)
 	}
 }
 
