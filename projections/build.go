@@ -74,11 +74,6 @@ type builder struct {
 	fillMax   int            // objects fill holds before it writes them; 0: fillMaxObjects
 	announced int            // rows per statement of announce; 0: announcePage
 	added     int64          // notifications the build added to the outbox
-
-	// fillStep, a test hook, is called as fill's links of bt wait for their
-	// turn (waiting: the fold of the chunk before has not let them commit)
-	// and as fill's fold of bt starts to read links; nil: not called.
-	fillStep func(waiting bool, bt *batch)
 }
 
 // Built is what a build did.

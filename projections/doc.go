@@ -84,12 +84,13 @@
 // A Runner holds two pooled connections while it follows the log (its lock,
 // the subscription or a read of its catch-up) plus one per batch transaction.
 // While it builds: two locks, a read of the log, the count of the log beside
-// the first chunks, the next chunk's links transaction (open while it waits
-// for the fold before it), and the fold's reads of late facts' histories (up
-// to one per core) or the flush's transaction. Give the pool room for that
-// besides the API: pool_max_conns of 10 or more (serve's default pool is 16);
-// a pool smaller than a build needs can leave the fold waiting for a
-// connection the links transaction holds while it waits for that fold.
+// the first chunks, the next chunk's dead letters and API versions, and the
+// fold's reads of late facts' histories (up to one per core) or the flush's
+// transaction (at the end beside the links' COPYs, one connection a table).
+// Give the pool room for that besides the API: pool_max_conns of 10 or more
+// (serve's default pool is 16). No stage of a build holds a connection
+// while it waits for another, so a smaller pool slows a build, as long as
+// it has a connection beyond the locks'.
 //
 // The plan mapping (LEDGER_PLANS) is part of a version's identity: see plans.go.
 package projections

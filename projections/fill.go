@@ -31,9 +31,13 @@ import (
 // (f.written, about 20 bytes a row), and the others go straight in with
 // COPY, as the first flush's all do.
 //
-// Links, pending disputes and invoice payments, dead letters and API versions are written chunk
-// by chunk, as the incremental fold writes them, each chunk's while the
-// chunk before folds. Poison stays isolated: an
+// Links and pending disputes and invoice payments are held in memory
+// (heldLinks: about 0.5 of a link a event, some 100 bytes each) and written
+// with COPY at the end: each chunk is linked just before its fold, as the
+// incremental fold links a batch, so a late fact's history holds the
+// streams linked up to its own chunk. Dead letters and API versions are
+// written chunk by chunk, each chunk's while the chunk before folds.
+// Poison stays isolated: an
 // event that cannot be decoded is dead-lettered alone as always, and should
 // PostgreSQL refuse a value in a COPY (what domain.DecodeStorable does not
 // catch), the fill gives up and the schema is built again incrementally,
@@ -59,7 +63,7 @@ type filler struct {
 	touched map[objectKey]eventlog.Position
 	seen    map[domain.CustomerKey]int // the chunk that last named each customer held
 	chunk   int                        // chunks folded
-	turn    chan struct{}              // holds a token while no chunk's fold reads links (link)
+	links   *heldLinks                 // the links folded so far, written by finish
 }
 
 // objectKey names an object row of one customer's state, to choose between
@@ -93,10 +97,9 @@ func (b *builder) fill(ctx context.Context, schema string, until *eventlog.Posit
 func (b *builder) fillCopy(ctx context.Context, schema string, until *eventlog.Position) (eventlog.Position, error) {
 	f := &filler{b: b, schema: schema, states: map[domain.CustomerKey]*domain.CustomerState{}, lines: map[domain.CustomerKey]timeline{},
 		stored: map[domain.CustomerKey]bool{}, written: map[uint64]struct{}{}, seed: maphash.MakeSeed(), touched: map[objectKey]eventlog.Position{}, seen: map[domain.CustomerKey]int{},
-		turn: make(chan struct{}, 1)}
-	f.turn <- struct{}{}
+		links: newHeldLinks()}
 	chunk := cmp.Or(b.fillChunk, fillChunk)
-	pos, err := b.foldStages(ctx, eventlog.Start, until, batchSizes{chunk, chunk}, f.link, func(ctx context.Context, bt *batch) (*batch, error) {
+	pos, err := b.foldStages(ctx, eventlog.Start, until, batchSizes{chunk, chunk}, f.record, func(ctx context.Context, bt *batch) (*batch, error) {
 		if err := f.fold(ctx, bt); err != nil {
 			return nil, err
 		}
@@ -108,49 +111,36 @@ func (b *builder) fillCopy(ctx context.Context, schema string, until *eventlog.P
 			return bt, f.flush(ctx, limit/2)
 		}
 		return bt, nil
-	}, func(ctx context.Context) error { return f.flush(ctx, 0) })
+	}, f.finish)
 	if err != nil {
 		return eventlog.Start, fmt.Errorf("build %s: %w", schema, err)
 	}
 	return pos, nil
 }
 
-// link writes bt's links, dead letters and API versions, resolving its
-// pending disputes and invoice payments, while the chunk before folds
-// (they took about half of a fill's time one after the other). Its
-// transaction commits once that fold has folded its customers (f.turn): a
-// late fact's history (customerFacts) reads the links as the chunks up to
-// its own made them, as in the incremental fold, never the next chunk's.
-func (f *filler) link(ctx context.Context, bt *batch) error {
-	err := pgx.BeginFunc(ctx, f.b.pool, func(tx pgx.Tx) error {
-		if err := link(ctx, tx, f.schema, bt); err != nil {
-			return err
-		}
-		var w pgx.Batch
-		queueDeadLetters(&w, f.b.p, f.schema, bt.deadLetters)
-		queueAPIVersions(&w, f.schema, bt.apiVersions)
-		if err := tx.SendBatch(ctx, &w).Close(); err != nil {
-			return fmt.Errorf("write dead letters of %s: %w", f.schema, err)
-		}
-		if f.b.fillStep != nil {
-			f.b.fillStep(true, bt)
-		}
-		select {
-		case <-f.turn:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	})
+// record writes bt's dead letters and API versions, while the chunk before
+// folds.
+func (f *filler) record(ctx context.Context, bt *batch) error {
+	var w pgx.Batch
+	queueDeadLetters(&w, f.b.p, f.schema, bt.deadLetters)
+	queueAPIVersions(&w, f.schema, bt.apiVersions)
+	if w.Len() == 0 {
+		return nil
+	}
+	err := pgx.BeginFunc(ctx, f.b.pool, func(tx pgx.Tx) error { return tx.SendBatch(ctx, &w).Close() })
 	if err != nil && isDataError(err) {
 		return fmt.Errorf("%w: %w", errFillRefused, err)
 	}
-	return err
+	if err != nil {
+		return fmt.Errorf("write dead letters of %s: %w", f.schema, err)
+	}
+	return nil
 }
 
 // fold folds bt's facts, its links written (link), into the states held,
 // loading back those of the customers whose rows were written already.
 func (f *filler) fold(ctx context.Context, bt *batch) error {
+	f.links.link(bt)
 	var reload []domain.CustomerKey
 	for k := range bt.facts {
 		if f.states[k] == nil && f.stored[k] {
@@ -189,13 +179,9 @@ func (f *filler) fold(ctx context.Context, bt *batch) error {
 		}
 		states[i], lines[i] = s, f.lines[k]
 	}
-	if f.b.fillStep != nil {
-		f.b.fillStep(false, bt)
-	}
 	if err := f.foldCustomers(ctx, bt, keys, states, lines); err != nil {
 		return err
 	}
-	f.turn <- struct{}{} // the next chunk's links may commit
 	for i, k := range keys {
 		s, facts := states[i], bt.facts[k]
 		f.lines[k] = lines[i]
@@ -231,7 +217,7 @@ func (f *filler) foldCustomers(ctx context.Context, bt *batch, keys []domain.Cus
 				// its final state once it is live (announceFinal).
 				var err error
 				_, lines[i], err = foldCustomer(gctx, nil, states[i], lines[i], bt.facts[k], eventType, func(ctx context.Context) ([]domain.Fact, error) {
-					return customerFacts(ctx, f.b.pool, f.b.p.log, f.schema, k, f.b.p.Plans, upTo)
+					return historyFacts(ctx, f.b.p.log, k, f.links.linked(k), f.b.p.Plans, upTo)
 				})
 				if err != nil {
 					return err
@@ -349,6 +335,26 @@ func (f *filler) flush(ctx context.Context, keep int) error {
 		f.stored[k] = true
 	}
 	return nil
+}
+
+// finish writes the states held and the links, each table of links in a
+// transaction of its own, all at once: the database's COPYs use every core.
+func (f *filler) finish(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return f.flush(gctx, 0) })
+	for _, write := range f.links.writes(f.schema) {
+		g.Go(func() error {
+			err := pgx.BeginFunc(gctx, f.b.pool, func(tx pgx.Tx) error { return write(gctx, tx) })
+			if err != nil && isDataError(err) {
+				return fmt.Errorf("%w: %w", errFillRefused, err)
+			}
+			if err != nil {
+				return fmt.Errorf("write links of %s: %w", f.schema, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
 }
 
 // forget drops what f.touched holds of the objects of customer k.

@@ -241,13 +241,20 @@ func customerFacts(ctx context.Context, q rowsQuerier, log audit.StreamReader, s
 	if err != nil {
 		return nil, fmt.Errorf("streams of %s: %w", key.ID, err)
 	}
+	return historyFacts(ctx, log, key, linked, plans, upTo)
+}
+
+// historyFacts reads the facts of customer key up to upTo from log: its own
+// stream and linked, the streams linked to its objects.
+func historyFacts(ctx context.Context, log audit.StreamReader, key domain.CustomerKey, linked []string, plans domain.Plans,
+	upTo eventlog.Position) ([]domain.Fact, error) {
 	streams := append([]string{domain.Envelope{CustomerID: key.ID, Account: key.Account}.Stream()}, linked...)
 	var facts []domain.Fact
 	// Only what can change the entitlement is decoded (charges and disputes cannot).
 	include := func(r eventlog.Record) bool {
 		return !upTo.Less(r.Position) && domain.Handles(r.Type) && !strings.HasPrefix(r.Type, "charge.")
 	}
-	_, err = audit.EachFact(ctx, log, streams, key, plans, include, func(f domain.Fact) { facts = append(facts, f) })
+	_, err := audit.EachFact(ctx, log, streams, key, plans, include, func(f domain.Fact) { facts = append(facts, f) })
 	if err != nil {
 		return nil, fmt.Errorf("history of %s: %w", key.ID, err)
 	}
