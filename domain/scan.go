@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 )
 
@@ -312,9 +313,36 @@ func eachMember(data []byte, each func(key, value []byte)) bool {
 	return !s.bad && s.off == len(data)
 }
 
+// internedNames are the JSON names of the string fields whose texts repeat
+// from event to event (an object's kind, a status, a currency, a line's
+// type, a price's lookup key): the scanner reads them through intern.
+var internedNames = map[string]bool{
+	"object": true, "status": true, "currency": true, "collection_method": true, "type": true, "lookup_key": true,
+}
+
+// internTexts holds texts intern has made, by keySlot: a slot keeps the
+// last text that hashed to it.
+var internTexts [1 << 10]atomic.Pointer[string]
+
+// intern is string(text), without an allocation when the same text was
+// interned lately.
+func intern(text []byte) string {
+	if len(text) == 0 || len(text) > 32 {
+		return string(text)
+	}
+	slot := &internTexts[keySlot(text, 64-10)]
+	if s := slot.Load(); s != nil && *s == string(text) {
+		return *s
+	}
+	s := string(text)
+	slot.Store(&s)
+	return s
+}
+
 // A typePlan is how the scanner reads a value of one type.
 type typePlan struct {
 	kind   reflect.Kind          // reflect.Interface for a json.Unmarshaler
+	intern bool                  // a string field of internedNames: its text is read through intern
 	fields map[string]*fieldPlan // a struct's, by JSON name
 	slots  []*fieldPlan          // the same fields by keySlot, for field
 	shift  uint                  // keySlot's
@@ -447,7 +475,9 @@ func addFields(p *typePlan, t reflect.Type) {
 				}
 				names[name] = true
 				if p.fields[name] == nil {
-					p.fields[name] = &fieldPlan{name: name, index: index, number: len(p.fields), plan: newPlan(f.Type)}
+					plan := newPlan(f.Type)
+					plan.intern = plan.kind == reflect.String && internedNames[name]
+					p.fields[name] = &fieldPlan{name: name, index: index, number: len(p.fields), plan: plan}
 				}
 			}
 		}
@@ -517,6 +547,8 @@ func (s *scanner) value(v reflect.Value, p *typePlan) {
 		inner, plain := s.str()
 		switch {
 		case s.bad:
+		case plain && p.intern:
+			v.SetString(intern(inner))
 		case plain:
 			v.SetString(string(inner))
 		default: // escapes and invalid UTF-8, as encoding/json reads them
