@@ -184,56 +184,101 @@ func StorableText(s string) string {
 
 var timeType = reflect.TypeFor[time.Time]()
 
-// fieldNames are the names of struct type t's fields, by index.
-var fieldNames sync.Map // reflect.Type → []string
+// A storableField is a field of a struct makeStorable cleans or checks:
+// its index and name, whether it is a pointer (to what how says), and how.
+type storableField struct {
+	index   int
+	name    string
+	pointer bool
+	how     storableHow
+}
 
-func namesOf(t reflect.Type) []string {
-	if names, ok := fieldNames.Load(t); ok {
-		return names.([]string)
+type storableHow int
+
+const (
+	storableTime   storableHow = iota + 1 // a time in range
+	storableKey                           // a key field: checkID
+	storableID                            // a name ending in ID: at most MaxIDBytes, then StorableText
+	storableText                          // StorableText
+	storableStruct                        // its own fields
+)
+
+// storableFields are the storableFields of struct types, made once.
+var storableFields sync.Map // reflect.Type → []storableField
+
+func storableFieldsOf(t reflect.Type) []storableField {
+	if fields, ok := storableFields.Load(t); ok {
+		return fields.([]storableField)
 	}
-	names := make([]string, t.NumField())
-	for i := range names {
-		names[i] = t.Field(i).Name
+	var fields []storableField
+	for i := range t.NumField() {
+		f := storableField{index: i, name: t.Field(i).Name}
+		ft := t.Field(i).Type
+		if ft.Kind() == reflect.Pointer {
+			f.pointer, ft = true, ft.Elem()
+		}
+		switch {
+		case ft == timeType:
+			f.how = storableTime
+		case ft.Kind() == reflect.String && keyFields[f.name]:
+			f.how = storableKey
+		case ft.Kind() == reflect.String && strings.HasSuffix(f.name, "ID"):
+			f.how = storableID
+		case ft.Kind() == reflect.String:
+			f.how = storableText
+		case ft.Kind() == reflect.Struct:
+			f.how = storableStruct
+		default:
+			continue
+		}
+		fields = append(fields, f)
 	}
-	fieldNames.Store(t, names)
-	return names
+	storableFields.Store(t, fields)
+	return fields
 }
 
 // makeStorable cleans and checks the fields of the struct v (path names it
 // in messages), following pointers to structs; it returns what is wrong, ""
 // when nothing is.
 func makeStorable(v reflect.Value, path string) string {
-	for i, name := range namesOf(v.Type()) {
-		f := v.Field(i)
-		if f.Kind() == reflect.Pointer {
+	for _, sf := range storableFieldsOf(v.Type()) {
+		f, name := v.Field(sf.index), sf.name
+		if sf.pointer {
 			if f.IsNil() {
 				continue
 			}
 			f = f.Elem()
 		}
-		switch {
-		case f.Type() == timeType:
+		switch sf.how {
+		case storableTime:
 			if t := f.Addr().Interface().(*time.Time); !t.IsZero() && (t.Before(minStorableTime) || t.After(maxStorableTime)) {
 				return path + "." + name + " is out of range (" + t.Format(time.RFC3339) + ")"
 			}
-		case f.Kind() == reflect.String && keyFields[name]:
+		case storableKey:
 			if msg := checkID(f.String()); msg != "" {
 				return path + "." + name + " " + msg
 			}
-		case f.Kind() == reflect.String && strings.HasSuffix(name, "ID"):
+		case storableID:
 			if len(f.String()) > MaxIDBytes {
 				return path + "." + name + " " + checkID(f.String())
 			}
-			f.SetString(StorableText(f.String()))
-		case f.Kind() == reflect.String:
-			f.SetString(StorableText(f.String()))
-		case f.Kind() == reflect.Struct:
+			setStorable(f)
+		case storableText:
+			setStorable(f)
+		case storableStruct:
 			if msg := makeStorable(f, name); msg != "" {
 				return path + "." + msg
 			}
 		}
 	}
 	return ""
+}
+
+// setStorable makes the string f StorableText, writing it only when that changes it.
+func setStorable(f reflect.Value) {
+	if s := f.String(); StorableText(s) != s {
+		f.SetString(StorableText(s))
+	}
 }
 
 // checkID says what makes id unfit to be a key, "" when nothing does.
