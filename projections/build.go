@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -102,9 +103,8 @@ func (b *builder) build(ctx context.Context, fill bool) (Built, error) {
 		if pos, err = b.fill(ctx, schema, nil); err != nil {
 			return Built{}, err
 		}
-		// Readers get a good plan from the first query after the swap.
-		if _, err := b.pool.Exec(ctx, "ANALYZE "+tableList(schema)); err != nil {
-			return Built{}, fmt.Errorf("analyze %s: %w", schema, err)
+		if err := b.analyze(ctx, schema); err != nil {
+			return Built{}, err
 		}
 	}
 	replaced, err := b.swap(ctx, schema, pos, fill)
@@ -124,6 +124,24 @@ func (b *builder) build(ctx context.Context, fill bool) (Built, error) {
 		}
 	}
 	return Built{Notifications: b.added}, nil
+}
+
+// analyze analyzes the tables of schema, so that readers get a good plan
+// from the first query after the swap: each table in a statement of its
+// own, up to one per core at once (one ANALYZE of them all took a 1M-event
+// build 2 s on one core).
+func (b *builder) analyze(ctx context.Context, schema string) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for _, name := range viewedTables() {
+		g.Go(func() error {
+			if _, err := b.pool.Exec(gctx, "ANALYZE "+ident(schema)+"."+name); err != nil {
+				return fmt.Errorf("analyze %s.%s: %w", schema, name, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
 }
 
 // createSchema creates an empty schema for a build of b.p.
@@ -396,15 +414,6 @@ func viewsSQL(schema string) string {
 		fmt.Fprintf(&sql, "CREATE VIEW readmodel.%s AS SELECT * FROM %s.%s;\n", name, ident(schema), name)
 	}
 	return "DROP VIEW IF EXISTS " + strings.Join(views, ", ") + ";\n" + sql.String()
-}
-
-// tableList lists the read model tables of schema, comma-separated.
-func tableList(schema string) string {
-	var names []string
-	for _, name := range viewedTables() {
-		names = append(names, ident(schema)+"."+name)
-	}
-	return strings.Join(names, ", ")
 }
 
 // lockWaitRetry spaces the retries of a statement that timed out on a lock.

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -275,4 +276,13 @@ func chunks(rng *rand.Rand, recs []eventlog.Record, maxSize int) [][]eventlog.Re
 		recs = recs[n:]
 	}
 	return slices.Clip(out)
+}
+
+// tableList lists the read model tables of schema, comma-separated.
+func tableList(schema string) string {
+	var names []string
+	for _, name := range viewedTables() {
+		names = append(names, ident(schema)+"."+name)
+	}
+	return strings.Join(names, ", ")
 }
