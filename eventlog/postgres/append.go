@@ -12,15 +12,20 @@ import (
 
 // Group commit defaults: committers is how many batches may be in flight at
 // once (one connection each), maxBatch and maxBatchBytes bound one batch.
-// Measured on the 2-core development machine under load (bench/loadgen,
-// BenchmarkAppend): 2 or 4 committers batched more but ingested less than 8,
-// whose database backends got the CPU share that independent appends had.
-// Each stream maps to one committer (see Append), so that a customer's burst
-// is one batch rather than appends queued on each other's stream lock; so
-// mapped (bench/ingest.sh), 4 and 2 committers batched 1.7 and 2.05 events
-// per commit against 8's 1.5, but cost no less CPU per delivery.
+// One committer by default: every append waits for the one batch in flight
+// and joins the next, so batches grow with the load. A batch of two costs
+// PostgreSQL about as much as two lone appends (ledger_append_batch's fixed
+// cost is about 1.5 ledger_append's; pgbench on the functions alone), so
+// only batches of about four and more pay. Measured with bench/ingest.sh at
+// concurrency 8 (12,000 deliveries, the machine shared, load average 5-7):
+// 8 committers (each stream mapped to one) stored 1.5 events per commit at
+// 728-824 CPU-us per delivery (ledger + backends), one committer 3.9 events
+// per commit at 612-625, with p99 unchanged. The price is head-of-line
+// waiting: an append that waits for a stream lock held by another process
+// delays the appends of every stream queued behind its batch. Several
+// committers (WithGroupCommit) each take the streams that map to them.
 const (
-	defaultCommitters    = 8
+	defaultCommitters    = 1
 	defaultMaxBatch      = 128
 	defaultMaxBatchBytes = 8 << 20
 )
@@ -61,8 +66,8 @@ const (
 // appends share one WAL flush. Appends of one stream made while an earlier
 // one commits thus join one batch, where they take dense versions in arrival
 // order under one stream lock, instead of each waiting for the lock in a
-// transaction of its own; other streams commit in parallel on the other
-// committers. Each append is answered once its transaction has committed;
+// transaction of its own; with several committers (WithGroupCommit), other
+// streams commit in parallel on the others. Each append is answered once its transaction has committed;
 // when that fails for want of the database, every append in it fails with
 // ErrUnavailable and none is stored. Any other failure (an event the
 // database refuses) is retried one event at a time, so that it fails that

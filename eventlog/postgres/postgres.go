@@ -147,7 +147,7 @@ func WithCompleteReads(d time.Duration) Option {
 }
 
 // WithGroupCommit sets how many append batches may commit at once (one
-// connection each; default 8) and the most events one batch holds (default
+// connection each; default 1) and the most events one batch holds (default
 // 128). A batch size of 1 turns grouping off.
 func WithGroupCommit(committers, maxBatch int) Option {
 	return func(l *Log) {
