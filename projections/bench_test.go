@@ -103,7 +103,9 @@ func BenchmarkCatchUp(b *testing.B) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		peak := watchHeap(b)
+		statements := watchStatements(b, pool)
 		goBefore, pgBefore := processCPU(b), backendsCPU(b, pool)
+		stopProfile := profileCPU(b)
 		b.StartTimer()
 		start := time.Now()
 		go func() { done <- r.Run(ctx) }()
@@ -115,12 +117,14 @@ func BenchmarkCatchUp(b *testing.B) {
 		}
 		elapsed := time.Since(start)
 		b.StopTimer()
+		stopProfile()
 		// Before cancel: the runner's backends are still there to be read.
 		goCPU, pgCPU := processCPU(b)-goBefore, backendsCPU(b, pool)-pgBefore
 		cancel()
 		if err := <-done; err != nil {
 			b.Fatal(err)
 		}
+		statements()
 		b.ReportMetric(float64(n)/elapsed.Seconds(), "events/s")
 		b.ReportMetric(float64(goCPU.Microseconds())/float64(n), "go-cpu-µs/event")
 		b.ReportMetric(float64(pgCPU.Microseconds())/float64(n), "pg-cpu-µs/event")

@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"reflect"
@@ -62,6 +63,12 @@ func (r customerRow) state() *domain.CustomerState {
 // links (which may resolve disputes and invoice payments to their customers), loads the
 // stored state of every customer b names, applies b's facts to it in memory,
 // writes back the rows that changed and records b's dead letters.
+//
+// The rows go out in chunks of writeChunk customers: each chunk's
+// statements are sent as soon as its customers are folded, and the server
+// writes them while the next chunk is folded here (a catch-up batch folds
+// thousands of customers, and its writes took the server longer than the
+// fold took this process: in turn, one of the two cores stood idle).
 func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch) error {
 	if err := link(ctx, tx, schema, b); err != nil {
 		return err
@@ -73,7 +80,7 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 		return err
 	}
 	var (
-		w             pgx.Batch
+		w             chunkWriter
 		customers     []customerRow
 		subscriptions []domain.Subscription
 		invoices      []domain.Invoice
@@ -83,11 +90,15 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 		eventType     = b.eventTypes()
 		upTo          = b.upTo()
 	)
-	for _, id := range ids {
+	defer w.close()
+	for i, id := range ids {
 		s := states[id]
 		before := cloneState(s)
 		var tl timeline
 		notes, tl, err = foldCustomer(ctx, notes, s, timelines[id], b.facts[id], eventType, func(ctx context.Context) ([]domain.Fact, error) {
+			if err := w.wait(); err != nil { // the read below needs tx's connection
+				return nil, fmt.Errorf("write read model %s: %w", schema, err)
+			}
 			return customerFacts(ctx, tx, p.log, schema, id, p.Plans, upTo)
 		})
 		if err != nil {
@@ -103,20 +114,82 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 			func(a, b domain.Charge) bool { return a.LastEventID != b.LastEventID })
 		disputes = appendChanged(disputes, before.Disputes, s.Disputes,
 			func(a, b domain.Dispute) bool { return a.LastEventID != b.LastEventID })
+		last := i == len(ids)-1
+		if len(customers) < p.writeChunk() && !last {
+			continue
+		}
+		var q pgx.Batch
+		customersTable.queueUpsert(&q, schema, customers)
+		subscriptionsTable.queueUpsert(&q, schema, subscriptions)
+		invoicesTable.queueUpsert(&q, schema, invoices)
+		chargesTable.queueUpsert(&q, schema, charges)
+		disputesTable.queueUpsert(&q, schema, disputes)
+		if last {
+			queueDeadLetters(&q, p, schema, b.deadLetters)
+			queueAPIVersions(&q, schema, b.apiVersions)
+		}
+		// A chunk's notifications follow its rows, in the order derived
+		// (chunks are customers in order, and no id is two customers').
+		// The lock the first one takes is held until the commit.
+		queueNotifications(&q, p.outbox.keep(notes), &b.notified)
+		if err := w.send(ctx, tx, &q); err != nil {
+			return fmt.Errorf("write read model %s: %w", schema, err)
+		}
+		customers, subscriptions, invoices, charges, disputes, notes = nil, nil, nil, nil, nil, nil
 	}
-	customersTable.queueUpsert(&w, schema, customers)
-	subscriptionsTable.queueUpsert(&w, schema, subscriptions)
-	invoicesTable.queueUpsert(&w, schema, invoices)
-	chargesTable.queueUpsert(&w, schema, charges)
-	disputesTable.queueUpsert(&w, schema, disputes)
-	queueDeadLetters(&w, p, schema, b.deadLetters)
-	queueAPIVersions(&w, schema, b.apiVersions)
-	queueNotifications(&w, p.outbox.keep(notes), &b.notified) // last: its lock is held until the commit
-	if err := tx.SendBatch(ctx, &w).Close(); err != nil {
+	if len(ids) == 0 {
+		var q pgx.Batch
+		queueDeadLetters(&q, p, schema, b.deadLetters)
+		queueAPIVersions(&q, schema, b.apiVersions)
+		if err := w.send(ctx, tx, &q); err != nil {
+			return fmt.Errorf("write read model %s: %w", schema, err)
+		}
+	}
+	if err := w.wait(); err != nil {
 		return fmt.Errorf("write read model %s: %w", schema, err)
 	}
 	return nil
 }
+
+// writeChunk is how many customers' rows fold writes in one round of
+// statements, sent while it folds the next ones: a catch-up batch of
+// 16,000 events names about 1,000 customers, so four or five rounds. In
+// BenchmarkCatchUp on an idle machine, 250 caught up 5-13% faster than
+// one round per batch (2,000), 500 about 2%, 100 no better than 250.
+const writeChunk = 250
+
+// writeChunk is p's, writeChunk unless a test set its own.
+func (p Projection) writeChunk() int { return cmp.Or(p.chunk, writeChunk) }
+
+// chunkWriter sends the statements of one chunk of a fold's writes at a
+// time, and lets the fold go on while the server runs them: the
+// connection is free again once wait has read their results.
+type chunkWriter struct{ sent pgx.BatchResults }
+
+// send waits for the chunk sent before, then sends q on tx.
+func (w *chunkWriter) send(ctx context.Context, tx pgx.Tx, q *pgx.Batch) error {
+	if err := w.wait(); err != nil {
+		return err
+	}
+	if q.Len() > 0 {
+		w.sent = tx.SendBatch(ctx, q)
+	}
+	return nil
+}
+
+// wait reads the results of the chunk sent last, if any.
+func (w *chunkWriter) wait() error {
+	if w.sent == nil {
+		return nil
+	}
+	err := w.sent.Close()
+	w.sent = nil
+	return err
+}
+
+// close gives the connection back after a failure (its error is the one
+// fold returns already).
+func (w *chunkWriter) close() { _ = w.wait() }
 
 // loadStates reads the stored state and entitlement timeline of customers
 // from schema; customers without rows get an empty state.
