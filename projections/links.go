@@ -304,8 +304,9 @@ func (h *heldLinks) linked(key domain.CustomerKey) []string {
 	return streams
 }
 
-// writes are the writes of the links held into schema, one COPY per table,
-// each to run in a transaction of its own.
+// writes are the writes of the links held into schema, whose tables of
+// links fillCopy made without their keys: one COPY per table, then its keys
+// (keysSQL), each to run in a transaction of its own.
 func (h *heldLinks) writes(schema string) []func(context.Context, pgx.Tx) error {
 	return []func(context.Context, pgx.Tx) error{
 		func(ctx context.Context, tx pgx.Tx) error {
@@ -313,7 +314,7 @@ func (h *heldLinks) writes(schema string) []func(context.Context, pgx.Tx) error 
 			for k, c := range h.customers {
 				links = append(links, objectLink{account: k.account, object: k.object, customer: c})
 			}
-			return copyRows(ctx, tx, schema, linksTable, links, false)
+			return copyKeyed(ctx, tx, schema, linksTable, links)
 		},
 		func(ctx context.Context, tx pgx.Tx) error {
 			var streams []streamLink
@@ -322,13 +323,25 @@ func (h *heldLinks) writes(schema string) []func(context.Context, pgx.Tx) error 
 					streams = append(streams, streamLink{account: k.account, object: k.object, stream: s})
 				}
 			}
-			return copyRows(ctx, tx, schema, streamLinksTable, streams, false)
+			return copyKeyed(ctx, tx, schema, streamLinksTable, streams)
 		},
 		func(ctx context.Context, tx pgx.Tx) error {
-			return copyRows(ctx, tx, schema, pendingDisputesTable, slices.Concat(slices.Collect(maps.Values(h.disputes.byObject))...), false)
+			return copyKeyed(ctx, tx, schema, pendingDisputesTable, slices.Concat(slices.Collect(maps.Values(h.disputes.byObject))...))
 		},
 		func(ctx context.Context, tx pgx.Tx) error {
-			return copyRows(ctx, tx, schema, pendingInvoicePaymentsTable, slices.Concat(slices.Collect(maps.Values(h.payments.byObject))...), false)
+			return copyKeyed(ctx, tx, schema, pendingInvoicePaymentsTable, slices.Concat(slices.Collect(maps.Values(h.payments.byObject))...))
 		},
 	}
+}
+
+// copyKeyed writes rows into t, made without its keys, with COPY, then adds
+// its keys.
+func copyKeyed[T any](ctx context.Context, tx pgx.Tx, schema string, t table[T], rows []T) error {
+	if err := copyRows(ctx, tx, schema, t, rows, false); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, t.keysSQL(schema)); err != nil {
+		return fmt.Errorf("index %s.%s: %w", schema, t.name, err)
+	}
+	return nil
 }

@@ -57,6 +57,8 @@ type schemaTable interface {
 	tableName() string
 	keyColumn() string
 	createSQL(schema string) string
+	bareSQL(schema string) string
+	keysSQL(schema string) string
 }
 
 func (t table[T]) tableName() string { return t.name }
@@ -65,13 +67,29 @@ func (t table[T]) tableName() string { return t.name }
 func (t table[T]) keyColumn() string { return t.columns[1].name }
 
 // createSQL creates t and its indexes in schema.
-func (t table[T]) createSQL(schema string) string {
+func (t table[T]) createSQL(schema string) string { return t.bareSQL(schema) + t.keysSQL(schema) }
+
+// bareSQL creates t in schema without its primary key and indexes.
+func (t table[T]) bareSQL(schema string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "CREATE TABLE %s.%s (\n", ident(schema), t.name)
-	for _, c := range t.columns {
-		fmt.Fprintf(&b, "    %s %s,\n", c.name, c.def)
+	for i, c := range t.columns {
+		fmt.Fprintf(&b, "    %s %s", c.name, c.def)
+		if i < len(t.columns)-1 {
+			b.WriteString(",")
+		}
+		b.WriteString("\n")
 	}
-	fmt.Fprintf(&b, "    PRIMARY KEY (%s)\n);\n", strings.Join(t.columnNames()[:t.key], ", "))
+	b.WriteString(");\n")
+	return b.String()
+}
+
+// keysSQL adds t's primary key and indexes in schema: building them once
+// the rows are in costs a COPY about half of what updating them row by row
+// does.
+func (t table[T]) keysSQL(schema string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "ALTER TABLE %s.%s ADD PRIMARY KEY (%s);\n", ident(schema), t.name, strings.Join(t.columnNames()[:t.key], ", "))
 	for _, on := range t.indexes {
 		fmt.Fprintf(&b, "CREATE INDEX ON %s.%s (%s);\n", ident(schema), t.name, strings.Join(on, ", "))
 	}
