@@ -146,7 +146,8 @@ func (f *filler) record(ctx context.Context, bt *batch) error {
 	return nil
 }
 
-// fold folds bt's facts, its links written (link), into the states held,
+// fold links bt in the links held (heldLinks.link), which adds the pending
+// facts it resolves to bt's, then folds bt's facts into the states held,
 // loading back those of the customers whose rows were written already.
 func (f *filler) fold(ctx context.Context, bt *batch) error {
 	f.links.link(bt)
