@@ -91,6 +91,29 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 		upTo          = b.upTo()
 	)
 	defer w.close()
+	// round sends the rows of the customers folded since the round before,
+	// and with the last one b's dead letters and API versions.
+	round := func(last bool) error {
+		var q pgx.Batch
+		customersTable.queueUpsert(&q, schema, customers)
+		subscriptionsTable.queueUpsert(&q, schema, subscriptions)
+		invoicesTable.queueUpsert(&q, schema, invoices)
+		chargesTable.queueUpsert(&q, schema, charges)
+		disputesTable.queueUpsert(&q, schema, disputes)
+		if last {
+			queueDeadLetters(&q, p, schema, b.deadLetters)
+			queueAPIVersions(&q, schema, b.apiVersions)
+		}
+		// A round's notifications follow its rows, in the order derived
+		// (rounds are customers in order, and no id is two customers').
+		// The lock the first one takes is held until the commit.
+		queueNotifications(&q, p.outbox.keep(notes), &b.notified)
+		customers, subscriptions, invoices, charges, disputes, notes = nil, nil, nil, nil, nil, nil
+		if err := w.send(ctx, tx, &q); err != nil {
+			return fmt.Errorf("write read model %s: %w", schema, err)
+		}
+		return nil
+	}
 	for i, id := range ids {
 		s := states[id]
 		before := cloneState(s)
@@ -114,36 +137,14 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 			func(a, b domain.Charge) bool { return a.LastEventID != b.LastEventID })
 		disputes = appendChanged(disputes, before.Disputes, s.Disputes,
 			func(a, b domain.Dispute) bool { return a.LastEventID != b.LastEventID })
-		last := i == len(ids)-1
-		if len(customers) < p.writeChunk() && !last {
-			continue
+		if len(customers) == p.writeChunk() && i < len(ids)-1 {
+			if err := round(false); err != nil {
+				return err
+			}
 		}
-		var q pgx.Batch
-		customersTable.queueUpsert(&q, schema, customers)
-		subscriptionsTable.queueUpsert(&q, schema, subscriptions)
-		invoicesTable.queueUpsert(&q, schema, invoices)
-		chargesTable.queueUpsert(&q, schema, charges)
-		disputesTable.queueUpsert(&q, schema, disputes)
-		if last {
-			queueDeadLetters(&q, p, schema, b.deadLetters)
-			queueAPIVersions(&q, schema, b.apiVersions)
-		}
-		// A chunk's notifications follow its rows, in the order derived
-		// (chunks are customers in order, and no id is two customers').
-		// The lock the first one takes is held until the commit.
-		queueNotifications(&q, p.outbox.keep(notes), &b.notified)
-		if err := w.send(ctx, tx, &q); err != nil {
-			return fmt.Errorf("write read model %s: %w", schema, err)
-		}
-		customers, subscriptions, invoices, charges, disputes, notes = nil, nil, nil, nil, nil, nil
 	}
-	if len(ids) == 0 {
-		var q pgx.Batch
-		queueDeadLetters(&q, p, schema, b.deadLetters)
-		queueAPIVersions(&q, schema, b.apiVersions)
-		if err := w.send(ctx, tx, &q); err != nil {
-			return fmt.Errorf("write read model %s: %w", schema, err)
-		}
+	if err := round(true); err != nil {
+		return err
 	}
 	if err := w.wait(); err != nil {
 		return fmt.Errorf("write read model %s: %w", schema, err)
