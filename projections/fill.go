@@ -136,12 +136,18 @@ func (f *filler) record(ctx context.Context, bt *batch) error {
 	if w.Len() == 0 {
 		return nil
 	}
-	err := pgx.BeginFunc(ctx, f.b.pool, func(tx pgx.Tx) error { return tx.SendBatch(ctx, &w).Close() })
+	return f.inTx(ctx, "dead letters of "+f.schema, func(tx pgx.Tx) error { return tx.SendBatch(ctx, &w).Close() })
+}
+
+// inTx runs write in a transaction of its own: a value PostgreSQL refuses
+// fails it with errFillRefused, any other error as the write of what.
+func (f *filler) inTx(ctx context.Context, what string, write func(pgx.Tx) error) error {
+	err := pgx.BeginFunc(ctx, f.b.pool, write)
 	if err != nil && isDataError(err) {
 		return fmt.Errorf("%w: %w", errFillRefused, err)
 	}
 	if err != nil {
-		return fmt.Errorf("write dead letters of %s: %w", f.schema, err)
+		return fmt.Errorf("write %s: %w", what, err)
 	}
 	return nil
 }
@@ -300,7 +306,7 @@ func (f *filler) flush(ctx context.Context, keep int) error {
 	}
 	fresh.dropDisowned(owners)
 	again.dropDisowned(owners)
-	err := pgx.BeginFunc(ctx, f.b.pool, func(tx pgx.Tx) error {
+	err := f.inTx(ctx, "read model "+f.schema, func(tx pgx.Tx) error {
 		// The customers are new to the schema; their objects are too, unless
 		// another customer claimed one in an earlier flush.
 		for _, c := range []func() error{
@@ -323,10 +329,7 @@ func (f *filler) flush(ctx context.Context, keep int) error {
 		return tx.SendBatch(ctx, &w).Close()
 	})
 	if err != nil {
-		if isDataError(err) {
-			return fmt.Errorf("%w: %w", errFillRefused, err)
-		}
-		return fmt.Errorf("write read model %s: %w", f.schema, err)
+		return err
 	}
 	noteWritten(f, subscriptionsTable, again.subscriptions)
 	noteWritten(f, invoicesTable, again.invoices)
@@ -354,14 +357,7 @@ func (f *filler) finish(ctx context.Context) error {
 	g.Go(func() error { return f.flush(gctx, 0) })
 	for _, write := range f.links.writes(f.schema) {
 		g.Go(func() error {
-			err := pgx.BeginFunc(gctx, f.b.pool, func(tx pgx.Tx) error { return write(gctx, tx) })
-			if err != nil && isDataError(err) {
-				return fmt.Errorf("%w: %w", errFillRefused, err)
-			}
-			if err != nil {
-				return fmt.Errorf("write links of %s: %w", f.schema, err)
-			}
-			return nil
+			return f.inTx(gctx, "links of "+f.schema, func(tx pgx.Tx) error { return write(gctx, tx) })
 		})
 	}
 	return g.Wait()
