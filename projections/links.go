@@ -254,8 +254,7 @@ func holdPending[T any](h *heldLinks, b *batch, held *heldPending[T], t table[T]
 			b.facts[f.Key()] = append(b.facts[f.Key()], f)
 			continue
 		}
-		key := t.fields(&row)
-		id := linkKey{*key[0].(*string), *key[1].(*string)}
+		id := pendingKey(t, &row)
 		if _, ok := held.keys[id]; !ok {
 			held.keys[id] = struct{}{}
 			held.byObject[k] = append(held.byObject[k], row)
@@ -273,10 +272,16 @@ func resolveHeld[T any](h *heldLinks, b *batch, held *heldPending[T], t table[T]
 	for i := range rows {
 		f := fact(customer, rows[i])
 		b.facts[f.Key()] = append(b.facts[f.Key()], f)
-		key := t.fields(&rows[i])
-		delete(held.keys, linkKey{*key[0].(*string), *key[1].(*string)})
+		delete(held.keys, pendingKey(t, &rows[i]))
 	}
 	delete(held.byObject, k)
+}
+
+// pendingKey is the primary key of row, a row of the table of pending
+// facts t: its first two columns, account and event_id.
+func pendingKey[T any](t table[T], row *T) linkKey {
+	key := t.fields(row)
+	return linkKey{*key[0].(*string), *key[1].(*string)}
 }
 
 // stored is row as t's columns hold it, what a select of its stored row
