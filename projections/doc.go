@@ -44,7 +44,8 @@
 //     a fix, an operator re-drives them with Retry or by rebuilding, and they
 //     go away with the schema they were recorded for.
 //   - When PostgreSQL refuses a batch's values (isDataError: SQLSTATE
-//     classes 21, 22, 23, 54), the batch is folded again in a new
+//     classes 21, 22, 23, 54; a fold in rounds reports 21's two
+//     customers claiming one object itself), the batch is folded again in a new
 //     transaction, bisected under savepoints, and only the events that fail
 //     alone are dead letters (poison.go). Every other error (connection,
 //     serialization, deadlock, shutdown) rolls the batch back and the Runner

@@ -15,10 +15,14 @@ import (
 
 // isDataError reports whether err, from folding a batch, is PostgreSQL
 // refusing the values some event carries (DESIGN §4, "Poison"): the
-// event is dead-lettered. Every other error (connection lost,
+// event is dead-lettered; errClaimedTwice counts as PostgreSQL's 21000,
+// which it stands for across a fold's rounds. Every other error (connection lost,
 // serialization failure, deadlock, shutdown, a missing table) is the
 // infrastructure's: the batch is rolled back and retried.
 func isDataError(err error) bool {
+	if errors.Is(err, errClaimedTwice) {
+		return true
+	}
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || len(pgErr.Code) < 2 {
 		return false

@@ -3,6 +3,7 @@ package projections
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"reflect"
 	"time"
@@ -91,9 +92,20 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 		upTo          = b.upTo()
 	)
 	defer w.close()
+	// With more than one round, the objects written so far (see claimOnce).
+	var claimed map[objectKey]struct{}
+	if len(ids) > p.writeChunk() {
+		claimed = map[objectKey]struct{}{}
+	}
 	// round sends the rows of the customers folded since the round before,
 	// and with the last one b's dead letters and API versions.
 	round := func(last bool) error {
+		if claimed != nil {
+			if err := cmp.Or(claimOnce(claimed, subscriptionsTable, subscriptions), claimOnce(claimed, invoicesTable, invoices),
+				claimOnce(claimed, chargesTable, charges), claimOnce(claimed, disputesTable, disputes)); err != nil {
+				return fmt.Errorf("write read model %s: %w", schema, err)
+			}
+		}
 		var q pgx.Batch
 		customersTable.queueUpsert(&q, schema, customers)
 		subscriptionsTable.queueUpsert(&q, schema, subscriptions)
@@ -148,6 +160,28 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 	}
 	if err := w.wait(); err != nil {
 		return fmt.Errorf("write read model %s: %w", schema, err)
+	}
+	return nil
+}
+
+// errClaimedTwice reports that two customers of a batch claim one object:
+// one upsert of both rows fails with SQLSTATE 21000, and so does a fold
+// that writes them in two rounds (claimOnce), so that the batch is bisected
+// and the object ends with the customer later in the log (isDataError).
+var errClaimedTwice = errors.New("two customers of the batch claim one object")
+
+// claimOnce notes in claimed the objects of rows, the rows of t that a
+// round of a fold writes, and fails with errClaimedTwice for one that an
+// earlier round wrote: otherwise the later round's customer, by key
+// order, not the later event's, would keep the row.
+func claimOnce[T any](claimed map[objectKey]struct{}, t table[T], rows []T) error {
+	for i := range rows {
+		key := t.fields(&rows[i])
+		k := objectKey{table: t.name, account: *key[0].(*string), id: *key[1].(*string)}
+		if _, ok := claimed[k]; ok {
+			return fmt.Errorf("%w: %s %s", errClaimedTwice, t.name, k.id)
+		}
+		claimed[k] = struct{}{}
 	}
 	return nil
 }

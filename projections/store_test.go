@@ -103,3 +103,39 @@ func (s *countingStreams) ReadStream(ctx context.Context, stream string, from in
 	s.reads.Add(1)
 	return s.StreamReader.ReadStream(ctx, stream, from, limit)
 }
+
+// TestFoldRoundsKeepTheLaterClaimOfAnObject: two customers of one batch
+// claim one subscription, the later event's customer sorting first. In
+// one round per batch the upsert would write the row twice (SQLSTATE
+// 21000), and the bisection leaves it with the customer later in the log,
+// as the fill does; in rounds of one customer the fold must leave the same,
+// not the row of whichever customer's round came last.
+func TestFoldRoundsKeepTheLaterClaimOfAnObject(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const start, end = 1709251200, 1711929600
+	var recs []eventlog.Record
+	for i, e := range []eventlog.Event{
+		subscriptionEvent("evt_claim_1", "cus_claim_b", "sub_claimed", "active", "price_pro", start, end),
+		subscriptionEvent("evt_claim_2", "cus_claim_a", "sub_claimed", "past_due", "price_pro", start, end),
+	} {
+		recs = append(recs, eventlog.Record{Event: e, Position: eventlog.Position{Commit: uint64(i + 1), Prepare: uint64(i + 1)}})
+	}
+	for _, chunk := range []int{0, 1} {
+		pool := fastPool(t)
+		p := Billing(testPlans(t)).reading(streamsOf(recs))
+		p.chunk = chunk
+		schema := scratch(t, pool, p)
+		if _, err := foldBatch(ctx, pool, testLogger(t), p, schema, p.decode(recs), nil); err != nil {
+			t.Fatal(err)
+		}
+		var customer string
+		if err := pool.QueryRow(ctx, "SELECT customer_id FROM "+ident(schema)+".subscriptions WHERE subscription_id = 'sub_claimed'").
+			Scan(&customer); err != nil {
+			t.Fatal(err)
+		}
+		if customer != "cus_claim_a" {
+			t.Errorf("rounds of %d customers (0: one round): sub_claimed is %s's, want cus_claim_a's (the later event's)", chunk, customer)
+		}
+	}
+}
