@@ -362,7 +362,8 @@ type fieldPlan struct {
 
 // field is the struct's field named key, nil when it has none. Most keys
 // of a payload name no field, and most of those find their slot empty: a
-// hash of four of the key's bytes costs less than a map's look-up.
+// hash of the key's length and three of its bytes (keySlot) costs less
+// than a map's look-up.
 func (p *typePlan) field(key []byte) *fieldPlan {
 	if len(key) == 0 || len(p.slots) == 0 {
 		return nil
