@@ -100,10 +100,7 @@ func (b *builder) build(ctx context.Context, fill bool) (Built, error) {
 	pos := eventlog.Start
 	if fill {
 		b.logger.InfoContext(ctx, "building projection beside the live one", "version", b.p.Version, "schema", schema)
-		if pos, err = b.fill(ctx, schema, nil); err != nil {
-			return Built{}, err
-		}
-		if err := b.analyze(ctx, schema); err != nil {
+		if pos, err = b.fill(ctx, schema, nil, true); err != nil {
 			return Built{}, err
 		}
 	}
@@ -126,14 +123,14 @@ func (b *builder) build(ctx context.Context, fill bool) (Built, error) {
 	return Built{Notifications: b.added}, nil
 }
 
-// analyze analyzes the tables of schema, so that readers get a good plan
-// from the first query after the swap: each table in a statement of its
-// own, up to one per core at once (one ANALYZE of them all took a 1M-event
-// build 2 s on one core).
-func (b *builder) analyze(ctx context.Context, schema string) error {
+// analyze analyzes the tables of schema that names (viewedTables), so
+// that readers get a good plan from the first query after the swap: each
+// table in a statement of its own, up to one per core at once (one ANALYZE
+// of them all took a 1M-event build 2 s on one core).
+func (b *builder) analyze(ctx context.Context, schema string, names ...string) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(runtime.GOMAXPROCS(0))
-	for _, name := range viewedTables() {
+	for _, name := range names {
 		g.Go(func() error {
 			if _, err := b.pool.Exec(gctx, "ANALYZE "+ident(schema)+"."+name); err != nil {
 				return fmt.Errorf("analyze %s.%s: %w", schema, name, err)

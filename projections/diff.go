@@ -48,7 +48,7 @@ func Diff(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log, p Projectio
 	}()
 	// Every record up to the live checkpoint is folded, which may itself lie
 	// past the last record (a filtered subscription's checkpoint).
-	if _, err := b.fill(ctx, schema, &live.Position); err != nil {
+	if _, err := b.fill(ctx, schema, &live.Position, false); err != nil {
 		return nil, err
 	}
 	pos := live.Position

@@ -65,6 +65,7 @@ type filler struct {
 	seen    map[domain.CustomerKey]int // the chunk that last named each customer held
 	chunk   int                        // chunks folded
 	links   *heldLinks                 // the links folded so far, written by finish
+	analyze bool                       // finish analyzes each table once written
 }
 
 // objectKey names an object row of one customer's state, to choose between
@@ -78,9 +79,11 @@ type objectKey struct {
 }
 
 // fill folds the whole log, up to its head (or until, when set), into the
-// empty schema, and returns the position of the last record folded.
-func (b *builder) fill(ctx context.Context, schema string, until *eventlog.Position) (eventlog.Position, error) {
-	pos, err := b.fillCopy(ctx, schema, until)
+// empty schema, and returns the position of the last record folded. With
+// analyze, it analyzes the schema's tables too (builder.analyze), each as
+// soon as its rows are in.
+func (b *builder) fill(ctx context.Context, schema string, until *eventlog.Position, analyze bool) (eventlog.Position, error) {
+	pos, err := b.fillCopy(ctx, schema, until, analyze)
 	if !errors.Is(err, errFillRefused) {
 		return pos, err
 	}
@@ -92,11 +95,14 @@ func (b *builder) fill(ctx context.Context, schema string, until *eventlog.Posit
 	if _, err := b.pool.Exec(ctx, createSchemaSQL(schema)); err != nil {
 		return eventlog.Start, fmt.Errorf("create schema %s: %w", schema, err)
 	}
-	return b.catchUp(ctx, b.p.quiet(), schema, eventlog.Start, until)
+	if pos, err = b.catchUp(ctx, b.p.quiet(), schema, eventlog.Start, until); err != nil || !analyze {
+		return pos, err
+	}
+	return pos, b.analyze(ctx, schema, viewedTables()...)
 }
 
-func (b *builder) fillCopy(ctx context.Context, schema string, until *eventlog.Position) (eventlog.Position, error) {
-	f := &filler{b: b, schema: schema, states: map[domain.CustomerKey]*domain.CustomerState{}, lines: map[domain.CustomerKey]timeline{},
+func (b *builder) fillCopy(ctx context.Context, schema string, until *eventlog.Position, analyze bool) (eventlog.Position, error) {
+	f := &filler{b: b, schema: schema, analyze: analyze, states: map[domain.CustomerKey]*domain.CustomerState{}, lines: map[domain.CustomerKey]timeline{},
 		stored: map[domain.CustomerKey]bool{}, written: map[uint64]struct{}{}, seed: maphash.MakeSeed(), touched: map[objectKey]eventlog.Position{}, seen: map[domain.CustomerKey]int{},
 		links: newHeldLinks()}
 	// The tables of links get their keys once the links are in (finish).
@@ -306,35 +312,36 @@ func (f *filler) flush(ctx context.Context, keep int) error {
 	}
 	fresh.dropDisowned(owners)
 	again.dropDisowned(owners)
-	err := f.inTx(ctx, "read model "+f.schema, func(tx pgx.Tx) error {
-		// The customers are new to the schema; their objects are too, unless
-		// another customer claimed one in an earlier flush.
-		for _, c := range []func() error{
-			func() error { return copyRows(ctx, tx, f.schema, customersTable, fresh.customers, false) },
-			func() error { return copyObjects(ctx, tx, f, subscriptionsTable, fresh.subscriptions) },
-			func() error { return copyObjects(ctx, tx, f, invoicesTable, fresh.invoices) },
-			func() error { return copyObjects(ctx, tx, f, chargesTable, fresh.charges) },
-			func() error { return copyObjects(ctx, tx, f, disputesTable, fresh.disputes) },
-		} {
-			if err := c(); err != nil {
+	// Each table in a transaction of its own, all at once: the database's
+	// writes of them use every core, and the flush holds up the fold.
+	// The customers are new to the schema; their objects are too, unless
+	// another customer claimed one in an earlier flush (f.written, read
+	// here and noted once all are in).
+	subscriptions, noteSubscriptions := objectWrites(f, subscriptionsTable, fresh.subscriptions, again.subscriptions)
+	invoices, noteInvoices := objectWrites(f, invoicesTable, fresh.invoices, again.invoices)
+	charges, noteCharges := objectWrites(f, chargesTable, fresh.charges, again.charges)
+	disputes, noteDisputes := objectWrites(f, disputesTable, fresh.disputes, again.disputes)
+	g, gctx := errgroup.WithContext(ctx)
+	for _, write := range []func(context.Context, pgx.Tx) error{
+		func(ctx context.Context, tx pgx.Tx) error {
+			if err := copyRows(ctx, tx, f.schema, customersTable, fresh.customers, false); err != nil {
 				return err
 			}
-		}
-		var w pgx.Batch
-		customersTable.queueUpsert(&w, f.schema, again.customers)
-		subscriptionsTable.queueUpsert(&w, f.schema, again.subscriptions)
-		invoicesTable.queueUpsert(&w, f.schema, again.invoices)
-		chargesTable.queueUpsert(&w, f.schema, again.charges)
-		disputesTable.queueUpsert(&w, f.schema, again.disputes)
-		return tx.SendBatch(ctx, &w).Close()
-	})
-	if err != nil {
+			return upsertRows(ctx, tx, f.schema, customersTable, again.customers)
+		},
+		subscriptions, invoices, charges, disputes,
+	} {
+		g.Go(func() error {
+			return f.inTx(gctx, "read model "+f.schema, func(tx pgx.Tx) error { return write(gctx, tx) })
+		})
+	}
+	if err := g.Wait(); err != nil {
 		return err
 	}
-	noteWritten(f, subscriptionsTable, again.subscriptions)
-	noteWritten(f, invoicesTable, again.invoices)
-	noteWritten(f, chargesTable, again.charges)
-	noteWritten(f, disputesTable, again.disputes)
+	noteSubscriptions()
+	noteInvoices()
+	noteCharges()
+	noteDisputes()
 	for _, k := range keys {
 		s := f.states[k]
 		f.objects -= heldObjects(s)
@@ -352,12 +359,26 @@ func (f *filler) flush(ctx context.Context, keep int) error {
 
 // finish writes the states held and the links, each table of links in a
 // transaction of its own, all at once: the database's COPYs use every core.
+// With f.analyze, each table is analyzed once written, while the others
+// are still being written.
 func (f *filler) finish(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return f.flush(gctx, 0) })
-	for _, write := range f.links.writes(f.schema) {
+	g.Go(func() error {
+		if err := f.flush(gctx, 0); err != nil || !f.analyze {
+			return err
+		}
+		var names []string
+		for _, t := range customerTables {
+			names = append(names, t.tableName())
+		}
+		return f.b.analyze(gctx, f.schema, names...)
+	})
+	for _, w := range f.links.writes(f.schema) {
 		g.Go(func() error {
-			return f.inTx(gctx, "links of "+f.schema, func(tx pgx.Tx) error { return write(gctx, tx) })
+			if err := f.inTx(gctx, "links of "+f.schema, func(tx pgx.Tx) error { return w.write(gctx, tx) }); err != nil || !f.analyze {
+				return err
+			}
+			return f.b.analyze(gctx, f.schema, w.table)
 		})
 	}
 	return g.Wait()
@@ -418,27 +439,44 @@ func appendOwned[T any](out []T, f *filler, owners map[objectKey]objectKey, tabl
 	return out
 }
 
-// copyObjects writes the object rows of customers new to the schema with
-// copyRows: straight into the table those whose key no flush wrote before
-// (f.written), through the upsert those whose key one may have. It notes
-// the keys of all of them in f.written.
-func copyObjects[T any](ctx context.Context, tx pgx.Tx, f *filler, t table[T], rows []T) error {
+// objectWrites returns the write of the object rows of t that a flush
+// holds: fresh, of customers new to the schema, with copyRows (straight
+// into the table those whose key no flush wrote before, f.written, through
+// the upsert those whose key one may have) and again, of customers loaded
+// back, with the upsert; and note, to call once the write has committed,
+// which notes the keys of all of them in f.written.
+func objectWrites[T any](f *filler, t table[T], fresh, again []T) (write func(context.Context, pgx.Tx) error, note func()) {
 	var claimed []T
-	unclaimed := slices.DeleteFunc(rows, func(row T) bool {
+	unclaimed := slices.DeleteFunc(fresh, func(row T) bool {
 		if _, ok := f.written[writtenKey(f, t, &row)]; ok {
 			claimed = append(claimed, row)
 			return true
 		}
 		return false
 	})
-	if err := copyRows(ctx, tx, f.schema, t, unclaimed, false); err != nil {
-		return err
+	write = func(ctx context.Context, tx pgx.Tx) error {
+		if err := copyRows(ctx, tx, f.schema, t, unclaimed, false); err != nil {
+			return err
+		}
+		if err := copyRows(ctx, tx, f.schema, t, claimed, true); err != nil {
+			return err
+		}
+		return upsertRows(ctx, tx, f.schema, t, again)
 	}
-	if err := copyRows(ctx, tx, f.schema, t, claimed, true); err != nil {
-		return err
+	return write, func() {
+		noteWritten(f, t, unclaimed)
+		noteWritten(f, t, again)
 	}
-	noteWritten(f, t, unclaimed)
-	return nil
+}
+
+// upsertRows writes rows into schema's table with its upsert.
+func upsertRows[T any](ctx context.Context, tx pgx.Tx, schema string, t table[T], rows []T) error {
+	var w pgx.Batch
+	t.queueUpsert(&w, schema, rows)
+	if w.Len() == 0 {
+		return nil
+	}
+	return tx.SendBatch(ctx, &w).Close()
 }
 
 // noteWritten records in f.written that the rows of t are in the schema.

@@ -74,7 +74,7 @@ func TestFillEqualsIncrementalFold(t *testing.T) {
 		}
 	}
 	fillCopy := func(b *builder, schema string) error {
-		_, err := b.fillCopy(ctx, schema, nil) // errFillRefused would fail the test: no fallback here
+		_, err := b.fillCopy(ctx, schema, nil, false) // errFillRefused would fail the test: no fallback here
 		return err
 	}
 	t.Run("one flush", func(t *testing.T) { check(t, fillCopy, 0) })
@@ -87,10 +87,10 @@ func TestFillEqualsIncrementalFold(t *testing.T) {
 	}
 	t.Run("refused by PostgreSQL", func(t *testing.T) {
 		check(t, func(b *builder, schema string) error {
-			if _, err := b.fillCopy(ctx, schema, nil); err == nil {
+			if _, err := b.fillCopy(ctx, schema, nil, false); err == nil {
 				return fmt.Errorf("fillCopy took a NUL in a jsonb column")
 			}
-			_, err := b.fill(ctx, schema, nil)
+			_, err := b.fill(ctx, schema, nil, false)
 			return err
 		}, 0)
 	})
@@ -171,7 +171,7 @@ func TestFillReadsLinksUpToItsChunk(t *testing.T) {
 	}
 	schema := scratch(t, pool, p)
 	b := &builder{pool: pool, log: log, p: p, logger: testLogger(t), metrics: m, fillChunk: 1}
-	if _, err := b.fillCopy(ctx, schema, nil); err != nil {
+	if _, err := b.fillCopy(ctx, schema, nil, false); err != nil {
 		t.Fatal(err)
 	}
 	if d := diffDumps(dump(t, pool, ref), dump(t, pool, schema)); d != "" {

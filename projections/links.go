@@ -309,19 +309,25 @@ func (h *heldLinks) linked(key domain.CustomerKey) []string {
 	return streams
 }
 
+// tableWrite is the write of one table.
+type tableWrite struct {
+	table string
+	write func(context.Context, pgx.Tx) error
+}
+
 // writes are the writes of the links held into schema, whose tables of
 // links fillCopy made without their keys: one COPY per table, then its keys
 // (keysSQL), each to run in a transaction of its own.
-func (h *heldLinks) writes(schema string) []func(context.Context, pgx.Tx) error {
-	return []func(context.Context, pgx.Tx) error{
-		func(ctx context.Context, tx pgx.Tx) error {
+func (h *heldLinks) writes(schema string) []tableWrite {
+	return []tableWrite{
+		{linksTable.name, func(ctx context.Context, tx pgx.Tx) error {
 			links := make([]objectLink, 0, len(h.customers))
 			for k, c := range h.customers {
 				links = append(links, objectLink{account: k.account, object: k.object, customer: c})
 			}
 			return copyKeyed(ctx, tx, schema, linksTable, links)
-		},
-		func(ctx context.Context, tx pgx.Tx) error {
+		}},
+		{streamLinksTable.name, func(ctx context.Context, tx pgx.Tx) error {
 			var streams []streamLink
 			for k, ss := range h.streams {
 				for _, s := range ss {
@@ -329,13 +335,13 @@ func (h *heldLinks) writes(schema string) []func(context.Context, pgx.Tx) error 
 				}
 			}
 			return copyKeyed(ctx, tx, schema, streamLinksTable, streams)
-		},
-		func(ctx context.Context, tx pgx.Tx) error {
+		}},
+		{pendingDisputesTable.name, func(ctx context.Context, tx pgx.Tx) error {
 			return copyKeyed(ctx, tx, schema, pendingDisputesTable, slices.Concat(slices.Collect(maps.Values(h.disputes.byObject))...))
-		},
-		func(ctx context.Context, tx pgx.Tx) error {
+		}},
+		{pendingInvoicePaymentsTable.name, func(ctx context.Context, tx pgx.Tx) error {
 			return copyKeyed(ctx, tx, schema, pendingInvoicePaymentsTable, slices.Concat(slices.Collect(maps.Values(h.payments.byObject))...))
-		},
+		}},
 	}
 }
 
