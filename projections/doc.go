@@ -90,8 +90,9 @@
 // transaction (at the end beside the links' COPYs, one connection a table).
 // Give the pool room for that besides the API: pool_max_conns of 10 or more
 // (serve's default pool is 16). No stage of a build holds a connection
-// while it waits for another, so a smaller pool slows a build, as long as
-// it has a connection beyond the locks'.
+// while it waits for another that has none yet (announce's second page
+// waits for the first, which holds its own), so a smaller pool slows a
+// build, as long as it has a connection beyond the locks'.
 //
 // The plan mapping (LEDGER_PLANS) is part of a version's identity: see plans.go.
 package projections

@@ -341,9 +341,14 @@ INSERT INTO announce_page SELECT * FROM n`, ident(schema), t.tableName(), where,
 SELECT n.id, nextval('notifications_position_seq'), $1, n.account, n.customer_id, n.event_ids, n.occurred_at, n.data
   FROM announce_page n WHERE NOT EXISTS (SELECT FROM notifications o WHERE o.id = n.id)
  ORDER BY n.k1, n.k2, n.k3`
+	// A page holds its connection while it waits for the page before to
+	// commit, so it takes one only once the page before holds its own
+	// (begun): on a pool with one connection to spare, the page before
+	// would otherwise wait for it forever.
 	committed := make([]chan struct{}, len(bounds)+1) // closed once page i has committed
+	begun := make([]chan struct{}, len(bounds)+1)     // closed once page i holds its connection
 	for i := range committed {
-		committed[i] = make(chan struct{})
+		committed[i], begun[i] = make(chan struct{}), make(chan struct{})
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(2)
@@ -356,8 +361,16 @@ SELECT n.id, nextval('notifications_position_seq'), $1, n.account, n.customer_id
 			to = bounds[i]
 		}
 		g.Go(func() error {
+			if i > 0 {
+				select {
+				case <-begun[i-1]:
+				case <-gctx.Done():
+					return gctx.Err()
+				}
+			}
 			var added int64
 			err := pgx.BeginFunc(gctx, b.pool, func(tx pgx.Tx) error {
+				close(begun[i])
 				if _, err := tx.Exec(gctx, derive); err != nil {
 					return err
 				}

@@ -695,6 +695,46 @@ func TestAnnounceFinalAsGoDerives(t *testing.T) {
 	}
 }
 
+// TestAnnounceOnAPoolOfOneConnection: announce runs two pages at once, the
+// second holding its transaction until the first has committed, yet a
+// builder whose pool has one connection announces every notification of
+// a build again, page after page, instead of waiting forever for the
+// connection the second page holds.
+func TestAnnounceOnAPoolOfOneConnection(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	pool := newPool(t, url)
+	log := postgres.New(pool, testLogger(t))
+	p := Billing(testPlans(t))
+	appendAll(t, log, domaintest.Redeliver(rand.New(rand.NewPCG(47, 47)), lifecycles(47, 12)))
+	m, err := newMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &builder{pool: pool, log: log, p: p.building().reading(log), logger: testLogger(t), metrics: m, batchSize: 150}
+	built, err := b.build(ctx, true)
+	if err != nil || built.Notifications == 0 {
+		t.Fatalf("build: %+v, %v", built, err)
+	}
+	var schema string
+	if err := pool.QueryRow(ctx, `SELECT schema_name FROM projection_checkpoints WHERE name = $1`, p.Name).Scan(&schema); err != nil {
+		t.Fatal(err)
+	}
+	for round := range 10 {
+		if _, err := pool.Exec(ctx, `DELETE FROM notifications`); err != nil {
+			t.Fatal(err)
+		}
+		one := &builder{pool: newPoolSized(t, url, 1), log: log, p: p.building().reading(log), logger: testLogger(t), metrics: m, announced: 1}
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := one.announceFinal(ctx, schema, 0)
+		cancel()
+		if err != nil || one.added != built.Notifications {
+			t.Fatalf("round %d: announce on a pool of one added %d notifications, %v; the build %d", round, one.added, err, built.Notifications)
+		}
+	}
+}
+
 // listed reads the rows of t that clause selects, through the readmodel views.
 func listed[T any](t *testing.T, pool *pgxpool.Pool, tb table[T], clause string) []T {
 	t.Helper()
