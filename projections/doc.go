@@ -87,7 +87,8 @@
 // While it builds: two locks, a read of the log, the count of the log beside
 // the first chunks, the next chunk's dead letters and API versions, and the
 // fold's reads of late facts' histories (up to one per core) or the flush's
-// transaction (at the end beside the links' COPYs, one connection a table).
+// transactions (one a table; at the end beside the links' COPYs, one a
+// table too, then each table's ANALYZE), and announce's two pages at once.
 // Give the pool room for that besides the API: pool_max_conns of 10 or more
 // (serve's default pool is 16). No stage of a build holds a connection
 // while it waits for another that has none yet (announce's second page
