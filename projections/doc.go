@@ -86,9 +86,10 @@
 // the subscription or a read of its catch-up) plus one per batch transaction.
 // While it builds: two locks, a read of the log, the count of the log beside
 // the first chunks, the next chunk's dead letters and API versions, and the
-// fold's reads of late facts' histories (up to one per core) or the flush's
-// transactions (one a table; at the end beside the links' COPYs, one a
-// table too, then each table's ANALYZE), and announce's two pages at once.
+// fold's reads of late facts' histories (up to one per core) beside the
+// flush's transactions (one a table, written while the next chunks fold; at
+// the end beside the links' COPYs, one a table too, then each table's
+// ANALYZE), and announce's two pages at once.
 // Give the pool room for that besides the API: pool_max_conns of 10 or more
 // (serve's default pool is 16). No stage of a build holds a connection
 // while it waits for another that has none yet (announce's second page

@@ -66,6 +66,7 @@ type filler struct {
 	chunk   int                        // chunks folded
 	links   *heldLinks                 // the links folded so far, written by finish
 	analyze bool                       // finish analyzes each table once written
+	writing chan error                 // the write of the last flush, while it runs (wait)
 }
 
 // objectKey names an object row of one customer's state, to choose between
@@ -127,6 +128,9 @@ func (b *builder) fillCopy(ctx context.Context, schema string, until *eventlog.P
 		}
 		return bt, nil
 	}, f.finish)
+	if werr := f.wait(); err == nil { // a flush's write that a failed fold left running
+		err = werr
+	}
 	if err != nil {
 		return eventlog.Start, fmt.Errorf("build %s: %w", schema, err)
 	}
@@ -170,6 +174,9 @@ func (f *filler) fold(ctx context.Context, bt *batch) error {
 		}
 	}
 	if len(reload) > 0 {
+		if err := f.wait(); err != nil { // their rows may be in the write of the last flush
+			return err
+		}
 		slices.SortFunc(reload, domain.CustomerKey.Compare)
 		err := pgx.BeginFunc(ctx, f.b.pool, func(tx pgx.Tx) error {
 			states, lines, err := loadStates(ctx, tx, f.schema, reload)
@@ -279,6 +286,8 @@ func factObject(f domain.Fact) (objectKey, bool) {
 // flush writes the rows of the states held, COPY for customers new to the
 // schema and an upsert for those loaded back, and lets them go: those of
 // the customers seen least recently, until at most keep objects are held.
+// The write goes on while the fold does (wait waits for it): it returns
+// the error of the flush before, whose write it waits for first.
 func (f *filler) flush(ctx context.Context, keep int) error {
 	if len(f.states) == 0 {
 		return nil
@@ -313,7 +322,7 @@ func (f *filler) flush(ctx context.Context, keep int) error {
 	fresh.dropDisowned(owners)
 	again.dropDisowned(owners)
 	// Each table in a transaction of its own, all at once: the database's
-	// writes of them use every core, and the flush holds up the fold.
+	// writes of them use every core, beside the fold of the next chunks.
 	// The customers are new to the schema; their objects are too, unless
 	// another customer claimed one in an earlier flush (f.written, read
 	// here and noted once all are in).
@@ -321,6 +330,9 @@ func (f *filler) flush(ctx context.Context, keep int) error {
 	invoices, noteInvoices := objectWrites(f, invoicesTable, fresh.invoices, again.invoices)
 	charges, noteCharges := objectWrites(f, chargesTable, fresh.charges, again.charges)
 	disputes, noteDisputes := objectWrites(f, disputesTable, fresh.disputes, again.disputes)
+	if err := f.wait(); err != nil {
+		return err
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	for _, write := range []func(context.Context, pgx.Tx) error{
 		func(ctx context.Context, tx pgx.Tx) error {
@@ -335,9 +347,8 @@ func (f *filler) flush(ctx context.Context, keep int) error {
 			return f.inTx(gctx, "read model "+f.schema, func(tx pgx.Tx) error { return write(gctx, tx) })
 		})
 	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
+	f.writing = make(chan error, 1)
+	go func() { f.writing <- g.Wait() }()
 	noteSubscriptions()
 	noteInvoices()
 	noteCharges()
@@ -357,6 +368,16 @@ func (f *filler) flush(ctx context.Context, keep int) error {
 	return nil
 }
 
+// wait waits for the write of the last flush and returns its error.
+func (f *filler) wait() error {
+	if f.writing == nil {
+		return nil
+	}
+	err := <-f.writing
+	f.writing = nil
+	return err
+}
+
 // finish writes the states held and the links, each table of links in a
 // transaction of its own, all at once: the database's COPYs use every core.
 // With f.analyze, each table is analyzed once written, while the others
@@ -364,7 +385,10 @@ func (f *filler) flush(ctx context.Context, keep int) error {
 func (f *filler) finish(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := f.flush(gctx, 0); err != nil || !f.analyze {
+		if err := f.flush(gctx, 0); err != nil {
+			return err
+		}
+		if err := f.wait(); err != nil || !f.analyze {
 			return err
 		}
 		var names []string
