@@ -325,7 +325,8 @@ func (f *filler) flush(ctx context.Context, keep int) error {
 	// writes of them use every core, beside the fold of the next chunks.
 	// The customers are new to the schema; their objects are too, unless
 	// another customer claimed one in an earlier flush (f.written, read
-	// here and noted once all are in).
+	// here and noted as the write starts: the next flush writes once it
+	// has committed, and a write that fails fails the fill).
 	subscriptions, noteSubscriptions := objectWrites(f, subscriptionsTable, fresh.subscriptions, again.subscriptions)
 	invoices, noteInvoices := objectWrites(f, invoicesTable, fresh.invoices, again.invoices)
 	charges, noteCharges := objectWrites(f, chargesTable, fresh.charges, again.charges)
@@ -467,8 +468,8 @@ func appendOwned[T any](out []T, f *filler, owners map[objectKey]objectKey, tabl
 // holds: fresh, of customers new to the schema, with copyRows (straight
 // into the table those whose key no flush wrote before, f.written, through
 // the upsert those whose key one may have) and again, of customers loaded
-// back, with the upsert; and note, to call once the write has committed,
-// which notes the keys of all of them in f.written.
+// back, with the upsert; and note, to call once the write has started
+// (flush), which notes the keys of all of them in f.written.
 func objectWrites[T any](f *filler, t table[T], fresh, again []T) (write func(context.Context, pgx.Tx) error, note func()) {
 	var claimed []T
 	unclaimed := slices.DeleteFunc(fresh, func(row T) bool {
