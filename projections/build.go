@@ -75,6 +75,7 @@ type builder struct {
 	fillMax   int            // objects fill holds before it writes them; 0: fillMaxObjects
 	announced int            // rows per statement of announce; 0: announcePage
 	added     int64          // notifications the build added to the outbox
+	join      int            // batches read that foldLog applies at once when they are decoded (batch.then); 0: one
 }
 
 // Built is what a build did.
@@ -286,6 +287,7 @@ func (b *builder) foldStages(ctx context.Context, from eventlog.Position, until 
 	pos, done := from, int64(0)
 	g.Go(func() error {
 		for bt := range batches {
+			bt = b.joinReady(bt, batches)
 			bt, err := apply(gctx, bt)
 			if err != nil {
 				return err
@@ -306,6 +308,23 @@ func (b *builder) foldStages(ctx context.Context, from eventlog.Position, until 
 		return from, err
 	}
 	return pos, nil
+}
+
+// joinReady joins to bt (batch.then) the batches decoded already, up to
+// b.join in all.
+func (b *builder) joinReady(bt *batch, batches <-chan *batch) *batch {
+	for n := 1; n < b.join; n++ {
+		select {
+		case next, ok := <-batches:
+			if !ok {
+				return bt
+			}
+			bt = bt.then(next)
+		default:
+			return bt
+		}
+	}
+	return bt
 }
 
 // read returns the next batch of up to size records after pos, cut at until

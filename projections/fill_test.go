@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
@@ -98,17 +97,8 @@ func TestFillEqualsIncrementalFold(t *testing.T) {
 
 // deadLetterDump lists schema's dead letters: event id and error (which may name the schema).
 func deadLetterDump(t *testing.T, q *pgxpool.Pool, schema string) []string {
-	t.Helper()
-	rows, err := q.Query(context.Background(), `SELECT event_id || ': ' || replace(error, schema_name, '<schema>') FROM projection_dead_letters
+	return queryStrings(t, q, `SELECT event_id || ': ' || replace(error, schema_name, '<schema>') FROM projection_dead_letters
  WHERE schema_name = $1 ORDER BY event_id`, schema)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
 }
 
 // TestFillReadsLinksUpToItsChunk: the fill holds its links in memory and

@@ -70,16 +70,26 @@ func (b *batch) addLinks(rec eventlog.Record, l domain.Links) {
 // customer; the rest wait in pending_disputes. Invoice payments do the same
 // by their invoice, in pending_invoice_payments.
 func link(ctx context.Context, tx pgx.Tx, schema string, b *batch) error {
+	var w pgx.Batch
+	queueLink(&w, schema, b)
+	if err := tx.SendBatch(ctx, &w).Close(); err != nil {
+		return fmt.Errorf("link objects in %s: %w", schema, err)
+	}
+	return nil
+}
+
+// queueLink queues link's statements in w; the facts they resolve are
+// added to b's as w's results are read.
+func queueLink(w *pgx.Batch, schema string, b *batch) {
 	// One batch names the same links over and over (every event of an
 	// invoice names its charge and payment intent): each is written once.
 	b.links, b.streamLinks = distinct(b.links), distinct(b.streamLinks)
-	var w pgx.Batch
-	linksTable.queueInsert(&w, schema, b.links, keepStored)
-	streamLinksTable.queueInsert(&w, schema, b.streamLinks, keepStored)
+	linksTable.queueInsert(w, schema, b.links, keepStored)
+	streamLinksTable.queueInsert(w, schema, b.streamLinks, keepStored)
 	if len(b.pending) > 0 || len(b.payments) > 0 || len(b.links) > 0 {
-		queueCustomPlans(&w, func() {
-			queuePending(&w, b, schema, pendingDisputesTable, "charge_id", b.pending, disputeFact)
-			queuePending(&w, b, schema, pendingInvoicePaymentsTable, "invoice_id", b.payments, invoicePaymentFact)
+		queueCustomPlans(w, func() {
+			queuePending(w, b, schema, pendingDisputesTable, "charge_id", b.pending, disputeFact)
+			queuePending(w, b, schema, pendingInvoicePaymentsTable, "invoice_id", b.payments, invoicePaymentFact)
 			if len(b.links) > 0 {
 				// Every stored pending dispute whose charge b links, and every
 				// stored pending invoice payment whose invoice it links.
@@ -87,15 +97,11 @@ func link(ctx context.Context, tx pgx.Tx, schema string, b *batch) error {
 				for i, l := range b.links {
 					accounts[i], objects[i] = l.account, l.object
 				}
-				queueResolved(&w, b, schema, pendingDisputesTable, "charge_id", accounts, objects, disputeFact)
-				queueResolved(&w, b, schema, pendingInvoicePaymentsTable, "invoice_id", accounts, objects, invoicePaymentFact)
+				queueResolved(w, b, schema, pendingDisputesTable, "charge_id", accounts, objects, disputeFact)
+				queueResolved(w, b, schema, pendingInvoicePaymentsTable, "invoice_id", accounts, objects, invoicePaymentFact)
 			}
 		})
 	}
-	if err := tx.SendBatch(ctx, &w).Close(); err != nil {
-		return fmt.Errorf("link objects in %s: %w", schema, err)
-	}
-	return nil
 }
 
 // disputeFact is the fact of a pending dispute, of customer.

@@ -41,7 +41,9 @@ func isDataError(err error) bool {
 // (nil: nothing; the runner advances its checkpoint there). When
 // PostgreSQL refuses the values of some event, it folds b again in a new
 // transaction, bisecting it under savepoints down to the events that fail
-// alone, which are dead-lettered; every other event commits. It returns the
+// alone, which are dead-lettered; every other event commits. A batch of
+// parts is folded again part by part, each bisected only if it fails
+// alone, as each would be in a transaction of its own. It returns the
 // batch as committed, with its dead letters, each of which it logs.
 func foldBatch(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger, p Projection, schema string, b *batch,
 	before func(pgx.Tx) error) (*batch, error) {
@@ -64,7 +66,7 @@ func foldBatch(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger, p P
 				}
 			}
 			var err error
-			b, err = isolate(ctx, tx, p, schema, b.recs, cause)
+			b, err = isolateParts(ctx, tx, p, schema, b, cause)
 			return err
 		})
 	}
@@ -76,6 +78,32 @@ func foldBatch(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger, p P
 			"event_id", l.eventID, "event_type", l.eventType, "position", l.position.String(), "reason", l.err)
 	}
 	return b, nil
+}
+
+// isolateParts folds b, which failed as a whole with cause, into schema
+// within tx: b's records when b has no parts, else each part's in turn,
+// under a savepoint, bisected as isolate does when it fails.
+func isolateParts(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch, cause error) (*batch, error) {
+	if b.parts == nil {
+		return isolate(ctx, tx, p, schema, b.recs, cause)
+	}
+	var out *batch
+	for _, part := range b.parts {
+		folded := p.decode(part.recs)
+		err := pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error { return fold(ctx, sp, p, schema, folded) })
+		if isDataError(err) {
+			folded, err = isolate(ctx, tx, p, schema, part.recs, err)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if out == nil {
+			out = folded
+		} else {
+			out = out.then(folded)
+		}
+	}
+	return out, nil
 }
 
 // isolate folds recs, of which the batch as a whole failed with cause, into

@@ -112,7 +112,8 @@ type batch struct {
 	apiVersions map[string]versionSeen // the events of each Stripe API version
 	events      int
 	last        eventlog.Position
-	notified    int64 // notifications its fold added to the outbox
+	notified    int64    // notifications its fold added to the outbox
+	parts       []*batch // the batches it joins (then), which fold folds in turn; nil: none
 }
 
 // deadLetter is an event the projection could not apply.
@@ -216,6 +217,32 @@ func (b *batch) merge(d *batch) {
 	b.deadLetters = append(b.deadLetters, d.deadLetters...)
 	b.events += d.events
 	b.last = d.last
+}
+
+// then joins b and next, the batch read after it, into one batch of parts,
+// which fold folds one after the other in one transaction. The joined batch
+// holds their outcomes, API versions, dead letters and notifications
+// added; their records, facts and links stay in the parts.
+func (b *batch) then(next *batch) *batch {
+	parts := b.parts
+	if parts == nil {
+		parts = []*batch{b}
+	}
+	j := &batch{facts: map[domain.CustomerKey][]domain.Fact{}, outcomes: map[string]int{}, apiVersions: map[string]versionSeen{},
+		parts: append(slices.Clip(parts), next)}
+	for _, part := range j.parts {
+		for outcome, n := range part.outcomes {
+			j.outcomes[outcome] += n
+		}
+		for version, seen := range part.apiVersions {
+			j.noteAPIVersion(version, seen)
+		}
+		j.deadLetters = append(j.deadLetters, part.deadLetters...)
+		j.events += part.events
+		j.notified += part.notified
+		j.last = part.last
+	}
+	return j
 }
 
 // versionSeen counts the events of one API version in a batch, and names

@@ -40,6 +40,11 @@ const (
 	catchUpMax   = 16_000
 )
 
+// catchUpJoin is how many catch-up batches, when read and decoded already,
+// fold in one transaction: each is linked while the one before folds
+// (fold), where alone its link kept this process idle.
+const catchUpJoin = 2
+
 // errBehind reports that the runner fell behind while following the log
 // live: it catches up again in big batches.
 var errBehind = errors.New("the runner fell behind the log")
@@ -155,7 +160,7 @@ func (r *Runner) follow(ctx context.Context, cp *checkpoint) error {
 // COPY fill derives none, so it serves only builds beside a live version,
 // whose runner derived them.
 func (r *Runner) catchUpLive(ctx context.Context, cp *checkpoint) error {
-	b := &builder{pool: r.pool, log: r.log, p: r.p, logger: r.logger, metrics: r.metrics}
+	b := &builder{pool: r.pool, log: r.log, p: r.p, logger: r.logger, metrics: r.metrics, join: catchUpJoin}
 	_, err := b.foldLog(ctx, cp.Position, nil, r.catchUp, func(ctx context.Context, bt *batch) (*batch, error) {
 		return r.fold(ctx, cp, bt)
 	}, nil)

@@ -63,25 +63,90 @@ func (r customerRow) state() *domain.CustomerState {
 // fold applies b to the read model in schema, within tx: it records b's
 // links (which may resolve disputes and invoice payments to their customers), loads the
 // stored state of every customer b names, applies b's facts to it in memory,
-// writes back the rows that changed and records b's dead letters.
+// writes back the rows that changed and records b's dead letters. A batch
+// of parts (batch.then) is folded part after part, as if each were a batch
+// of its own.
 //
 // The rows go out in chunks of writeChunk customers: each chunk's
-// statements are sent as soon as its customers are folded, and the server
-// writes them while the next chunk is folded here (a catch-up batch folds
+// statements are handed to a writer (chunkWriter) as soon as its customers
+// are folded, and the writer encodes and sends them and the server writes
+// them while the next chunk is folded here (a catch-up batch folds
 // thousands of customers, and its writes took the server longer than the
-// fold took this process: in turn, one of the two cores stood idle).
+// fold took this process: in turn, one of the two cores stood idle). So
+// does the link of a part, sent ahead of the fold of the part before (the
+// server links while this process folds, where the link kept this process
+// idle), unless that fold reads a customer's history: the history is read
+// with the links of the batches folded, and the part's would be there too.
+// Nothing else of a fold reads the tables of links, and the link writes
+// nothing else, so either way each part sees what it would as a batch.
 func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch) error {
-	if err := link(ctx, tx, schema, b); err != nil {
+	parts := b.parts
+	if len(parts) == 0 {
+		parts = []*batch{b}
+	}
+	var w chunkWriter
+	defer w.close()
+	if err := link(ctx, tx, schema, parts[0]); err != nil {
 		return err
 	}
-	ids := b.customers()
-	withCharges, withDisputes := b.customersWith(ids)
-	states, timelines, err := loadStatesOf(ctx, tx, schema, ids, withCharges, withDisputes)
-	if err != nil {
-		return err
+	for i, part := range parts {
+		// The rounds of the part before are written: the load sees its rows.
+		if err := w.wait(); err != nil {
+			return fmt.Errorf("write read model %s: %w", schema, err)
+		}
+		ids := part.customers()
+		withCharges, withDisputes := part.customersWith(ids)
+		states, timelines, err := loadStatesOf(ctx, tx, schema, ids, withCharges, withDisputes)
+		if err != nil {
+			return err
+		}
+		var next *batch
+		if i+1 < len(parts) {
+			next = parts[i+1]
+		}
+		ahead := next != nil && !readsHistory(part, ids, states)
+		if ahead {
+			var q pgx.Batch
+			queueLink(&q, schema, next)
+			if err := w.send(ctx, tx, &q); err != nil {
+				return fmt.Errorf("link objects in %s: %w", schema, err)
+			}
+		}
+		if err := foldPart(ctx, tx, &w, p, schema, part, ids, states, timelines, &b.notified); err != nil {
+			return err
+		}
+		if next != nil && !ahead {
+			if err := w.wait(); err != nil {
+				return fmt.Errorf("write read model %s: %w", schema, err)
+			}
+			if err := link(ctx, tx, schema, next); err != nil {
+				return err
+			}
+		}
 	}
+	if err := w.wait(); err != nil {
+		return fmt.Errorf("write read model %s: %w", schema, err)
+	}
+	return nil
+}
+
+// readsHistory reports whether the fold of b's customers ids, whose stored
+// states are states, reads the history of one (foldCustomer's late facts).
+func readsHistory(b *batch, ids []domain.CustomerKey, states map[domain.CustomerKey]*domain.CustomerState) bool {
+	for _, id := range ids {
+		if !lateFact(states[id], b.facts[id]).IsZero() {
+			return true
+		}
+	}
+	return false
+}
+
+// foldPart folds b, linked, into the states of its customers ids, loaded,
+// and sends their rows through w in rounds, the last with b's dead letters
+// and API versions; the notifications added are counted in added.
+func foldPart(ctx context.Context, tx pgx.Tx, w *chunkWriter, p Projection, schema string, b *batch, ids []domain.CustomerKey,
+	states map[domain.CustomerKey]*domain.CustomerState, timelines map[domain.CustomerKey]timeline, added *int64) error {
 	var (
-		w             chunkWriter
 		customers     []customerRow
 		subscriptions []domain.Subscription
 		invoices      []domain.Invoice
@@ -90,8 +155,8 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 		notes         []notify.Notification
 		eventType     = b.eventTypes()
 		upTo          = b.upTo()
+		err           error
 	)
-	defer w.close()
 	// With more than one round, the objects written so far (see claimOnce).
 	var claimed map[objectKey]struct{}
 	if len(ids) > p.writeChunk() {
@@ -119,7 +184,7 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 		// A round's notifications follow its rows, in the order derived
 		// (rounds are customers in order, and no id is two customers').
 		// The lock the first one takes is held until the commit.
-		queueNotifications(&q, p.outbox.keep(notes), &b.notified)
+		queueNotifications(&q, p.outbox.keep(notes), added)
 		customers, subscriptions, invoices, charges, disputes, notes = nil, nil, nil, nil, nil, nil
 		if err := w.send(ctx, tx, &q); err != nil {
 			return fmt.Errorf("write read model %s: %w", schema, err)
@@ -155,13 +220,7 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 			}
 		}
 	}
-	if err := round(true); err != nil {
-		return err
-	}
-	if err := w.wait(); err != nil {
-		return fmt.Errorf("write read model %s: %w", schema, err)
-	}
-	return nil
+	return round(true)
 }
 
 // errClaimedTwice reports that two customers of a batch claim one object:
@@ -196,30 +255,67 @@ const writeChunk = 250
 // writeChunk is p's, writeChunk unless a test set its own.
 func (p Projection) writeChunk() int { return cmp.Or(p.chunk, writeChunk) }
 
-// chunkWriter sends the statements of one chunk of a fold's writes at a
-// time, and lets the fold go on while the server runs them: the
-// connection is free again once wait has read their results.
-type chunkWriter struct{ sent pgx.BatchResults }
-
-// send waits for the chunk sent before, then sends q on tx.
-func (w *chunkWriter) send(ctx context.Context, tx pgx.Tx, q *pgx.Batch) error {
-	if err := w.wait(); err != nil {
-		return err
-	}
-	if q.Len() > 0 {
-		w.sent = tx.SendBatch(ctx, q)
-	}
-	return nil
+// chunkWriter sends the statements of a fold's writes, a chunk at a time,
+// from a goroutine of its own: the fold goes on with the next chunk while
+// the writer encodes this one (pgx's encoding of the rows' arrays and
+// jsonb took the fold's goroutine a third of its time) and the server runs
+// it. The writer holds tx's connection from the first send to wait, and
+// stops at its first failure; every chunk after that is dropped (tx is
+// rolled back anyway), and send and wait report the failure.
+type chunkWriter struct {
+	chunks chan *pgx.Batch
+	done   chan struct{} // closed once the writer has stopped
+	err    error         // the writer's failure, read once done is closed
 }
 
-// wait reads the results of the chunk sent last, if any.
-func (w *chunkWriter) wait() error {
-	if w.sent == nil {
+// send hands q to the writer, starting one on tx if none runs; it waits
+// while the writer is busy with the chunk before.
+func (w *chunkWriter) send(ctx context.Context, tx pgx.Tx, q *pgx.Batch) error {
+	if q.Len() == 0 {
 		return nil
 	}
-	err := w.sent.Close()
-	w.sent = nil
-	return err
+	if w.chunks == nil {
+		w.chunks, w.done = make(chan *pgx.Batch), make(chan struct{})
+		go w.write(ctx, tx, w.chunks)
+	}
+	select {
+	case w.chunks <- q:
+		return nil
+	case <-w.done:
+		return w.err
+	}
+}
+
+// write sends each chunk of chunks on tx once the server has run the one
+// before.
+func (w *chunkWriter) write(ctx context.Context, tx pgx.Tx, chunks <-chan *pgx.Batch) {
+	defer close(w.done)
+	var sent pgx.BatchResults
+	for q := range chunks {
+		if sent != nil {
+			if w.err = sent.Close(); w.err != nil {
+				return
+			}
+		}
+		sent = tx.SendBatch(ctx, q)
+	}
+	if sent != nil {
+		w.err = sent.Close()
+	}
+}
+
+// wait lets the writer send what it was given and stop, and reports its
+// failure, if any: tx's connection is free again. The results of the
+// chunks (the facts a link resolves, the notifications counted) are read
+// by then.
+func (w *chunkWriter) wait() error {
+	if w.chunks == nil {
+		return nil
+	}
+	close(w.chunks)
+	<-w.done
+	w.chunks = nil
+	return w.err
 }
 
 // close gives the connection back after a failure (its error is the one

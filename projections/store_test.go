@@ -2,12 +2,14 @@ package projections
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"slices"
 	"sync/atomic"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/stripe-ledger/stripe-ledger/domain"
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
@@ -56,21 +58,7 @@ func TestFoldWritesInChunks(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		rows, err := pool.Query(ctx, `SELECT concat_ws(' ', id, type, account, customer_id, event_ids::text, occurred_at, data::text)
-  FROM notifications ORDER BY position`)
-		if err == nil {
-			outbox, err = pgx.CollectRows(rows, pgx.RowTo[string])
-		}
-		if err == nil {
-			rows, err = pool.Query(ctx, `SELECT event_id FROM projection_dead_letters ORDER BY event_id`)
-		}
-		if err == nil {
-			dead, err = pgx.CollectRows(rows, pgx.RowTo[string])
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return dump(t, pool, schema), outbox, dead, streams.reads.Load()
+		return dump(t, pool, schema), outboxDump(t, pool), deadLetterIDs(t, pool), streams.reads.Load()
 	}
 	want, wantOutbox, _, _ := fold(len(recs))
 	if len(wantOutbox) == 0 {
@@ -138,4 +126,190 @@ func TestFoldRoundsKeepTheLaterClaimOfAnObject(t *testing.T) {
 			t.Errorf("rounds of %d customers (0: one round): sub_claimed is %s's, want cus_claim_a's (the later event's)", chunk, customer)
 		}
 	}
+}
+
+// TestJoinedBatchesFoldAsBatches: batches joined into one transaction
+// (batch.then), each linked while the one before it folds, leave the read
+// model and its links, the outbox (every row, in position order) and the
+// dead letters exactly as the same batches folded one transaction each: in
+// log order, where no fold reads a history and every link goes ahead, and
+// redelivered and shuffled with a poison, where late facts read their
+// histories (so links wait for the fold before them) and the poison's
+// bisection runs over the joined batch.
+func TestJoinedBatchesFoldAsBatches(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	p := Billing(testPlans(t))
+	rng := rand.New(rand.NewPCG(23, 23))
+	poison := subscriptionEvent("evt_poison_join", "cus_poison_join", "sub_poison_join", "poisoned", "price_pro", 1709251200, 1711929600)
+	shuffled := records(t, domaintest.Redeliver(rng, lifecycles(23, 12)))
+	shuffled = slices.Insert(shuffled, len(shuffled)/2, eventlog.Record{Event: poison})
+	for i := range shuffled {
+		shuffled[i].Position = eventlog.Position{Commit: uint64(i + 1), Prepare: uint64(i + 1)}
+	}
+	for _, c := range []struct {
+		name  string
+		seed  uint64 // of the batches' sizes
+		recs  []eventlog.Record
+		late  bool // some folds read a history
+		dead  []string
+		joins []int
+	}{
+		{"in log order", 1, records(t, lifecycles(29, 12)), false, nil, []int{2, 3}},
+		{"shuffled", 2, shuffled, true, []string{poison.ID}, []int{2, 3}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			batches := chunks(rand.New(rand.NewPCG(c.seed, c.seed)), c.recs, 60)
+			fold := func(join int) (dumped map[string][]string, outbox, dead []string, reads int64) {
+				pool := fastPool(t)
+				streams := &countingStreams{StreamReader: streamsOf(batches...)}
+				p := p.reading(streams)
+				schema := scratch(t, pool, p)
+				addPoisonCheck(t, pool, schema)
+				for i := 0; i < len(batches); i += join {
+					b := p.decode(batches[i])
+					for _, recs := range batches[i+1 : min(i+join, len(batches))] {
+						b = b.then(p.decode(recs))
+					}
+					if _, err := foldBatch(ctx, pool, testLogger(t), p, schema, b, nil); err != nil {
+						t.Fatal(err)
+					}
+				}
+				return dump(t, pool, schema), outboxDump(t, pool), deadLetterIDs(t, pool), streams.reads.Load()
+			}
+			want, wantOutbox, wantDead, _ := fold(1)
+			if len(wantOutbox) == 0 || len(want[linksTable.name]) == 0 {
+				t.Fatal("the corpus derived no notifications or no links")
+			}
+			if !slices.Equal(wantDead, c.dead) {
+				t.Fatalf("dead letters %v, want %v", wantDead, c.dead)
+			}
+			for _, join := range c.joins {
+				got, outbox, dead, reads := fold(join)
+				if d := diffDumps(want, got); d != "" {
+					t.Errorf("%d batches a transaction: read model differs from one batch a transaction: %s", join, d)
+				}
+				if !slices.Equal(outbox, wantOutbox) {
+					t.Errorf("%d batches a transaction: %d notifications, want %d as one batch a transaction derives them, in that order", join, len(outbox), len(wantOutbox))
+				}
+				if !slices.Equal(dead, wantDead) {
+					t.Errorf("%d batches a transaction: dead letters %v, want %v", join, dead, wantDead)
+				}
+				if (reads > 0) != c.late {
+					t.Errorf("%d batches a transaction: %d reads of histories, want some: %t", join, reads, c.late)
+				}
+			}
+		})
+	}
+}
+
+// TestJoinedBatchFailsWhole: a joined batch whose second part fails (a late
+// fact's history cannot be read: the log is unreachable) after its first
+// part's rows, links and notifications were sent leaves nothing of either:
+// the read model, its links, the outbox and the checkpoint are as they
+// were; folded again it converges to what the two batches give folded one
+// transaction each.
+func TestJoinedBatchFailsWhole(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	p := Billing(testPlans(t))
+	created := records(t, lifecycles(31, 4))
+	// The later half of the deliveries first in the log: the earlier half's
+	// facts are then late.
+	recs := slices.Concat(created[len(created)/2:], created[:len(created)/2])
+	for i := range recs {
+		recs[i].Position = eventlog.Position{Commit: uint64(i + 1), Prepare: uint64(i + 1)}
+	}
+	first, second := recs[:len(recs)/2], recs[len(recs)/2:]
+	streams := streamsOf(first, second)
+
+	refPool := fastPool(t)
+	ref := scratch(t, refPool, p.reading(streams))
+	foldAll(t, refPool, p.reading(streams), ref, first, second)
+	want, wantOutbox := dump(t, refPool, ref), outboxDump(t, refPool)
+	if len(wantOutbox) == 0 {
+		t.Fatal("the corpus derived no notifications")
+	}
+
+	pool := fastPool(t)
+	schema := scratch(t, pool, p)
+	const name = "billing_joined"
+	if _, err := pool.Exec(ctx, `INSERT INTO projection_checkpoints (name, version, schema_name, position, prepare) VALUES ($1, $2, $3, 0, 0)`,
+		name, p.Version, schema); err != nil {
+		t.Fatal(err)
+	}
+	empty := dump(t, pool, schema)
+	joinedFold := func(p Projection) error {
+		cp, _, err := loadCheckpoint(ctx, pool, name, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := p.decode(first).then(p.decode(second))
+		_, err = foldBatch(ctx, pool, testLogger(t), p, schema, b, func(tx pgx.Tx) error {
+			return advance(ctx, tx, name, cp, b.last)
+		})
+		return err
+	}
+	failing := &countingStreams{StreamReader: unreachableStreams{}}
+	if err := joinedFold(p.reading(failing)); err == nil {
+		t.Fatal("the joined batch folded without its history")
+	}
+	if failing.reads.Load() == 0 {
+		t.Fatal("the second part read no history: the failure was not the one under test")
+	}
+	if d := diffDumps(empty, dump(t, pool, schema)); d != "" {
+		t.Errorf("the failed joined batch left rows: %s", d)
+	}
+	if outbox := outboxDump(t, pool); len(outbox) > 0 {
+		t.Errorf("the failed joined batch left %d notifications", len(outbox))
+	}
+	if cp, _, _ := loadCheckpoint(ctx, pool, name, ""); cp.Position != eventlog.Start {
+		t.Errorf("the failed joined batch moved the checkpoint to %s", cp.Position)
+	}
+
+	if err := joinedFold(p.reading(streams)); err != nil {
+		t.Fatal(err)
+	}
+	if d := diffDumps(want, dump(t, pool, schema)); d != "" {
+		t.Errorf("the joined batch folded again differs from its batches folded one transaction each: %s", d)
+	}
+	if outbox := outboxDump(t, pool); !slices.Equal(outbox, wantOutbox) {
+		t.Errorf("the joined batch folded again derived %d notifications, want %d as its batches do, in that order", len(outbox), len(wantOutbox))
+	}
+	if cp, _, _ := loadCheckpoint(ctx, pool, name, ""); cp.Position != recs[len(recs)-1].Position {
+		t.Errorf("checkpoint at %s after the joined batch", cp.Position)
+	}
+}
+
+// unreachableStreams is a log that cannot be read.
+type unreachableStreams struct{}
+
+func (unreachableStreams) ReadStream(context.Context, string, int64, int) ([]eventlog.Record, error) {
+	return nil, errors.New("the log is unreachable")
+}
+
+// outboxDump renders the outbox of pool's database, in position order.
+func outboxDump(t testing.TB, pool *pgxpool.Pool) []string {
+	return queryStrings(t, pool, `SELECT concat_ws(' ', id, type, account, customer_id, event_ids::text, occurred_at, data::text)
+  FROM notifications ORDER BY position`)
+}
+
+// deadLetterIDs are the event ids of every dead letter of pool's database.
+func deadLetterIDs(t testing.TB, pool *pgxpool.Pool) []string {
+	return queryStrings(t, pool, `SELECT event_id FROM projection_dead_letters ORDER BY event_id`)
+}
+
+// queryStrings returns what sql, which selects one text column, selects.
+func queryStrings(t testing.TB, pool *pgxpool.Pool, sql string, args ...any) []string {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), sql, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

@@ -125,11 +125,8 @@ type history func(context.Context) ([]domain.Fact, error)
 // already in the outbox keep their row (same id).
 func foldCustomer(ctx context.Context, out []notify.Notification, s *domain.CustomerState, tl timeline, facts []domain.Fact,
 	eventType func(string) string, past history) ([]notify.Notification, timeline, error) {
-	latest, late, sorted := s.UpdatedAt, time.Time{}, true
+	late, sorted := lateFact(s, facts), true
 	for i, f := range facts {
-		if f.Created.Before(latest) && affectsEntitlement(f) && (late.IsZero() || f.Created.Before(late)) {
-			late = f.Created
-		}
 		sorted = sorted && (i == 0 || !f.Created.Before(facts[i-1].Created))
 	}
 	if !late.IsZero() {
@@ -175,6 +172,19 @@ func foldCustomer(ctx context.Context, out []notify.Notification, s *domain.Cust
 		from = to
 	})
 	return out, tl, nil
+}
+
+// lateFact is the earliest second of facts, of the customer whose state is
+// s, before the latest second folded into s, of a fact that can change the
+// entitlement; zero when none is (foldCustomer reads no history).
+func lateFact(s *domain.CustomerState, facts []domain.Fact) time.Time {
+	var late time.Time
+	for _, f := range facts {
+		if f.Created.Before(s.UpdatedAt) && affectsEntitlement(f) && (late.IsZero() || f.Created.Before(late)) {
+			late = f.Created
+		}
+	}
+	return late
 }
 
 // eachSecond applies facts, which are in created order, one by one with
