@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -227,6 +228,17 @@ func TestGroupCommitConcurrentDuplicate(t *testing.T) {
 
 	answers := f.appendQueued(t, events, func() {
 		f.waitForWaiters(t, "transactionid", 1) // the batch's insert, on racing's index entry
+		// The waiter is the batch's statement, not a lone append of the copy:
+		// what this test is about is the batch's failure and its replay.
+		var query string
+		if err := f.admin.QueryRow(ctx, `SELECT a.query FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+			WHERE l.locktype = 'transactionid' AND NOT l.granted AND a.application_name = 'ledger-group'
+			  AND a.datname = current_database()`).Scan(&query); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(query, "ledger_append_batch(") {
+			t.Errorf("the append waiting on the copy's index entry runs %q; want the batch's ledger_append_batch", query)
+		}
 		if err := tx.Commit(ctx); err != nil {
 			t.Fatal(err)
 		}
