@@ -310,3 +310,42 @@ func TestRunnerResumesSoonAfterAnOutage(t *testing.T) {
 	}
 	t.Logf("caught up %v after the database came back", time.Since(back).Round(time.Millisecond))
 }
+
+// TestBisectedBatchCountsItsNotifications: a batch that a poison event
+// makes fold again in halves counts the notifications every half added to
+// the outbox (a build logs and reports the sum), not the first half's
+// alone.
+func TestBisectedBatchCountsItsNotifications(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t, pgtest.NewDatabase(t))
+	p := Billing(testPlans(t))
+	schema := scratch(t, pool, p)
+	addPoisonCheck(t, pool, schema)
+	recs := records(t, lifecycles(11, 8))
+	refused := poisons()[6] // refused by PostgreSQL's check, not by decoding: the batch is bisected
+	if refused.name != "refused by a constraint" {
+		t.Fatalf("poisons()[6] is %q", refused.name)
+	}
+	recs = slices.Insert(recs, len(recs)/4, eventlog.Record{Event: refused.event})
+	for i := range recs {
+		pos := uint64(i + 1)
+		recs[i].Position = eventlog.Position{Commit: pos, Prepare: pos}
+	}
+	p = p.reading(streamsOf(recs))
+
+	b, err := foldBatch(ctx, pool, testLogger(t), p, schema, p.decode(recs), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored int64
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM notifications`).Scan(&stored); err != nil {
+		t.Fatal(err)
+	}
+	if len(b.deadLetters) != 1 || b.deadLetters[0].eventID != refused.event.ID {
+		t.Fatalf("dead letters %+v; want %s alone", b.deadLetters, refused.event.ID)
+	}
+	if stored == 0 || b.notified != stored {
+		t.Fatalf("the bisected batch counts %d notifications; the outbox holds %d", b.notified, stored)
+	}
+}

@@ -203,19 +203,27 @@ func (b *batch) merge(d *batch) {
 	for id, facts := range d.facts {
 		b.facts[id] = append(b.facts[id], facts...)
 	}
-	for outcome, n := range d.outcomes {
-		b.outcomes[outcome] += n
-	}
 	b.links = append(b.links, d.links...)
 	b.streamLinks = append(b.streamLinks, d.streamLinks...)
 	b.pending = append(b.pending, d.pending...)
 	b.payments = append(b.payments, d.payments...)
 	b.recs = append(b.recs[:len(b.recs):len(b.recs)], d.recs...)
+	b.addTotals(d)
+}
+
+// addTotals adds to b what d, the batch that follows it, did: its
+// outcomes, API versions, dead letters, events, notifications added and
+// last position.
+func (b *batch) addTotals(d *batch) {
+	for outcome, n := range d.outcomes {
+		b.outcomes[outcome] += n
+	}
 	for version, seen := range d.apiVersions {
 		b.noteAPIVersion(version, seen)
 	}
 	b.deadLetters = append(b.deadLetters, d.deadLetters...)
 	b.events += d.events
+	b.notified += d.notified
 	b.last = d.last
 }
 
@@ -231,16 +239,7 @@ func (b *batch) then(next *batch) *batch {
 	j := &batch{facts: map[domain.CustomerKey][]domain.Fact{}, outcomes: map[string]int{}, apiVersions: map[string]versionSeen{},
 		parts: append(slices.Clip(parts), next)}
 	for _, part := range j.parts {
-		for outcome, n := range part.outcomes {
-			j.outcomes[outcome] += n
-		}
-		for version, seen := range part.apiVersions {
-			j.noteAPIVersion(version, seen)
-		}
-		j.deadLetters = append(j.deadLetters, part.deadLetters...)
-		j.events += part.events
-		j.notified += part.notified
-		j.last = part.last
+		j.addTotals(part)
 	}
 	return j
 }
