@@ -260,7 +260,7 @@ func holdPending[T any](h *heldLinks, b *batch, held *heldPending[T], t table[T]
 			b.facts[f.Key()] = append(b.facts[f.Key()], f)
 			continue
 		}
-		id := pendingKey(t, &row)
+		id := rowKey(t, &row)
 		if _, ok := held.keys[id]; !ok {
 			held.keys[id] = struct{}{}
 			held.byObject[k] = append(held.byObject[k], row)
@@ -278,14 +278,15 @@ func resolveHeld[T any](h *heldLinks, b *batch, held *heldPending[T], t table[T]
 	for i := range rows {
 		f := fact(customer, rows[i])
 		b.facts[f.Key()] = append(b.facts[f.Key()], f)
-		delete(held.keys, pendingKey(t, &rows[i]))
+		delete(held.keys, rowKey(t, &rows[i]))
 	}
 	delete(held.byObject, k)
 }
 
-// pendingKey is the primary key of row, a row of the table of pending
-// facts t: its first two columns, account and event_id.
-func pendingKey[T any](t table[T], row *T) linkKey {
+// rowKey is the primary key of row, a row of t whose key is its first two
+// columns, both text: account and the row's id (the tables of pending
+// facts, by event_id, and of objects, by the object's id).
+func rowKey[T any](t table[T], row *T) linkKey {
 	key := t.fields(row)
 	return linkKey{*key[0].(*string), *key[1].(*string)}
 }

@@ -235,8 +235,8 @@ var errClaimedTwice = errors.New("two customers of the batch claim one object")
 // order, not the later event's, would keep the row.
 func claimOnce[T any](claimed map[objectKey]struct{}, t table[T], rows []T) error {
 	for i := range rows {
-		key := t.fields(&rows[i])
-		k := objectKey{table: t.name, account: *key[0].(*string), id: *key[1].(*string)}
+		key := rowKey(t, &rows[i])
+		k := objectKey{table: t.name, account: key.account, id: key.object}
 		if _, ok := claimed[k]; ok {
 			return fmt.Errorf("%w: %s %s", errClaimedTwice, t.name, k.id)
 		}
