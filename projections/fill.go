@@ -392,11 +392,7 @@ func (f *filler) finish(ctx context.Context) error {
 		if err := f.wait(); err != nil || !f.analyze {
 			return err
 		}
-		var names []string
-		for _, t := range customerTables {
-			names = append(names, t.tableName())
-		}
-		return f.b.analyze(gctx, f.schema, names...)
+		return f.b.analyze(gctx, f.schema, tableNames(customerTables)...)
 	})
 	for _, w := range f.links.writes(f.schema) {
 		g.Go(func() error {

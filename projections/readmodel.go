@@ -284,10 +284,13 @@ func schemaTables() []schemaTable {
 
 // viewedTables are the tables of a build, each seen by readers through a
 // view: the customer tables and the links.
-func viewedTables() []string {
-	var names []string
-	for _, t := range slices.Concat(customerTables, linkTables) {
-		names = append(names, t.tableName())
+func viewedTables() []string { return tableNames(slices.Concat(customerTables, linkTables)) }
+
+// tableNames are the names of tables.
+func tableNames(tables []schemaTable) []string {
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		names[i] = t.tableName()
 	}
 	return names
 }
