@@ -242,10 +242,10 @@ func (f *filler) foldCustomers(ctx context.Context, bt *batch, keys []domain.Cus
 		g.Go(func() error {
 			for i := w; i < len(keys); i += workers {
 				k := keys[i]
-				// What the fill derives is not written: the build announces
+				// The fill derives no notifications: the build announces
 				// its final state once it is live (announceFinal).
 				var err error
-				_, lines[i], err = foldCustomer(gctx, nil, states[i], lines[i], bt.facts[k], eventType, func(ctx context.Context) ([]domain.Fact, error) {
+				lines[i], err = foldCustomer(gctx, nil, states[i], lines[i], bt.facts[k], eventType, func(ctx context.Context) ([]domain.Fact, error) {
 					return historyFacts(ctx, f.b.p.log, k, f.links.linked(k), f.b.p.Plans, upTo)
 				})
 				if err != nil {

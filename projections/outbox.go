@@ -51,10 +51,15 @@ const notificationLockClass = 0x4c4e5446 // 'LNTF'
 // signals.
 const NotificationsChannel = "ledger_notifications"
 
-// applyNoting applies f to s and appends to out the notifications its
+// applyNoting applies f to s and appends to *notes the notifications its
 // transition makes, but for entitlement changes, which follow the timeline
-// (timeline.go). eventType names the type of a batch's event by id.
-func applyNoting(out []notify.Notification, s *domain.CustomerState, f domain.Fact, eventType func(string) string) []notify.Notification {
+// (timeline.go); with notes nil, it only applies f. eventType names the
+// type of a batch's event by id.
+func applyNoting(notes *[]notify.Notification, s *domain.CustomerState, f domain.Fact, eventType func(string) string) {
+	if notes == nil {
+		s.Apply(f)
+		return
+	}
 	var oldSub domain.Subscription
 	if f.Subscription != nil {
 		oldSub = s.Subscriptions[f.Subscription.ID]
@@ -67,7 +72,7 @@ func applyNoting(out []notify.Notification, s *domain.CustomerState, f domain.Fa
 	}
 	s.Apply(f)
 	add := func(typ, key string, data any) {
-		out = append(out, notify.Notification{
+		*notes = append(*notes, notify.Notification{
 			ID: notificationID(typ, s.Account, s.Customer.ID, key), Type: typ, Account: s.Account, CustomerID: s.Customer.ID,
 			EventIDs: []string{f.EventID}, OccurredAt: f.Created.UTC(), Data: mustJSON(data),
 		})
@@ -92,7 +97,6 @@ func applyNoting(out []notify.Notification, s *domain.CustomerState, f domain.Fa
 		d := s.Disputes[f.Dispute.ID]
 		add(notify.DisputeOpened, d.ID, notify.DisputeData{DisputeID: d.ID, ChargeID: d.ChargeID, Status: d.Status, Amount: d.Amount, Currency: d.Currency})
 	}
-	return out
 }
 
 // mustJSON encodes the plain structs of notification data, which never fails.

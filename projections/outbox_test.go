@@ -68,7 +68,7 @@ func deriveInMemory(t testing.TB, p Projection, recs []eventlog.Record, size int
 			}
 			seen[k] = append(seen[k], b.facts[k]...)
 			var err error
-			derived, lines[k], err = foldCustomer(context.Background(), derived, states[k], lines[k], b.facts[k], types,
+			lines[k], err = foldCustomer(context.Background(), &derived, states[k], lines[k], b.facts[k], types,
 				func(context.Context) ([]domain.Fact, error) { return seen[k], nil })
 			if err != nil {
 				t.Fatal(err)

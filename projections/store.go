@@ -195,7 +195,7 @@ func foldPart(ctx context.Context, tx pgx.Tx, w *chunkWriter, p Projection, sche
 		s := states[id]
 		before := cloneState(s)
 		var tl timeline
-		notes, tl, err = foldCustomer(ctx, notes, s, timelines[id], b.facts[id], eventType, func(ctx context.Context) ([]domain.Fact, error) {
+		tl, err = foldCustomer(ctx, &notes, s, timelines[id], b.facts[id], eventType, func(ctx context.Context) ([]domain.Fact, error) {
 			if err := w.wait(); err != nil { // the read below needs tx's connection
 				return nil, fmt.Errorf("write read model %s: %w", schema, err)
 			}

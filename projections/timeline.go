@@ -112,8 +112,9 @@ func affectsEntitlement(f domain.Fact) bool { return f.Charge == nil && f.Disput
 type history func(context.Context) ([]domain.Fact, error)
 
 // foldCustomer applies facts, a batch's facts of one customer in log order,
-// to s, whose entitlement timeline is tl, and appends to out the
-// notifications they derive; it returns the timeline after them.
+// to s, whose entitlement timeline is tl, and appends to *notes the
+// notifications they derive (none are derived when notes is nil: a fill
+// writes none); it returns the timeline after them.
 //
 // The overwhelming case costs no read: every fact is at or after the latest
 // second folded for the customer, so the timeline only grows at its end
@@ -123,27 +124,27 @@ type history func(context.Context) ([]domain.Fact, error)
 // whole history up to the batch (one read of history for the batch), and
 // every transition from the earliest such second on is derived again; those
 // already in the outbox keep their row (same id).
-func foldCustomer(ctx context.Context, out []notify.Notification, s *domain.CustomerState, tl timeline, facts []domain.Fact,
-	eventType func(string) string, past history) ([]notify.Notification, timeline, error) {
+func foldCustomer(ctx context.Context, notes *[]notify.Notification, s *domain.CustomerState, tl timeline, facts []domain.Fact,
+	eventType func(string) string, past history) (timeline, error) {
 	late, sorted := lateFact(s, facts), true
 	for i, f := range facts {
 		sorted = sorted && (i == 0 || !f.Created.Before(facts[i-1].Created))
 	}
 	if !late.IsZero() {
 		for _, f := range facts {
-			out = applyNoting(out, s, f, eventType)
+			applyNoting(notes, s, f, eventType)
 		}
 		all, err := past(ctx)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		tl := timelineOf(all)
 		for _, tr := range tl {
-			if !tr.At.Before(late) {
-				out = append(out, tr.note(s.Account, s.Customer.ID, eventsAt(all, tr.At)))
+			if notes != nil && !tr.At.Before(late) {
+				*notes = append(*notes, tr.note(s.Account, s.Customer.ID, eventsAt(all, tr.At)))
 			}
 		}
-		return out, tl, nil
+		return tl, nil
 	}
 	// In created order, on s itself when the facts come so (the other
 	// notifications follow log order), else on a copy.
@@ -153,25 +154,25 @@ func foldCustomer(ctx context.Context, out []notify.Notification, s *domain.Cust
 		in, ordered = &c, slices.Clone(facts)
 		slices.SortStableFunc(ordered, func(a, b domain.Fact) int { return a.Created.Compare(b.Created) })
 		for _, f := range facts {
-			out = applyNoting(out, s, f, eventType)
+			applyNoting(notes, s, f, eventType)
 		}
 	}
 	from := entitlementOf(in)
 	eachSecond(ordered, func(f domain.Fact) {
 		if sorted {
-			out = applyNoting(out, s, f, eventType)
+			applyNoting(notes, s, f, eventType)
 		} else {
 			in.Apply(f)
 		}
 	}, func(at time.Time, events []string) {
 		to := entitlementOf(in)
 		var tr *transition
-		if tl, tr = tl.advance(at, from, to); tr != nil {
-			out = append(out, tr.note(s.Account, s.Customer.ID, events))
+		if tl, tr = tl.advance(at, from, to); tr != nil && notes != nil {
+			*notes = append(*notes, tr.note(s.Account, s.Customer.ID, events))
 		}
 		from = to
 	})
-	return out, tl, nil
+	return tl, nil
 }
 
 // lateFact is the earliest second of facts, of the customer whose state is
