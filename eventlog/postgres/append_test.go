@@ -376,19 +376,10 @@ func TestAppendBatchProbesTheIndex(t *testing.T) {
 			events = append(events, stored) // a redelivery: the duplicate's path too
 		}
 		stored = events[0]
-		cols := make([][]string, 8)
-		var created []time.Time
-		var payloads [][]byte
-		for _, e := range events {
-			for i, v := range []string{e.ID, e.Stream, e.Type, e.APIVersion, e.Account, e.Signature, string(e.Source.OrWebhook())} {
-				cols[i] = append(cols[i], v)
-			}
-			created, payloads = append(created, e.Created), append(payloads, e.Payload)
-		}
 		var seqScans, dups int64
 		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			if err := tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE duplicate) FROM ledger_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-				cols[0], cols[1], cols[2], cols[3], created, cols[4], payloads, cols[5], cols[6]).Scan(&dups); err != nil {
+				batchArgs(events)...).Scan(&dups); err != nil {
 				return err
 			}
 			return tx.QueryRow(ctx, `SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'events'`).Scan(&seqScans)
@@ -399,5 +390,79 @@ func TestAppendBatchProbesTheIndex(t *testing.T) {
 		if seqScans != 0 || dups != int64(min(round, 1)) {
 			t.Errorf("batch %d: %d sequential scans of events and %d duplicates, want none and %d", round, seqScans, dups, min(round, 1))
 		}
+	}
+}
+
+// batchArgs are ledger_append_batch's arguments for events.
+func batchArgs(events []eventlog.Event) []any {
+	cols := make([][]string, 7)
+	var created []time.Time
+	var payloads [][]byte
+	for _, e := range events {
+		for i, v := range []string{e.ID, e.Stream, e.Type, e.APIVersion, e.Account, e.Signature, string(e.Source.OrWebhook())} {
+			cols[i] = append(cols[i], v)
+		}
+		created, payloads = append(created, e.Created), append(payloads, e.Payload)
+	}
+	return []any{cols[0], cols[1], cols[2], cols[3], created, cols[4], payloads, cols[5], cols[6]}
+}
+
+// TestAppendBatchLocksInKeyOrder: ledger_append_batch takes its streams'
+// locks in ascending key order, whatever the order of its events, so that
+// two batches cannot deadlock: with the higher key held elsewhere, a batch
+// whose first event is of that stream waits for it holding the lower key.
+func TestAppendBatchLocksInKeyOrder(t *testing.T) {
+	t.Parallel()
+	admin, _ := pgtest.NewPool(t)
+	ctx := t.Context()
+	held := holdStream(t, admin)
+	key := func(stream string) int32 {
+		var k int32
+		if err := admin.QueryRow(ctx, "SELECT hashtext($1)", stream).Scan(&k); err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	heldKey, lower := key(held.stream), ""
+	for range 100 {
+		if s := eventlogtest.NewStream("lower"); key(s) < heldKey {
+			lower = s
+			break
+		}
+	}
+	if lower == "" {
+		t.Fatalf("no stream with a key below %d", heldKey)
+	}
+	conn, err := admin.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	var pid int
+	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := conn.Exec(ctx, `SELECT * FROM ledger_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+			batchArgs([]eventlog.Event{eventlogtest.NewEvent(held.stream), eventlogtest.NewEvent(lower)})...)
+		done <- err
+	}()
+	// pg_locks shows an advisory lock's second int4 key as an oid.
+	var waits, holdsLower bool
+	waitUntil(t, "the batch waits for the held stream", func() bool {
+		err := admin.QueryRow(ctx, `SELECT
+			coalesce(bool_or(NOT granted AND objid::bigint = ($2::bigint + 4294967296) % 4294967296), false),
+			coalesce(bool_or(granted AND objid::bigint = ($3::bigint + 4294967296) % 4294967296), false)
+			FROM pg_locks WHERE locktype = 'advisory' AND classid = 1279612500 AND pid = $1`,
+			pid, heldKey, key(lower)).Scan(&waits, &holdsLower)
+		return err == nil && waits
+	})
+	if !holdsLower {
+		t.Error("the batch waits for the held stream's lock without holding the lower key's: it locks in event order")
+	}
+	held.commit(t)
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
