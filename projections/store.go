@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -73,12 +74,16 @@ func (r customerRow) state() *domain.CustomerState {
 // them while the next chunk is folded here (a catch-up batch folds
 // thousands of customers, and its writes took the server longer than the
 // fold took this process: in turn, one of the two cores stood idle). So
-// does the link of a part, sent ahead of the fold of the part before (the
-// server links while this process folds, where the link kept this process
-// idle), unless that fold reads a customer's history: the history is read
-// with the links of the batches folded, and the part's would be there too.
-// Nothing else of a fold reads the tables of links, and the link writes
-// nothing else, so either way each part sees what it would as a batch.
+// do the link of the next part and the load of its customers, sent ahead
+// of the rows of the part being folded (prefetch): the next part's fold
+// starts once this one's is done, while the server still writes its rows,
+// from states that the load read before them and that carry takes where
+// those rows changed them. Unless the fold reads a customer's history: the
+// history is read with the links of the batches folded, and the next
+// part's would be there too; then the next part is linked and loaded once
+// this one's rows are written. Nothing else of a fold reads the tables of
+// links, and the link writes nothing else, so either way each part sees
+// what it would as a batch.
 func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch) error {
 	parts := b.parts
 	if len(parts) == 0 {
@@ -89,37 +94,37 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 	if err := link(ctx, tx, schema, parts[0]); err != nil {
 		return err
 	}
+	cur, err := loadPart(ctx, tx, schema, parts[0])
+	if err != nil {
+		return err
+	}
 	for i, part := range parts {
-		// The rounds of the part before are written: the load sees its rows.
-		if err := w.wait(); err != nil {
-			return fmt.Errorf("write read model %s: %w", schema, err)
+		var next *partStates
+		if i+1 < len(parts) && !readsHistory(part, cur) {
+			if next, err = w.prefetch(ctx, tx, schema, parts[i+1]); err != nil {
+				return fmt.Errorf("load read model %s: %w", schema, err)
+			}
 		}
-		ids := part.customers()
-		withCharges, withDisputes := part.customersWith(ids)
-		states, timelines, err := loadStatesOf(ctx, tx, schema, ids, withCharges, withDisputes)
+		claimed, err := foldPart(ctx, tx, &w, p, schema, part, cur, &b.notified)
 		if err != nil {
 			return err
 		}
-		var next *batch
-		if i+1 < len(parts) {
-			next = parts[i+1]
-		}
-		ahead := next != nil && !readsHistory(part, ids, states)
-		if ahead {
-			var q pgx.Batch
-			queueLink(&q, schema, next)
-			if err := w.send(ctx, tx, &q); err != nil {
-				return fmt.Errorf("link objects in %s: %w", schema, err)
+		switch {
+		case i+1 == len(parts):
+		case next != nil:
+			if err := w.await(next.loaded); err != nil {
+				return fmt.Errorf("load read model %s: %w", schema, err)
 			}
-		}
-		if err := foldPart(ctx, tx, &w, p, schema, part, ids, states, timelines, &b.notified); err != nil {
-			return err
-		}
-		if next != nil && !ahead {
+			next.carry(cur, claimed)
+			cur = next
+		default:
 			if err := w.wait(); err != nil {
 				return fmt.Errorf("write read model %s: %w", schema, err)
 			}
-			if err := link(ctx, tx, schema, next); err != nil {
+			if err := link(ctx, tx, schema, parts[i+1]); err != nil {
+				return err
+			}
+			if cur, err = loadPart(ctx, tx, schema, parts[i+1]); err != nil {
 				return err
 			}
 		}
@@ -130,22 +135,99 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 	return nil
 }
 
-// readsHistory reports whether the fold of b's customers ids, whose stored
-// states are states, reads the history of one (foldCustomer's late facts).
-func readsHistory(b *batch, ids []domain.CustomerKey, states map[domain.CustomerKey]*domain.CustomerState) bool {
-	for _, id := range ids {
-		if !lateFact(states[id], b.facts[id]).IsZero() {
+// partStates are the states of the customers of a part of a fold, as its
+// fold starts and, once folded, as it left them.
+type partStates struct {
+	ids               []domain.CustomerKey // the part's customers (batch.customers)
+	charges, disputes []domain.CustomerKey // those of ids whose states hold their charges, disputes (batch.customersWith)
+	states            map[domain.CustomerKey]*domain.CustomerState
+	timelines         map[domain.CustomerKey]timeline
+	loaded            chan struct{} // closed once the states are read, when loaded by a writer (prefetch)
+}
+
+// queueLoad queues in q the load of the states of b's customers into ps,
+// which holds them once q's results are read.
+func (ps *partStates) queueLoad(q *pgx.Batch, schema string, b *batch) {
+	ps.ids = b.customers()
+	ps.charges, ps.disputes = b.customersWith(ps.ids)
+	ps.states, ps.timelines = queueLoadStates(q, schema, ps.ids, ps.charges, ps.disputes)
+}
+
+// loadPart loads the states of b's customers from schema, within tx.
+func loadPart(ctx context.Context, tx pgx.Tx, schema string, b *batch) (*partStates, error) {
+	var (
+		q  pgx.Batch
+		ps partStates
+	)
+	ps.queueLoad(&q, schema, b)
+	if err := tx.SendBatch(ctx, &q).Close(); err != nil {
+		return nil, fmt.Errorf("load read model %s: %w", schema, err)
+	}
+	return &ps, nil
+}
+
+// carry makes ps, loaded before the rows of the part before (prev, folded)
+// were written and after those of every part before it, what tx holds once
+// they are: a customer prev folded is as prev left it, but for charges
+// (disputes) that prev's state does not hold and ps needs, which prev did
+// not change; and no state holds an object that prev wrote as another
+// customer's (claimed, from foldPart), whose upsert took it.
+func (ps *partStates) carry(prev *partStates, claimed map[objectKey]string) {
+	holds := func(ids []domain.CustomerKey, k domain.CustomerKey) bool {
+		_, ok := slices.BinarySearchFunc(ids, k, domain.CustomerKey.Compare)
+		return ok
+	}
+	for _, k := range ps.ids {
+		s := ps.states[k]
+		if was, ok := prev.states[k]; ok {
+			// A copy: prev's rows, which the writer may not have encoded
+			// yet, point into its state (customerRow.LastEventCreated) and
+			// share its timeline's array, which advance writes to.
+			c := *was
+			if holds(ps.charges, k) && !holds(prev.charges, k) {
+				c.Charges = objects(s).Charges
+			}
+			if holds(ps.disputes, k) && !holds(prev.disputes, k) {
+				c.Disputes = objects(s).Disputes
+			}
+			s = &c
+			ps.states[k], ps.timelines[k] = s, slices.Clone(prev.timelines[k])
+		}
+		dropClaimed(claimed, subscriptionsTable.name, k, s.Subscriptions)
+		dropClaimed(claimed, invoicesTable.name, k, s.Invoices)
+		dropClaimed(claimed, chargesTable.name, k, s.Charges)
+		dropClaimed(claimed, disputesTable.name, k, s.Disputes)
+	}
+}
+
+// dropClaimed deletes from objects, customer k's of table, those that
+// claimed names another customer's.
+func dropClaimed[T any](claimed map[objectKey]string, table string, k domain.CustomerKey, objects map[string]T) {
+	for id := range objects {
+		if owner, ok := claimed[objectKey{table: table, account: k.Account, id: id}]; ok && owner != k.ID {
+			delete(objects, id)
+		}
+	}
+}
+
+// readsHistory reports whether the fold of the customers of b, whose stored
+// states are ps, reads the history of one (foldCustomer's late facts).
+func readsHistory(b *batch, ps *partStates) bool {
+	for _, id := range ps.ids {
+		if !lateFact(ps.states[id], b.facts[id]).IsZero() {
 			return true
 		}
 	}
 	return false
 }
 
-// foldPart folds b, linked, into the states of its customers ids, loaded,
+// foldPart folds b, linked, into the states of its customers ps, loaded,
 // and sends their rows through w in rounds, the last with b's dead letters
-// and API versions; the notifications added are counted in added.
-func foldPart(ctx context.Context, tx pgx.Tx, w *chunkWriter, p Projection, schema string, b *batch, ids []domain.CustomerKey,
-	states map[domain.CustomerKey]*domain.CustomerState, timelines map[domain.CustomerKey]timeline, added *int64) error {
+// and API versions; the notifications added are counted in added. It
+// leaves in ps the states and timelines folded, and returns the customer
+// of each object row it wrote.
+func foldPart(ctx context.Context, tx pgx.Tx, w *chunkWriter, p Projection, schema string, b *batch, ps *partStates,
+	added *int64) (map[objectKey]string, error) {
 	var (
 		customers     []customerRow
 		subscriptions []domain.Subscription
@@ -157,19 +239,14 @@ func foldPart(ctx context.Context, tx pgx.Tx, w *chunkWriter, p Projection, sche
 		upTo          = b.upTo()
 		err           error
 	)
-	// With more than one round, the objects written so far (see claimOnce).
-	var claimed map[objectKey]struct{}
-	if len(ids) > p.writeChunk() {
-		claimed = map[objectKey]struct{}{}
-	}
+	// The objects written so far (see claimOnce), and by which customer.
+	claimed := map[objectKey]string{}
 	// round sends the rows of the customers folded since the round before,
 	// and with the last one b's dead letters and API versions.
 	round := func(last bool) error {
-		if claimed != nil {
-			if err := cmp.Or(claimOnce(claimed, subscriptionsTable, subscriptions), claimOnce(claimed, invoicesTable, invoices),
-				claimOnce(claimed, chargesTable, charges), claimOnce(claimed, disputesTable, disputes)); err != nil {
-				return fmt.Errorf("write read model %s: %w", schema, err)
-			}
+		if err := cmp.Or(claimOnce(claimed, subscriptionsTable, subscriptions), claimOnce(claimed, invoicesTable, invoices),
+			claimOnce(claimed, chargesTable, charges), claimOnce(claimed, disputesTable, disputes)); err != nil {
+			return fmt.Errorf("write read model %s: %w", schema, err)
 		}
 		var q pgx.Batch
 		customersTable.queueUpsert(&q, schema, customers)
@@ -191,19 +268,20 @@ func foldPart(ctx context.Context, tx pgx.Tx, w *chunkWriter, p Projection, sche
 		}
 		return nil
 	}
-	for i, id := range ids {
-		s := states[id]
+	for i, id := range ps.ids {
+		s := ps.states[id]
 		before := cloneState(s)
 		var tl timeline
-		tl, err = foldCustomer(ctx, &notes, s, timelines[id], b.facts[id], eventType, func(ctx context.Context) ([]domain.Fact, error) {
+		tl, err = foldCustomer(ctx, &notes, s, ps.timelines[id], b.facts[id], eventType, func(ctx context.Context) ([]domain.Fact, error) {
 			if err := w.wait(); err != nil { // the read below needs tx's connection
 				return nil, fmt.Errorf("write read model %s: %w", schema, err)
 			}
 			return customerFacts(ctx, tx, p.log, schema, id, p.Plans, upTo)
 		})
 		if err != nil {
-			return err
+			return nil, err
 		}
+		ps.timelines[id] = tl
 		customers = append(customers, newCustomerRow(s, tl))
 		subscriptions = appendChanged(subscriptions, before.Subscriptions, s.Subscriptions, subscriptionChanged)
 		invoices = appendChanged(invoices, before.Invoices, s.Invoices,
@@ -214,13 +292,13 @@ func foldPart(ctx context.Context, tx pgx.Tx, w *chunkWriter, p Projection, sche
 			func(a, b domain.Charge) bool { return a.LastEventID != b.LastEventID })
 		disputes = appendChanged(disputes, before.Disputes, s.Disputes,
 			func(a, b domain.Dispute) bool { return a.LastEventID != b.LastEventID })
-		if len(customers) == p.writeChunk() && i < len(ids)-1 {
+		if len(customers) == p.writeChunk() && i < len(ps.ids)-1 {
 			if err := round(false); err != nil {
-				return err
+				return nil, err
 			}
 		}
 	}
-	return round(true)
+	return claimed, round(true)
 }
 
 // errClaimedTwice reports that two customers of a batch claim one object:
@@ -230,19 +308,31 @@ func foldPart(ctx context.Context, tx pgx.Tx, w *chunkWriter, p Projection, sche
 var errClaimedTwice = errors.New("two customers of the batch claim one object")
 
 // claimOnce notes in claimed the objects of rows, the rows of t that a
-// round of a fold writes, and fails with errClaimedTwice for one that an
-// earlier round wrote: otherwise the later round's customer, by key
-// order, not the later event's, would keep the row.
-func claimOnce[T any](claimed map[objectKey]struct{}, t table[T], rows []T) error {
+// round of a fold writes, with their customers, and fails with
+// errClaimedTwice for one that an earlier round (or this one) wrote:
+// otherwise the later round's customer, by key order, not the later
+// event's, would keep the row.
+func claimOnce[T any](claimed map[objectKey]string, t table[T], rows []T) error {
 	for i := range rows {
 		key := rowKey(t, &rows[i])
 		k := objectKey{table: t.name, account: key.account, id: key.object}
 		if _, ok := claimed[k]; ok {
 			return fmt.Errorf("%w: %s %s", errClaimedTwice, t.name, k.id)
 		}
-		claimed[k] = struct{}{}
+		claimed[k] = objectCustomer(t, &rows[i])
 	}
 	return nil
+}
+
+// objectCustomer is the customer_id of row, a row of t, a table of objects.
+func objectCustomer[T any](t table[T], row *T) string {
+	fields := t.fields(row)
+	for i, c := range t.columns {
+		if c.name == "customer_id" {
+			return *fields[i].(*string)
+		}
+	}
+	panic("table " + t.name + " has no customer_id")
 }
 
 // writeChunk is how many customers' rows fold writes in one round of
@@ -261,46 +351,98 @@ func (p Projection) writeChunk() int { return cmp.Or(p.chunk, writeChunk) }
 // jsonb took the fold's goroutine a third of its time) and the server runs
 // it. The writer holds tx's connection from the first send to wait, and
 // stops at its first failure; every chunk after that is dropped (tx is
-// rolled back anyway), and send and wait report the failure.
+// rolled back anyway), and send, await and wait report the failure.
 type chunkWriter struct {
-	chunks chan *pgx.Batch
+	chunks chan chunk
 	done   chan struct{} // closed once the writer has stopped
 	err    error         // the writer's failure, read once done is closed
 }
 
+// chunk is what the writer sends at once: the batch that statements makes,
+// which it calls once the chunk before has run.
+type chunk struct {
+	statements func() *pgx.Batch
+	ran        chan struct{} // closed once the batch has run, when not nil
+}
+
+// writerQueue is how many chunks the writer may hold, beyond the one it
+// sends: the link and load that prefetch hands it, so that the fold does
+// not wait for the writer while it writes the part before.
+const writerQueue = 2
+
 // send hands q to the writer, starting one on tx if none runs; it waits
-// while the writer is busy with the chunk before.
+// while the writer holds writerQueue chunks.
 func (w *chunkWriter) send(ctx context.Context, tx pgx.Tx, q *pgx.Batch) error {
 	if q.Len() == 0 {
 		return nil
 	}
+	return w.sendChunk(ctx, tx, chunk{statements: func() *pgx.Batch { return q }})
+}
+
+func (w *chunkWriter) sendChunk(ctx context.Context, tx pgx.Tx, c chunk) error {
 	if w.chunks == nil {
-		w.chunks, w.done = make(chan *pgx.Batch), make(chan struct{})
+		w.chunks, w.done = make(chan chunk, writerQueue), make(chan struct{})
 		go w.write(ctx, tx, w.chunks)
 	}
 	select {
-	case w.chunks <- q:
+	case w.chunks <- c:
 		return nil
 	case <-w.done:
 		return w.err
 	}
 }
 
+// prefetch hands the writer the link of b, the next part of a fold, and
+// the load of its customers' states once linked (the link resolves facts
+// of customers), ahead of the rows of the part being folded; the states
+// returned are filled once their loaded is closed (await).
+func (w *chunkWriter) prefetch(ctx context.Context, tx pgx.Tx, schema string, b *batch) (*partStates, error) {
+	var q pgx.Batch
+	queueLink(&q, schema, b)
+	if err := w.send(ctx, tx, &q); err != nil {
+		return nil, err
+	}
+	ps := &partStates{loaded: make(chan struct{})}
+	load := func() *pgx.Batch {
+		var q pgx.Batch
+		ps.queueLoad(&q, schema, b)
+		return &q
+	}
+	if err := w.sendChunk(ctx, tx, chunk{statements: load, ran: ps.loaded}); err != nil {
+		return nil, err
+	}
+	return ps, nil
+}
+
 // write sends each chunk of chunks on tx once the server has run the one
-// before.
-func (w *chunkWriter) write(ctx context.Context, tx pgx.Tx, chunks <-chan *pgx.Batch) {
+// before, and reads its results.
+func (w *chunkWriter) write(ctx context.Context, tx pgx.Tx, chunks <-chan chunk) {
 	defer close(w.done)
-	var sent pgx.BatchResults
-	for q := range chunks {
-		if sent != nil {
-			if w.err = sent.Close(); w.err != nil {
+	for c := range chunks {
+		if q := c.statements(); q.Len() > 0 {
+			if w.err = tx.SendBatch(ctx, q).Close(); w.err != nil {
 				return
 			}
 		}
-		sent = tx.SendBatch(ctx, q)
+		if c.ran != nil {
+			close(c.ran)
+		}
 	}
-	if sent != nil {
-		w.err = sent.Close()
+}
+
+// await waits until ran, a chunk's, is closed, and reports the writer's
+// failure if it stopped before.
+func (w *chunkWriter) await(ran <-chan struct{}) error {
+	select {
+	case <-ran:
+		return nil
+	case <-w.done:
+		select {
+		case <-ran:
+			return nil
+		default:
+			return w.err
+		}
 	}
 }
 
@@ -336,37 +478,45 @@ func loadStates(ctx context.Context, tx pgx.Tx, schema string, customers []domai
 // most batches hold none: their selects are not sent.
 func loadStatesOf(ctx context.Context, tx pgx.Tx, schema string, customers, withCharges, withDisputes []domain.CustomerKey) (
 	map[domain.CustomerKey]*domain.CustomerState, map[domain.CustomerKey]timeline, error) {
+	var b pgx.Batch
+	states, timelines := queueLoadStates(&b, schema, customers, withCharges, withDisputes)
+	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
+		return nil, nil, fmt.Errorf("load read model %s: %w", schema, err)
+	}
+	return states, timelines, nil
+}
+
+// queueLoadStates queues in b the selects of loadStatesOf, whose states
+// it returns, filled as b's results are read.
+func queueLoadStates(b *pgx.Batch, schema string, customers, withCharges, withDisputes []domain.CustomerKey) (
+	map[domain.CustomerKey]*domain.CustomerState, map[domain.CustomerKey]timeline) {
 	states := make(map[domain.CustomerKey]*domain.CustomerState, len(customers))
 	timelines := make(map[domain.CustomerKey]timeline, len(customers))
 	for _, k := range customers {
 		states[k] = &domain.CustomerState{}
 	}
 	if len(customers) == 0 {
-		return states, timelines, nil
+		return states, timelines
 	}
 	key := func(account, id string) domain.CustomerKey { return domain.CustomerKey{Account: account, ID: id} }
-	var b pgx.Batch
-	queueCustomPlans(&b, func() {
-		customersTable.queueLoad(&b, schema, customers, func(r customerRow) {
+	queueCustomPlans(b, func() {
+		customersTable.queueLoad(b, schema, customers, func(r customerRow) {
 			states[key(r.Account, r.ID)], timelines[key(r.Account, r.ID)] = r.state(), r.Timeline
 		})
-		subscriptionsTable.queueLoad(&b, schema, customers, func(s domain.Subscription) {
+		subscriptionsTable.queueLoad(b, schema, customers, func(s domain.Subscription) {
 			objects(states[key(s.Account, s.CustomerID)]).Subscriptions[s.ID] = s
 		})
-		invoicesTable.queueLoad(&b, schema, customers, func(i domain.Invoice) {
+		invoicesTable.queueLoad(b, schema, customers, func(i domain.Invoice) {
 			objects(states[key(i.Account, i.CustomerID)]).Invoices[i.ID] = i
 		})
-		chargesTable.queueLoad(&b, schema, withCharges, func(c domain.Charge) {
+		chargesTable.queueLoad(b, schema, withCharges, func(c domain.Charge) {
 			objects(states[key(c.Account, c.CustomerID)]).Charges[c.ID] = c
 		})
-		disputesTable.queueLoad(&b, schema, withDisputes, func(d domain.Dispute) {
+		disputesTable.queueLoad(b, schema, withDisputes, func(d domain.Dispute) {
 			objects(states[key(d.Account, d.CustomerID)]).Disputes[d.ID] = d
 		})
 	})
-	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
-		return nil, nil, fmt.Errorf("load read model %s: %w", schema, err)
-	}
-	return states, timelines, nil
+	return states, timelines
 }
 
 // objects readies the object maps of s, which the customers row left nil.

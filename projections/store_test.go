@@ -3,10 +3,13 @@ package projections
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -201,6 +204,88 @@ func TestJoinedBatchesFoldAsBatches(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestJoinedPartsLoadAhead: the second part of a joined batch, whose
+// customers are loaded while the first part folds and before its rows are
+// written, folds as it would alone: a customer of both parts continues from
+// the first part's state (cus_both's subscription moves on from what the
+// first part made it), one whose charges the first part did not hold gets
+// them (cus_charges' stored refund outranks the second part's smaller one),
+// and one whose subscription the first part took for another customer no
+// longer has it (cus_from loses the entitlement sub_taken gave it).
+func TestJoinedPartsLoadAhead(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const start, end = 1709251200, 1711929600
+	at := func(e eventlog.Event, second int64) eventlog.Event {
+		e.Created = time.Unix(start+second, 0).UTC()
+		return e
+	}
+	refund := func(id, customer string, refunded int64) eventlog.Event {
+		return rawEvent(id, "customer-"+customer, "charge.refunded", fmt.Sprintf(`{"id":%q,"object":"event","api_version":"2023-10-16",`+
+			`"created":1709251200,"type":"charge.refunded","data":{"object":{"id":"ch_refunded","object":"charge","customer":%q,`+
+			`"currency":"usd","amount":900,"amount_refunded":%d,"refunded":false}}}`, id, customer, refunded))
+	}
+	batches := [][]eventlog.Event{{ // stored before the joined batch
+		at(subscriptionEvent("evt_ahead_1", "cus_from", "sub_taken", "active", "price_pro", start, end), 0),
+		at(refund("evt_ahead_2", "cus_charges", 500), 0),
+		at(subscriptionEvent("evt_ahead_3", "cus_both", "sub_both", "trialing", "price_pro", start, end), 0),
+	}, { // the joined batch's first part
+		at(subscriptionEvent("evt_ahead_4", "cus_to", "sub_taken", "active", "price_pro", start, end), 10),
+		at(subscriptionEvent("evt_ahead_5", "cus_charges", "sub_charges", "active", "price_pro", start, end), 10),
+		at(subscriptionEvent("evt_ahead_6", "cus_both", "sub_both", "active", "price_pro", start, end), 10),
+	}, { // its second part
+		at(subscriptionEvent("evt_ahead_7", "cus_from", "sub_other", "incomplete", "price_pro", start, end), 20),
+		at(refund("evt_ahead_8", "cus_charges", 200), 20),
+		at(subscriptionEvent("evt_ahead_9", "cus_both", "sub_both", "past_due", "price_pro", start, end), 20),
+	}}
+	var recs [][]eventlog.Record
+	for _, events := range batches {
+		var part []eventlog.Record
+		for _, e := range events {
+			n := uint64(len(part) + 3*len(recs) + 1)
+			part = append(part, eventlog.Record{Event: e, Position: eventlog.Position{Commit: n, Prepare: n}})
+		}
+		recs = append(recs, part)
+	}
+	fold := func(join bool) (map[string][]string, []string) {
+		pool := fastPool(t)
+		streams := &countingStreams{StreamReader: streamsOf(recs...)}
+		p := Billing(testPlans(t)).reading(streams)
+		schema := scratch(t, pool, p)
+		foldAll(t, pool, p, schema, recs[0])
+		if join {
+			if _, err := foldBatch(ctx, pool, testLogger(t), p, schema, p.decode(recs[1]).then(p.decode(recs[2])), nil); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			foldAll(t, pool, p, schema, recs[1:]...)
+		}
+		if n := streams.reads.Load(); n > 0 {
+			t.Fatalf("%d reads of histories: the second part was not loaded ahead", n)
+		}
+		return dump(t, pool, schema), outboxDump(t, pool)
+	}
+	want, wantOutbox := fold(false)
+	for _, row := range [][]string{
+		{`"customer_id": "cus_from"`, `"entitled": false`},
+		{`"customer_id": "cus_to"`, `"entitled": true`},
+		{`"customer_id": "cus_both"`, `"status": "past_due"`},
+		{`"customer_id": "cus_charges"`, `"amount_refunded": 500`},
+	} {
+		if !slices.ContainsFunc(slices.Concat(want[customersTable.name], want[subscriptionsTable.name], want[chargesTable.name]),
+			func(r string) bool { return strings.Contains(r, row[0]) && strings.Contains(r, row[1]) }) {
+			t.Fatalf("one batch a transaction: no row with %s and %s: %v", row[0], row[1], want)
+		}
+	}
+	got, outbox := fold(true)
+	if d := diffDumps(want, got); d != "" {
+		t.Errorf("joined: read model differs from one batch a transaction: %s", d)
+	}
+	if !slices.Equal(outbox, wantOutbox) {
+		t.Errorf("joined: notifications %v, want %v as one batch a transaction derives them", outbox, wantOutbox)
 	}
 }
 
