@@ -7,6 +7,8 @@ import (
 	"hash/maphash"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/stripe-ledger/stripe-ledger/eventlog"
 )
 
@@ -50,11 +52,20 @@ type appendAnswer struct {
 // that transaction commits, and each is its transaction's first write, as
 // they require. A lone event goes through ledger_append, which costs the
 // database less than a batch of one.
+//
+// notifySQL follows one of them in the same implicit transaction (a
+// pipeline ends it with one Sync) when the batch carries the NOTIFY that
+// announces it (claimNotify): delivered at that commit, it names the
+// transaction and its last position, the one nextval gave last in this
+// session. A batch of duplicates has no transaction id and announces
+// nothing.
 const (
 	appendSQL = `SELECT duplicate, stream_version, tx, global_position
   FROM ledger_append($1, $2, $3, $4, $5, $6, $7, $8, $9)`
 	appendBatchSQL = `SELECT ord, duplicate, stream_version, tx, global_position
   FROM ledger_append_batch($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::bytea[], $8::text[], $9::text[])`
+	notifySQL = `SELECT pg_notify('ledger_events', pg_current_xact_id()::text || '/' || currval('events_global_position_seq'))
+ WHERE pg_current_xact_id_if_assigned() IS NOT NULL`
 )
 
 // Append implements eventlog.Log. It returns once the row is committed, which
@@ -153,7 +164,8 @@ func (l *Log) store(batch []*appendRequest) {
 	if len(live) == 0 {
 		return
 	}
-	results, err := l.appendBatch(live)
+	carried := l.claimNotify()
+	results, err := l.appendBatch(live, carried)
 	if err != nil && !unavailable(err) && len(live) > 1 {
 		for _, req := range live {
 			l.store([]*appendRequest{req})
@@ -172,21 +184,28 @@ func (l *Log) store(batch []*appendRequest) {
 		}
 	}
 	if latest != eventlog.Start {
-		l.announce(latest)
+		l.announce(latest, carried)
 	}
 }
 
-// appendBatch runs ledger_append (one event) or ledger_append_batch on batch. Its context ends when every
-// request in the batch has given up waiting.
-func (l *Log) appendBatch(batch []*appendRequest) ([]eventlog.AppendResult, error) {
+// appendBatch runs ledger_append (one event) or ledger_append_batch on
+// batch, followed in its transaction by notifySQL when notify is set. Its
+// context ends when every request in the batch has given up waiting.
+func (l *Log) appendBatch(batch []*appendRequest, notify bool) ([]eventlog.AppendResult, error) {
 	if len(batch) == 1 {
 		// Its context ends with its one request's.
 		e := batch[0].e
-		var res eventlog.AppendResult
-		err := l.pool.QueryRow(batch[0].ctx, appendSQL, e.ID, e.Stream, e.Type, e.APIVersion, e.Created, e.Account, e.Payload, e.Signature,
-			string(e.Source.OrWebhook())).
-			Scan(&res.Duplicate, &res.StreamVersion, &res.Position.Commit, &res.Position.Prepare)
-		return []eventlog.AppendResult{res}, err
+		res := make([]eventlog.AppendResult, 1)
+		err := l.query(batch[0].ctx, notify, func(rows pgx.Rows) error {
+			if !rows.Next() {
+				if err := rows.Err(); err != nil {
+					return err
+				}
+				return pgx.ErrNoRows
+			}
+			return rows.Scan(&res[0].Duplicate, &res[0].StreamVersion, &res[0].Position.Commit, &res[0].Position.Prepare)
+		}, appendSQL, e.ID, e.Stream, e.Type, e.APIVersion, e.Created, e.Account, e.Payload, e.Signature, string(e.Source.OrWebhook()))
+		return res, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -213,32 +232,55 @@ func (l *Log) appendBatch(batch []*appendRequest) ([]eventlog.AppendResult, erro
 		accounts[i], signatures[i], created[i], payloads[i] = e.Account, e.Signature, e.Created, e.Payload
 		sources[i] = string(e.Source.OrWebhook())
 	}
-	rows, err := l.pool.Query(ctx, appendBatchSQL, ids, streams, types, apiVersions, created, accounts, payloads, signatures, sources)
+	results := make([]eventlog.AppendResult, n)
+	err := l.query(ctx, notify, func(rows pgx.Rows) error {
+		seen := 0
+		for rows.Next() {
+			var (
+				ord int64
+				res eventlog.AppendResult
+			)
+			if err := rows.Scan(&ord, &res.Duplicate, &res.StreamVersion, &res.Position.Commit, &res.Position.Prepare); err != nil {
+				return err
+			}
+			if ord < 1 || ord > int64(n) {
+				return fmt.Errorf("ledger_append_batch answered for event %d of %d", ord, n)
+			}
+			results[ord-1] = res
+			seen++
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if seen != n {
+			return fmt.Errorf("ledger_append_batch answered for %d of %d events", seen, n)
+		}
+		return nil
+	}, appendBatchSQL, ids, streams, types, apiVersions, created, accounts, payloads, signatures, sources)
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	results := make([]eventlog.AppendResult, n)
-	seen := 0
-	for rows.Next() {
-		var (
-			ord int64
-			res eventlog.AppendResult
-		)
-		if err := rows.Scan(&ord, &res.Duplicate, &res.StreamVersion, &res.Position.Commit, &res.Position.Prepare); err != nil {
-			return nil, err
-		}
-		if ord < 1 || ord > int64(n) {
-			return nil, fmt.Errorf("ledger_append_batch answered for event %d of %d", ord, n)
-		}
-		results[ord-1] = res
-		seen++
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	if seen != n {
-		return nil, fmt.Errorf("ledger_append_batch answered for %d of %d events", seen, n)
-	}
 	return results, nil
+}
+
+// query runs sql with args, a transaction of its own, and hands its rows to
+// read; with notify the transaction runs notifySQL after it. Its error is
+// the transaction's: the commit's included.
+func (l *Log) query(ctx context.Context, notify bool, read func(pgx.Rows) error, sql string, args ...any) error {
+	if notify {
+		b := &pgx.Batch{}
+		b.Queue(sql, args...).Query(read)
+		b.Queue(notifySQL)
+		return l.pool.SendBatch(ctx, b).Close()
+	}
+	rows, err := l.pool.Query(ctx, sql, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	if err := read(rows); err != nil {
+		return err
+	}
+	rows.Close()
+	return rows.Err()
 }

@@ -466,3 +466,74 @@ func TestAppendBatchLocksInKeyOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAppendCarriesItsNotify: an append stored once no NOTIFY was sent for
+// the interval is announced by its own transaction: a listener hears it,
+// named by its position, and the log sends no NOTIFY statement of its own.
+// The append right after it is announced too, by its own transaction or,
+// within the interval, by the notifier's NOTIFY.
+func TestAppendCarriesItsNotify(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	_, url := pgtest.NewPool(t)
+	tracer := &statementTracer{}
+	pool := newPool(t, url, "ledger-notify", func(cfg *pgxpool.Config) { cfg.ConnConfig.Tracer = tracer })
+	log := postgres.New(pool, testLogger(t))
+	t.Cleanup(log.Close)
+	listener, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listener.Close(context.Background())
+	if _, err := listener.Exec(ctx, "LISTEN ledger_events"); err != nil {
+		t.Fatal(err)
+	}
+	stream := eventlogtest.NewStream("notify")
+	for i := range 2 {
+		res, err := log.Append(ctx, eventlogtest.NewEvent(stream))
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		n, err := listener.WaitForNotification(waitCtx)
+		cancel()
+		if err != nil {
+			t.Fatalf("append %d at %s: no notification: %v", i, res.Position, err)
+		}
+		if n.Payload != res.Position.String() {
+			t.Errorf("append %d at %s announced as %q", i, res.Position, n.Payload)
+		}
+		if i == 0 && tracer.count("pg_notify") != 0 {
+			t.Errorf("the first append was announced by a NOTIFY statement of its own, not by its transaction")
+		}
+	}
+}
+
+// statementTracer counts the statements a pool runs outside pipelines, by
+// their text.
+type statementTracer struct {
+	mu  sync.Mutex
+	sql []string
+}
+
+func (s *statementTracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sql = append(s.sql, data.SQL)
+	return ctx
+}
+
+func (s *statementTracer) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// count is how many statements contained substr.
+func (s *statementTracer) count(substr string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, q := range s.sql {
+		if strings.Contains(q, substr) {
+			n++
+		}
+	}
+	return n
+}

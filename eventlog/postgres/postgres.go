@@ -35,11 +35,16 @@
 // counter, which no database lives to see.
 //
 // Subscribe follows the log with LISTEN/NOTIFY on the ledger_events channel.
-// Appends do not NOTIFY inside their own transaction (a notifying commit takes
-// a database-wide lock, which would serialise every append's WAL flush):
-// after its appends commit, each Log sends one coalesced NOTIFY at a time,
-// naming the latest position it appended. Appends made outside a Log (plain
-// SQL) are found by the subscribers' poll interval.
+// Each Log sends at most one NOTIFY per minNotifyInterval, naming the latest
+// position it appended. Not every append's transaction notifies (a notifying
+// commit takes a database-wide lock, which would serialise every append's
+// WAL flush): the first batch stored once the interval has passed carries
+// the NOTIFY in its own transaction, and the appends committed after it are
+// announced by the next such batch, or, when none follows, by a NOTIFY of
+// its own twice the interval after the last. (Every announcement its own
+// transaction cost the database about what the appends of a commit did, a
+// WAL flush each.) Appends made outside a Log (plain SQL) are found by the
+// subscribers' poll interval.
 package postgres
 
 import (
@@ -87,13 +92,18 @@ type Log struct {
 	closing       chan struct{}
 	closeOnce     sync.Once
 
-	// The notifier: Append records the latest position it committed and wakes
-	// one goroutine, started by the first append and stopped by Close, which
-	// sends NOTIFYs one at a time, so a burst of appends costs few of them.
+	// The notifier: Append records the latest position it committed (latest)
+	// and, unless its batch's transaction carried the NOTIFY that names it
+	// (claimNotify), wakes one goroutine, started by the first append and
+	// stopped by Close, which sends a NOTIFY once none was sent or claimed
+	// for twice minNotifyInterval; notified is the latest position a NOTIFY
+	// named, notifiedAt when the last was claimed.
 	notifyOnce   sync.Once
 	wake         chan struct{}
 	mu           sync.Mutex
 	latest       eventlog.Position
+	notified     eventlog.Position
+	notifiedAt   time.Time
 	stopNotifier context.CancelFunc
 	notifierDone chan struct{}
 }
@@ -184,13 +194,34 @@ var (
 	_ eventlog.FoldReader = (*Log)(nil)
 )
 
-// announce wakes subscribers (of every process) to a committed append at pos.
-func (l *Log) announce(pos eventlog.Position) {
+// claimNotify reports whether the batch about to be stored carries the
+// NOTIFY: none was sent or claimed for minNotifyInterval.
+func (l *Log) claimNotify() bool {
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.notifiedAt) < minNotifyInterval {
+		return false
+	}
+	l.notifiedAt = now
+	return true
+}
+
+// announce wakes subscribers (of every process) to a committed append at
+// pos, whose transaction notified them itself when carried is set.
+func (l *Log) announce(pos eventlog.Position, carried bool) {
 	l.mu.Lock()
 	if l.latest.Less(pos) {
 		l.latest = pos
 	}
+	if carried && l.notified.Less(pos) {
+		l.notified = pos
+	}
+	pending := l.notified.Less(l.latest)
 	l.mu.Unlock()
+	if !pending {
+		return
+	}
 	l.notifyOnce.Do(func() {
 		ctx, cancel := context.WithCancel(context.Background())
 		l.stopNotifier, l.notifierDone = cancel, make(chan struct{})
@@ -198,13 +229,14 @@ func (l *Log) announce(pos eventlog.Position) {
 	})
 	select {
 	case l.wake <- struct{}{}:
-	default: // a NOTIFY is already due; it will name pos or later
+	default: // the notifier is due to look again
 	}
 }
 
-// notify sends a NOTIFY naming the latest appended position each time it is
-// woken, until ctx is done. A failed NOTIFY only delays subscribers until
-// their poll interval.
+// notify sends a NOTIFY naming the latest appended position when no batch
+// has announced it for twice minNotifyInterval since the last NOTIFY, each
+// time it is woken, until ctx is done. A failed NOTIFY only delays
+// subscribers until their poll interval.
 func (l *Log) notify(ctx context.Context) {
 	defer close(l.notifierDone)
 	for {
@@ -213,22 +245,40 @@ func (l *Log) notify(ctx context.Context) {
 			return
 		case <-l.wake:
 		}
-		l.mu.Lock()
-		pos := l.latest
-		l.mu.Unlock()
-		payload := strconv.FormatUint(pos.Commit, 10) + "/" + strconv.FormatUint(pos.Prepare, 10)
-		if _, err := l.pool.Exec(ctx, "SELECT pg_notify('ledger_events', $1)", payload); err != nil && ctx.Err() == nil {
-			l.logger.Warn("notify subscribers of new events; they will poll", "err", err)
-		}
-		// A NOTIFY costs the database about what an append does; subscribers
-		// read at most every minCatchUpInterval anyway.
-		if backoff.Sleep(ctx, minNotifyInterval) != nil {
-			return
+		for {
+			now := time.Now()
+			l.mu.Lock()
+			pos, pending, due := l.latest, l.notified.Less(l.latest), l.notifiedAt.Add(2*minNotifyInterval)
+			if pending && !now.Before(due) {
+				l.notifiedAt = now
+			}
+			l.mu.Unlock()
+			if !pending {
+				break
+			}
+			if now.Before(due) {
+				// A batch stored meanwhile carries it, unless the appends stopped.
+				if backoff.Sleep(ctx, due.Sub(now)) != nil {
+					return
+				}
+				continue
+			}
+			payload := strconv.FormatUint(pos.Commit, 10) + "/" + strconv.FormatUint(pos.Prepare, 10)
+			if _, err := l.pool.Exec(ctx, "SELECT pg_notify('ledger_events', $1)", payload); err != nil && ctx.Err() == nil {
+				l.logger.Warn("notify subscribers of new events; they will poll", "err", err)
+			}
+			l.mu.Lock()
+			if l.notified.Less(pos) {
+				l.notified = pos
+			}
+			l.mu.Unlock()
+			break
 		}
 	}
 }
 
-// minNotifyInterval is the least time between two NOTIFYs of one Log.
+// minNotifyInterval is the least time between two NOTIFYs of one Log:
+// subscribers read at most every minCatchUpInterval anyway.
 const minNotifyInterval = minCatchUpInterval / 2
 
 const recordColumns = `tx, global_position, event_id, stream, stream_version, type, api_version,
