@@ -68,6 +68,9 @@ func TestFillEqualsIncrementalFold(t *testing.T) {
 		if d := diffDumps(dump(t, pool, ref), dump(t, pool, schema)); d != "" {
 			t.Fatalf("filled read model differs from the folded one: %s", d)
 		}
+		if want, got := jsonNulls(t, pool, ref), jsonNulls(t, pool, schema); !slices.Equal(want, got) || want[1] == "invoices 0 0" {
+			t.Fatalf("SQL NULLs and JSON nulls in the nullable jsonb columns: fold %q, fill %q", want, got)
+		}
 		if want, got := deadLetterDump(t, pool, ref), deadLetterDump(t, pool, schema); !slices.Equal(want, got) || len(want) == 0 {
 			t.Fatalf("dead letters: fold %q, fill %q", want, got)
 		}
@@ -93,6 +96,16 @@ func TestFillEqualsIncrementalFold(t *testing.T) {
 			return err
 		}, 0)
 	})
+}
+
+// jsonNulls counts the SQL NULLs and the JSON nulls of schema's nullable
+// jsonb columns, which dump renders alike.
+func jsonNulls(t *testing.T, q *pgxpool.Pool, schema string) []string {
+	count := func(table, column string) string {
+		return fmt.Sprintf(`SELECT concat_ws(' ', '%[2]s', count(*) FILTER (WHERE %[3]s IS NULL), count(*) FILTER (WHERE jsonb_typeof(%[3]s) = 'null'))
+  FROM %[1]s.%[2]s`, ident(schema), table, column)
+	}
+	return queryStrings(t, q, count(subscriptionsTable.name, "previous_attributes")+" UNION ALL "+count(invoicesTable.name, "payment"))
 }
 
 // deadLetterDump lists schema's dead letters: event id and error (which may name the schema).
