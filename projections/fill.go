@@ -539,9 +539,7 @@ func copyRows[T any](ctx context.Context, tx pgx.Tx, schema string, t table[T], 
 			return fmt.Errorf("copy %s.%s: %w", schema, t.name, err)
 		}
 	}
-	_, err := tx.CopyFrom(ctx, into, t.columnNames(), pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
-		return t.fields(&rows[i]), nil
-	}))
+	err := copyFrom(ctx, tx, into, t, rows)
 	if err == nil && replace {
 		_, err = tx.Exec(ctx, t.insertSQL(schema, into.Sanitize(), t.upsert()))
 	}
