@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // A scanner reads a payload into one of decode's structs in one pass, as
@@ -50,10 +51,10 @@ func unmarshal(data []byte, v any) error {
 	return json.Unmarshal(data, v)
 }
 
-// scan reads data into v, and reports whether it could.
+// scan reads data into v, addressable, and reports whether it could.
 func scan(data []byte, v reflect.Value) bool {
 	s := scanner{data: data}
-	s.value(v, planOf(v.Type()))
+	s.value(v.Addr().UnsafePointer(), planOf(v.Type()))
 	s.next()
 	return !s.bad && s.off == len(data)
 }
@@ -76,20 +77,57 @@ func (s *scanner) next() byte {
 }
 
 // key reads a member's key and the colon after it, and returns the key as
-// it stands between its quotes; plain as str says.
-func (s *scanner) key() (key []byte, plain bool) {
+// it stands between its quotes; plain as str says, and lower that it is
+// plain lower-case ASCII (lowerASCII).
+func (s *scanner) key() (key []byte, plain, lower bool) {
 	if s.next() != '"' {
 		s.fail()
-		return nil, false
+		return nil, false, false
 	}
-	key, plain = s.str()
+	// Nearly every key is lower-case ASCII, read here eight bytes at a
+	// time up to the first byte that is not (then byte by byte); any other
+	// is read again by str.
+	data, start := s.data, s.off+1
+	i := start
+	for i+8 <= len(data) {
+		x := binary.LittleEndian.Uint64(data[i:])
+		if m := special(x) | upper(x); m != 0 {
+			i += bits.TrailingZeros64(m) / 8
+			break
+		}
+		i += 8
+	}
+	for i < len(data) && keyByte[data[i]] {
+		i++
+	}
+	if i < len(data) && data[i] == '"' {
+		key, plain, lower = data[start:i], true, true
+		s.off = i + 1
+	} else {
+		key, plain = s.str()
+		lower = plain && lowerASCII(key)
+	}
+	if s.off < len(data) && data[s.off] == ':' {
+		s.off++
+		return key, plain, lower
+	}
 	if s.next() != ':' {
 		s.fail()
-		return nil, false
+		return nil, false, false
 	}
 	s.off++
-	return key, plain
+	return key, plain, lower
 }
+
+// keyByte marks the bytes that stand for themselves in a lower-case ASCII
+// key, those that neither special nor upper marks: ASCII from the space
+// on but the quote, the backslash and upper-case letters.
+var keyByte = func() (class [256]bool) {
+	for c := ' '; c < utf8.RuneSelf; c++ {
+		class[c] = c != '"' && c != '\\' && (c < 'A' || c > 'Z')
+	}
+	return class
+}()
 
 // stringByte classes the bytes of a JSON string: 0 for one that stands for
 // itself, 1 for the quote and the backslash, 2 for a control character
@@ -111,13 +149,16 @@ func (s *scanner) str() (inner []byte, plain bool) {
 	data := s.data
 	start, ascii, escaped := s.off+1, true, false
 	for i := start; i < len(data); i++ {
-		if i+8 <= len(data) { // eight bytes at a time up to the first that is not plain ASCII
+		for i+8 <= len(data) { // eight bytes at a time up to the first that is not plain ASCII
 			m := special(binary.LittleEndian.Uint64(data[i:]))
-			if m == 0 {
-				i += 7
-				continue
+			if m != 0 {
+				i += bits.TrailingZeros64(m) / 8
+				break
 			}
-			i += bits.TrailingZeros64(m) / 8
+			i += 8
+		}
+		if i == len(data) {
+			break
 		}
 		switch stringByte[data[i]] {
 		case 0:
@@ -162,6 +203,13 @@ func special(x uint64) uint64 {
 	const ones, highs = 0x0101010101010101, 0x8080808080808080
 	quote, backslash := x^(ones*'"'), x^(ones*'\\')
 	return ((quote-ones)&^quote | (backslash-ones)&^backslash | (x-ones*0x20)&^x | x) & highs
+}
+
+// upper marks, as special does, the upper-case ASCII letters of x: the
+// lowest mark is exact when no byte below it is outside ASCII.
+func upper(x uint64) uint64 {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	return (x + ones*(0x80-'A')) &^ (x + ones*(0x80-'Z'-1)) & highs
 }
 
 func isHex(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' }
@@ -300,7 +348,7 @@ func eachMember(data []byte, each func(key, value []byte)) bool {
 		return false
 	}
 	for more := s.enter('}'); more; more = s.more('}') {
-		key, plain := s.key()
+		key, plain, _ := s.key()
 		if !plain {
 			s.fail()
 			break
@@ -341,7 +389,8 @@ func intern(text []byte) string {
 
 // A typePlan is how the scanner reads a value of one type.
 type typePlan struct {
-	kind   reflect.Kind          // reflect.Interface for a json.Unmarshaler
+	kind   planKind
+	typ    reflect.Type          // the type read
 	intern bool                  // a string field of internedNames: its text is read through intern
 	fields map[string]*fieldPlan // a struct's, by JSON name
 	slots  []*fieldPlan          // the same fields by keySlot, for field
@@ -349,12 +398,34 @@ type typePlan struct {
 	elem   *typePlan             // a pointer's, slice's or map's
 }
 
-// fieldPlan is one field of a struct: its JSON name, its index (through
-// embedded structs) and its number in the struct, below 64; next is the
-// next field of its slot.
+// planKind is what a typePlan reads.
+type planKind uint8
+
+const (
+	stringPlan planKind = iota + 1
+	boolPlan
+	int64Plan
+	structPlan
+	pointerPlan // to a struct
+	slicePlan   // of structs
+	mapPlan     // by string
+	// unmarshalerPlan is a json.Unmarshaler, given the value as it stands.
+	unmarshalerPlan
+	// expandablePlan is an expandable: a string or null read as a string
+	// field is (what its UnmarshalJSON makes of them), anything else given
+	// to its UnmarshalJSON.
+	expandablePlan
+	// rawPlan is a json.RawMessage: the value as it stands, in place in the
+	// data (its UnmarshalJSON copies it).
+	rawPlan
+)
+
+// fieldPlan is one field of a struct: its JSON name, its offset in the
+// struct (through embedded structs) and its number in the struct, below
+// 64; next is the next field of its slot.
 type fieldPlan struct {
 	name   string
-	index  []int
+	offset uintptr
 	number int
 	plan   *typePlan
 	next   *fieldPlan
@@ -416,21 +487,33 @@ func planOf(t reflect.Type) *typePlan {
 
 func newPlan(t reflect.Type) *typePlan {
 	switch {
+	case t == reflect.TypeFor[expandable]():
+		return &typePlan{kind: expandablePlan, typ: t}
+	case t == reflect.TypeFor[json.RawMessage]():
+		return &typePlan{kind: rawPlan, typ: t}
 	case reflect.PointerTo(t).Implements(unmarshalerType):
-		return &typePlan{kind: reflect.Interface}
+		return &typePlan{kind: unmarshalerPlan, typ: t}
 	case reflect.PointerTo(t).Implements(textType):
-	case t.Kind() == reflect.String, t.Kind() == reflect.Bool, t.Kind() == reflect.Int64:
-		return &typePlan{kind: t.Kind()}
+	case t.Kind() == reflect.String:
+		return &typePlan{kind: stringPlan, typ: t}
+	case t.Kind() == reflect.Bool:
+		return &typePlan{kind: boolPlan, typ: t}
+	case t.Kind() == reflect.Int64:
+		return &typePlan{kind: int64Plan, typ: t}
 	case t.Kind() == reflect.Pointer && t.Elem().Kind() == reflect.Struct, t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Struct:
 		// value reads the element as an object of fields, never through
 		// its own UnmarshalJSON
-		if elem := newPlan(t.Elem()); elem.kind == reflect.Struct {
-			return &typePlan{kind: t.Kind(), elem: elem}
+		if elem := newPlan(t.Elem()); elem.kind == structPlan {
+			kind := pointerPlan
+			if t.Kind() == reflect.Slice {
+				kind = slicePlan
+			}
+			return &typePlan{kind: kind, typ: t, elem: elem}
 		}
 	case t.Kind() == reflect.Map && t.Key() == reflect.TypeFor[string]():
-		return &typePlan{kind: t.Kind(), elem: newPlan(t.Elem())} // each value read by value, as its plan says
+		return &typePlan{kind: mapPlan, typ: t, elem: newPlan(t.Elem())} // each value read by value, as its plan says
 	case t.Kind() == reflect.Struct:
-		p := &typePlan{kind: reflect.Struct, fields: map[string]*fieldPlan{}}
+		p := &typePlan{kind: structPlan, typ: t, fields: map[string]*fieldPlan{}}
 		addFields(p, t)
 		if len(p.fields) > 64 {
 			panic(fmt.Sprintf("domain: the scanner reads structs of at most 64 fields, not %v", t))
@@ -447,8 +530,8 @@ func newPlan(t reflect.Type) *typePlan {
 // hide; two of one name at one depth are beyond the scanner.
 func addFields(p *typePlan, t reflect.Type) {
 	type embedded struct {
-		t     reflect.Type
-		index []int
+		t      reflect.Type
+		offset uintptr
 	}
 	level := []embedded{{t: t}}
 	for len(level) > 0 {
@@ -459,10 +542,10 @@ func addFields(p *typePlan, t reflect.Type) {
 				f := e.t.Field(i)
 				tag := f.Tag.Get("json")
 				name, opts, _ := strings.Cut(tag, ",")
-				index := append(slices.Clip(e.index), i)
+				offset := e.offset + f.Offset
 				switch {
 				case f.Anonymous && tag == "" && f.Type.Kind() == reflect.Struct:
-					next = append(next, embedded{f.Type, index})
+					next = append(next, embedded{f.Type, offset})
 					continue
 				case f.Anonymous || opts != "":
 					panic(fmt.Sprintf("domain: the scanner does not read field %s of %v", f.Name, e.t))
@@ -477,8 +560,8 @@ func addFields(p *typePlan, t reflect.Type) {
 				names[name] = true
 				if p.fields[name] == nil {
 					plan := newPlan(f.Type)
-					plan.intern = plan.kind == reflect.String && internedNames[name]
-					p.fields[name] = &fieldPlan{name: name, index: index, number: len(p.fields), plan: plan}
+					plan.intern = plan.kind == stringPlan && internedNames[name]
+					p.fields[name] = &fieldPlan{name: name, offset: offset, number: len(p.fields), plan: plan}
 				}
 			}
 		}
@@ -486,9 +569,9 @@ func addFields(p *typePlan, t reflect.Type) {
 	}
 }
 
-// object reads an object into v, a struct; null leaves it as it is, as
-// json.Unmarshal does.
-func (s *scanner) object(v reflect.Value, p *typePlan) {
+// object reads an object into the struct at v; null leaves it as it is,
+// as json.Unmarshal does.
+func (s *scanner) object(v unsafe.Pointer, p *typePlan) {
 	switch s.next() {
 	case 'n':
 		s.literal("null")
@@ -500,11 +583,11 @@ func (s *scanner) object(v reflect.Value, p *typePlan) {
 	}
 	var seen uint64
 	for more := s.enter('}'); more; more = s.more('}') {
-		key, _ := s.key()
+		key, _, lower := s.key()
 		f := p.field(key)
 		switch {
 		case s.bad:
-		case f == nil && !lowerASCII(key): // json.Unmarshal's case folding may match it to a field
+		case f == nil && !lower: // json.Unmarshal's case folding may match it to a field
 			s.fail()
 		case f == nil:
 			s.skip()
@@ -512,7 +595,7 @@ func (s *scanner) object(v reflect.Value, p *typePlan) {
 			s.fail()
 		default:
 			seen |= 1 << f.number
-			s.value(v.FieldByIndex(f.index), f.plan)
+			s.value(unsafe.Add(v, f.offset), f.plan)
 		}
 	}
 }
@@ -528,79 +611,111 @@ func lowerASCII(key []byte) bool {
 	return true
 }
 
-// value reads a value into v, which is zero, as p says: null leaves it
-// zero; an array (even empty) is a new slice; a value of another type than v's fails the
-// scan (json.Unmarshal would report it). A json.Unmarshaler is given the
-// value as it stands, null included, as json.Unmarshal gives it.
-func (s *scanner) value(v reflect.Value, p *typePlan) {
+// value reads a value into the one at v, of p's type, which is zero, as p
+// says: null leaves it zero; an array (even empty) is a new slice; a value
+// of another type than v's fails the scan (json.Unmarshal would report
+// it). A json.Unmarshaler is given the value as it stands, null included,
+// as json.Unmarshal gives it. The values are written through v by the
+// types planOf found at v (reflect's setters cost a decode a tenth of its
+// time).
+func (s *scanner) value(v unsafe.Pointer, p *typePlan) {
 	c := s.next()
 	switch {
-	case p.kind == reflect.Interface:
-		if raw := s.raw(); !s.bad && v.Addr().Interface().(json.Unmarshaler).UnmarshalJSON(raw) != nil {
+	case p.kind == unmarshalerPlan:
+		if raw := s.raw(); !s.bad && reflect.NewAt(p.typ, v).Interface().(json.Unmarshaler).UnmarshalJSON(raw) != nil {
 			s.fail()
 		}
-	case p.kind == reflect.Struct:
+	case p.kind == rawPlan:
+		if raw := s.raw(); !s.bad {
+			*(*json.RawMessage)(v) = raw[:len(raw):len(raw)]
+		}
+	case p.kind == structPlan:
 		s.object(v, p)
-	case c == 'n': // v is zero: the scan reads a field once
+	case c == 'n': // v is zero: the scan reads a field once (and an expandable's null is "")
 		s.literal("null")
-	case p.kind == reflect.String && c == '"':
+	case p.kind == expandablePlan && c != '"':
+		if raw := s.raw(); !s.bad {
+			*(*expandable)(v) = expandable(expandableID(raw))
+		}
+	case (p.kind == stringPlan || p.kind == expandablePlan) && c == '"':
 		start := s.off
 		inner, plain := s.str()
+		text := (*string)(v)
 		switch {
 		case s.bad:
 		case plain && p.intern:
-			v.SetString(intern(inner))
+			*text = intern(inner)
 		case plain:
-			v.SetString(string(inner))
+			*text = string(inner)
 		default: // escapes and invalid UTF-8, as encoding/json reads them
-			var text string
-			if json.Unmarshal(s.data[start:s.off], &text) != nil {
+			if json.Unmarshal(s.data[start:s.off], text) != nil {
 				s.fail()
 			}
-			v.SetString(text)
 		}
-	case p.kind == reflect.Int64 && (c == '-' || isDigit(c)):
-		// as json.Unmarshal reads an int64: a fraction, an exponent or too
-		// many digits are its type error
+	case p.kind == int64Plan && (c == '-' || isDigit(c)):
 		if number := s.number(); !s.bad {
-			n, err := strconv.ParseInt(string(number), 10, 64)
-			if err != nil {
+			n, ok := parseInt64(number)
+			if !ok {
 				s.fail()
 			}
-			v.SetInt(n)
+			*(*int64)(v) = n
 		}
-	case p.kind == reflect.Bool && c == 't':
+	case p.kind == boolPlan && c == 't':
 		s.literal("true")
-		v.SetBool(true)
-	case p.kind == reflect.Bool && c == 'f':
+		*(*bool)(v) = true
+	case p.kind == boolPlan && c == 'f':
 		s.literal("false")
-		v.SetBool(false)
-	case p.kind == reflect.Pointer && c == '{':
-		elem := reflect.New(v.Type().Elem())
-		s.object(elem.Elem(), p.elem)
-		v.Set(elem)
-	case p.kind == reflect.Map && c == '{':
+	case p.kind == pointerPlan && c == '{':
+		elem := reflect.New(p.elem.typ).UnsafePointer()
+		s.object(elem, p.elem)
+		*(*unsafe.Pointer)(v) = elem
+	case p.kind == mapPlan && c == '{':
 		// a key given twice is the last one's, as in json.Unmarshal
-		m := reflect.MakeMap(v.Type())
+		m := reflect.MakeMap(p.typ)
 		for more := s.enter('}'); more; more = s.more('}') {
-			key, plain := s.key()
+			key, plain, _ := s.key()
 			if !plain { // escapes and invalid UTF-8 are left to encoding/json
 				s.fail()
 				break
 			}
-			elem := reflect.New(v.Type().Elem()).Elem()
-			s.value(elem, p.elem)
-			m.SetMapIndex(reflect.ValueOf(string(key)), elem)
+			elem := reflect.New(p.elem.typ)
+			s.value(elem.UnsafePointer(), p.elem)
+			m.SetMapIndex(reflect.ValueOf(string(key)), elem.Elem())
 		}
-		v.Set(m)
-	case p.kind == reflect.Slice && c == '[':
-		elems := reflect.MakeSlice(v.Type(), 0, 0)
+		reflect.NewAt(p.typ, v).Elem().Set(m)
+	case p.kind == slicePlan && c == '[':
+		elems := reflect.MakeSlice(p.typ, 0, 0)
 		for more := s.enter(']'); more; more = s.more(']') {
-			elems = reflect.Append(elems, reflect.Zero(v.Type().Elem()))
-			s.object(elems.Index(elems.Len()-1), p.elem)
+			elems = reflect.Append(elems, reflect.Zero(p.elem.typ))
+			s.object(elems.Index(elems.Len()-1).Addr().UnsafePointer(), p.elem)
 		}
-		v.Set(elems)
+		reflect.NewAt(p.typ, v).Elem().Set(elems)
 	default:
 		s.fail()
 	}
+}
+
+// parseInt64 is strconv.ParseInt of number, a JSON number, as
+// json.Unmarshal reads an int64 (a fraction, an exponent or too many
+// digits fail), without ParseInt's cost for 18 digits or fewer.
+func parseInt64(number []byte) (int64, bool) {
+	digits := number
+	if len(digits) > 0 && digits[0] == '-' {
+		digits = digits[1:]
+	}
+	if len(digits) == 0 || len(digits) > 18 {
+		n, err := strconv.ParseInt(string(number), 10, 64)
+		return n, err == nil
+	}
+	var n int64
+	for _, c := range digits {
+		if !isDigit(c) {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	if len(digits) < len(number) {
+		n = -n
+	}
+	return n, true
 }

@@ -176,7 +176,7 @@ func DecodeStorableLinks(env Envelope, payload []byte, plans Plans) (*Fact, Link
 // StorableText is s without NUL bytes and invalid UTF-8, which PostgreSQL's
 // text cannot hold.
 func StorableText(s string) string {
-	if strings.IndexByte(s, 0) < 0 && utf8.ValidString(s) {
+	if printableASCII(s) || strings.IndexByte(s, 0) < 0 && utf8.ValidString(s) {
 		return s
 	}
 	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
@@ -274,6 +274,18 @@ func makeStorable(v reflect.Value, path string) string {
 	return ""
 }
 
+// printableASCII reports whether s is printable ASCII (every byte from ' '
+// to '~'): what nearly every text of a fact is, and neither StorableText
+// nor checkID changes or refuses, which this tells at less cost.
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < ' ' || c > '~' {
+			return false
+		}
+	}
+	return true
+}
+
 // setStorable makes the string f StorableText, writing it only when that changes it.
 func setStorable(f reflect.Value) {
 	if s := f.String(); StorableText(s) != s {
@@ -285,6 +297,9 @@ func setStorable(f reflect.Value) {
 func checkID(id string) string {
 	if len(id) > MaxIDBytes {
 		return "is " + strconv.Itoa(len(id)) + " bytes long, over " + strconv.Itoa(MaxIDBytes)
+	}
+	if printableASCII(id) {
+		return ""
 	}
 	if !utf8.ValidString(id) {
 		return "is not valid UTF-8"
