@@ -164,7 +164,7 @@ func (l *Log) store(batch []*appendRequest) {
 	if len(live) == 0 {
 		return
 	}
-	carried := l.claimNotify()
+	carried := len(live) > 1 && l.claimNotify()
 	results, err := l.appendBatch(live, carried)
 	if err != nil && !unavailable(err) && len(live) > 1 {
 		for _, req := range live {

@@ -467,12 +467,11 @@ func TestAppendBatchLocksInKeyOrder(t *testing.T) {
 	}
 }
 
-// TestAppendCarriesItsNotify: an append stored once no NOTIFY was sent for
-// the interval is announced by its own transaction: a listener hears it,
-// named by its position, and the log sends no NOTIFY statement of its own.
-// The append right after it is announced too, by its own transaction or,
-// within the interval, by the notifier's NOTIFY.
-func TestAppendCarriesItsNotify(t *testing.T) {
+// TestBatchCarriesItsNotify: a batch whose transaction carries the NOTIFY
+// is heard by a listener, named by its last position, without a NOTIFY
+// statement of the log's; a lone append is announced by one of its own,
+// after its commit.
+func TestBatchCarriesItsNotify(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	_, url := pgtest.NewPool(t)
@@ -488,25 +487,32 @@ func TestAppendCarriesItsNotify(t *testing.T) {
 	if _, err := listener.Exec(ctx, "LISTEN ledger_events"); err != nil {
 		t.Fatal(err)
 	}
-	stream := eventlogtest.NewStream("notify")
-	for i := range 2 {
-		res, err := log.Append(ctx, eventlogtest.NewEvent(stream))
-		if err != nil {
-			t.Fatal(err)
-		}
+	heard := func(what string, pos eventlog.Position, statements int) {
+		t.Helper()
 		waitCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
 		n, err := listener.WaitForNotification(waitCtx)
-		cancel()
 		if err != nil {
-			t.Fatalf("append %d at %s: no notification: %v", i, res.Position, err)
+			t.Fatalf("%s at %s: no notification: %v", what, pos, err)
 		}
-		if n.Payload != res.Position.String() {
-			t.Errorf("append %d at %s announced as %q", i, res.Position, n.Payload)
+		if n.Payload != pos.String() {
+			t.Errorf("%s at %s announced as %q", what, pos, n.Payload)
 		}
-		if i == 0 && tracer.count("pg_notify") != 0 {
-			t.Errorf("the first append was announced by a NOTIFY statement of its own, not by its transaction")
+		if got := tracer.count("pg_notify"); got != statements {
+			t.Errorf("after %s: %d NOTIFY statements, want %d", what, got, statements)
 		}
 	}
+	stream := eventlogtest.NewStream("notify")
+	results, err := postgres.AppendBatch(ctx, log, []eventlog.Event{eventlogtest.NewEvent(stream), eventlogtest.NewEvent(stream)}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	heard("the batch", results[1].Position, 0)
+	res, err := log.Append(ctx, eventlogtest.NewEvent(stream))
+	if err != nil {
+		t.Fatal(err)
+	}
+	heard("the lone append", res.Position, 1)
 }
 
 // statementTracer counts the statements a pool runs outside pipelines, by
