@@ -201,9 +201,11 @@ func (b *builder) catchUp(ctx context.Context, p Projection, schema string, from
 }
 
 // batchSizes bounds the batches of a fold of the log: the first read takes
-// first records, and each read that comes back full doubles the next, up to
-// max. So a fold far behind the head takes big batches (few transactions,
-// rows written once for many events), and one near it small ones.
+// first records, and each read that comes back full quadruples the next, up
+// to max. So a fold far behind the head takes big batches (few transactions,
+// rows written once for many events), and one near it small ones; doubling,
+// a catch-up spent its first 15,000 events in four transactions, each
+// folded alone while the next one was read and decoded.
 type batchSizes struct{ first, max int }
 
 // foldLog reads the records after from in batches of sizes until it meets
@@ -238,7 +240,7 @@ func (b *builder) foldStages(ctx context.Context, from eventlog.Position, until 
 	read, decoded := make(chan []eventlog.Record, 1), make(chan *batch, 1)
 	g.Go(func() error {
 		defer close(read)
-		for pos, size := from, sizes.first; ; size = min(2*size, sizes.max) {
+		for pos, size := from, sizes.first; ; size = min(4*size, sizes.max) {
 			recs, done, err := b.read(gctx, pos, until, size)
 			if err != nil || len(recs) == 0 {
 				return err
