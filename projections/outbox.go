@@ -333,18 +333,10 @@ func (b *builder) announce(ctx context.Context, t schemaTable, schema, where, ty
 	}); err != nil {
 		return fmt.Errorf("announce %s of %s: %w", t.tableName(), schema, err)
 	}
-	// Page i holds the rows after bounds[i-1] (or the first) up to bounds[i]
-	// (or the last): $1, $2 its lower bound, $5, $6 its upper one unless $3.
+	// Page i holds the rows after bounds[i-1] (or the first).
 	const derive = `CREATE TEMPORARY TABLE announce_page (id text, account text, customer_id text, event_ids text[],
   occurred_at timestamptz, data jsonb, k1 text, k2 text, k3 bigint) ON COMMIT DROP`
-	fill := fmt.Sprintf(`WITH page AS (
-  SELECT * FROM %[1]s.%[2]s WHERE %[3]s AND (account, %[4]s) > ($1, $2) AND ($3 OR (account, %[4]s) <= ($5, $6))),
-n AS (%[5]s)
-INSERT INTO announce_page SELECT * FROM n`, ident(schema), t.tableName(), where, key, notes)
-	const insert = `INSERT INTO notifications (id, position, type, account, customer_id, event_ids, occurred_at, data)
-SELECT n.id, nextval('notifications_position_seq'), $1, n.account, n.customer_id, n.event_ids, n.occurred_at, n.data
-  FROM announce_page n WHERE NOT EXISTS (SELECT FROM notifications o WHERE o.id = n.id)
- ORDER BY n.k1, n.k2, n.k3`
+	fill, insert := announceSQL(t, schema, where, notes)
 	// A page holds its connection while it waits for the page before to
 	// commit, so it takes one only once the page before holds its own
 	// (begun): on a pool with one connection to spare, the page before
@@ -357,12 +349,9 @@ SELECT n.id, nextval('notifications_position_seq'), $1, n.account, n.customer_id
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(2)
 	for i := range committed {
-		from, to, last := linkKey{}, linkKey{}, i == len(bounds)
+		var from linkKey
 		if i > 0 {
 			from = bounds[i-1]
-		}
-		if !last {
-			to = bounds[i]
 		}
 		g.Go(func() error {
 			if i > 0 {
@@ -378,7 +367,7 @@ SELECT n.id, nextval('notifications_position_seq'), $1, n.account, n.customer_id
 				if _, err := tx.Exec(gctx, derive); err != nil {
 					return err
 				}
-				if _, err := tx.Exec(gctx, fill, from.account, from.object, last, typ, to.account, to.object); err != nil {
+				if _, err := tx.Exec(gctx, fill, from.account, from.object, page, typ); err != nil {
 					return err
 				}
 				if i > 0 {
@@ -410,6 +399,29 @@ SELECT n.id, nextval('notifications_position_seq'), $1, n.account, n.customer_id
 		})
 	}
 	return g.Wait()
+}
+
+// announceSQL returns announce's statements for the rows of t in schema
+// that where selects: fill derives into announce_page the notifications
+// that notes derives from the page of up to $3 rows after ($1, $2) in key
+// order, and insert adds those new to the outbox in their order, of type
+// $1. Neither reads more than its page: with a bound on each side, the
+// generic plan of the page (pgx caches the statement) scanned the whole
+// table for every page, and for NOT EXISTS the planner, which has no
+// statistics of the temporary table, chose a hash anti join over the whole
+// outbox, every page. A LATERAL subquery with LIMIT is never made a join:
+// each row probes the outbox's id index.
+func announceSQL(t schemaTable, schema, where, notes string) (fill, insert string) {
+	fill = fmt.Sprintf(`WITH page AS (
+  SELECT * FROM %[1]s.%[2]s WHERE %[3]s AND (account, %[4]s) > ($1, $2) ORDER BY account, %[4]s LIMIT $3),
+n AS (%[5]s)
+INSERT INTO announce_page SELECT * FROM n`, ident(schema), t.tableName(), where, t.keyColumn(), notes)
+	insert = `INSERT INTO notifications (id, position, type, account, customer_id, event_ids, occurred_at, data)
+SELECT n.id, nextval('notifications_position_seq'), $1, n.account, n.customer_id, n.event_ids, n.occurred_at, n.data
+  FROM announce_page n LEFT JOIN LATERAL (SELECT true AS stored FROM notifications o WHERE o.id = n.id LIMIT 1) o ON true
+ WHERE o.stored IS NULL
+ ORDER BY n.k1, n.k2, n.k3`
+	return fill, insert
 }
 
 // notificationIDSQL is the SQL of notificationID over the SQL text

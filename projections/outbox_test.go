@@ -735,6 +735,83 @@ func TestAnnounceOnAPoolOfOneConnection(t *testing.T) {
 	}
 }
 
+// TestAnnounceReadsOnlyItsPage: the plans of announce's statements (announceSQL)
+// read one page of the table and probe the outbox's id index for each row,
+// with 20,000 invoices and notifications stored: its generic plan (after a
+// few pages, pgx having cached the statement) for the page, its plan for
+// the insert from the temporary table, which has no statistics. Before,
+// each page scanned the whole table and hashed the whole outbox (a 1M
+// build's announce cost 27 µs of backend CPU a notification).
+func TestAnnounceReadsOnlyItsPage(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t, pgtest.NewDatabase(t))
+	schema := Billing(testPlans(t)).newSchemaName()
+	if _, err := pool.Exec(ctx, createSchemaSQL(schema)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := pool.Exec(ctx, fmt.Sprintf(`INSERT INTO %[1]s.invoices (account, invoice_id, customer_id, subscription_id, status, snapshot_status,
+    amount_due, amount_paid, currency, attempt_count, last_event_id, last_event_created)
+SELECT '', 'in_' || g, 'cus_' || g / 4, '', 'paid', 'paid', 100, 100, 'usd', 1, 'evt_' || g, now() FROM generate_series(1, 20000) g;
+INSERT INTO notifications (id, position, type, account, customer_id, event_ids, occurred_at, data)
+SELECT 'ntf_' || g, nextval('notifications_position_seq'), 'invoice.paid', '', 'cus_' || g, '{}', now(), '{}' FROM generate_series(1, 20000) g;
+ANALYZE %[1]s.invoices; ANALYZE notifications`, ident(schema)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fill, insert := announceSQL(invoicesTable, schema, "status = 'paid'", `SELECT 'ntf_' || p.invoice_id AS id, p.account, p.customer_id,
+       '{}'::text[] AS event_ids, p.last_event_created AS occurred_at, '{}'::jsonb AS data, p.account AS k1, p.invoice_id AS k2, 0::bigint AS k3
+  FROM page p`)
+	// plan walks the nodes of the plan of explain, EXPLAIN (FORMAT JSON).
+	plan := func(tx pgx.Tx, explain string, node func(map[string]any), args ...any) {
+		var plans []map[string]any
+		if err := tx.QueryRow(ctx, explain, args...).Scan(&plans); err != nil {
+			t.Fatal(err)
+		}
+		var walk func(n map[string]any)
+		walk = func(n map[string]any) {
+			node(n)
+			children, _ := n["Plans"].([]any)
+			for _, c := range children {
+				walk(c.(map[string]any))
+			}
+		}
+		walk(plans[0]["Plan"].(map[string]any))
+	}
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `CREATE TEMPORARY TABLE announce_page (id text, account text, customer_id text, event_ids text[],
+  occurred_at timestamptz, data jsonb, k1 text, k2 text, k3 bigint) ON COMMIT DROP;
+PREPARE announce_fill (text, text, bigint, text) AS `+fill+`;
+SET LOCAL plan_cache_mode = force_generic_plan`)
+		if err != nil {
+			return err
+		}
+		var read float64 // rows of invoices read, kept or not
+		plan(tx, `EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE announce_fill('', 'in_5', 100, 'invoice.paid')`, func(n map[string]any) {
+			if n["Relation Name"] == invoicesTable.name {
+				removed, _ := n["Rows Removed by Filter"].(float64)
+				read += n["Actual Rows"].(float64)*n["Actual Loops"].(float64) + removed
+			}
+		})
+		if read > 100 {
+			t.Errorf("a page of 100 invoices read %.0f of them under its generic plan", read)
+		}
+		var scanned []string
+		plan(tx, "EXPLAIN (FORMAT JSON) "+insert, func(n map[string]any) {
+			if n["Node Type"] == "Seq Scan" {
+				scanned = append(scanned, fmt.Sprint(n["Relation Name"]))
+			}
+		}, notify.InvoicePaid)
+		if !slices.Equal(scanned, []string{"announce_page"}) {
+			t.Errorf("the insert of a page scans %q whole, want only the page", scanned)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // listed reads the rows of t that clause selects, through the readmodel views.
 func listed[T any](t *testing.T, pool *pgxpool.Pool, tb table[T], clause string) []T {
 	t.Helper()
