@@ -39,7 +39,7 @@ const BuildGCHeadroom = 512 << 20
 // Progress reports how far a build (Rebuild, Diff, a new version) has got.
 type Progress struct {
 	Done     int64             // events folded so far
-	Total    int64             // events in the log when the build started, at least Done
+	Total    int64             // events to fold when the fold started (all the log's, for a build's fill), at least Done
 	Position eventlog.Position // of the last event folded
 	Elapsed  time.Duration
 }
@@ -230,9 +230,10 @@ func (b *builder) foldStages(ctx context.Context, from eventlog.Position, until 
 	var total atomic.Int64
 	if b.progress != nil {
 		// Beside the fold, not before it: a count of a million events takes
-		// the database most of a second.
+		// the database most of a second. Only those after from: the swap's
+		// catch-up waited that second for a count of the whole log.
 		g.Go(func() error {
-			n, err := b.log.CountAfter(gctx, eventlog.Start)
+			n, err := b.log.CountAfter(gctx, from)
 			total.Store(n)
 			return err
 		})

@@ -234,6 +234,40 @@ func TestRebuildWhileRunning(t *testing.T) {
 	checkFromScratch(t, pool, log, p)
 }
 
+// TestCatchUpCountsWhatItFolds: a build's catch-up from a position (the
+// swap's, after the fill) reports as its total the events after that
+// position, which it folds, not the whole log's, which it counted.
+func TestCatchUpCountsWhatItFolds(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, log := newLog(t)
+	ds := lifecycles(23, 10)
+	appendAll(t, log, ds)
+	recs, err := log.ReadAll(ctx, eventlog.Start, len(ds))
+	if err != nil || len(recs) != len(ds) {
+		t.Fatalf("read %d of %d records: %v", len(recs), len(ds), err)
+	}
+	m, err := newMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last Progress
+	p := Billing(testPlans(t))
+	b := &builder{pool: pool, log: log, p: p.building().reading(log), logger: testLogger(t), metrics: m, batchSize: 50,
+		progress: func(pr Progress) { last = pr }}
+	schema, err := b.createSchema(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := recs[len(recs)/3].Position
+	if _, err := b.catchUp(ctx, b.p, schema, from, nil); err != nil {
+		t.Fatal(err)
+	}
+	if want := int64(len(recs) - len(recs)/3 - 1); last.Done != want || last.Total != want {
+		t.Errorf("a catch-up of %d events reported %d of %d done", want, last.Done, last.Total)
+	}
+}
+
 // checkFromScratch compares the live read model with p folded afresh from
 // the whole log.
 func checkFromScratch(t *testing.T, pool *pgxpool.Pool, log eventlog.Log, p Projection) {
