@@ -164,7 +164,13 @@ func (l *Log) store(batch []*appendRequest) {
 	if len(live) == 0 {
 		return
 	}
-	carried := len(live) > 1 && l.claimNotify()
+	var (
+		carried   bool
+		announced uint64
+	)
+	if len(live) > 1 {
+		carried, announced = l.claimNotify()
+	}
 	results, err := l.appendBatch(live, carried)
 	if err != nil && !unavailable(err) && len(live) > 1 {
 		for _, req := range live {
@@ -184,7 +190,7 @@ func (l *Log) store(batch []*appendRequest) {
 		}
 	}
 	if latest != eventlog.Start {
-		l.announce(latest, carried)
+		l.announce(latest, carried, announced)
 	}
 }
 

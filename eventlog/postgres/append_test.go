@@ -515,6 +515,48 @@ func TestBatchCarriesItsNotify(t *testing.T) {
 	heard("the lone append", res.Position, 1)
 }
 
+// TestCommitBehindACarriedNotifyIsAnnounced: with several committers a
+// transaction can commit after a batch with a later position carried its
+// NOTIFY; its subscribers, woken before it committed, need another.
+func TestCommitBehindACarriedNotifyIsAnnounced(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	pool, url := pgtest.NewPool(t)
+	log := postgres.New(pool, testLogger(t))
+	t.Cleanup(log.Close)
+	listener, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listener.Close(context.Background())
+	if _, err := listener.Exec(ctx, "LISTEN ledger_events"); err != nil {
+		t.Fatal(err)
+	}
+	wait := func(what string) {
+		t.Helper()
+		waitCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if _, err := listener.WaitForNotification(waitCtx); err != nil {
+			t.Fatalf("%s: no notification: %v", what, err)
+		}
+	}
+	carried, announced := postgres.ClaimNotify(log)
+	if !carried {
+		t.Fatal("the first batch does not carry the NOTIFY")
+	}
+	stream := eventlogtest.NewStream("behind")
+	results, err := postgres.AppendBatch(ctx, log, []eventlog.Event{eventlogtest.NewEvent(stream), eventlogtest.NewEvent(stream)}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	postgres.Announce(log, results[1].Position, true, announced)
+	wait("the carried batch")
+	// Another committer's transaction, with an earlier id, commits now.
+	earlier := eventlog.Position{Commit: results[0].Position.Commit - 1, Prepare: results[0].Position.Prepare - 1}
+	postgres.Announce(log, earlier, false, 0)
+	wait("the commit behind it")
+}
+
 // statementTracer counts the statements a pool runs outside pipelines, by
 // their text.
 type statementTracer struct {

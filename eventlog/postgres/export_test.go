@@ -15,3 +15,11 @@ func AppendBatch(ctx context.Context, l *Log, events []eventlog.Event, notify bo
 	}
 	return l.appendBatch(batch, notify)
 }
+
+// ClaimNotify and Announce are what a committer does before and after it
+// stores a batch (store).
+func ClaimNotify(l *Log) (carried bool, announced uint64) { return l.claimNotify() }
+
+func Announce(l *Log, pos eventlog.Position, carried bool, announced uint64) {
+	l.announce(pos, carried, announced)
+}

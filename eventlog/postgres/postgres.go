@@ -100,13 +100,19 @@ type Log struct {
 	// (claimNotify), wakes one goroutine, started by the first append and
 	// stopped by Close, which sends a NOTIFY once none was sent or claimed
 	// for minNotifyInterval, twice that when a batch claimed the last
-	// (carried); notified is the latest position a NOTIFY named, notifiedAt
-	// when the last was claimed.
+	// (carried); notifiedAt is when the last was claimed. Commits are
+	// counted, not compared by position: with several committers a
+	// transaction can commit after one with a later position announced it,
+	// and still needs a NOTIFY. announced counts the commits that carried
+	// no NOTIFY; covered, how many of them a NOTIFY sent or committed since
+	// came after (a carried one covers those counted when it was claimed,
+	// before its transaction committed).
 	notifyOnce   sync.Once
 	wake         chan struct{}
 	mu           sync.Mutex
 	latest       eventlog.Position
-	notified     eventlog.Position
+	announced    uint64
+	covered      uint64
 	notifiedAt   time.Time
 	carried      bool
 	stopNotifier context.CancelFunc
@@ -200,29 +206,33 @@ var (
 )
 
 // claimNotify reports whether the batch about to be stored carries the
-// NOTIFY: none was sent or claimed for minNotifyInterval.
-func (l *Log) claimNotify() bool {
+// NOTIFY (none was sent or claimed for minNotifyInterval) and, if so, how
+// many commits had been announced: its NOTIFY covers them.
+func (l *Log) claimNotify() (carried bool, announced uint64) {
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if now.Sub(l.notifiedAt) < minNotifyInterval {
-		return false
+		return false, 0
 	}
 	l.notifiedAt, l.carried = now, true
-	return true
+	return true, l.announced
 }
 
 // announce wakes subscribers (of every process) to a committed append at
-// pos, whose transaction notified them itself when carried is set.
-func (l *Log) announce(pos eventlog.Position, carried bool) {
+// pos, whose transaction notified them itself when carried is set (claimed
+// once announced commits had been).
+func (l *Log) announce(pos eventlog.Position, carried bool, announced uint64) {
 	l.mu.Lock()
 	if l.latest.Less(pos) {
 		l.latest = pos
 	}
-	if carried && l.notified.Less(pos) {
-		l.notified = pos
+	if carried {
+		l.covered = max(l.covered, announced)
+	} else {
+		l.announced++
 	}
-	pending := l.notified.Less(l.latest)
+	pending := l.covered < l.announced
 	l.mu.Unlock()
 	if !pending {
 		return
@@ -258,9 +268,10 @@ func (l *Log) notify(ctx context.Context) {
 			if l.carried {
 				wait *= 2
 			}
-			pos, pending, due := l.latest, l.notified.Less(l.latest), l.notifiedAt.Add(wait)
+			pos, pending, due := l.latest, l.covered < l.announced, l.notifiedAt.Add(wait)
 			if pending && !now.Before(due) {
-				l.notifiedAt, l.carried = now, false
+				// Sent after the commits counted so far: it covers them.
+				l.notifiedAt, l.carried, l.covered = now, false, l.announced
 			}
 			l.mu.Unlock()
 			if !pending {
@@ -277,11 +288,6 @@ func (l *Log) notify(ctx context.Context) {
 			if _, err := l.pool.Exec(ctx, "SELECT pg_notify('ledger_events', $1)", payload); err != nil && ctx.Err() == nil {
 				l.logger.Warn("notify subscribers of new events; they will poll", "err", err)
 			}
-			l.mu.Lock()
-			if l.notified.Less(pos) {
-				l.notified = pos
-			}
-			l.mu.Unlock()
 			break
 		}
 	}
