@@ -3,10 +3,8 @@ package projections
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"io"
-	"reflect"
 	"strings"
 	"time"
 
@@ -75,8 +73,7 @@ var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC).Unix()
 
 // appendCopyRow appends row, a row of t, as binary COPY encodes it: its
 // number of fields, then each field's length (-1 for NULL) and value in
-// its column type's binary form. A nil pointer is NULL; JSON is what
-// json.Marshal makes of the value (a nil map is the JSON null).
+// its column type's binary form. A nil pointer is NULL; JSON is jsonOf's.
 func appendCopyRow[T any](buf []byte, t table[T], row *T) ([]byte, error) {
 	fields := t.fields(row)
 	buf = binary.BigEndian.AppendUint16(buf, uint16(len(fields)))
@@ -106,14 +103,10 @@ func appendCopyRow[T any](buf []byte, t table[T], row *T) ([]byte, error) {
 			if c := t.columns[i]; c.sqlType() != "jsonb" {
 				return nil, fmt.Errorf("copy %s.%s: no binary encoding of %T", t.name, c.name, field)
 			}
-			value := reflect.ValueOf(field).Elem()
-			if value.Kind() == reflect.Pointer && value.IsNil() {
+			text := jsonOf(field)
+			if text == nil {
 				buf = binary.BigEndian.AppendUint32(buf, 0xffffffff)
 				continue
-			}
-			text, err := json.Marshal(value.Interface())
-			if err != nil {
-				return nil, fmt.Errorf("copy %s.%s: %w", t.name, t.columns[i].name, err)
 			}
 			buf = binary.BigEndian.AppendUint32(buf, uint32(1+len(text)))
 			buf = append(buf, 1) // jsonb's binary form: version 1, then the text

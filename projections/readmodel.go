@@ -285,17 +285,20 @@ func (a *nullTimeArray) add(field any) {
 }
 func (a *nullTimeArray) value() any { return a.values }
 
-// jsonArray holds the JSON of fields, as pgx's JSON codec would encode
-// them: a nil pointer is NULL, anything else what json.Marshal makes of it
-// (a nil map is the JSON null).
+// jsonArray holds the JSON of fields (jsonOf).
 type jsonArray struct{ values pgtype.FlatArray[[]byte] }
 
-func (a *jsonArray) add(field any) {
-	var raw []byte
-	if v := reflect.ValueOf(field).Elem(); v.Kind() != reflect.Pointer || !v.IsNil() {
-		raw, _ = json.Marshal(field) // the read model's plain structs and maps, which never fail
+func (a *jsonArray) add(field any) { a.values = append(a.values, jsonOf(field)) }
+
+// jsonOf is the JSON of field, the address of a jsonb column's value, as
+// pgx's JSON codec would encode it: nil (NULL) for a nil pointer, anything
+// else what json.Marshal makes of it (a nil map is the JSON null).
+func jsonOf(field any) []byte {
+	if v := reflect.ValueOf(field).Elem(); v.Kind() == reflect.Pointer && v.IsNil() {
+		return nil
 	}
-	a.values = append(a.values, raw)
+	raw, _ := json.Marshal(field) // the read model's plain structs and maps, which never fail
+	return raw
 }
 func (a *jsonArray) value() any { return a.values }
 
