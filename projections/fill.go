@@ -62,6 +62,7 @@ type filler struct {
 	seed    maphash.Seed                    // of writtenKey
 	objects int                             // objects held in states
 	touched map[objectKey]eventlog.Position
+	holder  map[objectKey]string       // the customer that touched each object held last, by objectKey without its customer
 	seen    map[domain.CustomerKey]int // the chunk that last named each customer held
 	chunk   int                        // chunks folded
 	links   *heldLinks                 // the links folded so far, written by finish
@@ -104,7 +105,7 @@ func (b *builder) fill(ctx context.Context, schema string, until *eventlog.Posit
 
 func (b *builder) fillCopy(ctx context.Context, schema string, until *eventlog.Position, analyze bool) (eventlog.Position, error) {
 	f := &filler{b: b, schema: schema, analyze: analyze, states: map[domain.CustomerKey]*domain.CustomerState{}, lines: map[domain.CustomerKey]timeline{},
-		stored: map[domain.CustomerKey]bool{}, written: map[uint64]struct{}{}, seed: maphash.MakeSeed(), touched: map[objectKey]eventlog.Position{}, seen: map[domain.CustomerKey]int{},
+		stored: map[domain.CustomerKey]bool{}, written: map[uint64]struct{}{}, seed: maphash.MakeSeed(), touched: map[objectKey]eventlog.Position{}, holder: map[objectKey]string{}, seen: map[domain.CustomerKey]int{},
 		links: newHeldLinks()}
 	// The tables of links get their keys once the links are in (finish).
 	var bare strings.Builder
@@ -211,6 +212,7 @@ func (f *filler) fold(ctx context.Context, bt *batch) error {
 	if err := f.foldCustomers(ctx, bt, keys, states, lines); err != nil {
 		return err
 	}
+	var claims []objectKey
 	for i, k := range keys {
 		s, facts := states[i], bt.facts[k]
 		f.lines[k] = lines[i]
@@ -221,11 +223,61 @@ func (f *filler) fold(ctx context.Context, bt *batch) error {
 			}
 			if key, ok := factObject(fact); ok {
 				f.touched[key] = pos
+				claims = append(claims, key)
 			}
 		}
 		f.objects += heldObjects(s)
 	}
+	// Claims once every state's objects are counted: one may drop an
+	// object from a state that this loop counts after the claimer's.
+	for _, key := range claims {
+		f.claim(key)
+	}
 	return nil
+}
+
+// claim makes key's customer the holder of its object if it touched the
+// object last, and drops the object from the state of the customer held
+// that touched it before: the incremental fold loads that customer without
+// it (the later customer's upsert took its row), so that customer's next
+// fold derives its plan, entitlement and access without it too.
+func (f *filler) claim(key objectKey) {
+	row := key
+	row.customer = ""
+	prev, ok := f.holder[row]
+	if ok && prev != key.customer {
+		was := key
+		was.customer = prev
+		if f.touched[key].Less(f.touched[was]) {
+			return
+		}
+		if s := f.states[domain.CustomerKey{Account: key.account, ID: prev}]; s != nil && dropObject(s, key.table, key.id) {
+			f.objects--
+		}
+		delete(f.touched, was)
+	}
+	f.holder[row] = key.customer
+}
+
+// dropObject deletes object id, a row of table, from s, and reports whether s held it.
+func dropObject(s *domain.CustomerState, table, id string) bool {
+	switch table {
+	case subscriptionsTable.name:
+		return deleteHeld(s.Subscriptions, id)
+	case invoicesTable.name:
+		return deleteHeld(s.Invoices, id)
+	case chargesTable.name:
+		return deleteHeld(s.Charges, id)
+	case disputesTable.name:
+		return deleteHeld(s.Disputes, id)
+	}
+	return false
+}
+
+func deleteHeld[T any](objects map[string]T, id string) bool {
+	_, ok := objects[id]
+	delete(objects, id)
+	return ok
 }
 
 // foldCustomers folds bt's facts of each customer of keys into its state
@@ -405,10 +457,13 @@ func (f *filler) finish(ctx context.Context) error {
 	return g.Wait()
 }
 
-// forget drops what f.touched holds of the objects of customer k.
+// forget drops what f.touched and f.holder hold of the objects of customer k.
 func forget[T any](f *filler, k domain.CustomerKey, table string, objects map[string]T) {
 	for id := range objects {
 		delete(f.touched, objectKey{table: table, account: k.Account, id: id, customer: k.ID})
+		if row := (objectKey{table: table, account: k.Account, id: id}); f.holder[row] == k.ID {
+			delete(f.holder, row)
+		}
 	}
 }
 

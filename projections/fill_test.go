@@ -56,11 +56,7 @@ func TestFillEqualsIncrementalFold(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		m, err := newMetrics(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b := &builder{pool: pool, log: log, p: p, logger: testLogger(t), metrics: m, batchSize: 150, fillChunk: 97, fillMax: fillMax}
+		b := testBuilder(t, pool, log, p, 97, fillMax)
 		schema := scratch(t, pool, p)
 		if err := fill(b, schema); err != nil {
 			t.Fatal(err)
@@ -96,6 +92,16 @@ func TestFillEqualsIncrementalFold(t *testing.T) {
 			return err
 		}, 0)
 	})
+}
+
+// testBuilder is a builder of p's schemas from log, filling in chunks of
+// fillChunk records and flushing at fillMax objects held (0: at the end).
+func testBuilder(t *testing.T, pool *pgxpool.Pool, log eventlog.Log, p Projection, fillChunk, fillMax int) *builder {
+	m, err := newMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &builder{pool: pool, log: log, p: p, logger: testLogger(t), metrics: m, batchSize: 150, fillChunk: fillChunk, fillMax: fillMax}
 }
 
 // jsonNulls counts the SQL NULLs and the JSON nulls of schema's nullable
@@ -179,5 +185,65 @@ func TestFillReadsLinksUpToItsChunk(t *testing.T) {
 	}
 	if d := diffDumps(dump(t, pool, ref), dump(t, pool, schema)); d != "" {
 		t.Fatalf("filled read model differs from the folded one: %s", d)
+	}
+}
+
+// TestFillDropsAnObjectAnotherCustomerClaims: subscription sub_moved is
+// first A's (entitling A to pro), then B's, and A's next event (another
+// subscription, canceled) derives A's plan again. Folded an event a batch,
+// the incremental fold loads A without sub_moved, whose row B's upsert
+// took, so A ends on the free plan; the fill, holding A's state in memory
+// across chunks, must drop sub_moved from it too and leave A's customer row
+// (plan, entitled, access_until, timeline) as that fold does. In one batch
+// (one chunk) A folds both its events before B claims sub_moved, and stays
+// on pro in both.
+func TestFillDropsAnObjectAnotherCustomerClaims(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t, pgtest.NewDatabase(t))
+	log := postgres.New(pool, testLogger(t))
+	p := Billing(testPlans(t)).reading(log)
+	const start, end = 1709251200, 1711929600
+	for _, e := range []eventlog.Event{
+		subscriptionEvent("evt_moved_1", "cus_moved_a", "sub_moved", "active", "price_pro", start, end),
+		subscriptionEvent("evt_moved_2", "cus_moved_b", "sub_moved", "active", "price_pro", start, end),
+		subscriptionEvent("evt_moved_3", "cus_moved_a", "sub_moved_other", "canceled", "price_pro", start, end),
+	} {
+		if _, err := log.Append(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, err := log.ReadAll(ctx, eventlog.Start, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name               string
+		fillChunk, fillMax int    // the fold's batches are of fillChunk events
+		planA              string // cus_moved_a's plan and entitled, as the fold leaves them
+	}{
+		{"a chunk an event", 1, 0, "free false"},
+		{"a flush a chunk", 1, 1, "free false"},
+		{"one chunk", 100, 0, "price_pro true"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ref := scratch(t, pool, p)
+			for part := range slices.Chunk(recs, c.fillChunk) {
+				if _, err := foldBatch(ctx, pool, testLogger(t), p, ref, p.decode(part), nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if a := queryStrings(t, pool, "SELECT plan || ' ' || entitled FROM "+ident(ref)+".customers WHERE customer_id = 'cus_moved_a'"); !slices.Equal(a, []string{c.planA}) {
+				t.Fatalf("the incremental fold leaves cus_moved_a %q, want %q", a, c.planA)
+			}
+			b := testBuilder(t, pool, log, p, c.fillChunk, c.fillMax)
+			schema := scratch(t, pool, p)
+			if _, err := b.fillCopy(ctx, schema, nil, false); err != nil {
+				t.Fatal(err)
+			}
+			if d := diffDumps(dump(t, pool, ref), dump(t, pool, schema)); d != "" {
+				t.Errorf("filled read model differs from the folded one: %s", d)
+			}
+		})
 	}
 }
