@@ -18,10 +18,11 @@
 // current one is folded; at the first short read it subscribes to the log
 // from there and folds the log's own, small, live batches (a live batch of
 // 1,000 records or more sends it back to reading). Each batch is one
-// transaction: it first advances the checkpoint by compare-and-set on the
-// previous position and schema (0 rows: another runner or a swap got there
-// first, so the batch is rolled back and the runner restarts from the stored
-// checkpoint), then loads the stored rows of the customers the batch names
+// transaction (a catch-up folds two batches in one when the second is
+// decoded already, each as if alone: catchUpJoin): it first advances the
+// checkpoint by compare-and-set on the previous position and schema (0
+// rows: another runner or a swap got there first, so the batch is rolled
+// back and the runner restarts from the stored checkpoint), then loads the stored rows of the customers the batch names
 // into domain.CustomerState, folds the batch's facts in memory and writes the
 // changed rows back with multi-row upserts. The fold is order independent and
 // idempotent, so a batch applied twice changes nothing.

@@ -154,8 +154,9 @@ func (r *Runner) follow(ctx context.Context, cp *checkpoint) error {
 
 // catchUpLive folds the records after cp into the live schema until a read
 // comes back short (the head), each batch in one transaction with its
-// checkpoint, as the live batches are; reading the next batch and decoding
-// it overlap with the fold of the current one (foldLog). A first start
+// checkpoint, as the live batches are, or up to catchUpJoin batches when
+// decoded already; reading the next batch and decoding it overlap with the
+// fold of the current one (foldLog). A first start
 // folds its whole log here, deriving every notification as it goes: the
 // COPY fill derives none, so it serves only builds beside a live version,
 // whose runner derived them.
