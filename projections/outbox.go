@@ -207,6 +207,18 @@ func queueNotifications(b *pgx.Batch, notes []notify.Notification, added *int64)
 		events, occurred, data = append(events, arrayLiteral(n.EventIDs)), append(occurred, n.OccurredAt), append(data, string(n.Data))
 	}
 	b.Queue(`SELECT pg_advisory_xact_lock($1)`, int64(notificationLockClass))
+	// Planned for its own arguments (queueCustomPlans): a generic plan
+	// settled while the outbox was small (a first start, the first minute
+	// of a new database) hashes the whole table for the NOT EXISTS, every
+	// batch, until autovacuum analyzes it: 130 µs a notification in
+	// BenchmarkLiveFold, where the probe of the id index costs about 2.
+	queueCustomPlans(b, func() { queueInsertNotifications(b, ids, types, accounts, customers, events, occurred, data, added) })
+	b.Queue(`SELECT pg_notify($1, '')`, NotificationsChannel)
+}
+
+// queueInsertNotifications queues queueNotifications' insert of the
+// notifications given column by column.
+func queueInsertNotifications(b *pgx.Batch, ids, types, accounts, customers, events []string, occurred []time.Time, data []string, added *int64) {
 	b.Queue(`INSERT INTO notifications (id, position, type, account, customer_id, event_ids, occurred_at, data)
 SELECT n.id, nextval('notifications_position_seq'), n.type, n.account, n.customer_id,
        n.event_ids::text[], n.occurred_at, n.data::jsonb
@@ -217,7 +229,6 @@ SELECT n.id, nextval('notifications_position_seq'), n.type, n.account, n.custome
 		*added += tag.RowsAffected()
 		return nil
 	})
-	b.Queue(`SELECT pg_notify($1, '')`, NotificationsChannel)
 }
 
 // announceFinal adds to the outbox, once a build made schema live, the
