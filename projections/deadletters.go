@@ -86,7 +86,9 @@ func Retry(ctx context.Context, pool *pgxpool.Pool, log eventlog.Log, p Projecti
 		ids[i] = rec.ID
 	}
 	b, err := foldBatch(ctx, pool, logger, p, cp.Schema, p.decode(recs), func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `SELECT FROM projection_checkpoints WHERE name = $1 AND schema_name = $2 FOR UPDATE`, p.Name, cp.Schema)
+		// An update, not a row lock alone: the runner, seeing the row
+		// changed, lets go of the states it holds (heldStates).
+		tag, err := tx.Exec(ctx, `UPDATE projection_checkpoints SET updated_at = clock_timestamp() WHERE name = $1 AND schema_name = $2`, p.Name, cp.Schema)
 		if err != nil || tag.RowsAffected() == 0 {
 			return cmp.Or(err, errCheckpointMoved)
 		}

@@ -25,7 +25,9 @@
 // back and the runner restarts from the stored checkpoint), then loads the stored rows of the customers the batch names
 // into domain.CustomerState, folds the batch's facts in memory and writes the
 // changed rows back with multi-row upserts. The fold is order independent and
-// idempotent, so a batch applied twice changes nothing.
+// idempotent, so a batch applied twice changes nothing. Live batches start
+// from the states the runner's last commits left, held in memory while they
+// are what the read model stores (livestates.go), and load the others.
 //
 // # Events that are not applied
 //

@@ -53,7 +53,7 @@ func BenchmarkLiveFold(b *testing.B) {
 			ds = append(ds, domaintest.Lifecycles(rng, 100)...)
 		}
 		recs := records(b, ds[:n])
-		apply := r.apply(&cp)
+		apply := r.apply(&cp, newHeldStates(maxHeldStates))
 		statements := watchStatements(b, pool)
 		goBefore, pgBefore := processCPU(b), backendsCPU(b, pool)
 		stopProfile := profileCPU(b)

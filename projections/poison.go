@@ -56,6 +56,10 @@ func foldBatch(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger, p P
 		return fold(ctx, tx, p, schema, b)
 	})
 	if isDataError(err) {
+		// The bisection folds halves under savepoints, each from the state
+		// the one before left in the read model: none is held.
+		p.states.reset()
+		p.states = nil
 		logger.WarnContext(ctx, "a batch holds values the read model refuses; isolating the events that cause it",
 			"schema", schema, "events", b.events, "err", err)
 		cause := err

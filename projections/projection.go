@@ -31,6 +31,7 @@ type Projection struct {
 	outbox outboxMode         // what its folds write to the outbox
 	log    audit.StreamReader // the event log, where a late fact's customer history is read (timeline.go)
 	chunk  int                // customers per round of a fold's writes; 0: writeChunk (store.go)
+	states *heldStates        // the states its folds start from, the live runner's (livestates.go); nil: loaded
 }
 
 // outboxMode is what a fold writes to the notifications outbox.

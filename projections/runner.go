@@ -146,10 +146,11 @@ func (r *Runner) follow(ctx context.Context, cp *checkpoint) error {
 	if err := r.catchUpLive(ctx, cp); err != nil {
 		return err
 	}
+	states := newHeldStates(maxHeldStates)
 	if cs, ok := r.log.(eventlog.CheckpointSubscriber); ok {
-		return cs.SubscribeCheckpoints(ctx, cp.Position, r.apply(cp), r.skipTo(cp))
+		return cs.SubscribeCheckpoints(ctx, cp.Position, r.apply(cp, states), r.skipTo(cp))
 	}
-	return r.log.Subscribe(ctx, cp.Position, r.apply(cp))
+	return r.log.Subscribe(ctx, cp.Position, r.apply(cp, states))
 }
 
 // catchUpLive folds the records after cp into the live schema until a read
@@ -188,10 +189,11 @@ func (r *Runner) buildVersion(ctx context.Context) error {
 }
 
 // apply returns the handler that folds each batch into the live schema and
-// advances cp, in one transaction; after a batch of catch-up size, errBehind.
-func (r *Runner) apply(cp *checkpoint) eventlog.Handler {
+// advances cp, in one transaction, starting from the states held (the
+// states of the batches before); after a batch of catch-up size, errBehind.
+func (r *Runner) apply(cp *checkpoint, states *heldStates) eventlog.Handler {
 	return func(ctx context.Context, recs []eventlog.Record) error {
-		b, err := r.fold(ctx, cp, r.p.decode(recs))
+		b, err := r.foldLive(ctx, cp, states, r.p.decode(recs))
 		if err != nil {
 			return err
 		}
@@ -213,6 +215,27 @@ func (r *Runner) fold(ctx context.Context, cp *checkpoint, b *batch) (*batch, er
 	if err != nil {
 		return nil, err
 	}
+	cp.Position = last
+	return b, nil
+}
+
+// foldLive is fold starting from the states held, which it updates once
+// the transaction commits (see heldStates).
+func (r *Runner) foldLive(ctx context.Context, cp *checkpoint, states *heldStates, b *batch) (*batch, error) {
+	last := b.last
+	p := r.p
+	p.states = states
+	var xmin uint32
+	b, err := foldBatch(ctx, r.pool, r.logger, p, cp.Schema, b, func(tx pgx.Tx) error {
+		var err error
+		xmin, err = states.advance(ctx, tx, r.p.Name, *cp, last)
+		return err
+	})
+	if err != nil {
+		states.reset()
+		return nil, err
+	}
+	states.commit(xmin)
 	cp.Position = last
 	return b, nil
 }

@@ -87,21 +87,22 @@ func TestCheckpointCompareAndSet(t *testing.T) {
 
 	// Two runners hold the same checkpoint: the first to commit wins.
 	first, second := start, start
-	if err := r.apply(&first)(ctx, recs[:5]); err != nil {
+	firstStates, secondStates := newHeldStates(maxHeldStates), newHeldStates(maxHeldStates)
+	if err := r.apply(&first, firstStates)(ctx, recs[:5]); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.apply(&second)(ctx, recs[:5]); !errors.Is(err, errCheckpointMoved) {
+	if err := r.apply(&second, secondStates)(ctx, recs[:5]); !errors.Is(err, errCheckpointMoved) {
 		t.Fatalf("second runner's batch: %v, want errCheckpointMoved", err)
 	}
 	// A stale position is refused and writes nothing.
 	before := dump(t, pool, "readmodel")
-	if err := r.apply(&second)(ctx, recs[5:]); !errors.Is(err, errCheckpointMoved) {
+	if err := r.apply(&second, secondStates)(ctx, recs[5:]); !errors.Is(err, errCheckpointMoved) {
 		t.Fatalf("stale runner's batch: %v, want errCheckpointMoved", err)
 	}
 	if d := diffDumps(before, dump(t, pool, "readmodel")); d != "" {
 		t.Fatalf("a refused batch changed the read model: %s", d)
 	}
-	if err := r.apply(&first)(ctx, recs[5:]); err != nil {
+	if err := r.apply(&first, firstStates)(ctx, recs[5:]); err != nil {
 		t.Fatal(err)
 	}
 	cp, _, _ := loadCheckpoint(ctx, pool, p.Name, "")
@@ -116,8 +117,8 @@ func TestCheckpointCompareAndSet(t *testing.T) {
 		t.Fatal(err)
 	}
 	errs := make(chan error, 2)
-	go func() { errs <- r.apply(&cp1)(ctx, more) }()
-	go func() { errs <- r.apply(&cp2)(ctx, more) }()
+	go func() { errs <- r.apply(&cp1, newHeldStates(maxHeldStates))(ctx, more) }()
+	go func() { errs <- r.apply(&cp2, newHeldStates(maxHeldStates))(ctx, more) }()
 	e1, e2 := <-errs, <-errs
 	if (e1 == nil) == (e2 == nil) || !errors.Is(errors.Join(e1, e2), errCheckpointMoved) {
 		t.Errorf("concurrent batches returned %v and %v, want one nil and one errCheckpointMoved", e1, e2)

@@ -94,7 +94,7 @@ func fold(ctx context.Context, tx pgx.Tx, p Projection, schema string, b *batch)
 	if err := link(ctx, tx, schema, parts[0]); err != nil {
 		return err
 	}
-	cur, err := loadPart(ctx, tx, schema, parts[0])
+	cur, err := p.states.loadPart(ctx, tx, schema, parts[0])
 	if err != nil {
 		return err
 	}
@@ -282,6 +282,7 @@ func foldPart(ctx context.Context, tx pgx.Tx, w *chunkWriter, p Projection, sche
 			return nil, err
 		}
 		ps.timelines[id] = tl
+		p.states.folded(id, s, tl)
 		customers = append(customers, newCustomerRow(s, tl))
 		subscriptions = appendChanged(subscriptions, before.Subscriptions, s.Subscriptions, subscriptionChanged)
 		invoices = appendChanged(invoices, before.Invoices, s.Invoices,
