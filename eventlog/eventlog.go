@@ -164,6 +164,14 @@ type FoldReader interface {
 	ReadAllFold(ctx context.Context, from Position, limit int) ([]Record, error)
 }
 
+// FoldSubscriber is implemented by logs whose subscriptions can deliver
+// records as ReadAllFold reads them: SubscribeFold is Subscribe, but the
+// records carry no Signature, Source, ReceivedAt, PayloadSHA256, PrevHash
+// or Hash. A projection following the log live reads every record once.
+type FoldSubscriber interface {
+	SubscribeFold(ctx context.Context, from Position, h Handler) error
+}
+
 // PayloadLimiter is implemented by logs that cannot store payloads as large
 // as the webhook accepts (DESIGN §5: 1 MiB); the webhook refuses bodies over
 // MaxPayload with 413 before verifying them.

@@ -147,8 +147,11 @@ func (r *Runner) follow(ctx context.Context, cp *checkpoint) error {
 		return err
 	}
 	states := newHeldStates(maxHeldStates)
-	if cs, ok := r.log.(eventlog.CheckpointSubscriber); ok {
-		return cs.SubscribeCheckpoints(ctx, cp.Position, r.apply(cp, states), r.skipTo(cp))
+	switch l := r.log.(type) {
+	case eventlog.CheckpointSubscriber:
+		return l.SubscribeCheckpoints(ctx, cp.Position, r.apply(cp, states), r.skipTo(cp))
+	case eventlog.FoldSubscriber:
+		return l.SubscribeFold(ctx, cp.Position, r.apply(cp, states))
 	}
 	return r.log.Subscribe(ctx, cp.Position, r.apply(cp, states))
 }

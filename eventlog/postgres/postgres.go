@@ -371,11 +371,6 @@ const foldColumns = `tx, global_position, event_id, stream, stream_version, type
 // readAllFoldSQL is readAllSQL reading only foldColumns.
 const readAllFoldSQL = `SELECT ` + foldColumns + readAllAfter
 
-// readAll is Subscribe's read, on its own connection, of what ReadAll reads.
-func readAll(ctx context.Context, q querier, horizon uint64, from eventlog.Position, limit int) ([]eventlog.Record, error) {
-	return queryRecords(ctx, q, limit, (*rowScanner).record, readAllSQL, from.Commit, prepareArg(from), limit, horizon)
-}
-
 const headSQL = `SELECT tx, global_position FROM events WHERE tx < $1::xid8
  ORDER BY tx DESC, global_position DESC LIMIT 1`
 

@@ -518,6 +518,25 @@ func TestReadAllFold(t *testing.T) {
 	if !bytes.Equal(fold[1].Payload, all[1].Payload) {
 		t.Fatalf("appending to a payload changed the next: %q", fold[1].Payload)
 	}
+
+	// SubscribeFold delivers what ReadAllFold reads.
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var got []eventlog.Record
+	err = l.SubscribeFold(ctx, eventlog.Start, func(_ context.Context, recs []eventlog.Record) error {
+		if got = append(got, recs...); len(got) >= len(all) {
+			cancel()
+		}
+		return nil
+	})
+	if !errors.Is(err, context.Canceled) || len(got) != len(all) {
+		t.Fatalf("SubscribeFold: %d records, %v; want %d, then context.Canceled", len(got), err, len(all))
+	}
+	for i := range got {
+		if !reflect.DeepEqual(got[i], fold[i]) {
+			t.Fatalf("record %d: SubscribeFold\n%+v\nReadAllFold\n%+v", i, got[i], fold[i])
+		}
+	}
 }
 
 // BenchmarkAppend measures concurrent appends of ~2 KiB events spread over 64

@@ -29,7 +29,19 @@ var reconnect = backoff.Policy{Min: 100 * time.Millisecond, Max: 5 * time.Second
 // it only gives up on ctx, on h's error, on a closed pool, or on an error
 // other than ErrUnavailable.
 func (l *Log) Subscribe(ctx context.Context, from eventlog.Position, h eventlog.Handler) error {
-	s := &subscription{Log: l, h: h, pos: from}
+	return l.subscribe(ctx, from, h, readAllSQL, (*rowScanner).record)
+}
+
+// SubscribeFold implements eventlog.FoldSubscriber: Subscribe reading
+// what ReadAllFold reads.
+func (l *Log) SubscribeFold(ctx context.Context, from eventlog.Position, h eventlog.Handler) error {
+	return l.subscribe(ctx, from, h, readAllFoldSQL, (*rowScanner).foldRecord)
+}
+
+// subscribe is Subscribe reading records with sql (readAllSQL or
+// readAllFoldSQL), scanned by scan.
+func (l *Log) subscribe(ctx context.Context, from eventlog.Position, h eventlog.Handler, sql string, scan scanFunc) error {
+	s := &subscription{Log: l, h: h, pos: from, sql: sql, scan: scan}
 	retry := backoff.New(reconnect)
 	for {
 		err := s.follow(ctx)
@@ -58,6 +70,8 @@ func (l *Log) Subscribe(ctx context.Context, from eventlog.Position, h eventlog.
 type subscription struct {
 	*Log
 	h        eventlog.Handler
+	sql      string            // of its reads: readAllSQL or readAllFoldSQL
+	scan     scanFunc          // of the rows they read
 	pos      eventlog.Position // of the last record h accepted
 	listened bool              // the latest connection got as far as LISTEN
 }
@@ -172,7 +186,7 @@ func (s *subscription) catchUp(ctx context.Context, conn *pgx.Conn) (delivered i
 		return 0, false, fmt.Errorf("subscribe: read horizon: %w", classify(err))
 	}
 	for {
-		batch, err := readAll(ctx, conn, horizon, s.pos, s.batchSize)
+		batch, err := queryRecords(ctx, conn, s.batchSize, s.scan, s.sql, s.pos.Commit, prepareArg(s.pos), s.batchSize, horizon)
 		if err != nil {
 			return delivered, false, fmt.Errorf("subscribe: read after %s: %w", s.pos, err)
 		}
