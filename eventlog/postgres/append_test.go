@@ -59,12 +59,18 @@ type heldStream struct {
 
 func holdStream(t *testing.T, pool *pgxpool.Pool) heldStream {
 	t.Helper()
+	return holdThisStream(t, pool, eventlogtest.NewStream("held"))
+}
+
+// holdThisStream is holdStream of a stream of the caller's.
+func holdThisStream(t *testing.T, pool *pgxpool.Pool, stream string) heldStream {
+	t.Helper()
 	tx, err := pool.Begin(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
-	h := heldStream{stream: eventlogtest.NewStream("held"), tx: tx}
+	h := heldStream{stream: stream, tx: tx}
 	appendInTx(t, tx, eventlogtest.NewEvent(h.stream))
 	return h
 }
@@ -415,7 +421,6 @@ func TestAppendBatchLocksInKeyOrder(t *testing.T) {
 	t.Parallel()
 	admin, _ := pgtest.NewPool(t)
 	ctx := t.Context()
-	held := holdStream(t, admin)
 	key := func(stream string) int32 {
 		var k int32
 		if err := admin.QueryRow(ctx, "SELECT hashtext($1)", stream).Scan(&k); err != nil {
@@ -423,16 +428,14 @@ func TestAppendBatchLocksInKeyOrder(t *testing.T) {
 		}
 		return k
 	}
-	heldKey, lower := key(held.stream), ""
-	for range 100 {
-		if s := eventlogtest.NewStream("lower"); key(s) < heldKey {
-			lower = s
-			break
-		}
+	// Two random streams, the held one's key the higher (a held key near
+	// the bottom of int32 would leave no lower one to find).
+	lower, higher := eventlogtest.NewStream("lower"), eventlogtest.NewStream("held")
+	if key(lower) > key(higher) {
+		lower, higher = higher, lower
 	}
-	if lower == "" {
-		t.Fatalf("no stream with a key below %d", heldKey)
-	}
+	held := holdThisStream(t, admin, higher)
+	heldKey := key(higher)
 	conn, err := admin.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
