@@ -482,14 +482,7 @@ func TestBatchCarriesItsNotify(t *testing.T) {
 	pool := newPool(t, url, "ledger-notify", func(cfg *pgxpool.Config) { cfg.ConnConfig.Tracer = tracer })
 	log := postgres.New(pool, testLogger(t))
 	t.Cleanup(log.Close)
-	listener, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer listener.Close(context.Background())
-	if _, err := listener.Exec(ctx, "LISTEN ledger_events"); err != nil {
-		t.Fatal(err)
-	}
+	listener := listen(t, url)
 	heard := func(what string, pos eventlog.Position, statements int) {
 		t.Helper()
 		waitCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -527,14 +520,7 @@ func TestCommitBehindACarriedNotifyIsAnnounced(t *testing.T) {
 	pool, url := pgtest.NewPool(t)
 	log := postgres.New(pool, testLogger(t))
 	t.Cleanup(log.Close)
-	listener, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer listener.Close(context.Background())
-	if _, err := listener.Exec(ctx, "LISTEN ledger_events"); err != nil {
-		t.Fatal(err)
-	}
+	listener := listen(t, url)
 	wait := func(what string) {
 		t.Helper()
 		waitCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -558,6 +544,21 @@ func TestCommitBehindACarriedNotifyIsAnnounced(t *testing.T) {
 	earlier := eventlog.Position{Commit: results[0].Position.Commit - 1, Prepare: results[0].Position.Prepare - 1}
 	postgres.Announce(log, earlier, false, 0)
 	wait("the commit behind it")
+}
+
+// listen is a connection to url that listens to the log's NOTIFYs, closed
+// when the test ends.
+func listen(t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	listener, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { listener.Close(context.Background()) })
+	if _, err := listener.Exec(t.Context(), "LISTEN ledger_events"); err != nil {
+		t.Fatal(err)
+	}
+	return listener
 }
 
 // statementTracer counts the statements a pool runs outside pipelines, by
