@@ -262,7 +262,7 @@ func (b *builder) announceFinal(ctx context.Context, schema string, replaced int
 	if err == nil {
 		// As invoiceData and applyNoting make them.
 		err = b.announce(ctx, invoicesTable, schema, "status = 'paid'", notify.InvoicePaid, `SELECT `+
-			notificationIDSQL("$4", "p.account", "p.customer_id", "p.invoice_id")+` AS id, p.account, p.customer_id,
+			notificationIDSQL("$3", "p.account", "p.customer_id", "p.invoice_id")+` AS id, p.account, p.customer_id,
        ARRAY[p.last_event_id] AS event_ids, p.last_event_created AS occurred_at,
        jsonb_build_object('invoice_id', p.invoice_id, 'subscription_id', p.subscription_id, 'status', p.status,
          'amount_due', p.amount_due, 'amount_paid', p.amount_paid, 'currency', p.currency, 'attempt_count', p.attempt_count) AS data,
@@ -272,7 +272,7 @@ func (b *builder) announceFinal(ctx context.Context, schema string, replaced int
 	if err == nil {
 		// As applyNoting makes them.
 		err = b.announce(ctx, disputesTable, schema, "customer_id <> ''", notify.DisputeOpened, `SELECT `+
-			notificationIDSQL("$4", "p.account", "p.customer_id", "p.dispute_id")+` AS id, p.account, p.customer_id,
+			notificationIDSQL("$3", "p.account", "p.customer_id", "p.dispute_id")+` AS id, p.account, p.customer_id,
        ARRAY[p.last_event_id] AS event_ids, p.last_event_created AS occurred_at,
        jsonb_build_object('dispute_id', p.dispute_id, 'charge_id', p.charge_id, 'status', p.status,
          'amount', p.amount, 'currency', p.currency) AS data,
@@ -296,7 +296,7 @@ const timelineIDsSince = 8
 // timeline stores them.
 func (b *builder) announceTimelines(ctx context.Context, schema string) error {
 	return b.announce(ctx, customersTable, schema, "true", notify.EntitlementChanged, `SELECT `+
-		notificationIDSQL("$4", "p.account", "p.customer_id", `(tr.t->'after'->>'entitled') || '/' || (tr.t->'after'->>'plan') || '/' ||
+		notificationIDSQL("$3", "p.account", "p.customer_id", `(tr.t->'after'->>'entitled') || '/' || (tr.t->'after'->>'plan') || '/' ||
          coalesce(floor(extract(epoch FROM (tr.t->'after'->>'access_until')::timestamptz))::bigint::text, '-') || '#' || (tr.t->>'occurrence')`)+
 		` AS id, p.account, p.customer_id, '{}'::text[] AS event_ids, (tr.t->>'at')::timestamptz AS occurred_at,
        jsonb_build_object('before', tr.t->'before', 'after', tr.t->'after') AS data,
@@ -310,21 +310,27 @@ func (b *builder) announceTimelines(ctx context.Context, schema string) error {
 const announcePage = 5000
 
 // announce inserts into the outbox, new ids only, the notifications of type
-// typ ($4) that notes derives from the rows of t in schema that where
+// typ ($3) that notes derives from the rows of t in schema that where
 // selects, a page of announcePage rows at a time in key order (b.announced
 // rows, when set). notes selects from page (the page's rows) each
 // notification's id, account, customer_id, event_ids, occurred_at and
-// data, and k1, k2 and k3, the order its positions are taken in. The
-// notifications are derived in SQL from the rows where they lie: read into
-// Go, built and sent back, they cost a build about a fifth of its time (129
-// µs a notification at 1M events).
+// data, and k1, k2 and k3, the order its positions are taken in: k1 and k2
+// the key of its row (account and t's key column), k3 its order within
+// the row. The notifications are derived in SQL from the rows where they
+// lie: read into Go, built and sent back, they cost a build about a fifth
+// of its time (129 µs a notification at 1M events).
 //
 // Each page is a transaction of its own that first derives the page's
 // notifications into a temporary table, then takes notificationLockClass and
 // inserts them; two pages run at once, and each takes the lock only once
 // the page before has committed. So the next page is derived while one is
 // inserted (the inserts, under the lock, are serial by design; deriving and
-// inserting in one statement kept one core busy and the other idle).
+// inserting in one statement kept one core busy and the other idle). Once
+// it holds the lock, a page derives again the rows that a commit changed
+// since it derived them (by their xmin): a live runner's batch that
+// rewrote a timeline and announced its new transitions meanwhile must not
+// be followed by the transitions it removed. So the page inserts what the
+// rows hold once it holds the lock, as when it derived them under it.
 func (b *builder) announce(ctx context.Context, t schemaTable, schema, where, typ, notes string) error {
 	key := t.keyColumn()
 	page := cmp.Or(b.announced, announcePage)
@@ -344,10 +350,13 @@ func (b *builder) announce(ctx context.Context, t schemaTable, schema, where, ty
 	}); err != nil {
 		return fmt.Errorf("announce %s of %s: %w", t.tableName(), schema, err)
 	}
-	// Page i holds the rows after bounds[i-1] (or the first).
-	const derive = `CREATE TEMPORARY TABLE announce_page (id text, account text, customer_id text, event_ids text[],
-  occurred_at timestamptz, data jsonb, k1 text, k2 text, k3 bigint) ON COMMIT DROP`
-	fill, insert := announceSQL(t, schema, where, notes)
+	// Page i holds the rows after bounds[i-1] (or the first) up to
+	// bounds[i] (or the last), whatever their number: a row the live runner
+	// inserts into a page's range before the page reads it must not push
+	// bounds[i] out of the page, as a LIMIT would, since page i+1 starts
+	// after it.
+	fill, refill, insert := announceSQL(t, schema, where, notes, false)
+	lastFill, lastRefill, _ := announceSQL(t, schema, where, notes, true)
 	// A page holds its connection while it waits for the page before to
 	// commit, so it takes one only once the page before holds its own
 	// (begun): on a pool with one connection to spare, the page before
@@ -364,6 +373,12 @@ func (b *builder) announce(ctx context.Context, t schemaTable, schema, where, ty
 		if i > 0 {
 			from = bounds[i-1]
 		}
+		fill, refill, args := fill, refill, []any{from.account, from.object, typ}
+		if i < len(bounds) {
+			args = append(args, bounds[i].account, bounds[i].object)
+		} else {
+			fill, refill = lastFill, lastRefill
+		}
 		g.Go(func() error {
 			if i > 0 {
 				select {
@@ -375,10 +390,10 @@ func (b *builder) announce(ctx context.Context, t schemaTable, schema, where, ty
 			var added int64
 			err := pgx.BeginFunc(gctx, b.pool, func(tx pgx.Tx) error {
 				close(begun[i])
-				if _, err := tx.Exec(gctx, derive); err != nil {
+				if _, err := tx.Exec(gctx, announceDerive); err != nil {
 					return err
 				}
-				if _, err := tx.Exec(gctx, fill, from.account, from.object, page, typ); err != nil {
+				if _, err := tx.Exec(gctx, fill, args...); err != nil {
 					return err
 				}
 				if i > 0 {
@@ -389,6 +404,9 @@ func (b *builder) announce(ctx context.Context, t schemaTable, schema, where, ty
 					}
 				}
 				if _, err := tx.Exec(gctx, `SELECT pg_advisory_xact_lock($1)`, int64(notificationLockClass)); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(gctx, refill, args...); err != nil {
 					return err
 				}
 				tag, err := tx.Exec(gctx, insert, typ)
@@ -412,27 +430,53 @@ func (b *builder) announce(ctx context.Context, t schemaTable, schema, where, ty
 	return g.Wait()
 }
 
+// announceDerive begins a page of announce: announce_page holds its
+// notifications, announce_rows the version (xmin) of each row derived, and
+// its statements are planned for their bounds (announceSQL).
+const announceDerive = `CREATE TEMPORARY TABLE announce_page (id text, account text, customer_id text, event_ids text[],
+  occurred_at timestamptz, data jsonb, k1 text, k2 text, k3 bigint) ON COMMIT DROP;
+CREATE TEMPORARY TABLE announce_rows (account text, id text, row_xmin text, PRIMARY KEY (account, id)) ON COMMIT DROP;
+SET LOCAL plan_cache_mode = force_custom_plan`
+
 // announceSQL returns announce's statements for the rows of t in schema
 // that where selects: fill derives into announce_page the notifications
-// that notes derives from the page of up to $3 rows after ($1, $2) in key
-// order, and insert adds those new to the outbox in their order, of type
-// $1. Neither reads more than its page: with a bound on each side, the
-// generic plan of the page (pgx caches the statement) scanned the whole
-// table for every page, and for NOT EXISTS the planner, which has no
-// statistics of the temporary table, chose a hash anti join over the whole
-// outbox, every page. A LATERAL subquery with LIMIT is never made a join:
-// each row probes the outbox's id index.
-func announceSQL(t schemaTable, schema, where, notes string) (fill, insert string) {
-	fill = fmt.Sprintf(`WITH page AS (
-  SELECT * FROM %[1]s.%[2]s WHERE %[3]s AND (account, %[4]s) > ($1, $2) ORDER BY account, %[4]s LIMIT $3),
-n AS (%[5]s)
-INSERT INTO announce_page SELECT * FROM n`, ident(schema), t.tableName(), where, t.keyColumn(), notes)
+// that notes derives from the page of rows after ($1, $2) in key order, up
+// to ($4, $5) unless last, noting each row's xmin in announce_rows; refill
+// derives again, in place of theirs, the rows of the page whose xmin
+// differs or that are new (a row never leaves where: an invoice stays
+// paid, a dispute keeps its customer); insert adds those new to the outbox
+// in their order, of type $1. None reads more than its page, planned for
+// its bounds (announce runs them with plan_cache_mode force_custom_plan):
+// the generic plan that pgx's cached statement comes to, which cannot
+// know the bounds, expects a third of the table for each row comparison
+// and scans the whole table for every page, filtered. For NOT EXISTS the planner, which has no statistics of the temporary table,
+// chose a hash anti join over the whole outbox, every page. A LATERAL
+// subquery with LIMIT is never made a join: each row probes the outbox's
+// id index.
+func announceSQL(t schemaTable, schema, where, notes string, last bool) (fill, refill, insert string) {
+	key := t.keyColumn()
+	table := ident(schema) + "." + t.tableName()
+	inPage := fmt.Sprintf(`%[1]s r WHERE %[2]s AND (account, %[3]s) > ($1, $2)`, table, where, key)
+	if !last {
+		inPage += fmt.Sprintf(` AND (account, %[1]s) <= ($4, $5)`, key)
+	}
+	fill = fmt.Sprintf(`WITH page AS (SELECT r.*, r.xmin::text AS row_xmin FROM %[1]s),
+noted AS (INSERT INTO announce_rows SELECT account, %[2]s, row_xmin FROM page),
+n AS (%[3]s)
+INSERT INTO announce_page SELECT * FROM n`, inPage, key, notes)
+	refill = fmt.Sprintf(`WITH changed AS (
+  SELECT account, %[2]s AS id FROM %[1]s
+     AND NOT EXISTS (SELECT FROM announce_rows a WHERE a.account = r.account AND a.id = r.%[2]s AND a.row_xmin = r.xmin::text)),
+gone AS (DELETE FROM announce_page a USING changed c WHERE a.k1 = c.account AND a.k2 = c.id),
+page AS (SELECT r.* FROM changed c JOIN %[3]s r ON r.account = c.account AND r.%[2]s = c.id),
+n AS (%[4]s)
+INSERT INTO announce_page SELECT * FROM n`, inPage, key, table, notes)
 	insert = `INSERT INTO notifications (id, position, type, account, customer_id, event_ids, occurred_at, data)
 SELECT n.id, nextval('notifications_position_seq'), $1, n.account, n.customer_id, n.event_ids, n.occurred_at, n.data
   FROM announce_page n LEFT JOIN LATERAL (SELECT true AS stored FROM notifications o WHERE o.id = n.id LIMIT 1) o ON true
  WHERE o.stored IS NULL
  ORDER BY n.k1, n.k2, n.k3`
-	return fill, insert
+	return fill, refill, insert
 }
 
 // notificationIDSQL is the SQL of notificationID over the SQL text

@@ -635,18 +635,7 @@ func TestQueueNotificationsNewIDsOnce(t *testing.T) {
 func TestAnnounceFinalAsGoDerives(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool, log := newLog(t)
-	p := Billing(testPlans(t))
-	appendAll(t, log, domaintest.Redeliver(rand.New(rand.NewPCG(43, 43)), lifecycles(43, 25)))
-	m, err := newMetrics(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &builder{pool: pool, log: log, p: p.building().reading(log), logger: testLogger(t), metrics: m, batchSize: 150, announced: 7}
-	built, err := b.build(ctx, true)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pool, _, built, _ := liveBuild(t, 43, 7)
 	var want []notify.Notification
 	for _, r := range listed(t, pool, customersTable, "ORDER BY account, customer_id") {
 		for _, tr := range r.Timeline {
@@ -737,9 +726,10 @@ func TestAnnounceOnAPoolOfOneConnection(t *testing.T) {
 
 // TestAnnounceReadsOnlyItsPage: the plans of announce's statements (announceSQL)
 // read one page of the table and probe the outbox's id index for each row,
-// with 20,000 invoices and notifications stored: its generic plan (after a
-// few pages, pgx having cached the statement) for the page, its plan for
-// the insert from the temporary table, which has no statistics. Before,
+// with 20,000 invoices and notifications stored: the plan, under
+// announceDerive's settings, of a page between two bounds and of the last
+// page, the plan of the insert from the temporary table, which has no
+// statistics. Before,
 // each page scanned the whole table and hashed the whole outbox (a 1M
 // build's announce cost 27 µs of backend CPU a notification).
 func TestAnnounceReadsOnlyItsPage(t *testing.T) {
@@ -759,9 +749,16 @@ ANALYZE %[1]s.invoices; ANALYZE notifications`, ident(schema)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	fill, insert := announceSQL(invoicesTable, schema, "status = 'paid'", `SELECT 'ntf_' || p.invoice_id AS id, p.account, p.customer_id,
+	notes := `SELECT 'ntf_' || p.invoice_id AS id, p.account, p.customer_id,
        '{}'::text[] AS event_ids, p.last_event_created AS occurred_at, '{}'::jsonb AS data, p.account AS k1, p.invoice_id AS k2, 0::bigint AS k3
-  FROM page p`)
+  FROM page p`
+	fill, _, insert := announceSQL(invoicesTable, schema, "status = 'paid'", notes, false)
+	lastFill, _, _ := announceSQL(invoicesTable, schema, "status = 'paid'", notes, true)
+	// A page of 100 after in_5, and the last page, of the last 100.
+	bound := func(order string) string {
+		return queryStrings(t, pool, "SELECT invoice_id FROM "+ident(schema)+".invoices WHERE invoice_id > 'in_5' ORDER BY invoice_id "+order+" OFFSET 99 LIMIT 1")[0]
+	}
+	upper, lower := bound("ASC"), bound("DESC")
 	// plan walks the nodes of the plan of explain, EXPLAIN (FORMAT JSON).
 	plan := func(tx pgx.Tx, explain string, node func(map[string]any), args ...any) {
 		var plans []map[string]any
@@ -779,22 +776,26 @@ ANALYZE %[1]s.invoices; ANALYZE notifications`, ident(schema)))
 		walk(plans[0]["Plan"].(map[string]any))
 	}
 	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `CREATE TEMPORARY TABLE announce_page (id text, account text, customer_id text, event_ids text[],
-  occurred_at timestamptz, data jsonb, k1 text, k2 text, k3 bigint) ON COMMIT DROP;
-PREPARE announce_fill (text, text, bigint, text) AS `+fill+`;
-SET LOCAL plan_cache_mode = force_generic_plan`)
+		_, err := tx.Exec(ctx, announceDerive+`;
+PREPARE announce_fill (text, text, text, text, text) AS `+fill+`;
+PREPARE announce_last (text, text, text) AS `+lastFill)
 		if err != nil {
 			return err
 		}
-		var read float64 // rows of invoices read, kept or not
-		plan(tx, `EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE announce_fill('', 'in_5', 100, 'invoice.paid')`, func(n map[string]any) {
-			if n["Relation Name"] == invoicesTable.name {
-				removed, _ := n["Rows Removed by Filter"].(float64)
-				read += n["Actual Rows"].(float64)*n["Actual Loops"].(float64) + removed
+		for _, execute := range []string{
+			fmt.Sprintf(`announce_fill('', 'in_5', '%s', '', '%s')`, notify.InvoicePaid, upper),
+			fmt.Sprintf(`announce_last('', '%s', '%s')`, lower, notify.InvoicePaid),
+		} {
+			var read float64 // rows of invoices read, kept or not
+			plan(tx, `EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE `+execute, func(n map[string]any) {
+				if n["Relation Name"] == invoicesTable.name {
+					removed, _ := n["Rows Removed by Filter"].(float64)
+					read += n["Actual Rows"].(float64)*n["Actual Loops"].(float64) + removed
+				}
+			})
+			if read > 100 {
+				t.Errorf("%s: a page of 100 invoices read %.0f of them", execute, read)
 			}
-		})
-		if read > 100 {
-			t.Errorf("a page of 100 invoices read %.0f of them under its generic plan", read)
 		}
 		var scanned []string
 		plan(tx, "EXPLAIN (FORMAT JSON) "+insert, func(n map[string]any) {
@@ -812,6 +813,32 @@ SET LOCAL plan_cache_mode = force_generic_plan`)
 	}
 }
 
+// liveBuild builds billing from the deliveries of 25 customers' lifecycles
+// of seed, redelivered, announcing in pages of announced rows (0: the
+// default), and makes it live: it returns the log's pool, the builder,
+// what it built and the live schema.
+func liveBuild(t *testing.T, seed uint64, announced int) (*pgxpool.Pool, *builder, Built, string) {
+	t.Helper()
+	ctx := context.Background()
+	pool, log := newLog(t)
+	p := Billing(testPlans(t))
+	appendAll(t, log, domaintest.Redeliver(rand.New(rand.NewPCG(seed, seed)), lifecycles(seed, 25)))
+	m, err := newMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &builder{pool: pool, log: log, p: p.building().reading(log), logger: testLogger(t), metrics: m, batchSize: 150, announced: announced}
+	built, err := b.build(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var schema string
+	if err := pool.QueryRow(ctx, `SELECT schema_name FROM projection_checkpoints WHERE name = $1`, p.Name).Scan(&schema); err != nil {
+		t.Fatal(err)
+	}
+	return pool, b, built, schema
+}
+
 // listed reads the rows of t that clause selects, through the readmodel views.
 func listed[T any](t *testing.T, pool *pgxpool.Pool, tb table[T], clause string) []T {
 	t.Helper()
@@ -820,4 +847,138 @@ func listed[T any](t *testing.T, pool *pgxpool.Pool, tb table[T], clause string)
 		t.Fatal(err)
 	}
 	return rows
+}
+
+// TestAnnounceAfterTheRunnersCommit: a build's announce and the live
+// runner share the outbox. A runner's batch that rewrites a customer's
+// timeline (a late fact cut it to its first transition, which it
+// announces) and commits while announce's page waits for the
+// notifications lock leaves that page announcing the timeline the runner
+// left, as if it had run after it: not the transitions it cut, inserted
+// after the runner's, which would leave the receiver's last word on the
+// customer one the read model no longer holds.
+func TestAnnounceAfterTheRunnersCommit(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, b, _, schema := liveBuild(t, 53, 0)
+	cut := listed(t, pool, customersTable, "WHERE jsonb_array_length(entitlement_timeline) >= 2 ORDER BY account, customer_id LIMIT 1")
+	if len(cut) == 0 {
+		t.Fatal("no customer has two transitions")
+	}
+	c := cut[0]
+	if _, err := pool.Exec(ctx, `DELETE FROM notifications`); err != nil {
+		t.Fatal(err)
+	}
+
+	runner, announced := announceUnderLock(t, pool, b, schema, 0)
+	if _, err := runner.Exec(ctx, "UPDATE "+ident(schema)+`.customers SET entitlement_timeline = jsonb_build_array(entitlement_timeline->0)
+ WHERE account = $1 AND customer_id = $2`, c.Account, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	var q pgx.Batch
+	var added int64
+	first := c.Timeline[0].note(c.Account, c.ID, []string{"evt_late"})
+	queueNotifications(&q, []notify.Notification{first}, &added)
+	if err := runner.SendBatch(ctx, &q).Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := runner.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-announced; err != nil {
+		t.Fatal(err)
+	}
+	got := queryStrings(t, pool, `SELECT id FROM notifications WHERE account = $1 AND customer_id = $2 ORDER BY position`, c.Account, c.ID)
+	if !slices.Equal(got, []string{first.ID}) {
+		t.Errorf("%s's notifications are %d (%v); want the runner's alone, of the one transition its timeline holds", c.ID, len(got), got)
+	}
+}
+
+// TestAnnounceRowInsertedIntoALaterPage: announce's pages are bounded by
+// keys taken before any is derived. A row the live runner inserts into a
+// page's range before that page reads it leaves the page's last row (its
+// upper bound, after which the next page starts) in the page all the same:
+// a page of the next n rows would have dropped it, and no page announced it.
+func TestAnnounceRowInsertedIntoALaterPage(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const page = 3
+	pool, b, _, schema := liveBuild(t, 59, 0)
+	customers := ident(schema) + ".customers"
+	// Every row has transitions, so that each one lost shows.
+	if _, err := pool.Exec(ctx, `DELETE FROM `+customers+` WHERE jsonb_array_length(entitlement_timeline) = 0; DELETE FROM notifications`); err != nil {
+		t.Fatal(err)
+	}
+	keys := queryStrings(t, pool, `SELECT customer_id FROM `+customers+` ORDER BY account, customer_id`)
+	accounts := queryStrings(t, pool, `SELECT account FROM `+customers+` ORDER BY account, customer_id`)
+	if len(keys) <= 3*page {
+		t.Fatalf("%d customers with transitions, want more than %d", len(keys), 3*page)
+	}
+
+	// Pages 0 and 1 (two run at once) derive theirs and wait for the lock
+	// the runner holds; page 2 derives its own once page 0 has committed,
+	// after the runner's insert of a row after its first.
+	runner, announced := announceUnderLock(t, pool, b, schema, page)
+	first, upper := keys[2*page], keys[3*page-1]
+	inserted := first + "_inserted"
+	var inside bool
+	err := runner.QueryRow(ctx, `INSERT INTO `+customers+`
+SELECT (jsonb_populate_record(NULL::`+customers+`, to_jsonb(c) || jsonb_build_object('customer_id', $3::text))).*
+  FROM `+customers+` c WHERE account = $1 AND customer_id = $2
+RETURNING (account, customer_id) > ($1, $2) AND (account, customer_id) < ($4, $5)`,
+		accounts[2*page], first, inserted, accounts[3*page-1], upper).Scan(&inside)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !inside {
+		t.Fatalf("%s does not sort between %s and %s", inserted, first, upper)
+	}
+	if err := runner.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-announced; err != nil {
+		t.Fatal(err)
+	}
+	lost := queryStrings(t, pool, `SELECT customer_id FROM `+customers+` c
+ WHERE jsonb_array_length(entitlement_timeline) <> (SELECT count(*) FROM notifications n WHERE n.account = c.account AND n.customer_id = c.customer_id)
+ ORDER BY account, customer_id`)
+	if len(lost) > 0 {
+		t.Errorf("the transitions of %v were not all announced (%s is page 2's upper bound)", lost, upper)
+	}
+}
+
+// announceUnderLock begins the runner's transaction, which takes the
+// notifications lock, and returns it once announceTimelines of schema, in
+// pages of announced rows (0: the default), waits for that lock; announced
+// reports announce's end. The transaction is rolled back at the test's end
+// unless committed.
+func announceUnderLock(t *testing.T, pool *pgxpool.Pool, b *builder, schema string, announced int) (pgx.Tx, <-chan error) {
+	t.Helper()
+	ctx := context.Background()
+	runner, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = runner.Rollback(ctx) })
+	if _, err := runner.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(notificationLockClass)); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		paged := &builder{pool: pool, log: b.log, p: b.p, logger: b.logger, metrics: b.metrics, announced: announced}
+		done <- paged.announceTimelines(ctx, schema)
+	}()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var waiting int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			return runner, done
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("announce never waited for the notifications lock")
+		}
+	}
 }
