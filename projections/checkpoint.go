@@ -57,20 +57,29 @@ type pgxQuerier interface {
 // advance moves name's checkpoint from cp to pos, within the caller's
 // transaction, if nobody moved it since cp was read; else errCheckpointMoved.
 // It takes the row lock before the batch writes anything, so a runner and a
-// swap always lock the row first and the read model tables second.
-func advance(ctx context.Context, tx pgx.Tx, name string, cp checkpoint, pos eventlog.Position) error {
-	tag, err := tx.Exec(ctx, `UPDATE projection_checkpoints
-   SET position = $5, prepare = $6, updated_at = clock_timestamp()
- WHERE name = $1 AND schema_name = $2 AND position = $3 AND prepare = $4`,
-		name, cp.Schema, cp.Position.Commit, cp.Position.Prepare, pos.Commit, pos.Prepare)
+// swap always lock the row first and the read model tables second. It
+// returns the row's xmin before and after the move: the live runner's own
+// last commit left the row at was unless another writer updated it since
+// (heldStates).
+func advance(ctx context.Context, tx pgx.Tx, name string, cp checkpoint, pos eventlog.Position) (was, now uint32, err error) {
+	err = tx.QueryRow(ctx, advanceSQL, name, cp.Schema, cp.Position.Commit, cp.Position.Prepare, pos.Commit, pos.Prepare).Scan(&was, &now)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, 0, errCheckpointMoved
+	}
 	if err != nil {
-		return fmt.Errorf("advance checkpoint of %s to %s: %w", name, pos, err)
+		return 0, 0, fmt.Errorf("advance checkpoint of %s to %s: %w", name, pos, err)
 	}
-	if tag.RowsAffected() == 0 {
-		return errCheckpointMoved
-	}
-	return nil
+	return was, now, nil
 }
+
+// advanceSQL is advance's compare-and-set. The CTE locks the row before
+// the update reads it, and keeps its xmin from before.
+const advanceSQL = `WITH held AS (
+  SELECT xmin AS x FROM projection_checkpoints
+   WHERE name = $1 AND schema_name = $2 AND position = $3 AND prepare = $4 FOR UPDATE)
+UPDATE projection_checkpoints c SET position = $5, prepare = $6, updated_at = clock_timestamp()
+  FROM held WHERE c.name = $1
+RETURNING held.x, c.xmin`
 
 // Advisory lock classes: the first key of pg_try_advisory_lock(int, int),
 // the second being hashtext(projection name).

@@ -30,7 +30,7 @@ VALUES ('wide', 1, 'wide_v1', 5, 7)`); err != nil {
 		t.Fatal(err)
 	}
 	beyond := eventlog.Position{Commit: math.MaxInt64 + 1, Prepare: 1}
-	err = advance(ctx, tx, "wide", cp, beyond)
+	_, _, err = advance(ctx, tx, "wide", cp, beyond)
 	if err == nil {
 		err = tx.Commit(ctx)
 	} else {

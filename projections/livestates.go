@@ -2,8 +2,6 @@ package projections
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"maps"
 	"slices"
 
@@ -214,28 +212,13 @@ func eachObject(s *domain.CustomerState, each func(objectKey)) {
 	}
 }
 
-// advanceLiveSQL is advance's compare-and-set, which also returns the
-// checkpoint row's xmin before and after it: the runner's own last commit
-// left the row at the first unless some other writer updated it since.
-// The CTE locks the row before the update reads it.
-const advanceLiveSQL = `WITH held AS (
-  SELECT xmin AS x FROM projection_checkpoints
-   WHERE name = $1 AND schema_name = $2 AND position = $3 AND prepare = $4 FOR UPDATE)
-UPDATE projection_checkpoints c SET position = $5, prepare = $6, updated_at = clock_timestamp()
-  FROM held WHERE c.name = $1
-RETURNING held.x, c.xmin`
-
-// advance moves name's checkpoint from cp to pos within tx, as advance
-// does, and lets go of every state held when the row is not as the last
-// commit left it; it returns the row's xmin after the move, for commit.
+// advance moves name's checkpoint from cp to pos within tx (advance), and
+// lets go of every state held when the row is not as the last commit left
+// it; it returns the row's xmin after the move, for commit.
 func (h *heldStates) advance(ctx context.Context, tx pgx.Tx, name string, cp checkpoint, pos eventlog.Position) (uint32, error) {
-	var was, now uint32
-	err := tx.QueryRow(ctx, advanceLiveSQL, name, cp.Schema, cp.Position.Commit, cp.Position.Prepare, pos.Commit, pos.Prepare).Scan(&was, &now)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, errCheckpointMoved
-	}
+	was, now, err := advance(ctx, tx, name, cp, pos)
 	if err != nil {
-		return 0, fmt.Errorf("advance checkpoint of %s to %s: %w", name, pos, err)
+		return 0, err
 	}
 	if !h.known || was != h.xmin {
 		h.reset()

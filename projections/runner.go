@@ -213,7 +213,8 @@ func (r *Runner) apply(cp *checkpoint, states *heldStates) eventlog.Handler {
 func (r *Runner) fold(ctx context.Context, cp *checkpoint, b *batch) (*batch, error) {
 	last := b.last
 	b, err := foldBatch(ctx, r.pool, r.logger, r.p, cp.Schema, b, func(tx pgx.Tx) error {
-		return advance(ctx, tx, r.p.Name, *cp, last)
+		_, _, err := advance(ctx, tx, r.p.Name, *cp, last)
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -251,7 +252,8 @@ func (r *Runner) skipTo(cp *checkpoint) func(context.Context, eventlog.Position)
 			return nil
 		}
 		if err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-			return advance(ctx, tx, r.p.Name, *cp, pos)
+			_, _, err := advance(ctx, tx, r.p.Name, *cp, pos)
+			return err
 		}); err != nil {
 			return err
 		}

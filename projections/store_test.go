@@ -332,7 +332,8 @@ func TestJoinedBatchFailsWhole(t *testing.T) {
 		}
 		b := p.decode(first).then(p.decode(second))
 		_, err = foldBatch(ctx, pool, testLogger(t), p, schema, b, func(tx pgx.Tx) error {
-			return advance(ctx, tx, name, cp, b.last)
+			_, _, err := advance(ctx, tx, name, cp, b.last)
+			return err
 		})
 		return err
 	}
