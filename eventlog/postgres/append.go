@@ -53,7 +53,7 @@ type appendAnswer struct {
 // they require. A lone event goes through ledger_append, which costs the
 // database less than a batch of one.
 //
-// notifySQL follows one of them in the same implicit transaction (a
+// notifySQL follows appendBatchSQL in the same implicit transaction (a
 // pipeline ends it with one Sync) when the batch carries the NOTIFY that
 // announces it (claimNotify): delivered at that commit, it names the
 // transaction and its last position, the one nextval gave last in this
@@ -195,23 +195,18 @@ func (l *Log) store(batch []*appendRequest) {
 }
 
 // appendBatch runs ledger_append (one event) or ledger_append_batch on
-// batch, followed in its transaction by notifySQL when notify is set. Its
+// batch, the latter followed in its transaction by notifySQL when notify
+// is set (store claims the NOTIFY for batches of several only). Its
 // context ends when every request in the batch has given up waiting.
 func (l *Log) appendBatch(batch []*appendRequest, notify bool) ([]eventlog.AppendResult, error) {
 	if len(batch) == 1 {
 		// Its context ends with its one request's.
 		e := batch[0].e
-		res := make([]eventlog.AppendResult, 1)
-		err := l.query(batch[0].ctx, notify, func(rows pgx.Rows) error {
-			if !rows.Next() {
-				if err := rows.Err(); err != nil {
-					return err
-				}
-				return pgx.ErrNoRows
-			}
-			return rows.Scan(&res[0].Duplicate, &res[0].StreamVersion, &res[0].Position.Commit, &res[0].Position.Prepare)
-		}, appendSQL, e.ID, e.Stream, e.Type, e.APIVersion, e.Created, e.Account, e.Payload, e.Signature, string(e.Source.OrWebhook()))
-		return res, err
+		var res eventlog.AppendResult
+		err := l.pool.QueryRow(batch[0].ctx, appendSQL, e.ID, e.Stream, e.Type, e.APIVersion, e.Created, e.Account, e.Payload, e.Signature,
+			string(e.Source.OrWebhook())).
+			Scan(&res.Duplicate, &res.StreamVersion, &res.Position.Commit, &res.Position.Prepare)
+		return []eventlog.AppendResult{res}, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
